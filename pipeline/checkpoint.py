@@ -1,0 +1,55 @@
+"""Checkpoints: weights plus the config that made them, written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.model import TinySSD
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read: names the file and the problem."""
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """torch.save to a temp file beside ``path``, fsync, then os.replace: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: Path, model: TinySSD, cfg: RunConfig, class_names: list[str], **extra) -> Path:
+    state = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "class_names": list(class_names), **extra}
+    return atomic_save(state, path)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[TinySSD, RunConfig, list[str], dict]:
+    """(model in eval mode, its config, class names, the whole saved dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        cfg = RunConfig(**state["config"])
+        model = TinySSD(len(state["class_names"]))
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # truncated, not a checkpoint, or from another version
+        raise CheckpointError(f"{path}: not a readable tinyssd checkpoint ({type(exc).__name__}: {exc})") from exc
+    return model.to(device).eval(), cfg, state["class_names"], state

@@ -1,0 +1,182 @@
+"""Every knob of a run, with the chapter's defaults, and parsing of key=value overrides.
+
+A trial's config is ``dataclasses.replace(base, **overrides)`` and ``asdict(cfg)``
+is what goes to MLflow as params, so the params always match the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # The chapter's protocol, unchanged: the default on a GPU.
+    "chapter": {},
+    # Sized so `train` takes about 2 minutes and a default `sweep focal-loss`
+    # about 10 on 2 CPU cores, while still separating good settings from bad ones.
+    "quick": {
+        "image_size": 128,  # a quarter of the FLOPs; anchors are relative, so they keep their meaning
+        "epochs": 8,
+        "train_images": 320,
+        "lr": 0.1,  # fewer steps per epoch: lower lr is steadier at batch 16
+        "batch_size": 16,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A bad override: names the key and what is allowed."""
+
+
+def _knob(default, help: str, *, choices=None, low=None, high=None, multiple_of=None):
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "multiple_of": multiple_of}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- data --------------------------------------------------------------
+    dataset: str = _knob("bananas", "'bananas', 'shapes', or a path to a banana folder or a COCO folder")
+    image_size: int = _knob(256, "input side in pixels; images are resized to it", low=32, high=1024, multiple_of=32)
+    train_images: int = _knob(0, "use only the first N training images (0 = all)", low=0)
+    val_images: int = _knob(0, "use only the first N validation images (0 = all)", low=0)
+    # --- optimisation: the chapter's protocol --------------------------------
+    epochs: int = _knob(20, "training epochs", low=1, high=10_000)
+    batch_size: int = _knob(32, "images per SGD step", low=1, high=4096)
+    lr: float = _knob(0.2, "SGD learning rate", low=1e-6, high=10.0)
+    weight_decay: float = _knob(5e-4, "SGD weight decay", low=0.0, high=1.0)
+    seed: int = _knob(0, "seed for weights, batch order and sampling", low=0)
+    device: str = _knob("auto", "auto picks CUDA when there is one", choices=("auto", "cpu", "cuda"))
+    # --- speed (no effect on the maths in fp32) ------------------------------
+    channels_last: bool = _knob(True, "NHWC memory layout: about 1.5x faster convolutions on CPU")
+    precision: str = _knob("fp32", "bf16 autocasts forward and backward", choices=("fp32", "bf16"))
+    # --- the chapter's exercises ---------------------------------------------
+    box_loss: str = _knob("l1", "box regression loss", choices=("l1", "smooth_l1"))
+    smooth_l1_sigma: float = _knob(1.0, "sigma of the chapter's smooth L1 (beta = 1/sigma^2)", low=1e-3, high=1e3)
+    cls_loss: str = _knob("ce", "class loss over the softmax", choices=("ce", "focal"))
+    focal_gamma: float = _knob(2.0, "focal loss gamma (0 is cross-entropy)", low=0.0, high=10.0)
+    focal_alpha: float | None = _knob(
+        None, "none: one global factor (the chapter); a number: alpha for objects, 1-alpha for background",
+        low=0.0, high=1.0)
+    cls_weight: float = _knob(1.0, "weight of the class loss", low=0.0, high=100.0)
+    box_weight: float = _knob(1.0, "weight of the box loss", low=0.0, high=100.0)
+    loss_normalization: str = _knob(
+        "anchors", "anchors: mean over all anchors (the chapter); positives: sum / number of positives (SSD)",
+        choices=("anchors", "positives"))
+    neg_sampling: str = _knob(
+        "all", "which negative anchors the class loss sees", choices=("all", "hard", "random"))
+    neg_pos_ratio: float = _knob(3.0, "negatives per positive for hard or random sampling", low=0.1, high=1000.0)
+    # --- inference -------------------------------------------------------------
+    nms_iou: float = _knob(0.5, "NMS IoU threshold", low=0.0, high=1.0)
+    score_threshold: float = _knob(0.01, "drop detections scoring below this", low=0.0, high=1.0)
+    max_detections: int = _knob(100, "detections kept per image (COCO counts 100)", low=1, high=10_000)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            _check_value(f, getattr(self, f.name))
+
+
+def _base_type(annotation) -> tuple[type, bool]:
+    """(type, optional) from a field annotation such as ``float | None``."""
+    hint = typing.get_type_hints(RunConfig)[annotation] if isinstance(annotation, str) else annotation
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0], True
+    return hint, False
+
+
+def _check_value(f: dataclasses.Field, value) -> None:
+    meta = f.metadata
+    if value is None:
+        if not _base_type(f.name)[1]:
+            raise ConfigError(f"{f.name}: must not be empty")
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{f.name}: must be a finite number, got {value}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{f.name}: must be one of {', '.join(meta['choices'])}; got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if (low is not None and value < low) or (high is not None and value > high):
+        allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"{f.name}: must be in {allowed}; got {value}")
+    if meta.get("multiple_of") and value % meta["multiple_of"]:
+        raise ConfigError(f"{f.name}: must be a multiple of {meta['multiple_of']}; got {value}")
+
+
+def parse_value(key: str, text: str):
+    """Convert the text of one override to the type of field ``key``."""
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    if key not in fields:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(fields)}")
+    kind, optional = _base_type(key)
+    text = text.strip()
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, got {text!r}")
+            return value
+    except ConfigError:
+        raise
+    except ValueError:
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {text!r}") from None
+    return text
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=0.1", "box_loss=smooth_l1"]`` -> ``{"lr": 0.1, "box_loss": "smooth_l1"}``, type-checked."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} must look like key=value")
+        out[key.strip()] = parse_value(key.strip(), text)
+    return out
+
+
+def make_config(profile: str = "chapter", overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the profile, then the user's overrides; validated."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: must be one of {', '.join(PROFILES)}; got {profile!r}")
+    merged = {**PROFILES[profile], **(overrides or {})}
+    unknown = set(merged) - {f.name for f in dataclasses.fields(RunConfig)}
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(RunConfig(), **merged)
+
+
+def default_profile(device: str) -> str:
+    """The chapter's protocol on a GPU, the quick one on a CPU."""
+    return "chapter" if device == "cuda" else "quick"
+
+
+def knob_table() -> list[dict[str, Any]]:
+    """One row per field: name, type, default, allowed values, help."""
+    rows = []
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        if meta.get("choices"):
+            allowed = " | ".join(meta["choices"])
+        elif meta.get("low") is not None:
+            allowed = f"[{meta['low']}, {meta['high']}]" if meta.get("high") is not None else f">= {meta['low']}"
+            if meta.get("multiple_of"):
+                allowed += f", multiple of {meta['multiple_of']}"
+        else:
+            allowed = ""
+        kind, optional = _base_type(f.name)
+        rows.append({"name": f.name, "type": kind.__name__ + (" | None" if optional else ""),
+                     "default": f.default, "allowed": allowed, "help": meta["help"]})
+    return rows

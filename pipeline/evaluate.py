@@ -1,0 +1,134 @@
+"""Detections from TinySSD outputs, and COCO-style metrics from pycocotools.
+
+postprocess: softmax -> decode -> score threshold -> per-class batched_nms, for a whole
+batch in one NMS call. coco_evaluate: pycocotools' COCOeval with all 12 stats kept
+under names, plus the precision array for PR curves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torchvision.ops import batched_nms
+
+from pipeline.boxes import decode
+from pipeline.model import autocast, preprocess
+
+STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
+              "mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large")
+PRE_NMS_TOP_K = 1000  # candidates per image before NMS: bounds the cost early in training
+AREA_RANGES = {"small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}  # COCO's
+
+
+@dataclass
+class Detections:
+    """Detections of one image: boxes_xyxy relative [n, 4], scores [n], labels [n] (0..q-1)."""
+    boxes_xyxy: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class CocoResult:
+    metrics: dict[str, float]  # STAT_NAMES -> value; NaN where COCO has no ground truth (its -1)
+    precision_iou50: np.ndarray = field(repr=False)  # [101 recall points, K classes], area all, 100 dets
+
+
+def postprocess(cls_logits: torch.Tensor, box_offsets: torch.Tensor, anchors_xyxy: torch.Tensor,
+                score_threshold: float = 0.01, nms_iou: float = 0.5, max_detections: int = 100) -> list[Detections]:
+    """cls_logits [B, A, q+1], box_offsets [B, A, 4], anchors [A, 4] -> one Detections per image."""
+    B, A, C = cls_logits.shape  # batch, anchors, classes + background
+    q = C - 1
+    scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:].reshape(B, A * q)
+    boxes = decode(box_offsets.float(), anchors_xyxy).clamp(0.0, 1.0)  # [B, A, 4]
+    top_scores, top_idx = scores.topk(min(PRE_NMS_TOP_K, A * q), dim=1)  # [B, K]
+    keep = top_scores > score_threshold
+    image = torch.arange(B, device=scores.device)[:, None].expand_as(top_idx)[keep]
+    anchor, label = top_idx[keep] // q, top_idx[keep] % q
+    cand_boxes, cand_scores = boxes[image, anchor], top_scores[keep]
+    kept = batched_nms(cand_boxes, cand_scores, image * q + label, nms_iou)  # sorted by score
+    kept = kept[torch.sort(image[kept], stable=True).indices]  # group by image, score order kept
+    counts = torch.bincount(image[kept], minlength=B)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(kept.numel(), device=kept.device) - starts[image[kept]]
+    kept = kept[rank < max_detections]
+    per_image = torch.bincount(image[kept], minlength=B).tolist()
+    return [Detections(b, s, l) for b, s, l in zip(cand_boxes[kept].split(per_image),
+                                                  cand_scores[kept].split(per_image),
+                                                  label[kept].split(per_image))]
+
+
+@torch.no_grad()
+def predict(model, images_uint8: torch.Tensor, device: torch.device, *, batch_size: int = 64,
+            channels_last: bool = True, precision: str = "fp32", **post) -> list[Detections]:
+    """Detections for uint8 images [N, 3, S, S], in batches, on ``device``; boxes relative."""
+    model.eval()
+    out: list[Detections] = []
+    for start in range(0, len(images_uint8), batch_size):
+        x = preprocess(images_uint8[start:start + batch_size].to(device), channels_last)
+        with autocast(precision, device):
+            anchors, cls_logits, box_offsets = model(x)
+        out += postprocess(cls_logits, box_offsets, anchors, **post)
+    return out
+
+
+def to_coco_results(detections: list[Detections], orig_sizes: torch.Tensor) -> list[dict]:
+    """COCO results in original pixels: image_id = index + 1, category_id = label + 1, bbox xywh.
+
+    Raises ValueError on a non-finite box or score: pycocotools would score a NaN box as a match.
+    """
+    results = []
+    for index, det in enumerate(detections):
+        if not (torch.isfinite(det.boxes_xyxy).all() and torch.isfinite(det.scores).all()):
+            raise ValueError(f"non-finite box or score in the detections of image {index}")
+        h, w = orig_sizes[index].tolist()
+        xyxy = (det.boxes_xyxy.cpu().double() * torch.tensor([w, h, w, h], dtype=torch.float64)).tolist()
+        for (x1, y1, x2, y2), score, label in zip(xyxy, det.scores.tolist(), det.labels.tolist()):
+            results.append({"image_id": index + 1, "category_id": int(label) + 1,
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    return results
+
+
+def _check_results(results: list[dict]) -> None:
+    for i, r in enumerate(results):
+        values = [*r["bbox"], r["score"]]
+        if len(r["bbox"]) != 4 or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"detection {i} (image {r.get('image_id')}) has a non-finite or malformed box/score")
+
+
+def _empty_result(gt: dict) -> CocoResult:
+    """What COCOeval would say for no detections: 0 where ground truth exists, NaN where none."""
+    areas = [a["area"] for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    has = {name: any(lo <= x < hi for x in areas) for name, (lo, hi) in AREA_RANGES.items()}
+    metrics = {}
+    for name in STAT_NAMES:
+        size = next((s for s in AREA_RANGES if name.endswith(s)), None)
+        metrics[name] = 0.0 if (has[size] if size else areas) else math.nan
+    return CocoResult(metrics, np.zeros((101, len(gt["categories"]))))
+
+
+def coco_evaluate(gt: dict, results: list[dict]) -> CocoResult:
+    """Run COCOeval (bbox) on an in-memory ground-truth dict and results list."""
+    if not gt.get("annotations"):
+        raise ValueError("the evaluation set has no annotations: COCO mAP would be undefined (-1)")
+    _check_results(results)
+    if not results:  # pycocotools' loadRes crashes on an empty list
+        return _empty_result(gt)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = [float(s) if s >= 0 else math.nan for s in evaluator.stats]
+    precision = evaluator.eval["precision"][0, :, :, 0, 2]  # IoU .5, all recalls, all classes, area all, 100 dets
+    return CocoResult(dict(zip(STAT_NAMES, stats)), np.where(precision < 0, np.nan, precision))

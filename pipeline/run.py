@@ -1,0 +1,78 @@
+"""One tracked run: load data, fit, then log the final metrics, checkpoint and a picture of predictions.
+
+The ``train`` command and every sweep trial go through :func:`tracked_run`, so a trial
+is exactly a ``train`` with some overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from pipeline.checkpoint import save_checkpoint
+from pipeline.config import RunConfig
+from pipeline.data import DetectionData, load_split
+from pipeline.evaluate import Detections
+from pipeline.train import EpochCallback, FitResult, fit
+from pipeline.visualize import draw_detections, save_grid
+
+PREVIEW_IMAGES = 8
+PREVIEW_MIN_SCORE = 0.3  # below this a drawn box is clutter, not a prediction a reader cares about
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    metrics: dict[str, float]
+    train_images_per_s: float
+    checkpoint: Path
+    fit: FitResult
+
+
+def load_data(cfg: RunConfig, progress: bool = True, skip_invalid: bool = False) -> tuple[DetectionData, DetectionData]:
+    """The train and val splits of cfg.dataset at cfg.image_size, cut to cfg.train_images / cfg.val_images."""
+    train = load_split(cfg.dataset, "train", cfg.image_size, progress=progress, skip_invalid=skip_invalid)
+    val = load_split(cfg.dataset, "val", cfg.image_size, progress=progress, skip_invalid=skip_invalid)
+    return train.subset(cfg.train_images), val.subset(cfg.val_images)
+
+
+def prediction_grid(val: DetectionData, detections: list[Detections], path: Path) -> Path:
+    """The first validation images with their confident predicted boxes drawn."""
+    tiles = []
+    for image, det in list(zip(val.images, detections))[:PREVIEW_IMAGES]:
+        keep = det.scores >= PREVIEW_MIN_SCORE
+        side = image.shape[-1]
+        boxes = det.boxes_xyxy[keep].cpu() * side
+        labels = [val.class_names[i] for i in det.labels[keep].tolist()]
+        tiles.append(draw_detections(image, boxes, labels, scores=det.scores[keep].cpu()))
+    return save_grid(tiles, path)
+
+
+def write_pr_curve(precision_iou50, class_names: list[str], path: Path) -> Path:
+    """COCOeval's precision at IoU 0.5 over its 101 recall points, one list per class (null = undefined)."""
+    curves = {name: [None if math.isnan(p) else float(p) for p in precision_iou50[:, k]]
+              for k, name in enumerate(class_names)}
+    path.write_text(json.dumps({"recall": [i / 100 for i in range(101)], "precision": curves}))
+    return path
+
+
+def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run_id: str | None = None,
+                tags: dict | None = None, on_epoch: EpochCallback | None = None, progress: bool = True,
+                data: tuple[DetectionData, DetectionData] | None = None) -> RunResult:
+    """Train ``cfg`` inside one tracked run and log everything a reader needs to trust it."""
+    train, val = data if data is not None else load_data(cfg, progress)
+    with tracker.run(name, params=dataclasses.asdict(cfg), tags=tags, parent_run_id=parent_run_id) as run:
+        result = fit(cfg, train, val, run=run, on_epoch=on_epoch, progress=progress)
+        final = {**result.metrics, "train_images_per_s": result.train_images_per_s}
+        run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
+        out_dir = Path(out_dir) / run.run_id
+        checkpoint = save_checkpoint(out_dir / "checkpoint.pt", result.model, cfg, train.class_names)
+        prediction_grid(val, result.detections, out_dir / "val_predictions.png")
+        (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, default=float))
+        write_pr_curve(result.coco.precision_iou50, train.class_names, out_dir / "pr_curve_iou50.json")
+        run.log_artifact(out_dir)
+        return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoint, result)

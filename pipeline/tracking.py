@@ -1,0 +1,182 @@
+"""Experiment tracking. The only module that imports mlflow.
+
+Training and evaluation take a ``Tracker``; ``MlflowTracker`` writes to an MLflow store
+(``sqlite:///mlflow.db`` unless MLFLOW_TRACKING_URI says otherwise) and ``MemoryTracker``
+records in memory for tests. A run is always closed: FINISHED when its block ends
+normally, KILLED on an interrupt, FAILED on any other exception.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI reads to nest a run under its parent
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _param_value(value: Any) -> str:
+    return "None" if value is None else str(value)
+
+
+class RunHandle:
+    """What code inside a run may do: log params, metrics, tags and files."""
+
+    run_id: str
+    outcome: str | None = None  # set to override the final status (e.g. a pruned trial is FINISHED)
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+def _final_status(handle: RunHandle, error: BaseException | None) -> str:
+    if error is None:
+        return handle.outcome or "FINISHED"
+    if handle.outcome:
+        return handle.outcome
+    return "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+
+
+class _MlflowRun(RunHandle):
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params):
+        from mlflow.entities import Param
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics, step=None):
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags):
+        from mlflow.entities import RunTag
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path, artifact_path=None):
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+class MlflowTracker:
+    """Runs in one MLflow experiment of the store at ``uri``."""
+
+    def __init__(self, experiment: str = "tinyssd", uri: str | None = None):
+        from mlflow.tracking import MlflowClient
+        self.uri = uri or tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._experiment_id(experiment)
+
+    def _experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # another worker created it between our two calls
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    @contextmanager
+    def run(self, name: str, *, params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+            parent_run_id: str | None = None) -> Iterator[RunHandle]:
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        handle = _MlflowRun(self.client, run.info.run_id)
+        error: BaseException | None = None
+        try:
+            if params:
+                handle.log_params(params)
+            yield handle
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.client.set_terminated(handle.run_id, status=_final_status(handle, error))
+
+    def fail_stale_runs(self, tag_filter: dict[str, str], status: str = "FAILED") -> list[str]:
+        """Close RUNNING runs whose tags match: what a killed worker left behind."""
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tag_filter.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query + " and attributes.status = 'RUNNING'")
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, status=status)
+        return [r.info.run_id for r in runs]
+
+
+@dataclass
+class MemoryRun(RunHandle):
+    run_id: str
+    name: str
+    parent_run_id: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
+    status: str = "RUNNING"
+    outcome: str | None = None
+
+    def log_params(self, params):
+        self.params.update({k: _param_value(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics, step=None):
+        for k, v in metrics.items():
+            if v is not None:
+                self.metrics.setdefault(k, []).append((step or 0, float(v)))
+
+    def set_tags(self, tags):
+        self.tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path, artifact_path=None):
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        self.artifacts += [f"{artifact_path + '/' if artifact_path else ''}{p.name}" for p in files]
+
+
+class MemoryTracker:
+    """Records runs in memory, with the same interface as MlflowTracker: for tests."""
+
+    def __init__(self):
+        self.runs: list[MemoryRun] = []
+
+    @contextmanager
+    def run(self, name, *, params=None, tags=None, parent_run_id=None) -> Iterator[RunHandle]:
+        handle = MemoryRun(run_id=f"run{len(self.runs)}", name=name, parent_run_id=parent_run_id)
+        self.runs.append(handle)
+        handle.set_tags(tags or {})
+        handle.log_params(params or {})
+        error: BaseException | None = None
+        try:
+            yield handle
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            handle.status = _final_status(handle, error)
+
+
+def finite_or_none(value: float) -> float | None:
+    """NaN (COCO's 'no ground truth of this size') is logged as absent."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

@@ -1,0 +1,152 @@
+"""Training: fit(cfg, data) trains TinySSD and validates with COCO mAP after every epoch.
+
+``fit`` knows nothing of MLflow or Optuna: it takes a run handle to log to and an
+``on_epoch`` callback, which is where a sweep reports to its pruner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipeline.boxes import multibox_target
+from pipeline.config import RunConfig
+from pipeline.data import DetectionData, to_coco_dict
+from pipeline.evaluate import CocoResult, Detections, coco_evaluate, predict, to_coco_results
+from pipeline.losses import detection_loss
+from pipeline.model import TinySSD, autocast, preprocess
+from pipeline.tracking import RunHandle
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf: names the epoch and step."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+@dataclass
+class FitResult:
+    model: TinySSD
+    metrics: dict[str, float]  # the last epoch's train/* and val/* metrics
+    history: list[dict[str, float]]  # one dict per epoch
+    coco: CocoResult  # the last validation
+    detections: list[Detections]  # the last validation's detections
+    train_images_per_s: float  # training steps only, validation excluded
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def validate(model: TinySSD, val: DetectionData, cfg: RunConfig, device: torch.device):
+    """COCO metrics of ``model`` on ``val``: (metrics named val/*, CocoResult, detections)."""
+    detections = predict(model, val.images, device, channels_last=cfg.channels_last, precision=cfg.precision,
+                         score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou,
+                         max_detections=cfg.max_detections)
+    coco = coco_evaluate(to_coco_dict(val), to_coco_results(detections, val.orig_sizes))
+    return {f"val/{k}": v for k, v in coco.metrics.items()}, coco, detections
+
+
+class _EpochStats:
+    """Sums of the chapter's training metrics, kept on the device: no host sync per batch."""
+
+    def __init__(self, device):
+        self.sums = torch.zeros(5, device=device, dtype=torch.float64)  # loss, loss_cls, loss_box, correct, abs_err
+        self.first_bad_step = torch.tensor(-1, device=device)
+        self.batches = self.anchors_seen = self.coords_seen = 0
+
+    def add(self, step, losses, cls_logits, labels, box_pred, box_target, mask):
+        loss = losses["loss"].detach()
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step, self.first_bad_step)
+        correct = (cls_logits.detach().argmax(dim=-1) == labels).sum()
+        abs_err = ((box_target - box_pred.detach().float()) * mask).abs().sum()
+        self.sums += torch.stack([loss, losses["loss_cls"].detach(), losses["loss_box"].detach(), correct, abs_err]).double()
+        self.batches += 1
+        self.anchors_seen += labels.numel()
+        self.coords_seen += box_target.numel()
+
+    def summary(self, epoch: int) -> dict[str, float]:
+        """Epoch means; raises NonFiniteLossError naming the first bad step."""
+        bad_step = int(self.first_bad_step)
+        if bad_step >= 0:
+            raise NonFiniteLossError(epoch, bad_step, float(self.sums[0]))
+        loss, loss_cls, loss_box, correct, abs_err = self.sums.tolist()
+        return {"train/loss": loss / self.batches, "train/loss_cls": loss_cls / self.batches,
+                "train/loss_box": loss_box / self.batches, "train/class_err": 1.0 - correct / self.anchors_seen,
+                "train/bbox_mae": abs_err / self.coords_seen}
+
+
+def _train_epoch(model, optimizer, train: DetectionData, cfg, device, generator, epoch, progress, task):
+    model.train()
+    stats = _EpochStats(device)
+    order = torch.randperm(len(train), generator=generator)
+    for step, start in enumerate(range(0, len(train), cfg.batch_size)):
+        idx = order[start:start + cfg.batch_size]
+        x = preprocess(train.images[idx].to(device, non_blocking=True), cfg.channels_last)
+        targets = train.targets[idx].to(device, non_blocking=True)
+        with autocast(cfg.precision, device):
+            anchors, cls_logits, box_pred = model(x)
+        box_target, mask, labels = multibox_target(anchors, targets)
+        losses = detection_loss(cls_logits, box_pred, labels, box_target, mask, cfg, generator)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        stats.add(step, losses, cls_logits, labels, box_pred, box_target, mask)
+        if progress is not None:
+            progress.advance(task)
+    return stats.summary(epoch)
+
+
+def _progress(enabled: bool) -> Progress | None:
+    if not enabled:
+        return None
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[status]}"), transient=False)
+
+
+def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle | None = None,
+        on_epoch: EpochCallback | None = None, progress: bool = True) -> FitResult:
+    """Train TinySSD with cfg; validate after every epoch; log each epoch's metrics to ``run``."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = TinySSD(len(train.class_names)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history, train_seconds = [], 0.0
+    bar = _progress(progress)
+    with bar or contextlib.nullcontext():
+        epochs = bar.add_task("epochs", total=cfg.epochs, status="") if bar else None
+        batches = bar.add_task("batches", total=-(-len(train) // cfg.batch_size), status="") if bar else None
+        for epoch in range(cfg.epochs):
+            if bar:
+                bar.reset(batches)
+            started = time.perf_counter()
+            metrics = _train_epoch(model, optimizer, train, cfg, device, generator, epoch, bar, batches)
+            train_seconds += time.perf_counter() - started
+            val_metrics, coco, detections = validate(model, val, cfg, device)
+            metrics.update(val_metrics)
+            history.append(metrics)
+            if run is not None:
+                run.log_metrics(metrics, step=epoch)
+            if bar:
+                bar.update(epochs, advance=1, status=f"loss {metrics['train/loss']:.4f}  val mAP {metrics['val/map']:.3f}")
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+    speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)
+    return FitResult(model, history[-1], history, coco, detections, speed)
+

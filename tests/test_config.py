@@ -1,0 +1,58 @@
+import dataclasses
+import math
+
+import pytest
+
+from pipeline.config import PROFILES, ConfigError, RunConfig, knob_table, make_config, parse_overrides
+
+
+def test_defaults_are_the_chapters_protocol():
+    cfg = RunConfig()
+    assert (cfg.image_size, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.epochs) == (256, 32, 0.2, 5e-4, 20)
+    assert (cfg.box_loss, cfg.cls_loss, cfg.loss_normalization, cfg.neg_sampling) == ("l1", "ce", "anchors", "all")
+    assert cfg.focal_alpha is None and cfg.cls_weight == cfg.box_weight == 1.0
+
+
+def test_overrides_are_typed():
+    parsed = parse_overrides(["lr=0.1", "epochs=3", "channels_last=false", "focal_alpha=0.25", "box_loss=smooth_l1"])
+    assert parsed == {"lr": 0.1, "epochs": 3, "channels_last": False, "focal_alpha": 0.25, "box_loss": "smooth_l1"}
+    assert parse_overrides(["focal_alpha=none"]) == {"focal_alpha": None}
+
+
+@pytest.mark.parametrize("pair, words", [
+    ("learning_rate=0.1", "unknown config key 'learning_rate'"),
+    ("lr=nan", "lr: must be a finite number"),
+    ("lr=inf", "lr: must be a finite number"),
+    ("epochs=two", "epochs: expected int"),
+    ("lr", "must look like key=value"),
+    ("channels_last=maybe", "channels_last: expected bool"),
+])
+def test_bad_overrides_name_the_key(pair, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_overrides([pair])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"image_size": 250}, "image_size: must be a multiple of 32"),
+    ({"focal_alpha": 1.5}, r"focal_alpha: must be in \[0.0, 1.0\]"),
+    ({"box_loss": "l2"}, "box_loss: must be one of l1, smooth_l1"),
+    ({"epochs": 0}, "epochs: must be in"),
+    ({"lr": float("nan")}, "lr: must be a finite number"),
+])
+def test_out_of_range_values_are_refused(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        make_config("chapter", overrides)
+
+
+def test_profile_then_overrides():
+    cfg = make_config("quick", {"epochs": 2})
+    assert cfg.epochs == 2 and cfg.image_size == PROFILES["quick"]["image_size"]
+    assert make_config("chapter") == RunConfig()
+    with pytest.raises(ConfigError, match="profile"):
+        make_config("fast")
+
+
+def test_knob_table_covers_every_field():
+    names = [row["name"] for row in knob_table()]
+    assert names == [f.name for f in dataclasses.fields(RunConfig)]
+    assert all(row["help"] for row in knob_table())
