@@ -1,0 +1,39 @@
+import pytest
+
+from pipeline.tracking import MemoryTracker, MlflowTracker
+
+
+def test_memory_run_statuses():
+    tracker = MemoryTracker()
+    with tracker.run("ok", params={"lr": 0.2}) as run:
+        run.log_metrics({"val/map": 0.5}, step=1)
+    with pytest.raises(RuntimeError):
+        with tracker.run("boom"):
+            raise RuntimeError("boom")
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run("stopped"):
+            raise KeyboardInterrupt
+    assert [r.status for r in tracker.runs] == ["FINISHED", "FAILED", "KILLED"]
+    assert tracker.runs[0].params == {"lr": "0.2"} and tracker.runs[0].metrics == {"val/map": [(1, 0.5)]}
+
+
+def test_mlflow_runs_are_always_closed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker("test", uri=uri)
+    with tracker.run("parent", params={"a": 1, "b": None}) as parent:
+        with tracker.run("child", parent_run_id=parent.run_id, tags={"trial": 3}) as child:
+            child.log_metrics({"val/map": 0.25, "train/loss": 1.5}, step=2)
+            (tmp_path / "f.txt").write_text("x")
+            child.log_artifact(tmp_path / "f.txt")
+        with pytest.raises(ValueError):
+            with tracker.run("failing", parent_run_id=parent.run_id) as failing:
+                raise ValueError("bad")
+    client = MlflowClient(uri)
+    got_parent, got_child, got_failing = (client.get_run(r.run_id) for r in (parent, child, failing))
+    assert got_parent.info.status == "FINISHED" and got_parent.data.params == {"a": "1", "b": "None"}
+    assert got_child.info.status == "FINISHED" and got_child.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert got_child.data.metrics == {"val/map": 0.25, "train/loss": 1.5} and got_child.data.tags["trial"] == "3"
+    assert [a.path for a in client.list_artifacts(child.run_id)] == ["f.txt"]
+    assert got_failing.info.status == "FAILED"
