@@ -66,7 +66,7 @@ def test_pr_curve_of_one_miss_and_one_hit():
     result = coco_evaluate(gt, results)
     banana = result.precision_iou50[:, 0]
     assert banana[:51] == pytest.approx([1.0] * 51) and banana[51:].tolist() == [0.0] * 50  # recall 0.5 at precision 1
-    assert result.metrics["map50"] == pytest.approx((0.51 + 0.0) / 2, abs=1e-6)  # the apple is never detected
+    assert result.metrics["map50"] == pytest.approx((51 / 101 + 0.0) / 2, abs=1e-6)  # the apple is never detected
 
 
 def test_results_are_in_original_pixels():
