@@ -49,14 +49,25 @@ def _device_kind(device: Device) -> str:
     return "cuda" if device == Device.cuda or (device == Device.auto and torch.cuda.is_available()) else "cpu"
 
 
-def build_config(sets: list[str] | None, profile: Profile | None, device: Device, **flags) -> RunConfig:
-    """Defaults < profile < explicit flags < --set, with every error a usage error (exit 2)."""
+def user_overrides(sets: list[str] | None, device: Device, **flags) -> dict:
+    """The explicit flags, then --set: what the user changed from the profile, type-checked."""
     try:
         overrides = {k: v for k, v in flags.items() if v is not None}
         overrides["device"] = device.value
         overrides.update(parse_overrides(sets or []))
-        chosen = profile.value if profile else default_profile(_device_kind(Device(overrides["device"])))
-        return make_config(chosen, overrides)
+        return overrides
+    except ConfigError as exc:
+        _usage_error(str(exc), "--set")
+
+
+def chosen_profile(profile: Profile | None, device: Device) -> str:
+    return profile.value if profile else default_profile(_device_kind(device))
+
+
+def build_config(profile: str, overrides: dict) -> RunConfig:
+    """Defaults < profile < overrides, with every error a usage error (exit 2)."""
+    try:
+        return make_config(profile, overrides)
     except ConfigError as exc:
         _usage_error(str(exc), "--set")
 
@@ -106,15 +117,27 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     from pipeline.run import tracked_run
     from pipeline.tracking import MlflowTracker
 
-    cfg = build_config(sets, profile, device, dataset=dataset, epochs=epochs)
+    cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset, epochs=epochs))
     _check_writable(out_dir)
-    result = tracked_run(cfg, MlflowTracker(experiment), name="train", out_dir=out_dir, progress=True)
+    data = _load_or_exit(cfg)
+    result = tracked_run(cfg, MlflowTracker(experiment), name="train", out_dir=out_dir, progress=True, data=data)
     console.print(_metrics_table("validation (COCO)", {k: v for k, v in result.metrics.items() if k.startswith("val/")}))
     console.print(f"checkpoint: {result.checkpoint}   MLflow run: {result.run_id}   "
                   f"training speed: {result.train_images_per_s:.1f} images/s")
     if json_out:
         _json_line({**result.metrics, "train_images_per_s": result.train_images_per_s, "run_id": result.run_id,
                     "checkpoint": str(result.checkpoint)})
+
+
+def _load_or_exit(cfg: RunConfig):
+    """Both splits, checked before any store is touched; bad data is a usage error naming file and line."""
+    from pipeline.data import DataError
+    from pipeline.run import load_data
+
+    try:
+        return load_data(cfg, progress=True)
+    except DataError as exc:
+        _usage_error(str(exc), "--dataset")
 
 
 def _check_writable(path: Path) -> None:
@@ -189,6 +212,133 @@ def data(dataset: Annotated[str, typer.Argument(help="'bananas', 'shapes', or a 
         console.print(f"{key:>8}: {value}")
     if json_out:
         typer.echo(json.dumps(summary))
+
+
+@app.command()
+def variants(json_out: JsonOpt = False):
+    """List the studies: the question each answers, its search space, sampler and default trials."""
+    import experiments
+    from pipeline.sweep import describe_space
+
+    rows = []
+    for name in experiments.names():
+        spec = experiments.load(name)
+        base = make_config("chapter", spec.fixed)
+        rows.append({"name": name, "question": spec.question.splitlines()[0], "fixed": spec.fixed,
+                     "space": describe_space(spec, base), "sampler": type(spec.sampler(0)).__name__,
+                     "trials": spec.trials, "objective": spec.objective})
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title="studies (python cli.py sweep NAME)", show_lines=True)
+    for col in ("name", "question", "search space", "sampler", "trials"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        space = "\n".join(f"{k}: {_describe_dist(v)}" for k, v in row["space"].items())
+        fixed = "".join(f"\n(fixed {k}={v})" for k, v in row["fixed"].items())
+        trials = ", ".join(f"{p}: {n}" for p, n in row["trials"].items())
+        table.add_row(row["name"], row["question"], space + fixed, row["sampler"], trials)
+    console.print(table)
+
+
+def _describe_dist(d: dict) -> str:
+    if d["type"] == "categorical":
+        return "{" + ", ".join(str(c) for c in d["choices"]) + "}"
+    return f"{d['type']} [{d['low']}, {d['high']}]" + (" log" if d.get("log") else "")
+
+
+def _variant_name(value: str) -> str:
+    import experiments
+    if value not in experiments.names():
+        raise typer.BadParameter(f"unknown variant {value!r}; valid variants: {', '.join(experiments.names())}")
+    return value
+
+
+@app.command()
+def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.py variants`", callback=_variant_name)],
+          trials: Annotated[Optional[int], typer.Option(min=1, help="finished trials wanted in the study (default: the study's)")] = None,
+          epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs per trial")] = None,
+          profile: ProfileOpt = None, dataset: DatasetOpt = None, sets: SetOpt = None,
+          storage: Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///… or postgresql://…)")] = "sqlite:///optuna.db",
+          study_name: Annotated[Optional[str], typer.Option(help="default: VARIANT-PROFILE")] = None,
+          workers: Annotated[int, typer.Option(min=1, help="worker processes sharing the study (and the GPU)")] = 1,
+          seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
+          timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after SEC seconds")] = None,
+          no_prune: Annotated[bool, typer.Option("--no-prune", help="turn off MedianPruner")] = False,
+          seeds: Annotated[int, typer.Option(min=0, help="afterwards, re-train the best and the control with N new seeds")] = 0,
+          device: DeviceOpt = Device.auto,
+          out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
+          json_out: JsonOpt = False):
+    """Run or resume the Optuna study for VARIANT; every trial is an MLflow run nested under this sweep.
+
+    Running the same command again resumes the study up to --trials finished trials.
+    Trial 0 of every study is the chapter's configuration: the control.
+    """
+    from pipeline.sweep import SweepError, SweepOptions, run_sweep
+
+    cfg_profile = chosen_profile(profile, device)
+    overrides = user_overrides(sets, device, dataset=dataset, epochs=epochs)
+    build_config(cfg_profile, overrides)  # refuse bad values before any store is touched
+    _check_writable(out_dir)
+    options = SweepOptions(variant=variant, trials=trials, profile=cfg_profile, overrides=overrides, storage=storage,
+                           study_name=study_name, workers=workers, seed=seed, timeout=timeout, prune=not no_prune,
+                           seeds=seeds, out_dir=out_dir)
+    try:
+        with _SweepProgress(options) as view:
+            result = run_sweep(options, on_update=view.update)
+    except SweepError as exc:
+        _usage_error(str(exc))
+    console.print(_sweep_table(result, options))
+    if json_out:
+        _json_line(result)
+
+
+class _SweepProgress:
+    """A rich progress bar over the study's finished trials: done, pruned, failed and best so far."""
+
+    def __init__(self, options):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.options = options
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[status]}"), console=err_console)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def update(self, study):
+        from pipeline.sweep import counts
+        n = counts(study)
+        complete = [t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        best = f"best {max(complete):.4f}" if complete else "best -"
+        status = f"done {n['COMPLETE']}  pruned {n['PRUNED']}  failed {n['FAIL']}  running {n['RUNNING']}  {best}"
+        if self.task is None:
+            total = self.options.trials or None
+            self.task = self.bar.add_task(f"study {study.study_name}", total=total, status=status)
+        self.bar.update(self.task, completed=n["COMPLETE"] + n["PRUNED"], status=status)
+
+
+def _sweep_table(result: dict, options) -> Table:
+    import optuna
+    from pipeline.sweep import DEFAULT_STORAGE
+    study = optuna.load_study(study_name=result["study"], storage=options.storage)
+    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
+    control = [t for t in complete if t.user_attrs.get("control")]
+    shown = complete[:5] + [t for t in control if t not in complete[:5]]
+    table = Table(title=f"{result['study']}: best trials and the control (val/map)")
+    for col in ("trial", "val/map", "delta vs control", "params"):
+        table.add_column(col)
+    for t in shown:
+        delta = "" if result["control_value"] is None else f"{t.value - result['control_value']:+.4f}"
+        params = "control (the chapter)" if t.user_attrs.get("control") else ", ".join(f"{k}={v}" for k, v in t.params.items())
+        table.add_row(str(t.number), f"{t.value:.4f}", delta, params)
+    table.caption = (f"{result['n_complete']} complete, {result['n_pruned']} pruned, {result['n_failed']} failed; "
+                     f"MLflow experiment {result['mlflow_experiment_id']}, parent run {result['parent_run_id']}")
+    return table
 
 
 @app.command()

@@ -11,13 +11,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import RunConfig
 from pipeline.data import DetectionData, load_split
 from pipeline.evaluate import Detections
-from pipeline.train import EpochCallback, FitResult, fit
+from pipeline.tracking import RunHandle
+from pipeline.train import EpochCallback, FitResult, Pruned, fit
 from pipeline.visualize import draw_detections, save_grid
 
 PREVIEW_IMAGES = 8
@@ -60,13 +62,29 @@ def write_pr_curve(precision_iou50, class_names: list[str], path: Path) -> Path:
     return path
 
 
+def _fit_tagged(cfg, train, val, run: RunHandle, on_epoch, progress) -> FitResult:
+    """fit, with the way it ended written on the run: a pruned run FINISHED, anything else FAILED."""
+    try:
+        return fit(cfg, train, val, run=run, on_epoch=on_epoch, progress=progress)
+    except Pruned as exc:
+        run.set_tags({"trial_state": "PRUNED", "pruned": "true", "end_reason": str(exc)})
+        run.outcome = "FINISHED"
+        raise
+    except BaseException as exc:
+        run.set_tags({"trial_state": "FAIL", "end_reason": f"{type(exc).__name__}: {exc}"[:5000]})
+        raise
+
+
 def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run_id: str | None = None,
                 tags: dict | None = None, on_epoch: EpochCallback | None = None, progress: bool = True,
-                data: tuple[DetectionData, DetectionData] | None = None) -> RunResult:
+                data: tuple[DetectionData, DetectionData] | None = None,
+                on_start: Callable[[RunHandle], None] | None = None) -> RunResult:
     """Train ``cfg`` inside one tracked run and log everything a reader needs to trust it."""
     train, val = data if data is not None else load_data(cfg, progress)
     with tracker.run(name, params=dataclasses.asdict(cfg), tags=tags, parent_run_id=parent_run_id) as run:
-        result = fit(cfg, train, val, run=run, on_epoch=on_epoch, progress=progress)
+        if on_start is not None:
+            on_start(run)
+        result = _fit_tagged(cfg, train, val, run, on_epoch, progress)
         final = {**result.metrics, "train_images_per_s": result.train_images_per_s}
         run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
         out_dir = Path(out_dir) / run.run_id
@@ -75,4 +93,5 @@ def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run
         (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, default=float))
         write_pr_curve(result.coco.precision_iou50, train.class_names, out_dir / "pr_curve_iou50.json")
         run.log_artifact(out_dir)
+        run.set_tags({"trial_state": "COMPLETE"})
         return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoint, result)

@@ -77,6 +77,14 @@ class _MlflowRun(RunHandle):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside an embedded SQLite store, artifacts go to mlartifacts/ (as `mlflow ui` expects), not ./mlruns."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides for itself
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (db.parent / "mlartifacts" / experiment).as_uri()
+
+
 class MlflowTracker:
     """Runs in one MLflow experiment of the store at ``uri``."""
 
@@ -91,7 +99,7 @@ class MlflowTracker:
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri, name))
         except Exception:  # another worker created it between our two calls
             found = self.client.get_experiment_by_name(name)
             if found is None:
@@ -117,10 +125,13 @@ class MlflowTracker:
         finally:
             self.client.set_terminated(handle.run_id, status=_final_status(handle, error))
 
+    def running_runs(self, tag_filter: dict[str, str]) -> list:
+        query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tag_filter.items()] + ["attributes.status = 'RUNNING'"])
+        return self.client.search_runs([self.experiment_id], filter_string=query)
+
     def fail_stale_runs(self, tag_filter: dict[str, str], status: str = "FAILED") -> list[str]:
         """Close RUNNING runs whose tags match: what a killed worker left behind."""
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tag_filter.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=query + " and attributes.status = 'RUNNING'")
+        runs = self.running_runs(tag_filter)
         for run in runs:
             self.client.set_terminated(run.info.run_id, status=status)
         return [r.info.run_id for r in runs]

@@ -22,7 +22,15 @@ from pipeline.losses import detection_loss
 from pipeline.model import TinySSD, autocast, preprocess
 from pipeline.tracking import RunHandle
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+EpochCallback = Callable[[int, dict[str, float], "RunHandle | None"], None]
+
+
+class Pruned(Exception):
+    """Raised by an on_epoch callback to stop a run that is not worth finishing."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"pruned after epoch {epoch}")
+        self.epoch = epoch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -146,7 +154,7 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
             if bar:
                 bar.update(epochs, advance=1, status=f"loss {metrics['train/loss']:.4f}  val mAP {metrics['val/map']:.3f}")
             if on_epoch is not None:
-                on_epoch(epoch, metrics)
+                on_epoch(epoch, metrics, run)
     speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)
     return FitResult(model, history[-1], history, coco, detections, speed)
 

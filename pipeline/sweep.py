@@ -1,0 +1,351 @@
+"""Optuna studies over the chapter's exercises, each trial a nested MLflow run.
+
+Storage is Optuna's own: ``sqlite:///optuna.db`` by default, any RDB URL (PostgreSQL)
+to share a study between machines. The study, its control (trial 0, the chapter's
+configuration) and both databases are created once, in this process, before any
+worker starts: several processes creating SQLite schemas at once crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+import experiments
+from pipeline.config import RunConfig, make_config
+from pipeline.run import load_data, tracked_run
+from pipeline.tracking import MlflowTracker
+from pipeline.train import Pruned
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+# Heartbeats let a resumed sweep notice a worker that was killed mid-trial; the env vars exist for tests.
+HEARTBEAT_INTERVAL = int(os.environ.get("TINYSSD_HEARTBEAT_INTERVAL", "10"))
+HEARTBEAT_GRACE = int(os.environ.get("TINYSSD_HEARTBEAT_GRACE", "60"))
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SweepError(ValueError):
+    """A sweep that must not start: the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    variant: str
+    trials: int | None = None  # None: the study's default for the profile
+    profile: str = "quick"
+    overrides: dict[str, Any] = field(default_factory=dict)  # --epochs, --dataset, --set ...
+    storage: str = DEFAULT_STORAGE
+    study_name: str | None = None
+    workers: int = 1
+    seed: int = 0  # the sampler's seed
+    timeout: float | None = None
+    prune: bool = True
+    seeds: int = 0  # confirmation seeds for the best trial and the control
+    out_dir: Path = Path("outputs")
+
+
+class SpaceRecorder:
+    """A stand-in trial that records the suggest_* calls of a space: the study's search space, described."""
+
+    def __init__(self):
+        self.calls: dict[str, dict[str, Any]] = {}
+        self.user_attrs: dict[str, Any] = {}
+
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        self.calls[name] = {"type": "float", "low": low, "high": high, "log": log, "step": step}
+        return low
+
+    def suggest_int(self, name, low, high, *, step=1, log=False):
+        self.calls[name] = {"type": "int", "low": low, "high": high, "log": log, "step": step}
+        return low
+
+    def suggest_categorical(self, name, choices):
+        self.calls[name] = {"type": "categorical", "choices": list(choices)}
+        return choices[0]
+
+
+def describe_space(study: experiments.Study, base: RunConfig) -> dict[str, dict[str, Any]]:
+    recorder = SpaceRecorder()
+    study.space(recorder, base)
+    return recorder.calls
+
+
+def base_config(study: experiments.Study, options: SweepOptions) -> RunConfig:
+    """The control's configuration: defaults, profile, the user's flags, then the study's fixed overrides."""
+    return make_config(options.profile, {**options.overrides, **study.fixed})
+
+
+def _engine_kwargs(url: str) -> dict:
+    # SQLite serialises writers: wait for the lock instead of failing when workers write together
+    return {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+
+
+def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.RDBStorage:
+    """Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried."""
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
+        heartbeat_stale_trial_callback=on_stale or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+
+
+def study_name_for(options: SweepOptions) -> str:
+    return options.study_name or f"{options.variant}-{options.profile}"
+
+
+def _signature(study: experiments.Study, base: RunConfig) -> dict[str, Any]:
+    return {"space": describe_space(study, base), "base_config": dataclasses.asdict(base), "objective": study.objective}
+
+
+def _check_unchanged(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
+    """Refuse to mix trials of two different experiments in one study."""
+    diffs = []
+    for part in ("space", "objective"):
+        if json.dumps(stored.get(part), sort_keys=True) != json.dumps(current[part], sort_keys=True):
+            diffs.append(f"{part}: stored {json.dumps(stored.get(part))} != now {json.dumps(current[part])}")
+    old, new = stored.get("base_config", {}), current["base_config"]
+    diffs += [f"{k}: stored {old.get(k)!r} != now {new[k]!r}" for k in new if old.get(k) != new[k] and k != "device"]
+    if diffs:
+        raise SweepError(f"study {name!r} was created with a different search space or configuration:\n  "
+                         + "\n  ".join(diffs) + "\nUse --study-name to start a new study, or the original options.")
+
+
+def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Study, RunConfig]:
+    """Create or resume the study, refusing a changed space; enqueue the control in a new study."""
+    try:
+        spec = experiments.load(options.variant)
+    except KeyError as exc:
+        raise SweepError(exc.args[0]) from None
+    base = base_config(spec, options)
+    name = study_name_for(options)
+    storage = open_storage(options.storage)
+    signature = _signature(spec, base)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                sampler=spec.sampler(options.seed), load_if_exists=True)
+    if "signature" in study.user_attrs:
+        _check_unchanged(study.user_attrs["signature"], signature, name)
+    else:
+        study.set_user_attr("signature", signature)
+        study.set_user_attr("variant", spec.name)
+        study.set_user_attr("question", spec.question)
+        study.set_user_attr("profile", options.profile)
+        study.enqueue_trial({}, user_attrs={"control": True})  # trial 0: the chapter, the control
+    return study, spec, base
+
+
+@dataclass
+class _TrialContext:
+    """What a worker needs to run trials: rebuilt in each worker process from the options."""
+    options: SweepOptions
+    spec: experiments.Study
+    base: RunConfig
+    tracker: MlflowTracker
+    parent_run_id: str
+    study_name: str
+    data_cache: dict = field(default_factory=dict)
+
+    def data(self, cfg: RunConfig):
+        key = (cfg.dataset, cfg.image_size, cfg.train_images, cfg.val_images)
+        if key not in self.data_cache:  # the input-size study needs the data at several sizes
+            self.data_cache[key] = load_data(cfg, progress=False)
+        return self.data_cache[key]
+
+
+def trial_config(trial, ctx: _TrialContext) -> RunConfig:
+    """The control runs the base config untouched; every other trial applies the study's space."""
+    if trial.user_attrs.get("control"):
+        return ctx.base
+    return dataclasses.replace(ctx.base, **ctx.spec.space(trial, ctx.base))
+
+
+def _pruning_callback(trial, objective: str, prune: bool):
+    def on_epoch(epoch, metrics, run):
+        value = metrics[objective]
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{objective} is {value} after epoch {epoch}")
+        trial.report(value, epoch)
+        if prune and trial.should_prune():
+            raise Pruned(epoch)
+    return on_epoch
+
+
+def objective(trial: optuna.Trial, ctx: _TrialContext) -> float:
+    cfg = trial_config(trial, ctx)
+    tags = {"study": ctx.study_name, "trial_number": trial.number, "variant": ctx.spec.name,
+            "control": bool(trial.user_attrs.get("control")), "trial_state": "RUNNING"}
+    try:
+        result = tracked_run(cfg, ctx.tracker, name=f"trial-{trial.number}", out_dir=ctx.options.out_dir,
+                             parent_run_id=ctx.parent_run_id, tags=tags, progress=False, data=ctx.data(cfg),
+                             on_epoch=_pruning_callback(trial, ctx.spec.objective, ctx.options.prune),
+                             on_start=lambda run: trial.set_user_attr("mlflow_run_id", run.run_id))
+    except Pruned:
+        raise optuna.TrialPruned() from None
+    value = result.metrics[ctx.spec.objective]
+    if not math.isfinite(value):  # Optuna would keep an inf as the best value
+        raise FloatingPointError(f"final {ctx.spec.objective} is {value}")
+    trial.set_user_attr("metrics", {k: (None if math.isnan(v) else v) for k, v in result.metrics.items()})
+    return value
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _context(options: SweepOptions, parent_run_id: str) -> _TrialContext:
+    spec = experiments.load(options.variant)
+    name = study_name_for(options)
+    return _TrialContext(options, spec, base_config(spec, options), MlflowTracker(name), parent_run_id, name)
+
+
+def _stale_callback(tracker: MlflowTracker, study_name: str):
+    """Retry a killed worker's trial, and close its MLflow run as FAILED."""
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def on_stale(study, trial):
+        tracker.fail_stale_runs({"study": study_name, "trial_number": str(trial.number)})
+        retry(study, trial)
+    return on_stale
+
+
+def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: int = 0,
+               callbacks: list | None = None) -> None:
+    """Run up to n_trials trials of the study in this process; stop once the study has enough."""
+    import signal
+    import torch
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a trial killed by SIGTERM ends FAIL, its run KILLED
+    if options.workers > 1:  # the cores are shared between the workers
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
+    ctx = _context(options, parent_run_id)
+    storage = open_storage(options.storage, _stale_callback(ctx.tracker, ctx.study_name))
+    study = optuna.load_study(study_name=ctx.study_name, storage=storage,
+                              sampler=ctx.spec.sampler(options.seed + index))
+    target = options.trials or ctx.spec.trials[options.profile]
+    study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),
+                   callbacks=[optuna.study.MaxTrialsCallback(target, states=DONE), *(callbacks or [])])
+
+
+def _spawn_workers(options: SweepOptions, parent_run_id: str, quotas: list[int], on_poll: Callable) -> None:
+    mp = multiprocessing.get_context("spawn")
+    procs = [mp.Process(target=run_worker, args=(options, parent_run_id, n, i), daemon=False)
+             for i, n in enumerate(quotas) if n > 0]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            on_poll()
+            time.sleep(1.0)
+    except BaseException:
+        for p in procs:
+            p.terminate()  # SIGTERM: each worker fails its trial and closes its run
+        for p in procs:
+            p.join(30)
+        raise
+    on_poll()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(procs)} workers exited with an error (exit codes {failed})")
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {state.name: sum(t.state == state for t in trials) for state in TrialState}
+
+
+def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, parent_run_id: str) -> dict[str, Any]:
+    """What --json prints: counts, best (pruned trials never count as best) and the control."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value, default=None)
+    control = next((t for t in complete if t.user_attrs.get("control")), None)
+    n = counts(study)
+    return {"study": study.study_name, "storage": options.storage, "n_complete": n["COMPLETE"],
+            "n_pruned": n["PRUNED"], "n_failed": n["FAIL"], "best_value": best.value if best else None,
+            "best_params": dict(best.params) if best else None, "best_trial": best.number if best else None,
+            "control_value": control.value if control else None,
+            "mlflow_experiment_id": tracker.experiment_id, "parent_run_id": parent_run_id}
+
+
+def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
+    """Close MLflow runs left RUNNING by trials that are no longer running (a killed worker's)."""
+    optuna.storages.fail_stale_trials(study)
+    running = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    closed = []
+    for run in tracker.running_runs({"study": study.study_name}):
+        number = run.data.tags.get("trial_number")
+        if number is not None and number not in running:
+            closed += tracker.fail_stale_runs({"study": study.study_name, "trial_number": number})
+    return closed
+
+
+def remaining_trials(study: optuna.Study, target: int) -> int:
+    done = sum(t.state in DONE for t in study.get_trials(deepcopy=False))
+    return max(0, target - done)
+
+
+def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study], None] | None = None) -> dict[str, Any]:
+    """Run or resume the study up to ``trials`` finished trials; returns the summary."""
+    import signal
+
+    study, spec, base = prepare(options)
+    target = options.trials or spec.trials[options.profile]
+    tracker = MlflowTracker(study.study_name)  # creates the MLflow schema before any worker starts
+    reconcile_runs(study, tracker)
+    load_data(base, progress=True)  # generate the data set once, before workers race to do it
+    update = (lambda: on_update(study)) if on_update else (lambda: None)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
+                         tags={"study": study.study_name, "variant": spec.name, "role": "sweep",
+                               "profile": options.profile, "workers": options.workers}) as parent:
+            study.set_user_attr("last_parent_run_id", parent.run_id)
+            todo = remaining_trials(study, target)
+            quotas = [todo // options.workers + (i < todo % options.workers) for i in range(options.workers)]
+            if options.workers == 1:
+                run_worker(options, parent.run_id, todo, callbacks=[lambda s, t: update()])
+            elif todo:
+                _spawn_workers(options, parent.run_id, quotas, update)
+            if options.seeds:
+                confirm(study, options, spec, base, tracker, parent.run_id, update)
+            result = summary(study, options, tracker, parent.run_id)
+            parent.log_metrics({k: v for k, v in result.items() if k.startswith("n_") or k.endswith("_value")})
+            return result
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def confirm(study, options: SweepOptions, spec, base: RunConfig, tracker: MlflowTracker, parent_run_id: str,
+            update: Callable = lambda: None) -> dict[str, Any]:
+    """Re-train the best trial's and the control's configurations with new seeds 1..N.
+
+    New seeds, not the search's own, so the best trial's lucky draw does not count twice.
+    """
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    candidates = [t for t in complete if not t.user_attrs.get("control")] or complete
+    if not candidates:
+        return {}
+    best = max(candidates, key=lambda t: t.value)
+    ctx = _context(options, parent_run_id)
+    configs = {"best": trial_config(optuna.trial.FixedTrial(best.params), ctx) if not best.user_attrs.get("control")
+               else base, "control": base}
+    values: dict[str, list[float]] = {"best": [], "control": []}
+    for seed in range(1, options.seeds + 1):
+        for role, cfg in configs.items():
+            cfg = dataclasses.replace(cfg, seed=cfg.seed + seed)
+            tags = {"study": study.study_name, "role": "confirmation", "confirm_of": role, "seed": cfg.seed,
+                    "source_trial": best.number if role == "best" else "control"}
+            result = tracked_run(cfg, tracker, name=f"confirm-{role}-seed{cfg.seed}", out_dir=options.out_dir,
+                                 parent_run_id=parent_run_id, tags=tags, progress=False, data=ctx.data(cfg))
+            values[role].append(result.metrics[spec.objective])
+            update()
+    record = {"best_trial": best.number, "seeds": [base.seed + s for s in range(1, options.seeds + 1)], **values}
+    study.set_user_attr("confirmation", record)
+    return record
