@@ -274,7 +274,10 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
     Running the same command again resumes the study up to --trials finished trials.
     Trial 0 of every study is the chapter's configuration: the control.
     """
+    import optuna
     from pipeline.sweep import SweepError, SweepOptions, run_sweep
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it better
 
     cfg_profile = chosen_profile(profile, device)
     overrides = user_overrides(sets, device, dataset=dataset, epochs=epochs)
@@ -310,15 +313,14 @@ class _SweepProgress:
     def __exit__(self, *exc):
         return self.bar.__exit__(*exc)
 
-    def update(self, study):
+    def update(self, study, target: int):
         from pipeline.sweep import counts
         n = counts(study)
         complete = [t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         best = f"best {max(complete):.4f}" if complete else "best -"
         status = f"done {n['COMPLETE']}  pruned {n['PRUNED']}  failed {n['FAIL']}  running {n['RUNNING']}  {best}"
         if self.task is None:
-            total = self.options.trials or None
-            self.task = self.bar.add_task(f"study {study.study_name}", total=total, status=status)
+            self.task = self.bar.add_task(study.study_name, total=target, status=status)
         self.bar.update(self.task, completed=n["COMPLETE"] + n["PRUNED"], status=status)
 
 
@@ -334,7 +336,8 @@ def _sweep_table(result: dict, options) -> Table:
         table.add_column(col)
     for t in shown:
         delta = "" if result["control_value"] is None else f"{t.value - result['control_value']:+.4f}"
-        params = "control (the chapter)" if t.user_attrs.get("control") else ", ".join(f"{k}={v}" for k, v in t.params.items())
+        params = "control (the chapter)" if t.user_attrs.get("control") else ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         table.add_row(str(t.number), f"{t.value:.4f}", delta, params)
     table.caption = (f"{result['n_complete']} complete, {result['n_pruned']} pruned, {result['n_failed']} failed; "
                      f"MLflow experiment {result['mlflow_experiment_id']}, parent run {result['parent_run_id']}")

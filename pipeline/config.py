@@ -96,6 +96,10 @@ def _check_value(f: dataclasses.Field, value) -> None:
         if not _base_type(f.name)[1]:
             raise ConfigError(f"{f.name}: must not be empty")
         return
+    kind = _base_type(f.name)[0]
+    numeric_ok = kind is float and isinstance(value, int) and not isinstance(value, bool)
+    if not (isinstance(value, kind) or numeric_ok) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{f.name}: expected {kind.__name__}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{f.name}: must be a finite number, got {value}")
     if meta.get("choices") and value not in meta["choices"]:

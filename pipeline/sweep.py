@@ -81,8 +81,8 @@ def describe_space(study: experiments.Study, base: RunConfig) -> dict[str, dict[
 
 
 def base_config(study: experiments.Study, options: SweepOptions) -> RunConfig:
-    """The control's configuration: defaults, profile, the user's flags, then the study's fixed overrides."""
-    return make_config(options.profile, {**options.overrides, **study.fixed})
+    """The control's configuration: defaults, profile, the study's fixed overrides, then the user's flags."""
+    return make_config(options.profile, {**study.fixed, **options.overrides})
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -291,7 +291,7 @@ def remaining_trials(study: optuna.Study, target: int) -> int:
     return max(0, target - done)
 
 
-def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study], None] | None = None) -> dict[str, Any]:
+def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], None] | None = None) -> dict[str, Any]:
     """Run or resume the study up to ``trials`` finished trials; returns the summary."""
     import signal
 
@@ -300,8 +300,9 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study], None] |
     tracker = MlflowTracker(study.study_name)  # creates the MLflow schema before any worker starts
     reconcile_runs(study, tracker)
     load_data(base, progress=True)  # generate the data set once, before workers race to do it
-    update = (lambda: on_update(study)) if on_update else (lambda: None)
+    update = (lambda: on_update(study, target)) if on_update else (lambda: None)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    update()
     try:
         with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
                          tags={"study": study.study_name, "variant": spec.name, "role": "sweep",

@@ -21,7 +21,12 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI reads to nest a run unde
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """MLFLOW_TRACKING_URI, else the embedded store; a relative SQLite path is made absolute,
+    because MLflow caches one store per URI string for the whole process."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
 
 
 def _param_value(value: Any) -> str:

@@ -38,6 +38,8 @@ def test_bad_overrides_name_the_key(pair, words):
     ({"box_loss": "l2"}, "box_loss: must be one of l1, smooth_l1"),
     ({"epochs": 0}, "epochs: must be in"),
     ({"lr": float("nan")}, "lr: must be a finite number"),
+    ({"epochs": "3"}, "epochs: expected int"),
+    ({"channels_last": 1}, "channels_last: expected bool"),
 ])
 def test_out_of_range_values_are_refused(overrides, words):
     with pytest.raises(ConfigError, match=words):

@@ -1,0 +1,117 @@
+"""Studies and sweeps on tiny configs: trial counts, the control, MLflow nesting, resume, workers, refusals."""
+
+import dataclasses
+import json
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from pipeline.tracking import tracking_uri
+from typer.testing import CliRunner
+
+import experiments
+from cli import app
+from conftest import tiny_args
+from pipeline.config import RunConfig, make_config, parse_overrides
+from pipeline.sweep import SweepOptions, describe_space
+
+runner = CliRunner()
+
+
+def sweep(variant, data, *extra):
+    return runner.invoke(app, ["sweep", variant, "--dataset", str(data), "--device", "cpu", *tiny_args(), "--json",
+                               *extra])
+
+
+def child_runs(study_name):
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(study_name)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if "trial_number" in r.data.tags]
+    return parents, children
+
+
+@pytest.mark.parametrize("name", experiments.names())
+def test_every_study_samples_valid_configs(name):
+    spec = experiments.load(name)
+    assert spec.question and spec.objective == "val/map" and set(spec.trials) == {"chapter", "quick"}
+    base = make_config("quick", spec.fixed)
+    configs = []
+
+    def objective(trial):
+        configs.append(dataclasses.replace(base, **spec.space(trial, base)))  # validated by RunConfig
+        return 0.0
+
+    optuna.create_study(direction="maximize", sampler=spec.sampler(0)).optimize(objective, n_trials=3)
+    assert len(configs) == 3 and all(isinstance(c, RunConfig) and c != base for c in configs)
+    assert describe_space(spec, base)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", experiments.names())
+def test_every_study_runs_a_trial(name, workdir, tiny_bananas):
+    result = sweep(name, tiny_bananas, "--trials", "2", "--no-prune")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert out["n_complete"] == 2 and out["control_value"] is not None
+    trials = optuna.load_study(study_name=out["study"], storage="sqlite:///optuna.db").trials
+    assert trials[0].params == {} and trials[1].params  # the control, then a trial of the study's space
+
+
+@pytest.mark.slow
+def test_three_trial_sweep_then_resume_adds_exactly_one(workdir, tiny_bananas):
+    result = sweep("focal-loss", tiny_bananas, "--trials", "3")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="focal-loss-quick", storage="sqlite:///optuna.db")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    parents, children = child_runs("focal-loss-quick")
+    assert len(parents) == 1 and len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    by_number = {int(c.data.tags["trial_number"]): c for c in children}
+    for trial in study.trials:
+        run = by_number[trial.number]
+        assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
+        assert run.data.tags["trial_state"] == trial.state.name
+        assert run.data.metrics["final/val/map"] == pytest.approx(trial.value) if trial.value is not None else True
+    control_params = by_number[0].data.params
+    base = make_config("quick", {"dataset": str(tiny_bananas), "device": "cpu",
+                                 **parse_overrides([s for s in tiny_args() if s != "--set"])})
+    assert control_params == {k: str(v) for k, v in dataclasses.asdict(base).items()}
+    assert study.trials[0].user_attrs["control"] is True and study.trials[0].params == {}
+
+    again = sweep("focal-loss", tiny_bananas, "--trials", "4")
+    assert again.exit_code == 0, again.output
+    study = optuna.load_study(study_name="focal-loss-quick", storage="sqlite:///optuna.db")
+    assert len(study.trials) == 4
+    parents, children = child_runs("focal-loss-quick")
+    assert len(parents) == 2 and len(children) == 4
+
+
+@pytest.mark.slow
+def test_two_workers_finish_n_trials_without_duplicates(workdir, tiny_bananas):
+    result = sweep("loss-weights", tiny_bananas, "--trials", "4", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="loss-weights-quick", storage="sqlite:///optuna.db")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    _, children = child_runs("loss-weights-quick")
+    assert sorted(int(c.data.tags["trial_number"]) for c in children) == [0, 1, 2, 3]
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def _snapshot(workdir):
+    return {p.name: p.read_bytes() for p in workdir.glob("*.db")}
+
+
+@pytest.mark.slow
+def test_refusals_change_no_stored_data(workdir, tiny_bananas):
+    assert sweep("focal-loss", tiny_bananas, "--trials", "1").exit_code == 0
+    before = _snapshot(workdir)
+    unknown = sweep("focal", tiny_bananas)
+    assert unknown.exit_code == 2 and "valid variants" in unknown.output and "focal-loss" in unknown.output
+    zero = sweep("focal-loss", tiny_bananas, "--trials", "0")
+    assert zero.exit_code == 2
+    changed = sweep("focal-loss", tiny_bananas, "--trials", "2", "--set", "epochs=2")
+    assert changed.exit_code == 2 and "epochs: stored 1 != now 2" in changed.output
+    assert _snapshot(workdir) == before
