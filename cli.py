@@ -345,6 +345,22 @@ def _sweep_table(result: dict, options) -> Table:
 
 
 @app.command()
+def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`) or 'all' for the one-page summary")],
+           storage: Annotated[str, typer.Option(help="the Optuna storage the sweep used")] = "sqlite:///optuna.db",
+           study_name: Annotated[Optional[str], typer.Option(help="default: the variant's study in the storage")] = None,
+           out_root: Annotated[Path, typer.Option(help="reports are written to OUT_ROOT/<name>/")] = Path("reports")):
+    """Write reports/<name>/report.md and report.html with figures and trials.csv, from the study and its MLflow runs."""
+    from pipeline.report import ReportError, write_report
+
+    _check_writable(out_root)
+    try:
+        folder = write_report(target, storage=storage, out_root=out_root, study_name=study_name)
+    except ReportError as exc:
+        _usage_error(str(exc))
+    console.print(f"report written to {folder / 'report.html'} and {folder / 'report.md'}")
+
+
+@app.command()
 def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
        host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1"):
     """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."""
