@@ -38,6 +38,7 @@ ProfileOpt = Annotated[Optional[Profile], typer.Option(help="chapter: the chapte
 DatasetOpt = Annotated[Optional[str], typer.Option(help="'bananas' (default), 'shapes', or a path to a banana or COCO folder")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA when there is one")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object as the last line of stdout")]
+SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="skip and count bad data records instead of refusing the data set")]
 
 
 def _usage_error(message: str, hint: str | None = None):
@@ -108,7 +109,7 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
           device: DeviceOpt = Device.auto,
           experiment: Annotated[str, typer.Option(help="MLflow experiment name")] = "tinyssd-train",
           out_dir: Annotated[Path, typer.Option(help="where checkpoints and pictures are written")] = Path("outputs"),
-          json_out: JsonOpt = False):
+          skip_invalid: SkipOpt = False, json_out: JsonOpt = False):
     """Train TinySSD once, validate with COCO mAP every epoch, and log one MLflow run.
 
     Knobs (see `python cli.py knobs`): box_loss, smooth_l1_sigma, cls_loss, focal_gamma, focal_alpha,
@@ -119,7 +120,7 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
 
     cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset, epochs=epochs))
     _check_writable(out_dir)
-    data = _load_or_exit(cfg)
+    data = _load_or_exit(cfg, skip_invalid)
     result = tracked_run(cfg, MlflowTracker(experiment), name="train", out_dir=out_dir, progress=True, data=data)
     console.print(_metrics_table("validation (COCO)", {k: v for k, v in result.metrics.items() if k.startswith("val/")}))
     console.print(f"checkpoint: {result.checkpoint}   MLflow run: {result.run_id}   "
@@ -129,15 +130,18 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
                     "checkpoint": str(result.checkpoint)})
 
 
-def _load_or_exit(cfg: RunConfig):
+def _load_or_exit(cfg: RunConfig, skip_invalid: bool):
     """Both splits, checked before any store is touched; bad data is a usage error naming file and line."""
     from pipeline.data import DataError
     from pipeline.run import load_data
 
     try:
-        return load_data(cfg, progress=True)
+        train, val = load_data(cfg, progress=True, skip_invalid=skip_invalid)
     except DataError as exc:
         _usage_error(str(exc), "--dataset")
+    if train.skipped or val.skipped:
+        err_console.print(f"[yellow]skipped {train.skipped} invalid train and {val.skipped} invalid val records[/]")
+    return train, val
 
 
 def _check_writable(path: Path) -> None:
@@ -268,13 +272,15 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
           seeds: Annotated[int, typer.Option(min=0, help="afterwards, re-train the best and the control with N new seeds")] = 0,
           device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
-          json_out: JsonOpt = False):
+          trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="fail a trial that runs longer than SEC seconds")] = None,
+          skip_invalid: SkipOpt = False, json_out: JsonOpt = False):
     """Run or resume the Optuna study for VARIANT; every trial is an MLflow run nested under this sweep.
 
     Running the same command again resumes the study up to --trials finished trials.
     Trial 0 of every study is the chapter's configuration: the control.
     """
     import optuna
+    from pipeline.data import DataError
     from pipeline.sweep import SweepError, SweepOptions, run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it better
@@ -285,11 +291,11 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
     _check_writable(out_dir)
     options = SweepOptions(variant=variant, trials=trials, profile=cfg_profile, overrides=overrides, storage=storage,
                            study_name=study_name, workers=workers, seed=seed, timeout=timeout, prune=not no_prune,
-                           seeds=seeds, out_dir=out_dir)
+                           seeds=seeds, out_dir=out_dir, trial_timeout=trial_timeout, skip_invalid=skip_invalid)
     try:
         with _SweepProgress(options) as view:
             result = run_sweep(options, on_update=view.update)
-    except SweepError as exc:
+    except (SweepError, DataError) as exc:
         _usage_error(str(exc))
     console.print(_sweep_table(result, options))
     if json_out:

@@ -53,3 +53,26 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Tin
     except Exception as exc:  # truncated, not a checkpoint, or from another version
         raise CheckpointError(f"{path}: not a readable tinyssd checkpoint ({type(exc).__name__}: {exc})") from exc
     return model.to(device).eval(), cfg, state["class_names"], state
+
+
+KEEP_EPOCH_STATES = 2  # the newest, and one to fall back on if the newest is truncated
+
+
+def save_epoch_state(folder: Path, epoch: int, state: dict[str, Any]) -> Path:
+    """Everything needed to resume after ``epoch``, written atomically; older states are pruned."""
+    path = atomic_save({**state, "epoch": epoch}, Path(folder) / f"epoch-{epoch:04d}.pt")
+    for old in sorted(Path(folder).glob("epoch-*.pt"))[:-KEEP_EPOCH_STATES]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest_epoch_state(folder: Path | None) -> dict[str, Any] | None:
+    """The newest readable epoch state in ``folder``: a truncated file falls back to the one before."""
+    if folder is None:
+        return None
+    for path in sorted(Path(folder).glob("epoch-*.pt"), reverse=True):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # a partial write from a killed process: try the previous epoch
+            continue
+    return None

@@ -16,7 +16,7 @@ from typing import Callable
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import RunConfig
-from pipeline.data import DetectionData, load_split
+from pipeline.data import DataError, DetectionData, load_split
 from pipeline.evaluate import Detections
 from pipeline.tracking import RunHandle
 from pipeline.train import EpochCallback, FitResult, Pruned, fit
@@ -36,10 +36,27 @@ class RunResult:
 
 
 def load_data(cfg: RunConfig, progress: bool = True, skip_invalid: bool = False) -> tuple[DetectionData, DetectionData]:
-    """The train and val splits of cfg.dataset at cfg.image_size, cut to cfg.train_images / cfg.val_images."""
+    """The train and val splits of cfg.dataset at cfg.image_size, cut to cfg.train_images / cfg.val_images,
+    checked to make a well-defined COCO evaluation (DataError otherwise)."""
     train = load_split(cfg.dataset, "train", cfg.image_size, progress=progress, skip_invalid=skip_invalid)
     val = load_split(cfg.dataset, "val", cfg.image_size, progress=progress, skip_invalid=skip_invalid)
-    return train.subset(cfg.train_images), val.subset(cfg.val_images)
+    train, val = train.subset(cfg.train_images), val.subset(cfg.val_images)
+    preflight(cfg.dataset, train, val)
+    return train, val
+
+
+def preflight(dataset: str, train: DetectionData, val: DetectionData) -> None:
+    """Refuse data that would train on nothing or make pycocotools answer -1, before any training."""
+    if train.class_names != val.class_names:
+        raise DataError(f"{dataset}: train classes {train.class_names} differ from val classes {val.class_names}")
+    for split, data in (("train", train), ("val", val)):
+        present = set((data.targets[..., 0][data.targets[..., 0] >= 0]).long().tolist())
+        if not present:
+            raise DataError(f"{dataset}: the {split} split has no annotations")
+        missing = [data.class_names[k] for k in range(len(data.class_names)) if k not in present]
+        if split == "val" and missing:
+            raise DataError(f"{dataset}: the val split has no annotations of {', '.join(missing)}: "
+                            "COCO would leave those classes out of mAP")
 
 
 def prediction_grid(val: DetectionData, detections: list[Detections], path: Path) -> Path:
@@ -62,10 +79,10 @@ def write_pr_curve(precision_iou50, class_names: list[str], path: Path) -> Path:
     return path
 
 
-def _fit_tagged(cfg, train, val, run: RunHandle, on_epoch, progress) -> FitResult:
+def _fit_tagged(cfg, train, val, run: RunHandle, on_epoch, progress, state_dir) -> FitResult:
     """fit, with the way it ended written on the run: a pruned run FINISHED, anything else FAILED."""
     try:
-        return fit(cfg, train, val, run=run, on_epoch=on_epoch, progress=progress)
+        return fit(cfg, train, val, run=run, on_epoch=on_epoch, progress=progress, state_dir=state_dir)
     except Pruned as exc:
         run.set_tags({"trial_state": "PRUNED", "pruned": "true", "end_reason": str(exc)})
         run.outcome = "FINISHED"
@@ -78,13 +95,13 @@ def _fit_tagged(cfg, train, val, run: RunHandle, on_epoch, progress) -> FitResul
 def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run_id: str | None = None,
                 tags: dict | None = None, on_epoch: EpochCallback | None = None, progress: bool = True,
                 data: tuple[DetectionData, DetectionData] | None = None,
-                on_start: Callable[[RunHandle], None] | None = None) -> RunResult:
+                on_start: Callable[[RunHandle], None] | None = None, state_dir: Path | None = None) -> RunResult:
     """Train ``cfg`` inside one tracked run and log everything a reader needs to trust it."""
     train, val = data if data is not None else load_data(cfg, progress)
     with tracker.run(name, params=dataclasses.asdict(cfg), tags=tags, parent_run_id=parent_run_id) as run:
         if on_start is not None:
             on_start(run)
-        result = _fit_tagged(cfg, train, val, run, on_epoch, progress)
+        result = _fit_tagged(cfg, train, val, run, on_epoch, progress, state_dir)
         final = {**result.metrics, "train_images_per_s": result.train_images_per_s}
         run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
         out_dir = Path(out_dir) / run.run_id

@@ -8,11 +8,14 @@ worker starts: several processes creating SQLite schemas at once crash.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import multiprocessing
 import os
+import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +55,8 @@ class SweepOptions:
     prune: bool = True
     seeds: int = 0  # confirmation seeds for the best trial and the control
     out_dir: Path = Path("outputs")
+    trial_timeout: float | None = None  # seconds; a longer trial fails with reason "timeout"
+    skip_invalid: bool = False  # skip and count bad data records instead of refusing the data set
 
 
 class SpaceRecorder:
@@ -118,12 +123,16 @@ def _check_unchanged(stored: dict[str, Any], current: dict[str, Any], name: str)
                          + "\n  ".join(diffs) + "\nUse --study-name to start a new study, or the original options.")
 
 
-def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Study, RunConfig]:
-    """Create or resume the study, refusing a changed space; enqueue the control in a new study."""
+def load_spec(variant: str) -> experiments.Study:
     try:
-        spec = experiments.load(options.variant)
+        return experiments.load(variant)
     except KeyError as exc:
         raise SweepError(exc.args[0]) from None
+
+
+def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Study, RunConfig]:
+    """Create or resume the study, refusing a changed space; enqueue the control in a new study."""
+    spec = load_spec(options.variant)
     base = base_config(spec, options)
     name = study_name_for(options)
     storage = open_storage(options.storage)
@@ -155,7 +164,7 @@ class _TrialContext:
     def data(self, cfg: RunConfig):
         key = (cfg.dataset, cfg.image_size, cfg.train_images, cfg.val_images)
         if key not in self.data_cache:  # the input-size study needs the data at several sizes
-            self.data_cache[key] = load_data(cfg, progress=False)
+            self.data_cache[key] = load_data(cfg, progress=False, skip_invalid=self.options.skip_invalid)
         return self.data_cache[key]
 
 
@@ -177,21 +186,64 @@ def _pruning_callback(trial, objective: str, prune: bool):
     return on_epoch
 
 
+class TrialTimeout(TimeoutError):
+    """The trial ran past --trial-timeout."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None):
+    """Raise TrialTimeout in this (main) thread after ``seconds``: a hung trial fails instead of blocking the sweep."""
+    if not seconds:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise TrialTimeout(f"timeout: the trial ran past {seconds:g} s")
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _state_dir(trial: optuna.Trial, ctx: _TrialContext) -> Path:
+    """Epoch states live under the first attempt's number, which a retried trial inherits in its user attrs."""
+    if "root_trial" not in trial.user_attrs:
+        trial.set_user_attr("root_trial", trial.number)
+    return Path(ctx.options.out_dir) / "state" / ctx.study_name / f"trial-{trial.user_attrs['root_trial']}"
+
+
 def objective(trial: optuna.Trial, ctx: _TrialContext) -> float:
+    try:
+        with deadline(ctx.options.trial_timeout):
+            return _train_trial(trial, ctx)
+    except optuna.TrialPruned:
+        raise
+    except BaseException as exc:  # the reason goes on the trial: Optuna itself keeps only the state FAIL
+        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+def _train_trial(trial: optuna.Trial, ctx: _TrialContext) -> float:
     cfg = trial_config(trial, ctx)
+    state_dir = _state_dir(trial, ctx)
     tags = {"study": ctx.study_name, "trial_number": trial.number, "variant": ctx.spec.name,
             "control": bool(trial.user_attrs.get("control")), "trial_state": "RUNNING"}
     try:
         result = tracked_run(cfg, ctx.tracker, name=f"trial-{trial.number}", out_dir=ctx.options.out_dir,
                              parent_run_id=ctx.parent_run_id, tags=tags, progress=False, data=ctx.data(cfg),
                              on_epoch=_pruning_callback(trial, ctx.spec.objective, ctx.options.prune),
-                             on_start=lambda run: trial.set_user_attr("mlflow_run_id", run.run_id))
+                             on_start=lambda run: trial.set_user_attr("mlflow_run_id", run.run_id),
+                             state_dir=state_dir)
     except Pruned:
         raise optuna.TrialPruned() from None
     value = result.metrics[ctx.spec.objective]
     if not math.isfinite(value):  # Optuna would keep an inf as the best value
         raise FloatingPointError(f"final {ctx.spec.objective} is {value}")
     trial.set_user_attr("metrics", {k: (None if math.isnan(v) else v) for k, v in result.metrics.items()})
+    shutil.rmtree(state_dir, ignore_errors=True)  # the finished run's checkpoint is in its artifacts
     return value
 
 
@@ -218,7 +270,6 @@ def _stale_callback(tracker: MlflowTracker, study_name: str):
 def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: int = 0,
                callbacks: list | None = None) -> None:
     """Run up to n_trials trials of the study in this process; stop once the study has enough."""
-    import signal
     import torch
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a trial killed by SIGTERM ends FAIL, its run KILLED
@@ -293,13 +344,13 @@ def remaining_trials(study: optuna.Study, target: int) -> int:
 
 def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], None] | None = None) -> dict[str, Any]:
     """Run or resume the study up to ``trials`` finished trials; returns the summary."""
-    import signal
-
+    spec = load_spec(options.variant)
+    # data first: bad data must be refused before any store is created, and generated once, before workers race
+    load_data(base_config(spec, options), progress=True, skip_invalid=options.skip_invalid)
     study, spec, base = prepare(options)
     target = options.trials or spec.trials[options.profile]
     tracker = MlflowTracker(study.study_name)  # creates the MLflow schema before any worker starts
     reconcile_runs(study, tracker)
-    load_data(base, progress=True)  # generate the data set once, before workers race to do it
     update = (lambda: on_update(study, target)) if on_update else (lambda: None)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     update()

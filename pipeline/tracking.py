@@ -196,3 +196,66 @@ class MemoryTracker:
 def finite_or_none(value: float) -> float | None:
     """NaN (COCO's 'no ground truth of this size') is logged as absent."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+# ---------------------------------------------------------------------------
+# Reading a store back (the report): runs, metric histories and artifacts.
+# Plain Python values come out, so callers never touch mlflow's own types.
+# ---------------------------------------------------------------------------
+
+@dataclass
+class RunRecord:
+    """What the report needs of one MLflow run."""
+    run_id: str
+    name: str
+    status: str
+    start_time_ms: int | None
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]  # the latest value of each metric
+
+
+class MlflowReader:
+    """Read-only view of the store at ``uri`` (default: :func:`tracking_uri`); never creates an experiment."""
+
+    def __init__(self, uri: str | None = None):
+        from mlflow.tracking import MlflowClient
+        self.uri = uri or tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str | None:
+        found = self.client.get_experiment_by_name(name)
+        return None if found is None else found.experiment_id
+
+    def find_runs(self, experiment_name: str, tag_filter: dict[str, str] | None = None) -> list[RunRecord]:
+        """Every run of the experiment whose tags match ``tag_filter``; [] when the experiment does not exist."""
+        experiment_id = self.experiment_id(experiment_name)
+        if experiment_id is None:
+            return []
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tag_filter or {}).items())
+        runs = self.client.search_runs([experiment_id], filter_string=query, max_results=50_000)
+        return [RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.info.start_time, dict(r.data.tags),
+                          dict(r.data.params), dict(r.data.metrics)) for r in runs]
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of one metric, in step order."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def download_artifact(self, run_id: str, path: str, dst_dir: Path) -> Path | None:
+        """A copy of the run's artifact ``path`` under ``dst_dir``; None when the run has no such file."""
+        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+        previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # one bar per small file is noise
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(dst_dir)))
+        except Exception:  # missing file, or a run whose artifacts were removed
+            return None
+        finally:
+            if previous is None:
+                os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+            else:
+                os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
+
+    def log_artifacts_to_run(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        """Add the files of ``local_dir`` to an existing (possibly finished) run."""
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,6 +16,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.boxes import multibox_target
+from pipeline.checkpoint import load_latest_epoch_state, save_epoch_state
 from pipeline.config import RunConfig
 from pipeline.data import DetectionData, to_coco_dict
 from pipeline.evaluate import CocoResult, Detections, coco_evaluate, predict, to_coco_results
@@ -125,9 +127,27 @@ def _progress(enabled: bool) -> Progress | None:
                     TextColumn("{task.fields[status]}"), transient=False)
 
 
+def _resume(state: dict | None, model, optimizer, generator, run: RunHandle | None) -> tuple[int, list, float]:
+    """Restore an epoch state, re-log its history on the new run; returns (first epoch, history, seconds)."""
+    if state is None:
+        return 0, [], 0.0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    if run is not None:
+        for epoch, metrics in enumerate(state["history"]):
+            run.log_metrics(metrics, step=epoch)
+        run.set_tags({"resumed_from_epoch": state["epoch"]})
+    return state["epoch"] + 1, list(state["history"]), state["train_seconds"]
+
+
 def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle | None = None,
-        on_epoch: EpochCallback | None = None, progress: bool = True) -> FitResult:
-    """Train TinySSD with cfg; validate after every epoch; log each epoch's metrics to ``run``."""
+        on_epoch: EpochCallback | None = None, progress: bool = True, state_dir: Path | None = None) -> FitResult:
+    """Train TinySSD with cfg; validate after every epoch; log each epoch's metrics to ``run``.
+
+    With ``state_dir``, the state after every epoch is saved there, and training resumes from
+    the newest good one: a retried trial goes on where the killed one stopped.
+    """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -135,12 +155,14 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history, train_seconds = [], 0.0
+    start, history, train_seconds = _resume(load_latest_epoch_state(state_dir), model, optimizer, generator, run)
     bar = _progress(progress)
     with bar or contextlib.nullcontext():
         epochs = bar.add_task("epochs", total=cfg.epochs, status="") if bar else None
         batches = bar.add_task("batches", total=-(-len(train) // cfg.batch_size), status="") if bar else None
-        for epoch in range(cfg.epochs):
+        if bar:
+            bar.update(epochs, completed=start)
+        for epoch in range(start, cfg.epochs):
             if bar:
                 bar.reset(batches)
             started = time.perf_counter()
@@ -149,12 +171,18 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
             val_metrics, coco, detections = validate(model, val, cfg, device)
             metrics.update(val_metrics)
             history.append(metrics)
+            if state_dir is not None:
+                save_epoch_state(state_dir, epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                    "generator": generator.get_state(), "history": history,
+                                                    "train_seconds": train_seconds})
             if run is not None:
                 run.log_metrics(metrics, step=epoch)
             if bar:
                 bar.update(epochs, advance=1, status=f"loss {metrics['train/loss']:.4f}  val mAP {metrics['val/map']:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch, metrics, run)
+    if start >= cfg.epochs:  # every epoch was done before the kill: only the final validation is missing
+        _, coco, detections = validate(model, val, cfg, device)
     speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)
     return FitResult(model, history[-1], history, coco, detections, speed)
 
