@@ -35,7 +35,8 @@ import optuna
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.trial import TrialState
 from scipy import stats
 
@@ -140,7 +141,12 @@ class StudyData:
 
     @property
     def space(self) -> dict[str, dict[str, Any]]:
-        return self.attrs.get("signature", {}).get("space", {})
+        """The searched parameters: the study's recorded space, plus any conditional ones the trials show."""
+        space = dict(self.attrs.get("signature", {}).get("space", {}))
+        for trial in self.study.get_trials(deepcopy=False):
+            for name, dist in trial.distributions.items():
+                space.setdefault(name, describe_distribution(dist))
+        return space
 
     @property
     def base_config(self) -> dict[str, Any]:
@@ -149,6 +155,14 @@ class StudyData:
     @property
     def objective(self) -> str:
         return self.attrs.get("signature", {}).get("objective", "val/map")
+
+
+def describe_distribution(dist: optuna.distributions.BaseDistribution) -> dict[str, Any]:
+    """An Optuna distribution in the form the sweep records a space (pipeline.sweep.SpaceRecorder)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return {"type": "categorical", "choices": list(dist.choices)}
+    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+    return {"type": kind, "low": dist.low, "high": dist.high, "log": dist.log, "step": dist.step}
 
 
 def complete(trials: pd.DataFrame) -> pd.DataFrame:
@@ -396,6 +410,10 @@ def _figure(path: Path, n_axes: int = 1, ncols: int = 1, width: float = 6.4, hei
         fig.savefig(path, dpi=DPI)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _choice_label(value: Any) -> str:
     if value is None or value == "None":
         return "None"
@@ -431,10 +449,13 @@ def _plot_param_axis(ax, points: pd.DataFrame, name: str, dist: dict[str, Any], 
     ax.scatter(x[is_best], points["value"][is_best], marker="*", s=260, color=COLORS["best"], edgecolor="black",
                zorder=5, label="best trial")
     if order is not None:
-        ax.set_xticks(range(len(order)), order, rotation=30 if len(order) > 4 else 0)
+        ax.set_xticks(range(len(order)), order, rotation=30 if sum(map(len, order)) > 24 else 0)
         ax.set_xlim(-0.5, len(order) - 0.5)
-    elif dist.get("log"):
+    elif dist.get("log"):  # ticks across the search range: matplotlib's minor log labels collide
+        ticks = np.geomspace(float(dist["low"]), float(dist["high"]), 5)
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(_axis_label(name, dist))
     ax.set_ylabel(OBJECTIVE_LABEL)
     ax.set_title(f"{OBJECTIVE_LABEL} vs {name}")
@@ -450,10 +471,12 @@ def plot_objective_vs_params(trials: pd.DataFrame, space: dict[str, dict], path:
     names = [n for n in space if not _param_points(trials, n).empty]
     control, best = control_row(trials), best_row(trials)
     ncols = min(3, len(names))
-    with _figure(path, len(names), ncols, width=5.0 if ncols > 1 else 6.4,
-                 title=f"The objective against each searched parameter ({len(done)} complete trials)") as (fig, axes):
+    with _figure(path, len(names), ncols, width=5.0 if ncols > 1 else 7.0,
+                 title=f"Objective vs each searched parameter ({_count(len(done), 'complete trial')})") as (fig, axes):
         for ax, name in zip(axes, names):
             _plot_param_axis(ax, _param_points(trials, name), name, space[name], int(best["number"]))
+            if len(names) == 1:
+                ax.set_title("")  # the figure's title says it already
             if control is not None:
                 ax.axhline(control["value"], ls="--", color=COLORS["control"], label="control (trial 0)")
         handles, labels = axes[0].get_legend_handles_labels()
@@ -516,14 +539,22 @@ def plot_epochs(epochs: pd.DataFrame, path: Path) -> str:
     palette.update({l: COLORS["best"] for l in labels if l.endswith("(best)")})
     others = [l for l in labels if not l.startswith("control") and not l.endswith("(best)")]
     palette.update({l: c for l, c in zip(others, [COLORS["trial"], *sns.color_palette("deep")[4:]])})
-    with _figure(path, title="Validation mAP per epoch: the control and the top trials") as (fig, (ax,)):
+    who = "the control and the top trials" if len(labels) > 1 else labels[0].split(" (")[0]
+    with _figure(path, title=f"Validation mAP per epoch: {who}") as (fig, (ax,)):
         sns.lineplot(data=epochs, x="epoch", y="value", hue="label", hue_order=labels, palette=palette,
-                     style="label", style_order=labels, markers=True, dashes=False, ax=ax)
+                     style="label", style_order=labels, markers=True, dashes=False, markersize=8, ax=ax)
         ax.set_xlabel("epoch")
         ax.set_ylabel(OBJECTIVE_LABEL)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_axis(ax, epochs["epoch"])
         ax.legend(title=None, loc="best")
     return "From the MLflow metric history of each trial's run (val/map, logged after every epoch)."
+
+
+def _integer_axis(ax, values: pd.Series) -> None:
+    """Whole-number ticks (epochs, trial numbers), with room around a single value."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if values.nunique() == 1:
+        ax.set_xlim(values.iloc[0] - 1, values.iloc[0] + 1)
 
 
 def plot_pr_curves(pr: pd.DataFrame, ap50: dict[str, float], path: Path) -> str:
@@ -612,7 +643,7 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
             ax.scatter(failed["number"], [0.0] * len(failed), color=COLORS["failed"], marker="v", s=60,
                        label="failed (no value; drawn at 0)", clip_on=False, zorder=5)
         ax.set(xlabel="trial number", ylabel=OBJECTIVE_LABEL)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_axis(ax, trials["number"])
         ax.legend(loc="best", fontsize=8)
     return "Best so far counts complete trials only (the control included); pruned and failed trials never count."
 
@@ -645,14 +676,19 @@ def param_importances(study: optuna.Study) -> pd.Series:
     return pd.Series(found, name="importance").sort_values(ascending=False)
 
 
-def plot_importances(importances: pd.Series, n_trials: int, path: Path) -> str:
+def plot_importances(importances: pd.Series, n_trials: int, searched: list[str], path: Path) -> str:
     frame = importances.rename_axis("parameter").reset_index()
+    conditional = [name for name in searched if name not in importances.index]
     with _figure(path, height=1.2 + 0.5 * len(frame), title="Parameter importances") as (fig, (ax,)):
         sns.barplot(data=frame, x="importance", y="parameter", color=COLORS["trial"], ax=ax)
         ax.bar_label(ax.containers[0], fmt="%.2f", padding=3, fontsize=8)
         ax.set(xlabel="importance (fANOVA share of the objective's variance)", ylabel="parameter", xlim=(0, 1.1))
-    return (f"optuna.importance with the fANOVA evaluator over {n_trials} complete trials besides the control. "
-            + ("With so few trials, read these as rough." if n_trials < 10 else ""))
+    caption = f"optuna.importance with the fANOVA evaluator over {_count(n_trials, 'complete trial')} besides the control."
+    if n_trials < 10:
+        caption += " With so few trials, read these as rough."
+    if conditional:  # optuna attributes only the parameters that every trial has
+        caption += f" Left out, as not set in every trial (conditional): {', '.join(conditional)}."
+    return caption
 
 
 # ---------------------------------------------------------------------------
@@ -851,7 +887,7 @@ def figure_plan(d: StudyData) -> list[tuple[str, str, Callable[[Path], str]]]:
         ("ap_by_size", "AP by object size", lambda p: plot_ap_by_size(*size_frame(t), p)),
         ("optimisation_history", "Optimisation history", lambda p: plot_history(t, p)),
         ("param_importances", "Parameter importances",
-         lambda p: plot_importances(param_importances(d.study), n_searched, p)),
+         lambda p: plot_importances(param_importances(d.study), n_searched, list(d.space), p)),
     ]
 
 
@@ -1164,15 +1200,16 @@ def plot_summary(frame: pd.DataFrame, path: Path) -> str:
     confirmed = shown["confirmed_delta"].notna()
     value = shown["confirmed_delta"].where(confirmed, shown["delta"])
     err = np.array([(value - shown["ci_lo"]).where(confirmed, 0), (shown["ci_hi"] - value).where(confirmed, 0)])
-    with _figure(path, width=7.6, height=1.6 + 0.45 * len(shown), title="Best setting minus control, per study") as (fig, (ax,)):
+    names = [f"{study}\n{v:+.4f} ({f'{n} seeds' if c else '1 seed'})"  # the number, even for a hair-thin bar
+             for study, v, n, c in zip(shown["study"], value, shown["seeds"], confirmed)]
+    with _figure(path, width=7.6, height=2.0 + 0.6 * len(shown), title="Best setting minus control, per study") as (fig, (ax,)):
         colors = [COLORS["best"] if c else "#bbbbbb" for c in confirmed]
-        ax.barh(shown["study"], value, xerr=err, color=colors, edgecolor="#333", capsize=4)
+        ax.barh(names, value, xerr=err, color=colors, edgecolor="#333", capsize=4)
         ax.axvline(0, color=COLORS["control"], lw=1)
-        ax.set(xlabel="Δ val mAP@[.5:.95] (best − control)", ylabel="study")
-        from matplotlib.patches import Patch
-        ax.legend(handles=[Patch(color=COLORS["best"], label="mean over seeds ± 95% CI"),
-                           Patch(color="#bbbbbb", label="single seed (not tested)")],
-                  loc="best", fontsize=8)
+        ax.set(xlabel="Δ val mAP@[.5:.95] (best − control)", ylabel="")
+        fig.legend(handles=[Patch(color=COLORS["best"], label="mean over seeds ± 95% CI"),
+                            Patch(color="#bbbbbb", label="single seed (not tested)")],
+                   loc="outside lower center", ncols=2, frameon=False, fontsize=8)
     return ("Bars right of 0: the study's best setting scored higher than its control. An error bar crossing 0 "
             "means the difference is within seed noise; grey bars come from one seed and are not tested.")
 

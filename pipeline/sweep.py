@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 import experiments
 from pipeline.config import RunConfig, make_config
 from pipeline.run import load_data, tracked_run
+from pipeline.storage_lock import StorageLock
 from pipeline.tracking import MlflowTracker
 from pipeline.train import Pruned
 
@@ -267,9 +268,31 @@ def _stale_callback(tracker: MlflowTracker, study_name: str):
     return on_stale
 
 
+class StudyFull(Exception):
+    """Every trial slot of the study is done or taken: this worker stops."""
+
+
+def claim_slots(study: optuna.Study, lock: StorageLock, target: int) -> None:
+    """Make ``study.ask`` take a slot under the storage lock, so any number of workers, started
+    at once or on several machines, create exactly ``target`` trials that are not failures.
+
+    Study.ask is the one public hook that Study.optimize calls before creating a trial.
+    """
+    ask = study.ask
+
+    def ask_for_a_slot(*args, **kwargs):
+        with lock.hold():
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial frees its slot
+            taken = study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
+            if len(taken) >= target:
+                raise StudyFull()
+            return ask(*args, **kwargs)
+    study.ask = ask_for_a_slot
+
+
 def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: int = 0,
                callbacks: list | None = None) -> None:
-    """Run up to n_trials trials of the study in this process; stop once the study has enough."""
+    """Run trials of the study in this process until its slots are taken (at most n_trials attempts)."""
     import torch
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a trial killed by SIGTERM ends FAIL, its run KILLED
@@ -279,15 +302,18 @@ def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: 
     storage = open_storage(options.storage, _stale_callback(ctx.tracker, ctx.study_name))
     study = optuna.load_study(study_name=ctx.study_name, storage=storage,
                               sampler=ctx.spec.sampler(options.seed + index))
-    target = options.trials or ctx.spec.trials[options.profile]
-    study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),
-                   callbacks=[optuna.study.MaxTrialsCallback(target, states=DONE), *(callbacks or [])])
+    claim_slots(study, StorageLock(options.storage), options.trials or ctx.spec.trials[options.profile])
+    try:
+        study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),
+                       callbacks=callbacks)
+    except StudyFull:
+        pass
 
 
-def _spawn_workers(options: SweepOptions, parent_run_id: str, quotas: list[int], on_poll: Callable) -> None:
+def _spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_poll: Callable) -> None:
     mp = multiprocessing.get_context("spawn")
-    procs = [mp.Process(target=run_worker, args=(options, parent_run_id, n, i), daemon=False)
-             for i, n in enumerate(quotas) if n > 0]
+    procs = [mp.Process(target=run_worker, args=(options, parent_run_id, n_trials, i), daemon=False)
+             for i in range(options.workers)]
     for p in procs:
         p.start()
     try:
@@ -347,10 +373,11 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     spec = load_spec(options.variant)
     # data first: bad data must be refused before any store is created, and generated once, before workers race
     load_data(base_config(spec, options), progress=True, skip_invalid=options.skip_invalid)
-    study, spec, base = prepare(options)
+    with StorageLock(options.storage).hold():  # schemas are created by one process at a time
+        study, spec, base = prepare(options)
+        tracker = MlflowTracker(study.study_name)
+        reconcile_runs(study, tracker)
     target = options.trials or spec.trials[options.profile]
-    tracker = MlflowTracker(study.study_name)  # creates the MLflow schema before any worker starts
-    reconcile_runs(study, tracker)
     update = (lambda: on_update(study, target)) if on_update else (lambda: None)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     update()
@@ -359,12 +386,11 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
                          tags={"study": study.study_name, "variant": spec.name, "role": "sweep",
                                "profile": options.profile, "workers": options.workers}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
-            todo = remaining_trials(study, target)
-            quotas = [todo // options.workers + (i < todo % options.workers) for i in range(options.workers)]
+            todo = remaining_trials(study, target)  # a bound on attempts; claimed slots bound the trials
             if options.workers == 1:
                 run_worker(options, parent.run_id, todo, callbacks=[lambda s, t: update()])
             elif todo:
-                _spawn_workers(options, parent.run_id, quotas, update)
+                _spawn_workers(options, parent.run_id, todo, update)
             if options.seeds:
                 confirm(study, options, spec, base, tracker, parent.run_id, update)
             result = summary(study, options, tracker, parent.run_id)
