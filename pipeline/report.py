@@ -20,7 +20,6 @@ import dataclasses
 import html
 import json
 import math
-import os
 import re
 import shlex
 import tempfile
@@ -194,7 +193,8 @@ def _end_reason(trial: optuna.trial.FrozenTrial, run: RunRecord | None) -> str:
         steps = sorted(trial.intermediate_values)
         return f"pruned after epoch {steps[-1] + 1}" if steps else "pruned before its first epoch"
     if trial.state == TrialState.FAIL:
-        reason = (run.tags.get("end_reason") if run else None) or trial.system_attrs.get("fail_reason")
+        reason = (trial.user_attrs.get("fail_reason") or (run.tags.get("end_reason") if run else None)
+                  or trial.system_attrs.get("fail_reason"))
         return reason or "failed (no reason recorded)"
     return ""
 
@@ -780,7 +780,7 @@ def header_blocks(d: StudyData) -> list[Block]:
     cfg = d.base_config
     data_set = (f"`{cfg.get('dataset', '?')}` at {cfg.get('image_size', '?')} px; "
                 f"{cfg.get('train_images') or 'all'} training and {cfg.get('val_images') or 'all'} validation images, "
-                f"{cfg.get('epochs', '?')} epochs per trial")
+                f"{_count(cfg.get('epochs', 0), 'epoch')} per trial")
     items = [d.note, f"Data set: {data_set}.", f"Profile: `{d.attrs.get('profile', '?')}`; "
              f"device: `{cfg.get('device', '?')}`; objective: `{d.objective}` (COCO mAP@[.5:.95]), maximised.",
              f"Trials: {_state_counts(d.trials)}.", f"Run: {_when(d.trials)}."]
@@ -823,12 +823,14 @@ def summary_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
 
 def confirmation_blocks(c: dict[str, Any], trials: pd.DataFrame) -> list[Block]:
     rows = [{"run": role, "trial": str(c["best_trial"]) if role == "best" else "control",
-             "seeds": ", ".join(map(str, c["seeds"])), "val/map per seed": ", ".join(f"{v:.4f}" for v in c["values"][role]),
+             "seeds": ", ".join(map(str, c["seeds"])),
+             "val/map per seed": ", ".join(f"{v:.4f}" for v in c["values"][role]),
              "mean": _fmt(c[role]["mean"]), "95% CI": f"[{_fmt(c[role]['lo'])}, {_fmt(c[role]['hi'])}]",
              "sd": _fmt(c[role]["sd"])} for role in ("best", "control")]
     p = c["paired"]
     paired = pd.DataFrame([{"seeds": str(p["diff_n"]), "mean Δ (best − control)": _signed(p["diff_mean"]),
-                            "95% CI of Δ": f"[{_signed(p['diff_lo'])}, {_signed(p['diff_hi'])}]", "paired t": _fmt(p["t"], 3),
+                            "95% CI of Δ": f"[{_signed(p['diff_lo'])}, {_signed(p['diff_hi'])}]",
+                            "paired t": _fmt(p["t"], 3),
                             "p": _fmt(p["p"], 4), "effect size d_z (mean Δ / sd Δ)": _fmt(p["effect_size"], 2)}])
     blocks = [Block("h2", "Confirmation over seeds"),
               Block("p", "The best trial's configuration and the control, re-trained with new seeds (not the "
@@ -1060,6 +1062,19 @@ def _html_figure(b: Block, folder: Path) -> str:
             f"<figcaption>{_inline_html(b.text)}</figcaption></figure>")
 
 
+# a number or signed delta (with an optional ± half-width), a [lo, hi] interval, or n/a
+NUMERIC = re.compile(r"^([-+]?\d+(\.\d+)?( ± \d+(\.\d+)? \(n=\d+\))?|\[[-+\d., ]+\]|n/a)$")
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    """Numbers right-aligned, text left-aligned."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    rows = "".join("<tr>" + "".join(f'<td class="{"num" if NUMERIC.match(str(v)) else "text"}">'
+                                    f"{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in table.itertuples(index=False))
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
 def _html_block(b: Block, folder: Path) -> str:
     if b.kind in ("h1", "h2", "h3"):
         return f"<{b.kind}>{_inline_html(b.text)}</{b.kind}>"
@@ -1068,7 +1083,7 @@ def _html_block(b: Block, folder: Path) -> str:
     if b.kind == "ul":
         return "<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in b.items) + "</ul>"
     if b.kind == "table":
-        return '<div class="scroll">' + b.table.to_html(index=False, border=0, escape=True) + "</div>"
+        return _html_table(b.table)
     if b.kind == "code":
         return f"<pre><code>{html.escape(b.text)}</code></pre>"
     return _html_figure(b, folder)
@@ -1081,8 +1096,8 @@ h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
 h2 { font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #eee; }
 h3 { font-size: 1.05em; margin-top: 1.4em; }
 table { border-collapse: collapse; font-size: .85em; margin: .8em 0; }
-th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: right; }
-th { background: #f4f4f4; } td:nth-child(-n+3), th:nth-child(-n+3) { text-align: left; }
+th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; white-space: nowrap; }
 .scroll { overflow-x: auto; }
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; }
 code { font-size: .9em; } figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
@@ -1179,8 +1194,10 @@ def study_summary_row(study: optuna.Study) -> dict[str, Any]:
     paired = c["paired"] if c else {}
     row.update({"seeds": paired.get("diff_n", 0), "confirmed_delta": paired.get("diff_mean", math.nan),
                 "ci_lo": paired.get("diff_lo", math.nan), "ci_hi": paired.get("diff_hi", math.nan),
-                "p": paired.get("p", math.nan), "verdict": _short_verdict(c) if best is not None and control is not None
-                else "no comparison: " + ("no complete control" if control is None else "no complete trial besides the control")})
+                "p": paired.get("p", math.nan), "verdict": _short_verdict(c)})
+    if control is None or best is None:
+        row["verdict"] = "no comparison: " + ("no complete control" if control is None
+                                              else "no complete trial besides the control")
     return row
 
 
@@ -1202,7 +1219,8 @@ def plot_summary(frame: pd.DataFrame, path: Path) -> str:
     err = np.array([(value - shown["ci_lo"]).where(confirmed, 0), (shown["ci_hi"] - value).where(confirmed, 0)])
     names = [f"{study}\n{v:+.4f} ({f'{n} seeds' if c else '1 seed'})"  # the number, even for a hair-thin bar
              for study, v, n, c in zip(shown["study"], value, shown["seeds"], confirmed)]
-    with _figure(path, width=7.6, height=2.0 + 0.6 * len(shown), title="Best setting minus control, per study") as (fig, (ax,)):
+    with _figure(path, width=7.6, height=2.0 + 0.6 * len(shown),
+                 title="Best setting minus control, per study") as (fig, (ax,)):
         colors = [COLORS["best"] if c else "#bbbbbb" for c in confirmed]
         ax.barh(names, value, xerr=err, color=colors, edgecolor="#333", capsize=4)
         ax.axvline(0, color=COLORS["control"], lw=1)
@@ -1225,7 +1243,8 @@ def _summary_table(frame: pd.DataFrame) -> pd.DataFrame:
                          "best trial": frame["best_trial"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v))),
                          "best params": frame["best_params"], "best val/map": frame["best"].map(_fmt),
                          "Δ (one seed)": frame["delta"].map(lambda v: "n/a" if pd.isna(v) else f"{v:+.4f}"),
-                         "seeds": frame["seeds"].astype(str), "Δ over seeds [95% CI]": frame.apply(_confirmed_text, axis=1),
+                         "confirmation seeds": frame["seeds"].astype(str),
+                         "Δ over seeds [95% CI]": frame.apply(_confirmed_text, axis=1),
                          "verdict": frame["verdict"]})
 
 

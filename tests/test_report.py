@@ -1,0 +1,263 @@
+"""Reports from tiny real sweeps: the CSV matches the study, figures are real PNGs, numbers match Optuna and MLflow,
+edge cases (control only, pruned only, failed trials) still report, and the HTML renders in headless Chromium."""
+
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from scipy import stats
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import tiny_args
+from pipeline.report import ReportError, mean_ci, paired_comparison, write_report
+from pipeline.tracking import tracking_uri
+
+runner = CliRunner()
+STORAGE = "sqlite:///optuna.db"
+CHROMIUM = Path("/usr/bin/chromium")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep(variant, data, *extra):
+    result = runner.invoke(app, ["sweep", variant, "--dataset", str(data), "--device", "cpu", *tiny_args(),
+                                 "--no-prune", *extra])
+    assert result.exit_code == 0, result.output
+
+
+def add_failed_and_pruned(study_name):
+    """A FAIL and a PRUNED trial, added through Optuna to a real study (a NaN loss is too slow to provoke)."""
+    study = optuna.load_study(study_name=study_name, storage=STORAGE)
+    dists = study.trials[1].distributions
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={"smooth_l1_sigma": 3.0},
+                                              distributions=dists,
+                                              user_attrs={"fail_reason": "FloatingPointError: val/map is nan"}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"smooth_l1_sigma": 10.0},
+                                              distributions=dists, intermediate_values={0: 0.001}))
+
+
+def add_pruned_only_study():
+    study = optuna.create_study(study_name="pruned-only", storage=STORAGE, direction="maximize")
+    study.set_user_attr("variant", "pruned-only")
+    dist = optuna.distributions.FloatDistribution(0.0, 5.0)
+    for number, values in enumerate(({0: 0.002}, {0: 0.003, 1: 0.004})):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"focal_gamma": 1.0 + number},
+                                                  distributions={"focal_gamma": dist}, intermediate_values=values))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_bananas):
+    """One folder with four studies: focal-loss (3 trials, 2 confirmation seeds), smooth-l1 (1-D, plus a failed
+    and a pruned trial), loss-weights with only its control, and a study whose every trial was pruned."""
+    root = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TINYSSD_CACHE", str(root / "cache"))
+        sweep("focal-loss", tiny_bananas, "--trials", "3", "--seeds", "2")
+        sweep("smooth-l1", tiny_bananas, "--trials", "2")
+        add_failed_and_pruned("smooth-l1-quick")
+        sweep("loss-weights", tiny_bananas, "--trials", "1")
+        add_pruned_only_study()
+        reports = {name: write_report(name, out_root=root / "reports")
+                   for name in ("focal-loss", "smooth-l1", "loss-weights", "pruned-only")}
+        yield root, reports
+
+
+def load(name):
+    return optuna.load_study(study_name=name, storage=STORAGE)
+
+
+def assert_real_png(path: Path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 5_000, f"{path} is only {len(data)} bytes"
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
+    assert pixels.std() > 10, f"{path} looks blank"
+
+
+# --- statistics on hand-computable values -------------------------------------------------------
+
+def test_mean_ci_is_the_t_interval():
+    ci = mean_ci([1.0, 2.0, 3.0])
+    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # sd of 1, 2, 3 is 1
+    assert ci["mean"] == 2.0 and ci["sd"] == 1.0
+    assert ci["lo"] == pytest.approx(2 - half) and ci["hi"] == pytest.approx(2 + half)
+    assert math.isnan(mean_ci([0.5])["lo"])
+
+
+def test_paired_comparison_effect_size_p_and_noise():
+    clear = paired_comparison([1.0, 2.0, 3.0, 4.0], [0.0, 1.1, 1.9, 3.0])  # diffs 1, .9, 1.1, 1
+    assert clear["diff_mean"] == pytest.approx(1.0)
+    assert clear["effect_size"] == pytest.approx(1.0 / np.std([1, 0.9, 1.1, 1], ddof=1))
+    assert clear["p"] == pytest.approx(stats.ttest_rel([1, 2, 3, 4], [0, 1.1, 1.9, 3]).pvalue)
+    assert clear["within_noise"] is False
+    noisy = paired_comparison([1.0, 0.0, 1.0], [0.0, 1.0, 0.5])
+    assert noisy["within_noise"] is True and noisy["diff_lo"] < 0 < noisy["diff_hi"]
+    assert paired_comparison([1.0], [0.0])["within_noise"] is None  # one seed: no test
+
+
+# --- the focal-loss report against the study and its runs ---------------------------------------
+
+@pytest.mark.slow
+def test_trials_csv_matches_the_study(swept):
+    root, reports = swept
+    for name, folder in (("focal-loss-quick", reports["focal-loss"]), ("smooth-l1-quick", reports["smooth-l1"])):
+        csv = pd.read_csv(folder / "trials.csv", keep_default_na=False, na_values=[""])  # "None" is a choice
+        trials = load(name).trials
+        assert list(csv["number"]) == [t.number for t in trials]
+        assert list(csv["state"]) == [t.state.name for t in trials]
+        for trial, (_, row) in zip(trials, csv.iterrows()):
+            if trial.state.name == "COMPLETE":
+                assert row["value"] == pytest.approx(trial.value)
+                assert row["val/map50"] == pytest.approx(trial.user_attrs["metrics"]["val/map50"])
+            else:
+                assert math.isnan(row["value"])
+            for key, value in trial.params.items():
+                assert str(row[f"params_{key}"]) == str(value)
+
+
+@pytest.mark.slow
+def test_every_figure_is_a_real_png(swept):
+    root, reports = swept
+    expected = {"objective_vs_params", "heatmap", "val_map_per_epoch", "pr_curve_iou50", "ap_by_size",
+                "optimisation_history", "param_importances"}
+    assert {p.stem for p in (reports["focal-loss"] / "figures").glob("*.png")} == expected
+    for folder in reports.values():
+        for png in (folder / "figures").glob("*.png"):
+            assert_real_png(png)
+
+
+@pytest.mark.slow
+def test_summary_numbers_equal_optuna_and_mlflow(swept):
+    root, reports = swept
+    study = load("focal-loss-quick")
+    text = (reports["focal-loss"] / "report.md").read_text()
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    best = max((t for t in complete if not t.user_attrs.get("control")), key=lambda t: t.value)
+    control = study.trials[0]
+    assert f"val/map {best.value:.4f} against {control.value:.4f} (Δ {best.value - control.value:+.4f})" in text
+    client = MlflowClient(tracking_uri())
+    for trial in complete:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.metrics["final/val/map"] == pytest.approx(trial.value)
+        assert f"| {trial.number} |" in text and f"{trial.value:.4f}" in text
+    conf = study.user_attrs["confirmation"]
+    for role in ("best", "control"):
+        assert f"| {np.mean(conf[role]):.4f} |" in text
+        runs = client.search_runs([run.info.experiment_id], f"tags.confirm_of = '{role}'")
+        assert sorted(r.data.metrics["final/val/map"] for r in runs) == pytest.approx(sorted(conf[role]))
+    diff = np.subtract(conf["best"], conf["control"])
+    assert f"| {diff.mean():+.4f} |" in text and f"| {stats.ttest_rel(conf['best'], conf['control']).pvalue:.4f} |" in text
+
+
+@pytest.mark.slow
+def test_report_is_logged_to_the_parent_run_and_html_embeds_images(swept):
+    root, reports = swept
+    parent = load("focal-loss-quick").user_attrs["last_parent_run_id"]
+    logged = {a.path for a in MlflowClient(tracking_uri()).list_artifacts(parent, "report")}
+    assert {"report/report.html", "report/report.md", "report/trials.csv", "report/figures"} <= logged
+    page = (reports["focal-loss"] / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 7 and "src=\"figures/" not in page
+
+
+@pytest.mark.slow
+def test_reproduce_section_gives_the_sweep_and_best_train_commands(swept):
+    root, reports = swept
+    text = (reports["focal-loss"] / "report.md").read_text()
+    sweep_cmd = re.search(r"```bash\n(python cli.py sweep .*?)\n```", text, re.S).group(1)
+    assert "focal-loss --profile quick" in sweep_cmd and "--trials 3" in sweep_cmd and "--seeds 2" in sweep_cmd
+    for pair in ("image_size=64", "train_images=8", "epochs=1", "device=cpu"):
+        assert f"--set {pair}" in sweep_cmd
+    assert "python cli.py train --profile quick" in text and "--set cls_loss=focal" in text
+    assert "python cli.py ui" in text
+
+
+# --- shapes of study: 1-D, failed, control only, pruned only -------------------------------------
+
+@pytest.mark.slow
+def test_one_dimensional_study_has_no_heatmap_and_lists_failed_and_pruned(swept):
+    root, reports = swept
+    folder = reports["smooth-l1"]
+    assert not (folder / "figures" / "heatmap.png").exists()
+    text = (folder / "report.md").read_text()
+    assert "a heatmap needs exactly two searched parameters; this study searches 1" in text
+    assert "trial 2 (failed): FloatingPointError: val/map is nan" in text
+    assert "trial 3 (pruned): pruned after epoch 1" in text
+    assert "1 pruned, 1 failed" in text
+    assert (folder / "figures" / "optimisation_history.png").exists()
+
+
+@pytest.mark.slow
+def test_control_only_and_pruned_only_studies_still_report(swept):
+    root, reports = swept
+    control_only = (reports["loss-weights"] / "report.md").read_text()
+    assert "Only the control completed" in control_only and "Parameter importances: importances need" in control_only
+    pruned_only = (reports["pruned-only"] / "report.md").read_text()
+    assert "No trial completed, so there is nothing to compare" in pruned_only
+    assert "trial 1 (pruned): pruned after epoch 2" in pruned_only
+    assert len(pd.read_csv(reports["pruned-only"] / "trials.csv")) == 2
+
+
+@pytest.mark.slow
+def test_report_all_and_the_cli(swept):
+    root, reports = swept
+    result = runner.invoke(app, ["report", "all", "--out-root", str(root / "reports")])
+    assert result.exit_code == 0, result.output
+    summary = root / "reports" / "summary"
+    table = pd.read_csv(summary / "summary.csv")
+    assert set(table["study"]) == {"focal-loss-quick", "smooth-l1-quick", "loss-weights-quick", "pruned-only"}
+    focal = table.set_index("study").loc["focal-loss-quick"]
+    conf = load("focal-loss-quick").user_attrs["confirmation"]
+    assert focal["confirmed_delta"] == pytest.approx(np.mean(np.subtract(conf["best"], conf["control"])))
+    assert_real_png(summary / "figures" / "delta_vs_control.png")
+    assert "within noise" in (summary / "report.md").read_text() or "beyond noise" in (summary / "report.md").read_text()
+    unknown = runner.invoke(app, ["report", "focal", "--out-root", str(root / "reports")])
+    assert unknown.exit_code == 2 and "focal-loss-quick" in unknown.output
+    with pytest.raises(ReportError, match="no Optuna storage"):
+        write_report("focal-loss", storage="sqlite:///missing.db", out_root=root / "reports")
+
+
+# --- the HTML in a real browser ------------------------------------------------------------------
+
+PROBE_HEAD = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || (e.target && e.target.src))), true);
+const __error = console.error;
+console.error = (...a) => { window.__errors.push(a.join(" ")); __error(...a); };
+</script>"""
+PROBE_TAIL = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images].map(i => ({complete: i.complete, width: i.naturalWidth}));
+  document.title = "PROBE" + JSON.stringify({imgs, errors: window.__errors});
+});
+</script>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)")
+def test_html_renders_in_headless_chromium(swept, tmp_path):
+    root, reports = swept
+    page = (reports["focal-loss"] / "report.html").read_text()
+    probe = tmp_path / "probe.html"  # a copy elsewhere: the page must not need its folder
+    probe.write_text(page.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_TAIL + "</body>", 1))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom"]
+    dom = subprocess.run([str(CHROMIUM), *flags, probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    found = re.search(r"<title>PROBE(.*?)</title>", dom, re.S)
+    assert found, f"the page did not finish loading: {dom[:500]}"
+    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert len(result["imgs"]) == 7
+    assert all(img["complete"] and img["width"] > 0 for img in result["imgs"]), result["imgs"]
+    assert result["errors"] == []
