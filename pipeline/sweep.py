@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,15 +352,30 @@ def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, 
             "mlflow_experiment_id": tracker.experiment_id, "parent_run_id": parent_run_id}
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
-    """Close MLflow runs left RUNNING by trials that are no longer running (a killed worker's)."""
+    """Close MLflow runs a killed process left RUNNING: trials that Optuna no longer runs, and sweep
+    runs whose process on this host is gone (another host's sweep may still be alive: left alone)."""
     optuna.storages.fail_stale_trials(study)
     running = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     closed = []
     for run in tracker.running_runs({"study": study.study_name}):
-        number = run.data.tags.get("trial_number")
-        if number is not None and number not in running:
-            closed += tracker.fail_stale_runs({"study": study.study_name, "trial_number": number})
+        tags = run.data.tags
+        stale_trial = "trial_number" in tags and tags["trial_number"] not in running
+        stale_sweep = (tags.get("role") == "sweep" and tags.get("host") == socket.gethostname()
+                       and not _process_alive(int(tags.get("pid", "0"))))
+        if stale_trial or stale_sweep:
+            tracker.set_status(run.info.run_id, "FAILED")
+            closed.append(run.info.run_id)
     return closed
 
 
@@ -384,9 +400,11 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     try:
         with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
                          tags={"study": study.study_name, "variant": spec.name, "role": "sweep",
-                               "profile": options.profile, "workers": options.workers}) as parent:
+                               "profile": options.profile, "workers": options.workers,
+                               "host": socket.gethostname(), "pid": os.getpid()}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
-            todo = remaining_trials(study, target)  # a bound on attempts; claimed slots bound the trials
+            # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials
+            todo = 2 * remaining_trials(study, target)
             if options.workers == 1:
                 run_worker(options, parent.run_id, todo, callbacks=[lambda s, t: update()])
             elif todo:

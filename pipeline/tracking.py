@@ -134,6 +134,9 @@ class MlflowTracker:
         query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tag_filter.items()] + ["attributes.status = 'RUNNING'"])
         return self.client.search_runs([self.experiment_id], filter_string=query)
 
+    def set_status(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
     def fail_stale_runs(self, tag_filter: dict[str, str], status: str = "FAILED") -> list[str]:
         """Close RUNNING runs whose tags match: what a killed worker left behind."""
         runs = self.running_runs(tag_filter)

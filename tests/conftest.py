@@ -28,3 +28,10 @@ def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TINYSSD_CACHE", str(tmp_path / "cache"))
     return tmp_path
+
+
+def plain(output: str) -> str:
+    """CLI output without rich's panel borders and line wrapping, for matching messages."""
+    for ch in "│╭╮╰╯─":
+        output = output.replace(ch, " ")
+    return " ".join(output.split())

@@ -1,0 +1,120 @@
+"""The benchmark compares like with like: the chapter's reference code and the project agree.
+
+No timing is asserted anywhere: the machines are shared and noisy.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import reference as ref  # noqa: E402
+from pipeline.boxes import multibox_target, tinyssd_anchors  # noqa: E402
+from pipeline.config import RunConfig  # noqa: E402
+from pipeline.evaluate import postprocess  # noqa: E402
+from pipeline.losses import detection_loss  # noqa: E402
+from pipeline.model import TinySSD  # noqa: E402
+
+
+def random_targets(B, M, seed):
+    g = torch.Generator().manual_seed(seed)
+    wh = 0.05 + 0.4 * torch.rand(B, M, 2, generator=g)
+    xy = torch.rand(B, M, 2, generator=g) * (1 - wh)
+    cls = torch.randint(0, 3, (B, M, 1), generator=g).float()
+    return torch.cat([cls, xy, xy + wh], dim=-1)
+
+
+def reference_anchors(size):
+    net = ref.TinySSD(1).eval()
+    with torch.no_grad():
+        return net(torch.zeros(1, 3, size, size))[0]
+
+
+def test_reference_anchors_are_the_projects():
+    torch.testing.assert_close(reference_anchors(128)[0], tinyssd_anchors(128))
+
+
+def test_reference_and_project_targets_agree():
+    anchors = tinyssd_anchors(128)
+    targets = random_targets(5, 3, seed=0)
+    r_off, r_mask, r_cls = ref.multibox_target(anchors[None], targets)
+    p_off, p_mask, p_cls = multibox_target(anchors, targets)
+    assert torch.equal(p_cls, r_cls)
+    assert torch.equal(p_mask.reshape(5, -1), r_mask)
+    torch.testing.assert_close(p_off.reshape(5, -1), r_off, atol=1e-5, rtol=1e-5)
+    assert (p_cls > 0).sum() >= 3 * 5  # every box got at least one anchor
+
+
+def test_padding_rows_match_the_reference_run_on_the_real_boxes_only():
+    anchors = tinyssd_anchors(128)
+    targets = random_targets(3, 4, seed=1)
+    n_valid = [4, 1, 2]
+    for b, n in enumerate(n_valid):
+        targets[b, n:, 0] = -1  # the project's padding; the chapter has no notion of it
+    p_off, p_mask, p_cls = multibox_target(anchors, targets)
+    for b, n in enumerate(n_valid):
+        r_off, r_mask, r_cls = ref.multibox_target(anchors[None], targets[b:b + 1, :n])
+        assert torch.equal(p_cls[b], r_cls[0]) and torch.equal(p_mask[b].reshape(-1), r_mask[0])
+        torch.testing.assert_close(p_off[b].reshape(-1), r_off[0], atol=1e-5, rtol=1e-5)
+
+
+def test_same_weights_give_the_same_outputs_and_loss():
+    torch.manual_seed(0)
+    chapter = ref.TinySSD(1)
+    ours = TinySSD(1)
+    renamed = {k.replace("blk_", "blocks.").replace("cls_", "cls_heads.").replace("bbox_", "box_heads."): v
+               for k, v in chapter.state_dict().items()}
+    ours.load_state_dict(renamed)
+    x = torch.rand(2, 3, 64, 64)
+    targets = random_targets(2, 1, seed=2)
+    targets[..., 0] = 0  # one class, as the model has
+    r_anchors, r_cls, r_box = chapter(x)
+    p_anchors, p_cls, p_box = ours(x)
+    torch.testing.assert_close(p_anchors, r_anchors[0])
+    torch.testing.assert_close(p_cls, r_cls, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(p_box.reshape(2, -1), r_box, atol=1e-5, rtol=1e-4)
+    bbox_labels, bbox_masks, cls_labels = ref.multibox_target(r_anchors, targets)
+    r_loss = ref.calc_loss(r_cls, cls_labels, r_box, bbox_labels, bbox_masks).mean()
+    box_t, mask, labels = multibox_target(p_anchors, targets)
+    p_loss = detection_loss(p_cls, p_box, labels, box_t, mask, RunConfig())["loss"]
+    torch.testing.assert_close(p_loss, r_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_detection_and_project_postprocess_keep_the_same_boxes():
+    anchors = tinyssd_anchors(64)
+    A = anchors.shape[0]
+    cls = torch.full((1, A), -10.0)  # background everywhere (p ~ 5e-5, under the 0.01 threshold) ...
+    cls[0, [100, 101, 200, 7]] = torch.tensor([3.0, 2.0, 1.0, 0.5])  # ... but for four anchors
+    logits = torch.stack([torch.zeros_like(cls), cls], dim=-1)
+    offsets = torch.zeros(1, A, 4)
+    probs = F.softmax(logits, dim=-1).permute(0, 2, 1)
+    chapter = ref.multibox_detection(probs, offsets.reshape(1, -1), anchors[None])[0]
+    chapter = chapter[chapter[:, 0] >= 0]  # kept, above the threshold, best first
+    ours = postprocess(logits, offsets, anchors)[0]
+    assert len(ours.scores) == len(chapter) >= 1
+    torch.testing.assert_close(ours.scores, chapter[:, 1])
+    torch.testing.assert_close(ours.boxes_xyxy, chapter[:, 2:].clamp(0, 1))
+    assert ours.labels.tolist() == chapter[:, 0].long().tolist()
+    torch.testing.assert_close(ours.boxes_xyxy[0], anchors[100].clamp(0, 1))  # the top box
+
+
+def test_smoke_run_prints_json_last():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--image-size", "64", "--batch-size", "2",
+           "--steps", "1", "--rounds", "1", "--decode-images", "1", "--decode-rounds", "1",
+           "--match-rounds", "1", "--threads", "1", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("train_speedup", "decode_speedup", "reference_train_images_per_s", "train_images_per_s",
+                "reference_decode_ms", "decode_ms", "cpu", "cores", "torch"):
+        assert key in result, key
+    assert result["train_images_per_s"] > 0 and result["reference_train_images_per_s"] > 0
+    assert result["decode_ms"] > 0 and result["reference_decode_ms"] > 0
+    assert result["image_size"] == 64 and result["cores"] >= 1

@@ -1,0 +1,193 @@
+"""Faults a long sweep must survive: kill -9, SIGTERM, NaN loss, hung trials, bad data, racing workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+import pipeline.run
+from cli import app
+from conftest import plain, tiny_args
+from pipeline.checkpoint import load_latest_epoch_state, save_epoch_state
+from pipeline.tracking import tracking_uri
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+runner = CliRunner()
+pytestmark = pytest.mark.slow
+
+
+def sweep_args(data, *extra):
+    return ["sweep", "focal-loss", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--no-prune", *extra]
+
+
+def fast_heartbeat_env():
+    return {**os.environ, "TINYSSD_HEARTBEAT_INTERVAL": "1", "TINYSSD_HEARTBEAT_GRACE": "3"}
+
+
+def start_sweep(workdir, data, *extra):
+    return subprocess.Popen([sys.executable, CLI, *sweep_args(data, *extra)], cwd=workdir, env=fast_heartbeat_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def load(name="focal-loss-quick"):
+    return optuna.load_study(study_name=name, storage="sqlite:///optuna.db")
+
+
+def runs(name="focal-loss-quick"):
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id])
+
+
+def first_epoch_written(workdir):
+    return lambda: any((workdir / "outputs" / "state").glob("*/trial-0/epoch-0000.pt"))
+
+
+SLOW = ["--set", "epochs=6", "--set", "train_images=12"]  # long enough to be caught mid-trial
+
+
+def test_kill_9_then_resume_retries_the_trial_from_its_last_epoch(workdir, tiny_bananas):
+    worker = start_sweep(workdir, tiny_bananas, "--trials", "2", *SLOW)
+    wait_for(first_epoch_written(workdir))
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert load().trials[0].state.name == "RUNNING"  # what a killed worker leaves behind
+    time.sleep(4)  # past the heartbeat grace period
+    resumed = subprocess.run([sys.executable, CLI, *sweep_args(tiny_bananas, "--trials", "2", *SLOW)], cwd=workdir,
+                             env=fast_heartbeat_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = load().trials
+    states = [t.state.name for t in trials]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") == 2 and states[0] == "FAIL"
+    retry = next(t for t in trials if t.user_attrs.get("root_trial") == 0 and t.number != 0)
+    assert retry.user_attrs["control"] is True and retry.params == trials[0].params  # same parameters again
+    by_trial = {r.data.tags.get("trial_number"): r for r in runs() if "trial_number" in r.data.tags}
+    assert by_trial["0"].info.status == "FAILED"  # reconciled on resume
+    assert int(by_trial[str(retry.number)].data.tags["resumed_from_epoch"]) >= 0  # not from scratch
+    assert all(r.info.status != "RUNNING" for r in runs())
+
+
+def test_sigterm_fails_the_trial_and_kills_the_run(workdir, tiny_bananas):
+    worker = start_sweep(workdir, tiny_bananas, "--trials", "2", *SLOW)
+    wait_for(first_epoch_written(workdir))
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) != 0
+    trial = load().trials[0]
+    assert trial.state.name == "FAIL" and "signal" in trial.user_attrs["fail_reason"]
+    statuses = {r.data.tags.get("role", "trial"): r.info.status for r in runs()}
+    assert statuses == {"trial": "KILLED", "sweep": "KILLED"}
+
+
+def test_truncated_epoch_state_falls_back_to_the_previous_one(tmp_path):
+    for epoch in range(3):
+        save_epoch_state(tmp_path, epoch, {"weights": torch.full((4,), float(epoch))})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
+    newest = tmp_path / "epoch-0002.pt"
+    newest.write_bytes(newest.read_bytes()[:40])  # a write cut short
+    state = load_latest_epoch_state(tmp_path)
+    assert state["epoch"] == 1 and state["weights"].tolist() == [1.0] * 4
+
+
+def test_nan_loss_fails_the_trial_with_its_step_and_the_sweep_goes_on(workdir, tiny_bananas, monkeypatch):
+    real = pipeline.train.detection_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2 + 2:  # trial 0 takes 2 steps (8 images, batch 4); trial 1 goes bad at its second
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(pipeline.train, "detection_loss", poisoned)
+    result = runner.invoke(app, sweep_args(tiny_bananas, "--trials", "3", "--json"))
+    assert result.exit_code == 0, result.output
+    trials = load().trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert "non-finite loss" in trials[1].user_attrs["fail_reason"] and "epoch 0, step 1" in trials[1].user_attrs["fail_reason"]
+    failed_run = next(r for r in runs() if r.data.tags.get("trial_number") == "1")
+    assert failed_run.info.status == "FAILED" and "non-finite" in failed_run.data.tags["end_reason"]
+
+
+def test_a_hung_trial_times_out_and_the_sweep_goes_on(workdir, tiny_bananas, monkeypatch):
+    real = pipeline.run.fit
+    calls = {"n": 0}
+
+    def hangs_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            time.sleep(3600)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.run, "fit", hangs_once)
+    result = runner.invoke(app, sweep_args(tiny_bananas, "--trials", "2", "--trial-timeout", "15", "--json"))
+    assert result.exit_code == 0, result.output
+    trials = load().trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["fail_reason"].startswith("TrialTimeout: timeout: the trial ran past 15 s")
+
+
+def write_coco(root: Path, val_annotations: bool):
+    from PIL import Image
+    root.mkdir()
+    images, anns = [], []
+    for i in range(4):
+        Image.new("RGB", (64, 64), (i * 40, 90, 20)).save(root / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 64, "width": 64})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [8, 8, 30, 30], "area": 900, "iscrowd": 0})
+    cats = [{"id": 1, "name": "thing"}]
+    (root / "train.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    val = {"images": images, "annotations": anns if val_annotations else [], "categories": cats}
+    (root / "val.json").write_text(json.dumps(val))
+
+
+def test_a_degenerate_evaluation_set_is_refused_before_any_store(workdir):
+    write_coco(workdir / "coco", val_annotations=False)
+    result = runner.invoke(app, ["sweep", "focal-loss", "--dataset", str(workdir / "coco"), *tiny_args()])
+    assert result.exit_code == 2 and "val split has no annotations" in plain(result.output)
+    assert not list(workdir.glob("*.db"))
+
+
+def test_bad_data_names_the_file_and_line_and_creates_no_store(workdir, tiny_bananas, tmp_path):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bananas, broken)
+    label = broken / "bananas_train" / "label.csv"
+    lines = label.read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 2)[0] + ",-5,9999"  # an impossible box on line 4
+    label.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, sweep_args(broken))
+    assert result.exit_code == 2 and "label.csv:4" in plain(result.output).replace(" ", "")
+    assert not list(workdir.glob("*.db"))
+    skipped = runner.invoke(app, ["train", "--dataset", str(broken), "--device", "cpu", *tiny_args(),
+                                  "--skip-invalid", "--json"])
+    assert skipped.exit_code == 0 and "skipped 1 invalid train" in skipped.output
+
+
+def test_four_workers_started_at_once_on_fresh_sqlite(workdir, tiny_bananas):
+    procs = [start_sweep(workdir, tiny_bananas, "--trials", "5") for _ in range(4)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    trials = load().trials
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    assert sum(bool(t.user_attrs.get("control")) for t in trials) == 1
+    numbers = [r.data.tags["trial_number"] for r in runs() if "trial_number" in r.data.tags]
+    assert sorted(numbers) == ["0", "1", "2", "3", "4"]  # one MLflow run per trial, no duplicates
