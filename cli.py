@@ -372,8 +372,11 @@ def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
     """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."""
     from pipeline.tracking import tracking_uri
 
-    mlflow_bin = shutil.which("mlflow") or sys.executable.replace("python", "mlflow")
     uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        console.print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")
+        return
+    mlflow_bin = shutil.which("mlflow") or sys.executable.replace("python", "mlflow")
     console.print(f"MLflow UI on http://{host}:{port} for {uri}")
     os.execv(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
 
