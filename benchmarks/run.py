@@ -1,0 +1,563 @@
+"""Benchmark the project against the D2L chapter's reference code, in one run, on one machine, on one input.
+
+    python benchmarks/run.py                 # CPU, batch 32, 256x256, 3 timed steps per round
+    python benchmarks/run.py --json          # the same; the last stdout line is one JSON object
+    python benchmarks/run.py --device cuda --json
+    python benchmarks/run.py --precision bf16 --no-channels-last ...   # project-side variants
+    python benchmarks/run.py --variants malloc,malloc+inplace+foreach,bf16   # extra project variants, same run
+
+What is measured (see benchmarks/README.md):
+  * training throughput, images/s: forward + matching + loss + backward + SGD step, batch 32;
+  * decode + NMS, ms per image: the chapter's multibox_detection vs pipeline.evaluate.postprocess;
+  * matching alone, ms per batch, with 1 and with 10 boxes per image.
+
+Every side (the reference, the project, each extra variant) lives in its own worker process, so
+that process-wide settings (threads, the C allocator) of one side cannot help or hurt another.
+The workers run one at a time, never together: the parent asks each in turn to run a few steps,
+round after round (reference, project, variants, reference, project, ...). Training steps are
+timed one by one; the headline is each side's fastest step (the machine is shared, and other
+work only ever makes a step slower), and the median of all steps is reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/run.py` from anywhere finds pipeline/ and benchmarks/
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+NUM_CLASSES = 1
+VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "foreach", "compile")
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine
+# ----------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def gpu_name(device: str) -> str | None:
+    return torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers
+THP_ENV = "THP_MEM_ALLOC_ENABLE"  # torch: madvise(MADV_HUGEPAGE) on CPU allocations of 2 MiB and more
+
+
+def tune_c_allocator() -> bool:
+    """Keep freed memory in the C heap: no mmap/munmap, so no page faults, for the big activations.
+
+    glibc serves every allocation over its mmap threshold (at most 32 MiB) with a fresh mmap and
+    gives it back on free, so each training step page-faults all its activations in again (a
+    256x256 batch of 32 has many 134 MB tensors). With M_MMAP_MAX = 0 and a huge trim threshold,
+    freed blocks are reused. Returns False where the C library is not glibc (nothing changed).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs: the same on every side, from a seed
+# ----------------------------------------------------------------------------------------------
+
+
+def make_batch(batch: int, size: int, boxes: int, seed: int = 0):
+    """Random uint8 images [B, 3, S, S] and targets [B, boxes, 5]: class 0, xyxy relative, all real boxes."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
+    wh = 0.1 + 0.3 * torch.rand(batch, boxes, 2, generator=g)
+    xy = torch.rand(batch, boxes, 2, generator=g) * (1 - wh)
+    targets = torch.cat([torch.zeros(batch, boxes, 1), xy, xy + wh], dim=-1)
+    return images, targets
+
+
+def make_outputs(batch: int, num_anchors: int, seed: int = 1, logit_mean: float = -3.0):
+    """Model outputs that look like an early-training TinySSD: logits [B, A, 2], offsets [B, A, 4].
+
+    The class logit (background fixed at 0) is N(logit_mean, 1.5). At the default -3 most anchors
+    score above the 0.01 threshold, so the project's postprocess works at its cap (1000 candidates
+    per image): its worst case. About -8 looks like a trained model (~3% of anchors above 0.01).
+    Five anchors per image are confident (+4). Offsets are N(0, 0.5): boxes near their anchors.
+    The chapter's multibox_detection runs NMS over all anchors whatever the scores.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cls = logit_mean + 1.5 * torch.randn(batch, num_anchors, generator=g)
+    confident = torch.randint(0, num_anchors, (batch, 5), generator=g)
+    cls.scatter_(1, confident, 4.0)
+    logits = torch.stack([torch.zeros_like(cls), cls], dim=-1)
+    offsets = 0.5 * torch.randn(batch, num_anchors, 4, generator=g)
+    return logits, offsets
+
+
+# ----------------------------------------------------------------------------------------------
+# The two sides
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectOptions:
+    precision: str = "fp32"
+    channels_last: bool = True
+    malloc: bool = False
+    thp: bool = False
+    relu_inplace: bool = False
+    foreach: bool = False
+    compile: bool = False
+
+    def label(self) -> str:
+        parts = [self.precision, "channels-last" if self.channels_last else "contiguous"]
+        parts += [name for name, on in (("malloc", self.malloc), ("thp", self.thp), ("relu-inplace", self.relu_inplace),
+                                        ("foreach", self.foreach), ("compile", self.compile)) if on]
+        return "+".join(parts)
+
+
+def parse_variant(spec: str, base: ProjectOptions) -> ProjectOptions:
+    """'malloc+inplace+bf16' -> the base options with those switched on."""
+    opts = base
+    for token in filter(None, spec.split("+")):
+        if token not in VARIANT_TOKENS:
+            raise SystemExit(f"unknown variant token {token!r}; known: {', '.join(VARIANT_TOKENS)}")
+        opts = {"default": opts,
+                "bf16": dataclasses.replace(opts, precision="bf16"),
+                "contiguous": dataclasses.replace(opts, channels_last=False),
+                "malloc": dataclasses.replace(opts, malloc=True),
+                "thp": dataclasses.replace(opts, thp=True),
+                "inplace": dataclasses.replace(opts, relu_inplace=True),
+                "foreach": dataclasses.replace(opts, foreach=True),
+                "compile": dataclasses.replace(opts, compile=True)}[token]
+    return opts
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ReferenceSide:
+    """The chapter's code: fp32, contiguous, per-image matching, Python-loop NMS."""
+
+    def __init__(self, device: torch.device, args):
+        from benchmarks import reference as ref
+
+        self.ref, self.device = ref, device
+        if device.type == "cpu" and args.reference_malloc_tuning:
+            tune_c_allocator()
+        torch.manual_seed(0)
+        self.net = ref.TinySSD(NUM_CLASSES).to(device)
+        self.trainer = ref.make_trainer(self.net)
+        self.images, self.targets = (t.to(device) for t in make_batch(args.batch_size, args.image_size, 1))
+        self.match_targets = {m: make_batch(args.batch_size, args.image_size, m)[1].to(device) for m in (1, 10)}
+        self.anchors = self._anchors(args.image_size)
+        logits, offsets = (t.to(device) for t in make_outputs(args.batch_size, self.anchors.shape[1],
+                                                                  logit_mean=args.decode_logit_mean))
+        self.logits, self.offsets = logits[:args.decode_images], offsets[:args.decode_images]
+
+    def _anchors(self, size: int) -> torch.Tensor:
+        """The chapter's anchors [1, A, 4], from its own multibox_prior over TinySSD's feature maps."""
+        with torch.no_grad():
+            self.net.eval()
+            anchors, _, _ = self.net(torch.zeros(1, 3, size, size, device=self.device))
+            self.net.train()
+        return anchors
+
+    def train(self, steps: int) -> float:
+        for _ in range(steps):  # the chapter's loader yields float pixels 0..255
+            self.ref.train_step(self.net, self.trainer, self.images.float(), self.targets)
+        return steps * len(self.images)
+
+    def decode(self, _reps: int) -> float:
+        probs = torch.softmax(self.logits, dim=-1).permute(0, 2, 1)
+        self.ref.multibox_detection(probs, self.offsets.reshape(len(self.offsets), -1), self.anchors)
+        return len(self.logits)
+
+    def match(self, boxes: int) -> float:
+        self.ref.multibox_target(self.anchors, self.match_targets[boxes])
+        return 1
+
+    @property
+    def setup(self) -> dict:
+        return {"d2l_package": self.ref.USING_D2L}
+
+
+class ProjectSide:
+    """The project's own pieces, as pipeline/train.py and pipeline/evaluate.py use them."""
+
+    def __init__(self, device: torch.device, args, opts: ProjectOptions):
+        from pipeline import train as train_module
+        from pipeline.boxes import multibox_target, tinyssd_anchors
+        from pipeline.config import RunConfig
+        from pipeline.evaluate import postprocess
+        from pipeline.losses import detection_loss
+        from pipeline.model import TinySSD, autocast, preprocess
+
+        self.device, self.opts = device, opts
+        self.multibox_target, self.detection_loss, self.postprocess = multibox_target, detection_loss, postprocess
+        self.autocast, self.preprocess = autocast, preprocess
+        self.cfg = RunConfig(precision=opts.precision, channels_last=opts.channels_last,
+                             image_size=args.image_size, batch_size=args.batch_size)
+        adopted = getattr(train_module, "tune_cpu_allocator", None)  # once the project does it itself
+        self.allocator_tuned = device.type == "cpu" and (opts.malloc or adopted is not None)
+        if self.allocator_tuned:
+            (adopted or tune_c_allocator)()
+        torch.manual_seed(0)
+        model = TinySSD(NUM_CLASSES).to(device)
+        if opts.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if opts.relu_inplace:
+            for module in model.modules():
+                if isinstance(module, torch.nn.ReLU):
+                    module.inplace = True
+        make_optimizer = getattr(train_module, "make_optimizer", None)  # idem
+        if make_optimizer is not None and not opts.foreach:
+            self.optimizer = make_optimizer(model, self.cfg)
+        else:
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                             foreach=True if opts.foreach else None)
+        relu = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+        self.setup = {"allocator_tuned": self.allocator_tuned,
+                      "relu_inplace": all(m.inplace for m in relu),
+                      "sgd_foreach": bool(self.optimizer.defaults.get("foreach")),
+                      "channels_last": opts.channels_last, "precision": opts.precision, "compile": opts.compile}
+        self.model = torch.compile(model) if opts.compile else model
+        self.images, self.targets = (t.to(device) for t in make_batch(args.batch_size, args.image_size, 1))
+        self.match_targets = {m: make_batch(args.batch_size, args.image_size, m)[1].to(device) for m in (1, 10)}
+        self.anchors = tinyssd_anchors(args.image_size, device)
+        self.logits, self.offsets = (t.to(device) for t in make_outputs(args.batch_size, self.anchors.shape[0],
+                                                                               logit_mean=args.decode_logit_mean))
+
+    def train(self, steps: int) -> float:
+        cfg, device = self.cfg, self.device
+        for _ in range(steps):  # pipeline/train.py's _train_epoch, less its metric sums and progress bar
+            x = self.preprocess(self.images, cfg.channels_last)
+            with self.autocast(cfg.precision, device):
+                anchors, cls_logits, box_pred = self.model(x)
+            box_target, mask, labels = self.multibox_target(anchors, self.targets)
+            losses = self.detection_loss(cls_logits, box_pred, labels, box_target, mask, cfg)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            self.optimizer.step()
+        return steps * len(self.images)
+
+    def decode(self, batch: int) -> float:
+        self.postprocess(self.logits[:batch], self.offsets[:batch], self.anchors,
+                         score_threshold=self.cfg.score_threshold, nms_iou=self.cfg.nms_iou,
+                         max_detections=self.cfg.max_detections)
+        return batch
+
+    def match(self, boxes: int) -> float:
+        self.multibox_target(self.anchors, self.match_targets[boxes])
+        return 1
+
+
+def _worker(conn, kind: str, args, opts) -> None:
+    """One side in its own process: answers (task, argument) with (units done, seconds)."""
+    try:
+        device = torch.device(args.device)
+        side = ReferenceSide(device, args) if kind == "reference" else ProjectSide(device, args, opts)
+        conn.send(("ready", side.setup))
+        while True:
+            task, arg = conn.recv()
+            if task == "stop":
+                break
+            calls = [(task, arg)] if task != "train" else [("train", 1)] * arg  # training: timed step by step
+            timings = []
+            for name, value in calls:
+                _sync(device)
+                started, cpu_started = time.perf_counter(), time.process_time()
+                units = getattr(side, name)(value)
+                _sync(device)
+                timings.append((units, time.perf_counter() - started, time.process_time() - cpu_started))
+            conn.send(("ok", timings))
+    except Exception:  # noqa: BLE001  (reported to the parent, which raises it)
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class Worker:
+    def __init__(self, ctx, kind: str, args, opts: ProjectOptions | None = None):
+        self.kind, self.opts = kind, opts
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child, kind, args, opts), daemon=True)
+        thp = opts is not None and opts.thp
+        saved = os.environ.get(THP_ENV)
+        if thp:  # read by torch once, at its first CPU allocation: it must be in the worker's environment
+            os.environ[THP_ENV] = "1"
+        try:
+            self.process.start()
+        finally:
+            if thp and saved is None:
+                del os.environ[THP_ENV]
+            elif thp:
+                os.environ[THP_ENV] = saved
+        child.close()
+
+    def _recv(self):
+        status, payload = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"the {self.kind} worker failed:\n{payload}")
+        return payload
+
+    def wait_ready(self) -> dict:
+        self.setup = self._recv()
+        return self.setup
+
+    def rate(self, task: str, arg) -> tuple[float, float, float]:
+        """(units per second, seconds, CPU seconds) of one call; for "train", of the fastest of ``arg`` steps."""
+        return max(self.rates(task, arg))
+
+    def rates(self, task: str, arg) -> list[tuple[float, float, float]]:
+        """(units per second, seconds, CPU seconds of the worker, all threads) of each call ("train": each step)."""
+        self.conn.send((task, arg))
+        return [(units / seconds, seconds, cpu) for units, seconds, cpu in self._recv()]
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(("stop", None))
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement
+# ----------------------------------------------------------------------------------------------
+
+
+def measure(args, main_opts: ProjectOptions, variants: list[ProjectOptions], log) -> dict:
+    ctx = mp.get_context("spawn")  # a fresh interpreter per side: nothing process-wide leaks across
+    sides = [Worker(ctx, "reference", args)] + [Worker(ctx, "project", args, o) for o in [main_opts, *variants]]
+    names = ["reference"] + ["project"] + [o.label() for o in variants]
+    try:
+        for w in sides:
+            w.wait_ready()
+        train = {n: [] for n in names}  # images/s of each timed step
+        train_cpu = {n: [] for n in names}  # images per CPU-second of each timed step
+        warmup_s = {}
+        for name, w in zip(names, sides):  # warm-up (and torch.compile, where asked for): untimed
+            started = time.perf_counter()
+            w.rate("train", 1)
+            if w.opts is not None and w.opts.compile:
+                w.rate("train", 1)  # a second call can recompile (the anchor cache fills on the first)
+            warmup_s[name] = time.perf_counter() - started
+            log(f"  warm-up {name}: {warmup_s[name]:.1f} s")
+        for r in range(args.rounds):
+            for name, w in zip(names, sides):
+                steps = w.rates("train", args.steps)
+                train[name] += [rate for rate, _, _ in steps]
+                train_cpu[name] += [rate * seconds / cpu for rate, seconds, cpu in steps]
+                log(f"  round {r + 1} train {name}: " + ", ".join(f"{v:.2f}" for v, _, _ in steps)
+                    + " images/s; " + ", ".join(f"{v * s / c:.2f}" for v, s, c in steps) + " images/CPU-s")
+
+        decode = {"reference": [], "project": [], "project_batch1": []}
+        ref, proj = sides[0], sides[1]
+        proj.rate("decode", args.batch_size)  # warm-up
+        for _ in range(args.decode_rounds):
+            decode["reference"].append(1000.0 / ref.rate("decode", None)[0])
+            decode["project"].append(1000.0 / proj.rate("decode", args.batch_size)[0])
+            decode["project_batch1"].append(1000.0 / proj.rate("decode", 1)[0])
+
+        match = {}
+        for boxes in (1, 10):
+            ref.rate("match", boxes), proj.rate("match", boxes)  # warm-up
+            rs, ps = [], []
+            for _ in range(args.match_rounds):
+                rs.append(ref.rate("match", boxes)[1] * 1000.0)
+                ps.append(proj.rate("match", boxes)[1] * 1000.0)
+            match[boxes] = (min(rs), min(ps))
+    finally:
+        for w in sides:
+            w.stop()
+
+    best = {n: max(v) for n, v in train.items()}
+    result = {
+        "train_speedup": best["project"] / best["reference"],
+        "decode_speedup": min(decode["reference"]) / min(decode["project"]),
+        "reference_train_images_per_s": best["reference"],
+        "train_images_per_s": best["project"],
+        "reference_train_images_per_s_median": statistics.median(train["reference"]),
+        "train_images_per_s_median": statistics.median(train["project"]),
+        "train_speedup_median": statistics.median(train["project"]) / statistics.median(train["reference"]),
+        "reference_train_images_per_cpu_s": statistics.median(train_cpu["reference"]),
+        "train_images_per_cpu_s": statistics.median(train_cpu["project"]),
+        "train_speedup_cpu": statistics.median(train_cpu["project"]) / statistics.median(train_cpu["reference"]),
+        "reference_decode_ms": min(decode["reference"]),
+        "decode_ms": min(decode["project"]),
+        "decode_ms_batch1": min(decode["project_batch1"]),
+        "reference_match_ms_1box": match[1][0], "match_ms_1box": match[1][1],
+        "reference_match_ms_10box": match[10][0], "match_ms_10box": match[10][1],
+        "match_speedup_1box": match[1][0] / match[1][1], "match_speedup_10box": match[10][0] / match[10][1],
+        "project": main_opts.label(),
+        "project_setup": sides[1].setup,
+        "project_warmup_s": warmup_s["project"],
+        "variants": {o.label(): {"images_per_s": best[o.label()], "train_speedup": best[o.label()] / best["reference"],
+                                 "images_per_s_median": statistics.median(train[o.label()]),
+                                 "images_per_cpu_s": statistics.median(train_cpu[o.label()]),
+                                 "train_speedup_cpu": statistics.median(train_cpu[o.label()])
+                                 / statistics.median(train_cpu["reference"]),
+                                 "warmup_s": warmup_s[o.label()]} for o in variants},
+        "train_rounds": {n: [round(v, 3) for v in vs] for n, vs in train.items()},
+    }
+    return result
+
+
+def machine_info(args) -> dict:
+    from benchmarks import reference as ref
+
+    return {"cpu": cpu_model(), "cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": args.device, "gpu": gpu_name(args.device),
+            "reference_source": "d2l package" if ref.USING_D2L else "benchmarks/reference.py",
+            "reference_malloc_tuning": args.reference_malloc_tuning,
+            "thp_env_for_all": os.environ.get(THP_ENV),  # set outside: every side, the reference too
+            "batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps,
+            "decode_logit_mean": args.decode_logit_mean,
+            "rounds": args.rounds, "date": date.today().isoformat()}
+
+
+def print_table(info: dict, res: dict) -> None:
+    print()
+    print(f"machine : {info['cpu']}, {info['cores']} cores (torch threads {info['torch_threads']})"
+          + (f", GPU {info['gpu']}" if info["gpu"] else ""))
+    print(f"torch   : {info['torch']}   device {info['device']}   reference from {info['reference_source']}"
+          + ("   (reference with malloc tuning)" if info["reference_malloc_tuning"] else ""))
+    print(f"input   : batch {info['batch_size']}, {info['image_size']}x{info['image_size']}, "
+          f"{info['steps']} timed steps x {info['rounds']} alternating rounds per side")
+    setup = res["project_setup"]
+    print(f"project : {res['project']}  (allocator tuned: {setup['allocator_tuned']}, ReLU in place: "
+          f"{setup['relu_inplace']}, SGD foreach: {setup['sgd_foreach']})")
+    rows = [
+        ("train, images/s (fastest step)", res["reference_train_images_per_s"], res["train_images_per_s"],
+         res["train_speedup"]),
+        ("train, images/s (median step)", res["reference_train_images_per_s_median"], res["train_images_per_s_median"],
+         res["train_speedup_median"]),
+        ("train, images per CPU-second (median)", res["reference_train_images_per_cpu_s"],
+         res["train_images_per_cpu_s"], res["train_speedup_cpu"]),
+        ("decode+NMS, ms/image", res["reference_decode_ms"], res["decode_ms"], res["decode_speedup"]),
+        ("  project at batch 1, ms/image", res["reference_decode_ms"], res["decode_ms_batch1"],
+         res["reference_decode_ms"] / res["decode_ms_batch1"]),
+        ("matching, 1 box/image, ms/batch", res["reference_match_ms_1box"], res["match_ms_1box"],
+         res["match_speedup_1box"]),
+        ("matching, 10 boxes/image, ms/batch", res["reference_match_ms_10box"], res["match_ms_10box"],
+         res["match_speedup_10box"]),
+    ]
+    for name, v in res["variants"].items():
+        rows.append((f"train {name}, fastest", res["reference_train_images_per_s"], v["images_per_s"],
+                     v["train_speedup"]))
+        rows.append((f"train {name}, per CPU-s", res["reference_train_images_per_cpu_s"], v["images_per_cpu_s"],
+                     v["train_speedup_cpu"]))
+    print()
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':{width}s} {'reference':>10s} {'project':>10s} {'ratio':>7s}")
+    for name, r, p, ratio in rows:
+        print(f"{name:{width}s} {r:10.2f} {p:10.2f} {ratio:6.2f}x")
+    if res["project_warmup_s"] > 10 or any(v["warmup_s"] > 10 for v in res["variants"].values()):
+        warm = {"project": res["project_warmup_s"], **{k: v["warmup_s"] for k, v in res["variants"].items()}}
+        print("warm-up (incl. any compile), s: " + ", ".join(f"{k} {v:.1f}" for k, v in warm.items()))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed training steps per round (default 3 on CPU, 20 on CUDA)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of --steps timed steps per side")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=256, help="a multiple of 64 (TinySSD halves the side 6 times)")
+    p.add_argument("--decode-images", type=int, default=4, help="images per reference decode call (it loops per image)")
+    p.add_argument("--decode-rounds", type=int, default=3)
+    p.add_argument("--decode-logit-mean", type=float, default=-3.0,
+                   help="mean class logit of the decode input: -3 (default) puts every image at the project's "
+                        "1000-candidate cap, about -8 looks like a trained model")
+    p.add_argument("--match-rounds", type=int, default=5)
+    p.add_argument("--reference-malloc-tuning", action="store_true",
+                   help="give the reference the allocator setting too (off: the chapter's code as it runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in every worker (default: torch's)")
+    g = p.add_argument_group("project side")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    g.add_argument("--no-channels-last", action="store_true")
+    g.add_argument("--malloc-tuning", action="store_true", help="keep freed memory in the C heap (glibc mallopt)")
+    g.add_argument("--thp", action="store_true",
+                   help=f"{THP_ENV}=1 in the project's worker: transparent huge pages for big tensors")
+    g.add_argument("--relu-inplace", action="store_true", help="nn.ReLU(inplace=True) in the project's model")
+    g.add_argument("--foreach", action="store_true", help="SGD(foreach=True)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the project's model (the warm-up time includes the compile)")
+    g.add_argument("--variants", default="",
+                   help=f"comma-separated extra project variants, each '+'-joined from {', '.join(VARIANT_TOKENS)} "
+                        "on top of the project-side flags; measured in the same rounds")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 20 if args.device == "cuda" else 3
+    if args.image_size % 64 or args.image_size < 64:
+        p.error("--image-size must be a positive multiple of 64")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    args.decode_images = min(args.decode_images, args.batch_size)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the spawned workers
+        torch.set_num_threads(args.threads)
+    main_opts = ProjectOptions(precision=args.precision, channels_last=not args.no_channels_last,
+                               malloc=args.malloc_tuning, thp=args.thp, relu_inplace=args.relu_inplace,
+                               foreach=args.foreach, compile=args.compile)
+    variants = [parse_variant(s.strip(), main_opts) for s in args.variants.split(",") if s.strip()]
+    info = machine_info(args)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log(f"benchmark on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, device {args.device}")
+    started = time.perf_counter()
+    res = measure(args, main_opts, variants, log)
+    log(f"  total {time.perf_counter() - started:.0f} s")
+    print_table(info, res)
+    out = {**res, **info}
+    if args.json:
+        print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
