@@ -91,21 +91,20 @@ def match_anchors(anchors_xyxy: torch.Tensor, gt_boxes_xyxy: torch.Tensor, gt_va
     B, M, _ = gt_boxes_xyxy.shape  # batch, max boxes per image
     A = anchors_xyxy.shape[0]
     iou = box_iou(anchors_xyxy, gt_boxes_xyxy.reshape(-1, 4)).reshape(A, B, M).permute(1, 0, 2)
-    iou = torch.where(gt_valid[:, None, :], iou, torch.full_like(iou, -1.0))  # [B, A, M]
+    iou = torch.where(gt_valid[:, None, :], iou, -1.0).contiguous()  # [B, A, M]
     best_iou, best_box = iou.max(dim=2)
     matched = torch.where(best_iou >= iou_threshold, best_box, torch.full_like(best_box, -1))
     n_valid = gt_valid.sum(dim=1)  # [B]
     batch_idx = torch.arange(B, device=iou.device)
-    flat = iou.reshape(B, A * M).clone()
     for step in range(M):  # at most M rounds, each fixing one box in every image; no per-image loop
         active = step < n_valid  # [B]
-        pick = flat.argmax(dim=1)  # first maximum, as the chapter's argmax over the flattened matrix
+        pick = iou.view(B, A * M).argmax(dim=1)  # first maximum, as the chapter's argmax over the flattened matrix
         anchor, box = pick // M, pick % M
         matched[batch_idx, anchor] = torch.where(active, box, matched[batch_idx, anchor])
-        flat = flat.reshape(B, A, M)
-        discard_box = active[:, None] & (torch.arange(M, device=iou.device)[None, :] == box[:, None])
-        discard_anchor = active[:, None] & (torch.arange(A, device=iou.device)[None, :] == anchor[:, None])
-        flat = flat.masked_fill(discard_box[:, None, :] | discard_anchor[:, :, None], -1.0).reshape(B, A * M)
+        # discard the pair's column and row; an inactive image discards a padding column already at -1
+        # and one anchor row, which can no longer be picked by its (finished) image anyway
+        iou[batch_idx, :, box] = torch.where(active[:, None], -1.0, iou[batch_idx, :, box])
+        iou[batch_idx, anchor, :] = torch.where(active[:, None], -1.0, iou[batch_idx, anchor, :])
     return matched
 
 

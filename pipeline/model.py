@@ -14,7 +14,7 @@ def down_sample_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """2 x (conv3x3 pad 1, BatchNorm, ReLU), then maxpool 2: halves the side."""
     layers: list[nn.Module] = []
     for _ in range(2):
-        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU()]
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
         in_channels = out_channels
     layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -51,6 +53,28 @@ class FitResult:
     coco: CocoResult  # the last validation
     detections: list[Detections]  # the last validation's detections
     train_images_per_s: float  # training steps only, validation excluded
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed heap memory for reuse instead of returning every big tensor to the OS.
+
+    glibc mmaps and munmaps each large allocation, so every training step page-faults its
+    activations back in (~700k faults, about 1 CPU-second per batch of 32 at 256x256 here).
+    Measured: +55% training throughput on CPU, for ~1 GB more peak memory.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
+    """The chapter's SGD; foreach updates all parameters in a few fused kernels (same result)."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,12 +173,14 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     the newest good one: a retried trial goes on where the killed one stopped.
     """
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = TinySSD(len(train.class_names)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     start, history, train_seconds = _resume(load_latest_epoch_state(state_dir), model, optimizer, generator, run)
     bar = _progress(progress)
     with bar or contextlib.nullcontext():
