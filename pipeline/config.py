@@ -20,10 +20,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # about 10 on 2 CPU cores, while still separating good settings from bad ones.
     "quick": {
         "image_size": 128,  # a quarter of the FLOPs; anchors are relative, so they keep their meaning
-        "epochs": 8,
-        "train_images": 320,
-        "lr": 0.1,  # fewer steps per epoch: lower lr is steadier at batch 16
-        "batch_size": 16,
+        "epochs": 10,  # ~85 s on 2 cores (measured): `train` in ~2 min, a default sweep in ~10
+        "batch_size": 16,  # twice the steps per epoch: with few epochs, steps matter more than batch size
+        "lr": 0.4,  # measured: val mAP 0.15-0.19 after 10 epochs, against 0.09-0.12 at the chapter's 0.2
     },
 }
 
@@ -49,6 +48,8 @@ class RunConfig:
     batch_size: int = _knob(32, "images per SGD step", low=1, high=4096)
     lr: float = _knob(0.2, "SGD learning rate", low=1e-6, high=10.0)
     weight_decay: float = _knob(5e-4, "SGD weight decay", low=0.0, high=1.0)
+    lr_schedule: str = _knob("constant", "constant (the chapter) or cosine decay to 0 over the epochs",
+                             choices=("constant", "cosine"))
     seed: int = _knob(0, "seed for weights, batch order and sampling", low=0)
     device: str = _knob("auto", "auto picks CUDA when there is one", choices=("auto", "cpu", "cuda"))
     # --- speed (no effect on the maths in fp32) ------------------------------

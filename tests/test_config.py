@@ -58,3 +58,18 @@ def test_knob_table_covers_every_field():
     names = [row["name"] for row in knob_table()]
     assert names == [f.name for f in dataclasses.fields(RunConfig)]
     assert all(row["help"] for row in knob_table())
+
+
+def test_cosine_schedule_goes_from_lr_to_zero():
+    import torch
+    from pipeline.train import set_epoch_lr
+
+    cfg = make_config("chapter", {"lr_schedule": "cosine", "epochs": 4, "lr": 0.4})
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    lrs = []
+    for epoch in range(4):
+        set_epoch_lr(opt, cfg, epoch)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.4, 0.2 * (1 + math.cos(math.pi / 4)), 0.2, 0.2 * (1 + math.cos(3 * math.pi / 4))])
+    set_epoch_lr(opt, RunConfig(), 3)
+    assert opt.param_groups[0]["lr"] == 0.2
