@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ctypes
 import ctypes.util
 import math
@@ -131,10 +132,17 @@ class _EpochStats:
                 "train/bbox_mae": abs_err / self.coords_seen}
 
 
+def held_on(data: DetectionData, device: torch.device) -> DetectionData:
+    """On a GPU the whole split lives there once (1000 x 3 x 256 x 256 uint8 is 200 MB): no copy per batch."""
+    if device.type != "cuda":
+        return data
+    return dataclasses.replace(data, images=data.images.to(device), targets=data.targets.to(device))
+
+
 def _train_epoch(model, optimizer, train: DetectionData, cfg, device, generator, epoch, progress, task):
     model.train()
     stats = _EpochStats(device)
-    order = torch.randperm(len(train), generator=generator)
+    order = torch.randperm(len(train), generator=generator).to(train.images.device)
     for step, start in enumerate(range(0, len(train), cfg.batch_size)):
         idx = order[start:start + cfg.batch_size]
         x = preprocess(train.images[idx].to(device, non_blocking=True), cfg.channels_last)
@@ -189,6 +197,7 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
+    train, val = held_on(train, device), held_on(val, device)
     start, history, train_seconds = _resume(load_latest_epoch_state(state_dir), model, optimizer, generator, run)
     bar = _progress(progress)
     with bar or contextlib.nullcontext():
