@@ -782,7 +782,7 @@ def header_blocks(d: StudyData) -> list[Block]:
                 f"{cfg.get('train_images') or 'all'} training and {cfg.get('val_images') or 'all'} validation images, "
                 f"{_count(cfg.get('epochs', 0), 'epoch')} per trial")
     items = [d.note, f"Data set: {data_set}.", f"Profile: `{d.attrs.get('profile', '?')}`; "
-             f"device: `{cfg.get('device', '?')}`; objective: `{d.objective}` (COCO mAP@[.5:.95]), maximised.",
+             f"device: `{d.attrs.get('device_used') or cfg.get('device', '?')}`; objective: `{d.objective}` (COCO mAP@[.5:.95]), maximised.",
              f"Trials: {_state_counts(d.trials)}.", f"Run: {_when(d.trials)}."]
     if d.mlflow_note:
         items.append(f"MLflow: {d.mlflow_note}.")

@@ -352,6 +352,17 @@ def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, 
             "mlflow_experiment_id": tracker.experiment_id, "parent_run_id": parent_run_id}
 
 
+def _device_description(device: str) -> str:
+    """What the trials run on, for the report: 'cpu (8 cores)' or the GPU's name."""
+    import torch
+    from pipeline.train import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        return torch.cuda.get_device_name(resolved)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -403,6 +414,7 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
                                "profile": options.profile, "workers": options.workers,
                                "host": socket.gethostname(), "pid": os.getpid()}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
+            study.set_user_attr("device_used", _device_description(base.device))
             # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials
             todo = 2 * remaining_trials(study, target)
             if options.workers == 1:
