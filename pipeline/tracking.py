@@ -83,7 +83,7 @@ class _MlflowRun(RunHandle):
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Beside an embedded SQLite store, artifacts go to mlartifacts/ (as `mlflow ui` expects), not ./mlruns."""
+    """Beside an embedded SQLite store, artifacts go to mlartifacts/ (as `mlflow ui` expects), next to the database."""
     if not uri.startswith("sqlite:///"):
         return None  # a tracking server decides for itself
     db = Path(uri.removeprefix("sqlite:///")).resolve()
