@@ -8,7 +8,6 @@ normally, KILLED on an interrupt, FAILED on any other exception.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from contextlib import contextmanager
@@ -195,10 +194,6 @@ class MemoryTracker:
         finally:
             handle.status = _final_status(handle, error)
 
-
-def finite_or_none(value: float) -> float | None:
-    """NaN (COCO's 'no ground truth of this size') is logged as absent."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 # ---------------------------------------------------------------------------
