@@ -332,7 +332,6 @@ class _SweepProgress:
 
 def _sweep_table(result: dict, options) -> Table:
     import optuna
-    from pipeline.sweep import DEFAULT_STORAGE
     study = optuna.load_study(study_name=result["study"], storage=options.storage)
     complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
     control = [t for t in complete if t.user_attrs.get("control")]

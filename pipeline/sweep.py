@@ -66,7 +66,6 @@ class SpaceRecorder:
 
     def __init__(self):
         self.calls: dict[str, dict[str, Any]] = {}
-        self.user_attrs: dict[str, Any] = {}
 
     def suggest_float(self, name, low, high, *, step=None, log=False):
         self.calls[name] = {"type": "float", "low": low, "high": high, "log": log, "step": step}

@@ -5,7 +5,6 @@ import io
 import json
 import math
 import re
-import shutil
 import subprocess
 from pathlib import Path
 

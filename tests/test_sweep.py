@@ -13,7 +13,7 @@ import experiments
 from cli import app
 from conftest import tiny_args
 from pipeline.config import RunConfig, make_config, parse_overrides
-from pipeline.sweep import SweepOptions, describe_space
+from pipeline.sweep import describe_space
 
 runner = CliRunner()
 
