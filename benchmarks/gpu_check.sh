@@ -1,31 +1,86 @@
 #!/usr/bin/env bash
-# The GPU check for the "GPU fast path" issue, prepared as one short script for a session that is
-# lent a GPU machine (it has torch, torchvision, pandas and seaborn, but not optuna, mlflow or
-# pycocotools). Before the call, in the repo root here:
+# The GPU check of the "GPU fast path" issue: one short script for a session that is lent a GPU machine.
+# That machine has torch, torchvision, pandas and seaborn, but not optuna, mlflow or pycocotools: before
+# the call, in the repo root here, fetch their wheels for its Python 3.12 into .whl/ (ignored by git):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl pycocotools==2.0.11 optuna==5.0.0 mlflow-skinny==3.17.2 ...   # plus their missing needs
-# then run it with `.whl` carried, with a timeout that leaves room to rerun it. It writes to $OUT.
+#     -d .whl $(cat benchmarks/gpu_wheels.txt)
+# and run it with `.whl` carried and a timeout of about 9 minutes. $OUT (or /tmp/gpu_check) gets summary.txt
+# and results.tgz: every step's log, the MLflow and Optuna stores (refreshed after each step).
+# Each step has its own time limit and the script skips what would not fit: a late failure costs
+# only its own step. SMOKE=1 DEVICE=cpu runs every step at toy sizes, to check the script itself.
 set -uo pipefail
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
+DEVICE=${DEVICE:-cuda}
+BUDGET=${BUDGET:-500}  # seconds for the whole script
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-# 1. training images/s and decode: the chapter's reference loop against the project, same GPU, same run
-python benchmarks/run.py --device cuda --json 2>&1 | tee "$out/bench_fp32.txt"
-python benchmarks/run.py --device cuda --precision bf16 --json 2>&1 | tee "$out/bench_bf16.txt"
-# 2. one chapter-protocol trial end to end: data, 20 epochs, COCO evaluation, MLflow logging
-start=$(date +%s.%N)
-python cli.py train --profile chapter --device cuda --json 2>&1 | tail -3 | tee "$out/chapter_trial.txt"
-echo "chapter trial wall s: $(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$out/chapter_trial.txt"
-# 3. focal-loss sweep throughput at K workers sharing the GPU (8 trials each, chapter profile)
-for k in 1 2 4; do
-  start=$(date +%s.%N)
-  python cli.py sweep focal-loss --profile chapter --device cuda --trials 8 --workers $k --no-prune \
-    --study-name "gpu-k$k" --json 2>&1 | tail -1 > "$out/sweep_k$k.json"
-  echo "K=$k: 8 trials in $(echo "$(date +%s.%N) - $start" | bc) s" | tee -a "$out/sweeps.txt"
+export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TINYSSD_CACHE=${TINYSSD_CACHE:-/tmp/tinyssd-cache}
+work=$(mktemp -d); logs=$work/logs; mkdir -p "$logs"
+export MLFLOW_TRACKING_URI=sqlite:///$logs/mlflow.db
+tiny=(); bench_tiny=()
+if [ "${SMOKE:-0}" = 1 ]; then
+  tiny=(--set image_size=64 --set train_images=16 --set val_images=8 --set epochs=2 --set batch_size=8)
+  bench_tiny=(--image-size 64 --batch-size 4 --steps 1 --rounds 1 --decode-rounds 1 --match-rounds 1 --threads 1)
+fi
+log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$out/summary.txt"; }
+left() { echo $((BUDGET - SECONDS)); }
+step() {  # step NAME LIMIT_S COMMAND...: run if it fits in what is left, never longer than LIMIT_S
+  local name=$1 limit=$2; shift 2
+  if [ "$(left)" -lt 20 ]; then log "SKIP $name: $(left) s left"; return; fi
+  [ "$limit" -gt "$(left)" ] && limit=$(left)
+  local t0=$SECONDS
+  timeout -k 5 "$limit" "$@" > "$logs/$name.log" 2>&1; local rc=$?
+  log "$name: rc $rc in $((SECONDS - t0)) s"
+  tail -n 2 "$logs/$name.log" | grep -v '^{' | sed 's/^/    /' | cut -c1-300 | tee -a "$out/summary.txt"
+  python3 - "$logs/$name.log" <<'EOF' 2>&1 | tee -a "$out/summary.txt"
+import json, sys
+lines = [l for l in open(sys.argv[1], errors="replace") if l.startswith("{")]
+keys = ("val/map", "val/map50", "train/class_err", "train/bbox_mae", "train_images_per_s", "trial_seconds", "device",
+        "reference_train_images_per_s", "train_speedup", "train_speedup_median", "reference_decode_ms", "decode_ms",
+        "decode_speedup", "project_warmup_s", "gpu", "torch", "n_complete", "n_failed", "best_value", "control_value")
+if lines:
+    d = json.loads(lines[-1])
+    print("    " + json.dumps({k: round(d[k], 4) if isinstance(d[k], float) else d[k] for k in keys if k in d}))
+    for name, v in d.get("variants", {}).items():
+        print(f"    variant {name}: {v['images_per_s']:.0f} images/s, {v['train_speedup']:.2f}x, warm-up {v['warmup_s']:.1f} s")
+EOF
+  cp "$out/summary.txt" "$logs/" && tar czf "$out/results.tgz" -C "$logs" .
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
+python3 -c "import torch, torchvision, optuna, mlflow, pycocotools; print('torch', torch.__version__, 'vision', torchvision.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$out/summary.txt"
+nproc | sed 's/^/cpu cores: /' | tee -a "$out/summary.txt"
+
+# 1. the CUDA graph trains like eager steps (the GPU-only tests; on a CPU they skip)
+step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_step.py
+# 2. the data sets, generated once into the cache (not timed as part of a trial)
+step data 120 python3 cli.py data bananas --preview "$work/preview.png"
+# 3. training images/s: the chapter's loop against the fast path and its switches, same GPU, same run
+step bench 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 3 --steps 30 --variants eager,bf16,bf16+eager,contiguous \
+  "${bench_tiny[@]}" --json
+# 4. one chapter-protocol trial, end to end (a fresh process: imports, data from the cache, 20 epochs,
+#    COCO evaluation, MLflow logging); then with bf16, and with the graph off
+for variant in default precision=bf16 cuda_graph=false; do
+  sets=(); [ "$variant" != default ] && sets=(--set "$variant")
+  t0=$(date +%s.%N)
+  step "trial_${variant//[=]/_}" 90 python3 cli.py train --profile chapter --device "$DEVICE" "${sets[@]}" "${tiny[@]}" \
+    --out-dir "$work/outputs" --json
+  echo "trial $variant: process wall $(python3 -c "import time; print(round(time.time() - $t0, 2))") s" | tee -a "$out/summary.txt"
 done
+# 5. focal-loss sweep throughput with K worker processes sharing the GPU (chapter profile, no pruning)
+for k in 1 2 4; do
+  t0=$(date +%s.%N)
+  step "sweep_k$k" 120 python3 cli.py sweep focal-loss --profile chapter --device "$DEVICE" --trials $((2 * k + 4)) \
+    --workers $k --no-prune --storage "sqlite:///$logs/optuna.db" --study-name "gpu-k$k" --out-dir "$work/outputs" \
+    "${tiny[@]}" --json
+  echo "sweep K=$k: $((2 * k + 4)) trials, process wall $(python3 -c "import time; print(round(time.time() - $t0, 2))") s" \
+    | tee -a "$out/summary.txt"
+done
+# 6. what torch.compile adds on top of the graph, and what it costs to compile
+step bench_compile 120 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --variants compile,bf16+compile \
+  "${bench_tiny[@]}" --json
+log "done"

@@ -4,7 +4,7 @@
     python benchmarks/run.py --json          # the same; the last stdout line is one JSON object
     python benchmarks/run.py --device cuda --json
     python benchmarks/run.py --precision bf16 --no-channels-last ...   # project-side variants
-    python benchmarks/run.py --variants malloc,malloc+inplace+foreach,bf16   # extra project variants, same run
+    python benchmarks/run.py --variants malloc,bf16,eager   # extra project variants, same run
 
 What is measured (see benchmarks/README.md):
   * training throughput, images/s: forward + matching + loss + backward + SGD step, batch 32;
@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` from anywhere finds 
 import torch  # noqa: E402
 
 NUM_CLASSES = 1
-VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "foreach", "compile")
+VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "eager", "compile")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,13 +138,13 @@ class ProjectOptions:
     malloc: bool = False
     thp: bool = False
     relu_inplace: bool = False
-    foreach: bool = False
+    cuda_graph: bool = True  # RunConfig's default; only CUDA has graphs
     compile: bool = False
 
     def label(self) -> str:
         parts = [self.precision, "channels-last" if self.channels_last else "contiguous"]
         parts += [name for name, on in (("malloc", self.malloc), ("thp", self.thp), ("relu-inplace", self.relu_inplace),
-                                        ("foreach", self.foreach), ("compile", self.compile)) if on]
+                                        ("eager", not self.cuda_graph), ("compile", self.compile)) if on]
         return "+".join(parts)
 
 
@@ -160,7 +160,7 @@ def parse_variant(spec: str, base: ProjectOptions) -> ProjectOptions:
                 "malloc": dataclasses.replace(opts, malloc=True),
                 "thp": dataclasses.replace(opts, thp=True),
                 "inplace": dataclasses.replace(opts, relu_inplace=True),
-                "foreach": dataclasses.replace(opts, foreach=True),
+                "eager": dataclasses.replace(opts, cuda_graph=False),
                 "compile": dataclasses.replace(opts, compile=True)}[token]
     return opts
 
@@ -217,25 +217,26 @@ class ReferenceSide:
 
 
 class ProjectSide:
-    """The project's own pieces, as pipeline/train.py and pipeline/evaluate.py use them."""
+    """The project's own pieces: pipeline.step.TrainStep, the step pipeline/train.py runs, and postprocess."""
 
     def __init__(self, device: torch.device, args, opts: ProjectOptions):
         from pipeline import train as train_module
         from pipeline.boxes import multibox_target, tinyssd_anchors
         from pipeline.config import RunConfig
         from pipeline.evaluate import postprocess
-        from pipeline.losses import detection_loss
-        from pipeline.model import TinySSD, autocast, preprocess
+        from pipeline.model import TinySSD
+        from pipeline.step import TrainStep
 
         self.device, self.opts = device, opts
-        self.multibox_target, self.detection_loss, self.postprocess = multibox_target, detection_loss, postprocess
-        self.autocast, self.preprocess = autocast, preprocess
-        self.cfg = RunConfig(precision=opts.precision, channels_last=opts.channels_last,
-                             image_size=args.image_size, batch_size=args.batch_size)
+        self.multibox_target, self.postprocess = multibox_target, postprocess
+        self.cfg = RunConfig(precision=opts.precision, channels_last=opts.channels_last, cuda_graph=opts.cuda_graph,
+                             torch_compile=opts.compile, image_size=args.image_size, batch_size=args.batch_size)
         adopted = getattr(train_module, "tune_cpu_allocator", None)  # once the project does it itself
         self.allocator_tuned = device.type == "cpu" and (opts.malloc or adopted is not None)
         if self.allocator_tuned:
             (adopted or tune_c_allocator)()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as pipeline.train.fit sets it on CUDA
         torch.manual_seed(0)
         model = TinySSD(NUM_CLASSES).to(device)
         if opts.channels_last:
@@ -244,35 +245,23 @@ class ProjectSide:
             for module in model.modules():
                 if isinstance(module, torch.nn.ReLU):
                     module.inplace = True
-        make_optimizer = getattr(train_module, "make_optimizer", None)  # idem
-        if make_optimizer is not None and not opts.foreach:
-            self.optimizer = make_optimizer(model, self.cfg)
-        else:
-            self.optimizer = torch.optim.SGD(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
-                                             foreach=True if opts.foreach else None)
         relu = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+        self.images, self.targets = (t.to(device) for t in make_batch(args.batch_size, args.image_size, 1))
+        self.step = TrainStep(model, self.images, self.targets, self.cfg, device, torch.Generator().manual_seed(0))
+        self.step.start_epoch()
+        self.batch_index = torch.arange(args.batch_size, device=device)
         self.setup = {"allocator_tuned": self.allocator_tuned,
                       "relu_inplace": all(m.inplace for m in relu),
-                      "sgd_foreach": bool(self.optimizer.defaults.get("foreach")),
+                      "cuda_graph": self.step.use_graph,
                       "channels_last": opts.channels_last, "precision": opts.precision, "compile": opts.compile}
-        self.model = torch.compile(model) if opts.compile else model
-        self.images, self.targets = (t.to(device) for t in make_batch(args.batch_size, args.image_size, 1))
         self.match_targets = {m: make_batch(args.batch_size, args.image_size, m)[1].to(device) for m in (1, 10)}
         self.anchors = tinyssd_anchors(args.image_size, device)
         self.logits, self.offsets = (t.to(device) for t in make_outputs(args.batch_size, self.anchors.shape[0],
                                                                                logit_mean=args.decode_logit_mean))
 
     def train(self, steps: int) -> float:
-        cfg, device = self.cfg, self.device
-        for _ in range(steps):  # pipeline/train.py's _train_epoch, less its metric sums and progress bar
-            x = self.preprocess(self.images, cfg.channels_last)
-            with self.autocast(cfg.precision, device):
-                anchors, cls_logits, box_pred = self.model(x)
-            box_target, mask, labels = self.multibox_target(anchors, self.targets)
-            losses = self.detection_loss(cls_logits, box_pred, labels, box_target, mask, cfg)
-            self.optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            self.optimizer.step()
+        for _ in range(steps):  # pipeline/train.py's loop, with the metric sums, less its progress bar
+            self.step.run(self.batch_index)
         return steps * len(self.images)
 
     def decode(self, batch: int) -> float:
@@ -296,7 +285,10 @@ def _worker(conn, kind: str, args, opts) -> None:
             task, arg = conn.recv()
             if task == "stop":
                 break
-            calls = [(task, arg)] if task != "train" else [("train", 1)] * arg  # training: timed step by step
+            # training is timed step by step on the CPU; on a GPU a step is too short to time alone (the sync
+            # around it would cost more than it), so there the whole call of ``arg`` steps is one timing
+            step_by_step = task == "train" and device.type == "cpu"
+            calls = [("train", 1)] * arg if step_by_step else [(task, arg)]
             timings = []
             for name, value in calls:
                 _sync(device)
@@ -463,7 +455,7 @@ def print_table(info: dict, res: dict) -> None:
           f"{info['steps']} timed steps x {info['rounds']} alternating rounds per side")
     setup = res["project_setup"]
     print(f"project : {res['project']}  (allocator tuned: {setup['allocator_tuned']}, ReLU in place: "
-          f"{setup['relu_inplace']}, SGD foreach: {setup['sgd_foreach']})")
+          f"{setup['relu_inplace']}, CUDA graph: {setup['cuda_graph']})")
     rows = [
         ("train, images/s (fastest step)", res["reference_train_images_per_s"], res["train_images_per_s"],
          res["train_speedup"]),
@@ -519,14 +511,28 @@ def parse_args(argv=None):
     g.add_argument("--thp", action="store_true",
                    help=f"{THP_ENV}=1 in the project's worker: transparent huge pages for big tensors")
     g.add_argument("--relu-inplace", action="store_true", help="nn.ReLU(inplace=True) in the project's model")
-    g.add_argument("--foreach", action="store_true", help="SGD(foreach=True)")
+    g.add_argument("--eager", action="store_true", help="no CUDA graph: launch every kernel of a step from Python")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the project's model (the warm-up time includes the compile)")
     g.add_argument("--variants", default="",
                    help=f"comma-separated extra project variants, each '+'-joined from {', '.join(VARIANT_TOKENS)} "
                         "on top of the project-side flags; measured in the same rounds")
+    e = p.add_argument_group("end to end (the real CLI in fresh processes; see benchmarks/end_to_end.py)")
+    e.add_argument("--trial", action="store_true",
+                   help="time one chapter-protocol `train` end to end: start-up, 20 epochs, COCO evaluation, MLflow")
+    e.add_argument("--sweep-workers", default="",
+                   help="comma-separated K: time `sweep focal-loss --profile chapter --workers K` for each K")
+    e.add_argument("--sweep-trials-per-worker", type=int, default=3, help="each sweep runs this many times K, plus 2")
+    e.add_argument("--e2e-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a knob override for the end-to-end runs (repeatable), e.g. to shrink them for a smoke test")
+    e.add_argument("--part-timeout", type=float, default=300, help="seconds each end-to-end part may take")
+    e.add_argument("--no-micro", action="store_true", help="only the end-to-end parts")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = p.parse_args(argv)
+    try:
+        args.sweep_workers = [int(k) for k in args.sweep_workers.split(",") if k.strip()]
+    except ValueError:
+        p.error("--sweep-workers takes comma-separated whole numbers, e.g. 1,2,4")
     if args.steps is None:
         args.steps = 20 if args.device == "cuda" else 3
     if args.image_size % 64 or args.image_size < 64:
@@ -544,19 +550,50 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     main_opts = ProjectOptions(precision=args.precision, channels_last=not args.no_channels_last,
                                malloc=args.malloc_tuning, thp=args.thp, relu_inplace=args.relu_inplace,
-                               foreach=args.foreach, compile=args.compile)
+                               cuda_graph=not args.eager, compile=args.compile)
     variants = [parse_variant(s.strip(), main_opts) for s in args.variants.split(",") if s.strip()]
     info = machine_info(args)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     log(f"benchmark on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, device {args.device}")
     started = time.perf_counter()
-    res = measure(args, main_opts, variants, log)
-    log(f"  total {time.perf_counter() - started:.0f} s")
-    print_table(info, res)
-    out = {**res, **info}
+    out = dict(info)
+    if not args.no_micro:
+        res = measure(args, main_opts, variants, log)
+        log(f"  total {time.perf_counter() - started:.0f} s")
+        print_table(info, res)
+        out.update(res)
+    if args.trial or args.sweep_workers:
+        from benchmarks import end_to_end
+
+        e2e = end_to_end.measure(args.device, args.trial, args.sweep_workers, args.sweep_trials_per_worker,
+                                 args.e2e_set, args.part_timeout, log)
+        print_end_to_end(e2e)
+        out["end_to_end"] = e2e
     if args.json:
         print(json.dumps(out))
     return out
+
+
+def print_end_to_end(e2e: dict) -> None:
+    print()
+    trial = e2e.get("trial")
+    if trial and "error" not in trial:
+        print(f"chapter trial, end to end: {trial['process_wall_s']:.1f} s in a fresh process "
+              f"({trial['startup_s']:.1f} s start-up, {trial['trial_seconds']:.1f} s training, evaluation and "
+              f"MLflow logging); {trial['train_images_per_s']:.0f} training images/s; val mAP {trial['val/map']:.3f}")
+    elif trial:
+        print(f"chapter trial: {trial['error']}")
+    for sweep in e2e.get("sweeps", []):
+        if "error" in sweep:
+            print(f"sweep: {sweep['error']}")
+            continue
+        steady = sweep["steady_trials_per_hour"]
+        print(f"sweep focal-loss, K={sweep['workers']}: {sweep['trials']} trials in {sweep['process_wall_s']:.1f} s "
+              f"= {sweep['trials_per_hour']:.0f} trials/h with start-up"
+              + (f", {steady:.0f} trials/h steady; 50 trials in about {sweep['minutes_for_50_trials']:.1f} min"
+                 if steady else ""))
+    if "best_workers" in e2e:
+        print(f"most trials per hour at K = {e2e['best_workers']}")
 
 
 if __name__ == "__main__":

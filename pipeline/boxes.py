@@ -13,6 +13,7 @@ from torchvision.ops import box_convert, box_iou
 ANCHOR_SIZES = ((0.2, 0.272), (0.37, 0.447), (0.54, 0.619), (0.71, 0.79), (0.88, 0.961))
 ANCHOR_RATIOS = ((1.0, 2.0, 0.5),) * 5
 OFFSET_SCALE = (10.0, 10.0, 5.0, 5.0)  # centre x, centre y, log width, log height
+XY_SCALE, WH_SCALE = OFFSET_SCALE[0], OFFSET_SCALE[2]  # Python numbers: no host-to-device copy in a CUDA graph
 _EPS = 1e-6  # the chapter's guard in log(eps + w / w_anchor)
 
 
@@ -61,18 +62,16 @@ def encode(boxes_xyxy: torch.Tensor, anchors_xyxy: torch.Tensor) -> torch.Tensor
     """
     b = box_convert(boxes_xyxy, "xyxy", "cxcywh")
     a = box_convert(anchors_xyxy, "xyxy", "cxcywh")
-    scale = b.new_tensor(OFFSET_SCALE)
-    offset_xy = scale[:2] * (b[..., :2] - a[..., :2]) / a[..., 2:]
-    offset_wh = scale[2:] * torch.log(_EPS + b[..., 2:] / a[..., 2:])
+    offset_xy = XY_SCALE * (b[..., :2] - a[..., :2]) / a[..., 2:]
+    offset_wh = WH_SCALE * torch.log(_EPS + b[..., 2:] / a[..., 2:])
     return torch.cat([offset_xy, offset_wh], dim=-1)
 
 
 def decode(offsets: torch.Tensor, anchors_xyxy: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`encode`: Tensor[..., 4] offsets -> Tensor[..., 4] xyxy boxes."""
     a = box_convert(anchors_xyxy, "xyxy", "cxcywh")
-    scale = offsets.new_tensor(OFFSET_SCALE)
-    xy = offsets[..., :2] * a[..., 2:] / scale[:2] + a[..., :2]
-    wh = torch.exp(offsets[..., 2:] / scale[2:]) * a[..., 2:]
+    xy = offsets[..., :2] * a[..., 2:] / XY_SCALE + a[..., :2]
+    wh = torch.exp(offsets[..., 2:] / WH_SCALE) * a[..., 2:]
     return box_convert(torch.cat([xy, wh], dim=-1), "cxcywh", "xyxy")
 
 

@@ -711,6 +711,48 @@ def _decode(records: list[_Record], image_size: int, report: _Problems,
     return images, sizes, kept
 
 
+DECODE_VERSION = 1  # bump when _decode's output changes, so decoded splits are rebuilt
+
+
+def _decode_key(records: list[_Record], image_size: int, skip: bool) -> str:
+    """Changes whenever an image file (path, size, mtime), a box, the side or the skip rule does."""
+    h = hashlib.sha256(json.dumps([DECODE_VERSION, image_size, skip]).encode())
+    for rec in records:
+        try:
+            st = rec.path.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        h.update(repr((str(rec.path.resolve()), stamp, rec.bad, rec.size, rec.boxes)).encode())
+    return h.hexdigest()[:24]
+
+
+def _decode_cached(records: list[_Record], image_size: int, report: _Problems, progress: bool,
+                   cache_dir: Path) -> tuple[torch.Tensor, list[tuple[int, int]], list[_Record]]:
+    """_decode, kept in cache_dir/decoded as one tensor file: a split loads in a fraction of a second
+    instead of seconds of PNG decoding (2.5 s for the 1100 banana images at 256 on our 2-core CPU)."""
+    path = cache_dir / "decoded" / f"{_decode_key(records, image_size, report.skip)}.pt"
+    try:
+        cached = torch.load(path, weights_only=True)
+        report.count += cached["problems"]
+        return cached["images"], [tuple(s) for s in cached["sizes"]], [records[i] for i in cached["kept"]]
+    except (OSError, RuntimeError, KeyError, EOFError, ValueError, IndexError):
+        pass  # not there yet, or unreadable: decode again
+    before = report.count
+    images, sizes, kept = _decode(records, image_size, report, progress)
+    index = {id(r): i for i, r in enumerate(records)}
+    payload = {"images": images, "sizes": sizes, "kept": [index[id(r)] for r in kept],
+               "problems": report.count - before}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return images, sizes, kept
+
+
 def _targets(records: list[_Record], sizes: list[tuple[int, int]]) -> torch.Tensor:
     """float32 [N, M, 5] rows (class, x1, y1, x2, y2 relative, clamped to [0, 1]); padding rows class -1."""
     m = max([len(r.boxes) for r in records] + [1])
@@ -741,7 +783,7 @@ def load_split(dataset: str, split: str, image_size: int, *, cache_dir: Path | N
     else:
         records, class_names = _read_coco_split(folder, split, report)
         source = folder / f"{split}.json"
-    images, sizes, kept = _decode(records, image_size, report, progress)
+    images, sizes, kept = _decode_cached(records, image_size, report, progress, Path(cache_dir or default_cache_dir()))
     if not kept:
         raise DataError(f"{source}: no usable images ({report.count} invalid records skipped)")
     return DetectionData(images, _targets(kept, sizes), torch.tensor(sizes, dtype=torch.int64),

@@ -83,18 +83,24 @@ def predict(model, images_uint8: torch.Tensor, device: torch.device, *, batch_si
 def to_coco_results(detections: list[Detections], orig_sizes: torch.Tensor) -> list[dict]:
     """COCO results in original pixels: image_id = index + 1, category_id = label + 1, bbox xywh.
 
-    Raises ValueError on a non-finite box or score: pycocotools would score a NaN box as a match.
+    All images' detections leave the device in one copy. Raises ValueError on a non-finite box or
+    score: pycocotools would score a NaN box as a match.
     """
-    results = []
-    for index, det in enumerate(detections):
-        if not (torch.isfinite(det.boxes_xyxy).all() and torch.isfinite(det.scores).all()):
-            raise ValueError(f"non-finite box or score in the detections of image {index}")
-        h, w = orig_sizes[index].tolist()
-        xyxy = (det.boxes_xyxy.cpu().double() * torch.tensor([w, h, w, h], dtype=torch.float64)).tolist()
-        for (x1, y1, x2, y2), score, label in zip(xyxy, det.scores.tolist(), det.labels.tolist()):
-            results.append({"image_id": index + 1, "category_id": int(label) + 1,
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
-    return results
+    if not detections:
+        return []
+    counts = [len(det.scores) for det in detections]
+    boxes = torch.cat([det.boxes_xyxy for det in detections]).double().cpu()
+    scores = torch.cat([det.scores for det in detections]).double().cpu()
+    labels = torch.cat([det.labels for det in detections]).cpu()
+    image = torch.repeat_interleave(torch.arange(len(detections)), torch.tensor(counts, dtype=torch.long))
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+    if not finite.all():
+        raise ValueError(f"non-finite box or score in the detections of image {int(image[~finite][0])}")
+    h, w = orig_sizes.double()[image].unbind(-1)
+    xyxy = boxes * torch.stack([w, h, w, h], dim=1)
+    return [{"image_id": i + 1, "category_id": int(label) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            for i, (x1, y1, x2, y2), score, label in zip(image.tolist(), xyxy.tolist(), scores.tolist(),
+                                                          labels.tolist())]
 
 
 def _check_results(results: list[dict]) -> None:

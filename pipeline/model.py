@@ -77,6 +77,7 @@ def preprocess(images_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast when asked for, else a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(precision: str, device: torch.device, cache: bool = True):
+    """bf16 autocast when asked for, else a no-op context. ``cache=False`` inside a CUDA graph capture,
+    where autocast's cache of cast weights would hold tensors from the capture's private pool."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=cache)

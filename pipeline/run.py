@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ class RunResult:
     train_images_per_s: float
     checkpoint: Path
     fit: FitResult
+    seconds: float  # wall time of the tracked run: training, validation, logging
 
 
 def load_data(cfg: RunConfig, progress: bool = True, skip_invalid: bool = False) -> tuple[DetectionData, DetectionData]:
@@ -96,8 +98,11 @@ def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run
                 tags: dict | None = None, on_epoch: EpochCallback | None = None, progress: bool = True,
                 data: tuple[DetectionData, DetectionData] | None = None,
                 on_start: Callable[[RunHandle], None] | None = None, state_dir: Path | None = None) -> RunResult:
-    """Train ``cfg`` inside one tracked run and log everything a reader needs to trust it."""
+    """Train ``cfg`` inside one tracked run and log everything a reader needs to trust it.
+
+    The run's ``final/trial_seconds`` is its wall time: training, validation and all the logging."""
     train, val = data if data is not None else load_data(cfg, progress)
+    started = time.perf_counter()
     with tracker.run(name, params=dataclasses.asdict(cfg), tags=tags, parent_run_id=parent_run_id) as run:
         if on_start is not None:
             on_start(run)
@@ -110,5 +115,7 @@ def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run
         (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, default=float))
         write_pr_curve(result.coco.precision_iou50, train.class_names, out_dir / "pr_curve_iou50.json")
         run.log_artifact(out_dir)
+        seconds = time.perf_counter() - started
+        run.log_metrics({"final/trial_seconds": seconds}, step=cfg.epochs)
         run.set_tags({"trial_state": "COMPLETE"})
-        return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoint, result)
+        return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoint, result, seconds)

@@ -178,6 +178,8 @@ def trial_config(trial, ctx: _TrialContext) -> RunConfig:
 
 def _pruning_callback(trial, objective: str, prune: bool):
     def on_epoch(epoch, metrics, run):
+        if objective not in metrics:  # an epoch without validation (see RunConfig.val_every)
+            return
         value = metrics[objective]
         if not math.isfinite(value):
             raise FloatingPointError(f"{objective} is {value} after epoch {epoch}")

@@ -19,13 +19,12 @@ from typing import Callable
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.boxes import multibox_target
 from pipeline.checkpoint import load_latest_epoch_state, save_epoch_state
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, validation_epochs
 from pipeline.data import DetectionData, to_coco_dict
 from pipeline.evaluate import CocoResult, Detections, coco_evaluate, predict, to_coco_results
-from pipeline.losses import detection_loss
-from pipeline.model import TinySSD, autocast, preprocess
+from pipeline.model import TinySSD
+from pipeline.step import TrainStep, cudnn_autotune
 from pipeline.tracking import RunHandle
 
 EpochCallback = Callable[[int, dict[str, float], "RunHandle | None"], None]
@@ -37,14 +36,6 @@ class Pruned(Exception):
     def __init__(self, epoch: int):
         super().__init__(f"pruned after epoch {epoch}")
         self.epoch = epoch
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf: names the epoch and step."""
-
-    def __init__(self, epoch: int, step: int, value: float):
-        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
-        self.epoch, self.step, self.value = epoch, step, value
 
 
 @dataclass
@@ -74,16 +65,10 @@ def tune_cpu_allocator() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
-    """The chapter's SGD; foreach updates all parameters in a few fused kernels (same result)."""
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-
-
-def set_epoch_lr(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int) -> None:
+def epoch_lr(cfg: RunConfig, epoch: int) -> float:
     """Constant (the chapter), or cosine from lr to 0 across the epochs, set at the start of each epoch."""
     factor = 1.0 if cfg.lr_schedule == "constant" else 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * factor
+    return cfg.lr * factor
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,35 +88,6 @@ def validate(model: TinySSD, val: DetectionData, cfg: RunConfig, device: torch.d
     return {f"val/{k}": v for k, v in coco.metrics.items()}, coco, detections
 
 
-class _EpochStats:
-    """Sums of the chapter's training metrics, kept on the device: no host sync per batch."""
-
-    def __init__(self, device):
-        self.sums = torch.zeros(5, device=device, dtype=torch.float64)  # loss, loss_cls, loss_box, correct, abs_err
-        self.first_bad_step = torch.tensor(-1, device=device)
-        self.batches = self.anchors_seen = self.coords_seen = 0
-
-    def add(self, step, losses, cls_logits, labels, box_pred, box_target, mask):
-        loss = losses["loss"].detach()
-        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step, self.first_bad_step)
-        correct = (cls_logits.detach().argmax(dim=-1) == labels).sum()
-        abs_err = ((box_target - box_pred.detach().float()) * mask).abs().sum()
-        self.sums += torch.stack([loss, losses["loss_cls"].detach(), losses["loss_box"].detach(), correct, abs_err]).double()
-        self.batches += 1
-        self.anchors_seen += labels.numel()
-        self.coords_seen += box_target.numel()
-
-    def summary(self, epoch: int) -> dict[str, float]:
-        """Epoch means; raises NonFiniteLossError naming the first bad step."""
-        bad_step = int(self.first_bad_step)
-        if bad_step >= 0:
-            raise NonFiniteLossError(epoch, bad_step, float(self.sums[0]))
-        loss, loss_cls, loss_box, correct, abs_err = self.sums.tolist()
-        return {"train/loss": loss / self.batches, "train/loss_cls": loss_cls / self.batches,
-                "train/loss_box": loss_box / self.batches, "train/class_err": 1.0 - correct / self.anchors_seen,
-                "train/bbox_mae": abs_err / self.coords_seen}
-
-
 def held_on(data: DetectionData, device: torch.device) -> DetectionData:
     """On a GPU the whole split lives there once (1000 x 3 x 256 x 256 uint8 is 200 MB): no copy per batch."""
     if device.type != "cuda":
@@ -139,25 +95,14 @@ def held_on(data: DetectionData, device: torch.device) -> DetectionData:
     return dataclasses.replace(data, images=data.images.to(device), targets=data.targets.to(device))
 
 
-def _train_epoch(model, optimizer, train: DetectionData, cfg, device, generator, epoch, progress, task):
-    model.train()
-    stats = _EpochStats(device)
-    order = torch.randperm(len(train), generator=generator).to(train.images.device)
-    for step, start in enumerate(range(0, len(train), cfg.batch_size)):
-        idx = order[start:start + cfg.batch_size]
-        x = preprocess(train.images[idx].to(device, non_blocking=True), cfg.channels_last)
-        targets = train.targets[idx].to(device, non_blocking=True)
-        with autocast(cfg.precision, device):
-            anchors, cls_logits, box_pred = model(x)
-        box_target, mask, labels = multibox_target(anchors, targets)
-        losses = detection_loss(cls_logits, box_pred, labels, box_target, mask, cfg, generator)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        stats.add(step, losses, cls_logits, labels, box_pred, box_target, mask)
+def _train_epoch(step: TrainStep, n_images: int, cfg: RunConfig, generator, epoch: int, progress, task):
+    step.start_epoch()
+    order = torch.randperm(n_images, generator=generator).to(step.images.device)
+    for start in range(0, n_images, cfg.batch_size):
+        step.run(order[start:start + cfg.batch_size])
         if progress is not None:
             progress.advance(task)
-    return stats.summary(epoch)
+    return step.summary(epoch)
 
 
 def _progress(enabled: bool) -> Progress | None:
@@ -167,12 +112,13 @@ def _progress(enabled: bool) -> Progress | None:
                     TextColumn("{task.fields[status]}"), transient=False)
 
 
-def _resume(state: dict | None, model, optimizer, generator, run: RunHandle | None) -> tuple[int, list, float]:
-    """Restore an epoch state, re-log its history on the new run; returns (first epoch, history, seconds)."""
+def _resume(state: dict | None, model, generator, run: RunHandle | None) -> tuple[int, list, float]:
+    """Restore an epoch state, re-log its history on the new run; returns (first epoch, history, seconds).
+
+    SGD without momentum keeps no state of its own: the weights and the batch order's generator are all."""
     if state is None:
         return 0, [], 0.0
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     if run is not None:
         for epoch, metrics in enumerate(state["history"]):
@@ -196,36 +142,39 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     model = TinySSD(len(train.class_names)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
     train, val = held_on(train, device), held_on(val, device)
-    start, history, train_seconds = _resume(load_latest_epoch_state(state_dir), model, optimizer, generator, run)
+    start, history, train_seconds = _resume(load_latest_epoch_state(state_dir), model, generator, run)
+    step = TrainStep(model, train.images, train.targets, cfg, device, generator)
+    validate_after = validation_epochs(cfg, device.type)
+    coco = detections = None
     bar = _progress(progress)
-    with bar or contextlib.nullcontext():
+    with bar or contextlib.nullcontext(), cudnn_autotune(device):
         epochs = bar.add_task("epochs", total=cfg.epochs, status="") if bar else None
         batches = bar.add_task("batches", total=-(-len(train) // cfg.batch_size), status="") if bar else None
         if bar:
             bar.update(epochs, completed=start)
         for epoch in range(start, cfg.epochs):
-            set_epoch_lr(optimizer, cfg, epoch)
+            step.set_lr(epoch_lr(cfg, epoch))
             if bar:
                 bar.reset(batches)
             started = time.perf_counter()
-            metrics = _train_epoch(model, optimizer, train, cfg, device, generator, epoch, bar, batches)
-            train_seconds += time.perf_counter() - started
-            val_metrics, coco, detections = validate(model, val, cfg, device)
-            metrics.update(val_metrics)
+            metrics = _train_epoch(step, len(train), cfg, generator, epoch, bar, batches)
+            train_seconds += time.perf_counter() - started  # summary() waited for the device: the time is real
+            if epoch in validate_after:
+                val_metrics, coco, detections = validate(model, val, cfg, device)
+                metrics.update(val_metrics)
             history.append(metrics)
             if state_dir is not None:
-                save_epoch_state(state_dir, epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                    "generator": generator.get_state(), "history": history,
-                                                    "train_seconds": train_seconds})
+                save_epoch_state(state_dir, epoch, {"model": model.state_dict(), "generator": generator.get_state(),
+                                                    "history": history, "train_seconds": train_seconds})
             if run is not None:
                 run.log_metrics(metrics, step=epoch)
             if bar:
-                bar.update(epochs, advance=1, status=f"loss {metrics['train/loss']:.4f}  val mAP {metrics['val/map']:.3f}")
+                val_text = f"  val mAP {metrics['val/map']:.3f}" if "val/map" in metrics else ""
+                bar.update(epochs, advance=1, status=f"loss {metrics['train/loss']:.4f}{val_text}")
             if on_epoch is not None:
                 on_epoch(epoch, metrics, run)
-    if start >= cfg.epochs:  # every epoch was done before the kill: only the final validation is missing
+    if coco is None:  # every epoch was done before the kill: only the final validation is missing
         _, coco, detections = validate(model, val, cfg, device)
     speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)
     return FitResult(model, history[-1], history, coco, detections, speed)

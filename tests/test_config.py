@@ -61,15 +61,17 @@ def test_knob_table_covers_every_field():
 
 
 def test_cosine_schedule_goes_from_lr_to_zero():
-    import torch
-    from pipeline.train import set_epoch_lr
+    from pipeline.train import epoch_lr
 
     cfg = make_config("chapter", {"lr_schedule": "cosine", "epochs": 4, "lr": 0.4})
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    lrs = []
-    for epoch in range(4):
-        set_epoch_lr(opt, cfg, epoch)
-        lrs.append(opt.param_groups[0]["lr"])
+    lrs = [epoch_lr(cfg, epoch) for epoch in range(4)]
     assert lrs == pytest.approx([0.4, 0.2 * (1 + math.cos(math.pi / 4)), 0.2, 0.2 * (1 + math.cos(3 * math.pi / 4))])
-    set_epoch_lr(opt, RunConfig(), 3)
-    assert opt.param_groups[0]["lr"] == 0.2
+    assert epoch_lr(RunConfig(), 3) == 0.2
+
+
+def test_validation_epochs_every_n_and_always_the_last():
+    from pipeline.config import validation_epochs
+
+    assert validation_epochs(make_config("chapter", {"epochs": 12, "val_every": 5}), "cpu") == {4, 9, 11}
+    assert validation_epochs(make_config("chapter", {"epochs": 3}), "cpu") == {0, 1, 2}  # auto on the CPU: all
+    assert validation_epochs(make_config("chapter"), "cuda") == {4, 9, 14, 19}  # auto on CUDA: every 5th

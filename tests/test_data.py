@@ -241,6 +241,29 @@ def test_corrupt_image(banana_copy):
     assert data.skipped == 1 and "3.png" not in data.file_names
 
 
+def test_decoded_split_is_cached_and_rebuilt_when_an_image_changes(banana_copy, tmp_path):
+    cache = tmp_path / "cache"
+    first = D.load_split(str(banana_copy), "train", 32, cache_dir=cache, progress=False)
+    assert len(list((cache / "decoded").glob("*.pt"))) == 1
+    again = D.load_split(str(banana_copy), "train", 32, cache_dir=cache, progress=False)
+    for a, b in ((first.images, again.images), (first.targets, again.targets), (first.orig_sizes, again.orig_sizes)):
+        assert torch.equal(a, b)
+    assert again.file_names == first.file_names
+    png = banana_copy / "bananas_train" / "images" / "2.png"
+    Image.new("RGB", Image.open(png).size, (0, 0, 0)).save(png)  # the same name, other pixels
+    changed = D.load_split(str(banana_copy), "train", 32, cache_dir=cache, progress=False)
+    index = changed.file_names.index("2.png")
+    assert changed.images[index].max() == 0 and first.images[index].max() > 0
+    assert len(list((cache / "decoded").glob("*.pt"))) == 2
+
+
+def test_decoded_cache_keeps_the_skipped_count(banana_copy, tmp_path):
+    (banana_copy / "bananas_train" / "images" / "3.png").write_bytes(b"not a png at all")
+    for _ in range(2):  # decoded, then from the cache
+        data = D.load_split(str(banana_copy), "train", 32, skip_invalid=True, cache_dir=tmp_path, progress=False)
+        assert data.skipped == 1 and "3.png" not in data.file_names
+
+
 def test_malformed_json_names_line(tmp_path):
     root = write_coco(tmp_path / "coco")
     (root / "train.json").write_text('{\n "images": [\n  {"id": 1,}\n ]\n}\n')

@@ -1,0 +1,109 @@
+"""End-to-end timings, as a user meets them: one `train` in a fresh process, and `sweep` with K workers.
+
+Used by ``benchmarks/run.py --trial --sweep-workers 1,2,4``. Every part runs the real CLI in a
+subprocess, with its own MLflow and Optuna stores in a temporary folder and its own time limit;
+a part that fails or runs out of time is reported as such, and the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(ROOT / "cli.py")
+
+
+def _last_json(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise ValueError("the command printed no JSON line")
+    return json.loads(lines[-1])
+
+
+def _run_cli(args: list[str], folder: Path, timeout: float) -> tuple[dict, float]:
+    """(the command's JSON, wall seconds of the whole process) of ``python cli.py ARGS`` run in ``folder``."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, CLI, *args], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.strip()[-1500:] or proc.stdout.strip()[-1500:]}")
+    return _last_json(proc.stdout), wall
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for pair in overrides for arg in ("--set", pair)]
+
+
+def trial(device: str, overrides: list[str], timeout: float) -> dict:
+    """One chapter-protocol trial: `python cli.py train --profile chapter`, data already in the cache."""
+    with tempfile.TemporaryDirectory(prefix="tinyssd-trial-") as tmp:
+        result, wall = _run_cli(["train", "--profile", "chapter", "--device", device, "--out-dir", "outputs",
+                                 "--json", *_sets(overrides)], Path(tmp), timeout)
+    return {"process_wall_s": wall, "trial_seconds": result["trial_seconds"],
+            "startup_s": wall - result["trial_seconds"], "train_images_per_s": result["train_images_per_s"],
+            "val/map": result["val/map"], "val/map50": result["val/map50"], "device": result["device"],
+            "overrides": overrides}
+
+
+def _steady_trials_per_hour(storage: str, study_name: str) -> float | None:
+    """Complete trials per hour between the first trial's start and the last one's end (no process start-up)."""
+    import optuna
+
+    trials = [t for t in optuna.load_study(study_name=study_name, storage=storage).trials
+              if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(trials) < 2:
+        return None
+    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    return 3600.0 * len(trials) / span if span > 0 else None
+
+
+def sweep(device: str, workers: int, trials: int, overrides: list[str], timeout: float) -> dict:
+    """`python cli.py sweep focal-loss --profile chapter --workers K --no-prune` for ``trials`` trials."""
+    with tempfile.TemporaryDirectory(prefix="tinyssd-sweep-") as tmp:
+        storage, name = f"sqlite:///{Path(tmp) / 'optuna.db'}", f"bench-k{workers}"
+        result, wall = _run_cli(["sweep", "focal-loss", "--profile", "chapter", "--device", device,
+                                 "--trials", str(trials), "--workers", str(workers), "--no-prune",
+                                 "--storage", storage, "--study-name", name, "--out-dir", "outputs", "--json",
+                                 *_sets(overrides)], Path(tmp), timeout)
+        steady = _steady_trials_per_hour(storage, name)
+    done = result["n_complete"]
+    return {"workers": workers, "trials": done, "failed": result["n_failed"], "process_wall_s": wall,
+            "trials_per_hour": 3600.0 * done / wall, "steady_trials_per_hour": steady,
+            "minutes_for_50_trials": (wall + (50 - done) * 3600.0 / steady) / 60 if steady else None}
+
+
+def measure(device: str, want_trial: bool, workers: list[int], trials_per_worker: int, overrides: list[str],
+            timeout: float, log) -> dict:
+    """The parts asked for; each part's entry is its numbers or {"error": ...}."""
+    out: dict = {}
+    if want_trial:
+        out["trial"] = _guarded(lambda: trial(device, overrides, timeout), log, "chapter trial")
+    sweeps = [_guarded(lambda k=k: sweep(device, k, trials_per_worker * k + 2, overrides, timeout), log,
+                       f"sweep K={k}") for k in workers]
+    if sweeps:
+        out["sweeps"] = sweeps
+        ok = [s for s in sweeps if "error" not in s]
+        if ok:
+            best = max(ok, key=lambda s: s["steady_trials_per_hour"] or s["trials_per_hour"])
+            out["best_workers"] = best["workers"]
+    return out
+
+
+def _guarded(part, log, name: str) -> dict:
+    started = time.perf_counter()
+    try:
+        result = part()
+    except subprocess.TimeoutExpired as exc:
+        result = {"error": f"timed out after {exc.timeout:.0f} s"}
+    except Exception as exc:  # noqa: BLE001  (one broken part must not hide the others)
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    log(f"  {name} ({time.perf_counter() - started:.0f} s): {json.dumps(result, default=str)}")
+    return result

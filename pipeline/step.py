@@ -1,0 +1,197 @@
+"""One training step of TinySSD: batch, (flip), forward, matching, loss, backward, SGD update, metric sums.
+
+``TrainStep`` reads its batch by index from a split that already lives on the device, so a step
+moves no data. On CUDA with ``cfg.cuda_graph`` every full batch replays one captured CUDA graph:
+TinySSD at batch 32 is a few hundred small kernels per step, and launching them one by one from
+Python, not arithmetic, is what bounds an eager loop on a big GPU. Nothing in the step waits for
+the host: the epoch's metric sums stay on the device until :meth:`TrainStep.summary`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from pipeline.boxes import multibox_target
+from pipeline.config import RunConfig
+from pipeline.losses import detection_loss
+from pipeline.model import TinySSD, autocast, preprocess
+
+WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN autotuning and lazy buffers happen here
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf: names the epoch and step."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+def sgd_update(params: list[torch.Tensor], lr: torch.Tensor, weight_decay: float) -> None:
+    """p -= lr * (grad + weight_decay * p), for all parameters in three fused kernels.
+
+    The same update as ``torch.optim.SGD(foreach=True)`` without momentum, but with the learning
+    rate read from a tensor: SGD turns a tensor lr into a Python number (``.item()``), which a
+    CUDA graph cannot capture, and a float lr would be frozen into the graph at capture time.
+    """
+    grads = [p.grad for p in params]
+    if weight_decay:
+        torch._foreach_add_(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(grads, lr)
+    torch._foreach_sub_(params, grads)
+
+
+def hflip_batch(images: torch.Tensor, targets: torch.Tensor, flip: torch.Tensor):
+    """Mirror the images where ``flip`` [B] is True, and their boxes with them.
+
+    images [B, C, H, W]; targets [B, M, 5] rows (class, x1, y1, x2, y2), relative; padding rows
+    (class -1) are left as they are.
+    """
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    cls, x1, y1, x2, y2 = targets.unbind(-1)
+    mirrored = torch.stack([cls, 1.0 - x2, y1, 1.0 - x1, y2], dim=-1)
+    return images, torch.where((flip[:, None] & (cls >= 0))[..., None], mirrored, targets)
+
+
+class TrainStep:
+    """Trains ``model`` one batch at a time on ``images`` [N, 3, S, S] uint8 and ``targets`` [N, M, 5].
+
+    Call :meth:`start_epoch`, then :meth:`run` with each batch's indices, then :meth:`summary`.
+    ``generator`` seeds the random flips and negatives on the CPU; on CUDA they come from the
+    default CUDA generator (seeded by ``torch.manual_seed``), which graph replays advance safely.
+    """
+
+    def __init__(self, model: TinySSD, images: torch.Tensor, targets: torch.Tensor, cfg: RunConfig,
+                 device: torch.device, generator: torch.Generator | None = None):
+        self.model, self.images, self.targets, self.cfg, self.device = model, images, targets, cfg, device
+        self.forward = torch.compile(model) if cfg.torch_compile else model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.generator = generator if device.type == "cpu" else None
+        self.lr = torch.tensor(float(cfg.lr), device=device)
+        self.sums = torch.zeros(5, device=device, dtype=torch.float64)  # loss, loss_cls, loss_box, correct, abs err
+        self.first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        self.step_index = torch.zeros((), device=device, dtype=torch.long)
+        self.use_graph = device.type == "cuda" and cfg.cuda_graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_idx: torch.Tensor | None = None
+        self.graph_error: str | None = None
+        self.num_anchors = 0
+        self.batches = self.images_seen = 0
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def set_lr(self, lr: float) -> None:
+        self.lr.fill_(lr)  # in place: a captured graph reads the new value on its next replay
+
+    def start_epoch(self) -> None:
+        self.model.train()
+        self.sums.zero_()
+        self.first_bad_step.fill_(-1)
+        self.step_index.zero_()
+        self.batches = self.images_seen = 0
+
+    def run(self, idx: torch.Tensor) -> None:
+        """One SGD step on the images at ``idx`` (a long tensor on the images' device)."""
+        if self.use_graph and len(idx) == self.cfg.batch_size and self.graph is None:
+            self._capture_or_fall_back(idx)
+        if self.graph is not None and len(idx) == self.cfg.batch_size:
+            self.static_idx.copy_(idx)
+            self.graph.replay()
+        else:  # the CPU, a graph switched off, or an epoch's last, smaller batch
+            self._zero_grads()
+            self._compute(idx)
+        self.batches += 1
+        self.images_seen += len(idx)
+
+    def _zero_grads(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _compute(self, idx: torch.Tensor, capturing: bool = False) -> None:
+        cfg = self.cfg
+        x = preprocess(self.images[idx].to(self.device, non_blocking=True), cfg.channels_last)
+        targets = self.targets[idx].to(self.device, non_blocking=True)
+        if cfg.hflip:
+            coin = torch.rand(len(idx), generator=self.generator, device=self.device)
+            x, targets = hflip_batch(x, targets, coin < 0.5)
+        with autocast(cfg.precision, self.device, cache=not capturing):
+            anchors, cls_logits, box_pred = self.forward(x)
+        box_target, mask, labels = multibox_target(anchors, targets)
+        losses = detection_loss(cls_logits, box_pred, labels, box_target, mask, cfg, self.generator)
+        losses["loss"].backward()
+        with torch.no_grad():
+            sgd_update(self.params, self.lr, cfg.weight_decay)
+            self._add_stats(losses, cls_logits, labels, box_pred, box_target, mask)
+        self.num_anchors = anchors.shape[0]
+
+    def _add_stats(self, losses, cls_logits, labels, box_pred, box_target, mask) -> None:
+        loss = losses["loss"].detach()
+        bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
+        self.first_bad_step.copy_(torch.where(bad, self.step_index, self.first_bad_step))
+        correct = (cls_logits.argmax(dim=-1) == labels).sum()
+        abs_err = ((box_target - box_pred.float()) * mask).abs().sum()
+        self.sums += torch.stack([loss, losses["loss_cls"], losses["loss_box"], correct, abs_err]).double()
+        self.step_index += 1
+
+    # -- CUDA graph ----------------------------------------------------------------------------
+
+    def _capture_or_fall_back(self, idx: torch.Tensor) -> None:
+        """A step that cannot be captured (an op that syncs with the host, say) runs eagerly, with a warning."""
+        try:
+            self._capture(idx)
+        except RuntimeError as exc:
+            self.graph, self.use_graph = None, False
+            self.graph_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            warnings.warn(f"CUDA graph capture failed, training eagerly instead: {self.graph_error}", stacklevel=3)
+            self._zero_grads()
+
+    def _capture(self, idx: torch.Tensor) -> None:
+        """Warm up on a side stream, put every tensor the warm-up touched back, then capture one step."""
+        self.static_idx = idx.clone()
+        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        saved_stats = [t.clone() for t in (self.sums, self.first_bad_step, self.step_index)]
+        rng = torch.cuda.get_rng_state(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self._zero_grads()
+                self._compute(self.static_idx, capturing=True)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        with torch.no_grad():  # the warm-up must not count as training
+            for key, value in self.model.state_dict().items():
+                value.copy_(saved[key])
+            for tensor, value in zip((self.sums, self.first_bad_step, self.step_index), saved_stats):
+                tensor.copy_(value)
+        torch.cuda.set_rng_state(rng, self.device)
+        self._zero_grads()  # backward inside the capture allocates the grads from the graph's own pool
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._compute(self.static_idx, capturing=True)
+
+    # -- the epoch's metrics -------------------------------------------------------------------
+
+    def summary(self, epoch: int) -> dict[str, float]:
+        """The chapter's training metrics, as epoch means; raises NonFiniteLossError naming the first bad step."""
+        bad_step = int(self.first_bad_step)
+        if bad_step >= 0:
+            raise NonFiniteLossError(epoch, bad_step, float(self.sums[0]))
+        loss, loss_cls, loss_box, correct, abs_err = self.sums.tolist()
+        anchors = self.images_seen * self.num_anchors
+        return {"train/loss": loss / self.batches, "train/loss_cls": loss_cls / self.batches,
+                "train/loss_box": loss_box / self.batches, "train/class_err": 1.0 - correct / anchors,
+                "train/bbox_mae": abs_err / (4 * anchors)}
+
+
+@contextlib.contextmanager
+def cudnn_autotune(device: torch.device):
+    """cuDNN picks the fastest convolution for each shape once; the shapes of a run never change."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
