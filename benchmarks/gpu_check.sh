@@ -13,7 +13,7 @@
 set -uo pipefail
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
 DEVICE=${DEVICE:-cuda}
-BUDGET=${BUDGET:-500}  # seconds for the whole script
+BUDGET=${BUDGET:-450}  # seconds for the whole script
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -21,9 +21,10 @@ fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TINYSSD_CACHE=${TINYSSD_CACHE:-/tmp/tinyssd-cache}
 work=$(mktemp -d); logs=$work/logs; mkdir -p "$logs"
 export MLFLOW_TRACKING_URI=sqlite:///$logs/mlflow.db
-tiny=(); bench_tiny=()
+e2e_tiny=(); bench_tiny=()
 if [ "${SMOKE:-0}" = 1 ]; then
-  tiny=(--set image_size=64 --set train_images=16 --set val_images=8 --set epochs=2 --set batch_size=8)
+  e2e_tiny=(--e2e-set image_size=64 --e2e-set train_images=16 --e2e-set val_images=8 --e2e-set epochs=2
+            --e2e-set batch_size=8 --sweep-trials-per-worker 1)
   bench_tiny=(--image-size 64 --batch-size 4 --steps 1 --rounds 1 --decode-rounds 1 --match-rounds 1 --threads 1)
 fi
 log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$out/summary.txt"; }
@@ -47,6 +48,10 @@ if lines:
     print("    " + json.dumps({k: round(d[k], 4) if isinstance(d[k], float) else d[k] for k in keys if k in d}))
     for name, v in d.get("variants", {}).items():
         print(f"    variant {name}: {v['images_per_s']:.0f} images/s, {v['train_speedup']:.2f}x, warm-up {v['warmup_s']:.1f} s")
+    e2e = d.get("end_to_end", {})
+    for part in [e2e.get("trial")] + e2e.get("sweeps", []):
+        if part:
+            print("    " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in part.items()}))
 EOF
   cp "$out/summary.txt" "$logs/" && tar czf "$out/results.tgz" -C "$logs" .
 }
@@ -59,28 +64,17 @@ nproc | sed 's/^/cpu cores: /' | tee -a "$out/summary.txt"
 step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_step.py
 # 2. the data sets, generated once into the cache (not timed as part of a trial)
 step data 120 python3 cli.py data bananas --preview "$work/preview.png"
-# 3. training images/s: the chapter's loop against the fast path and its switches, same GPU, same run
-step bench 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 3 --steps 30 --variants eager,bf16,bf16+eager,contiguous \
-  "${bench_tiny[@]}" --json
-# 4. one chapter-protocol trial, end to end (a fresh process: imports, data from the cache, 20 epochs,
-#    COCO evaluation, MLflow logging); then with bf16, and with the graph off
-for variant in default precision=bf16 cuda_graph=false; do
-  sets=(); [ "$variant" != default ] && sets=(--set "$variant")
-  t0=$(date +%s.%N)
-  step "trial_${variant//[=]/_}" 90 python3 cli.py train --profile chapter --device "$DEVICE" "${sets[@]}" "${tiny[@]}" \
-    --out-dir "$work/outputs" --json
-  echo "trial $variant: process wall $(python3 -c "import time; print(round(time.time() - $t0, 2))") s" | tee -a "$out/summary.txt"
-done
-# 5. focal-loss sweep throughput with K worker processes sharing the GPU (chapter profile, no pruning)
-for k in 1 2 4; do
-  t0=$(date +%s.%N)
-  step "sweep_k$k" 120 python3 cli.py sweep focal-loss --profile chapter --device "$DEVICE" --trials $((2 * k + 4)) \
-    --workers $k --no-prune --storage "sqlite:///$logs/optuna.db" --study-name "gpu-k$k" --out-dir "$work/outputs" \
-    "${tiny[@]}" --json
-  echo "sweep K=$k: $((2 * k + 4)) trials, process wall $(python3 -c "import time; print(round(time.time() - $t0, 2))") s" \
-    | tee -a "$out/summary.txt"
-done
-# 6. what torch.compile adds on top of the graph, and what it costs to compile
-step bench_compile 120 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --variants compile,bf16+compile \
-  "${bench_tiny[@]}" --json
+# 3. in one run on the same GPU: training images/s of the chapter's loop and of the fast path with its switches;
+#    one chapter-protocol trial end to end (fresh process, 20 epochs, COCO evaluation, MLflow logging);
+#    and focal-loss sweeps with K = 1, 2, 4 worker processes sharing the GPU (trials per hour)
+step bench 300 python3 benchmarks/run.py --device "$DEVICE" --rounds 3 --steps 30 --variants eager,bf16,bf16+eager \
+  --trial --sweep-workers 1,2,4 --part-timeout 120 "${e2e_tiny[@]}" "${bench_tiny[@]}" --json
+# 4. the chapter trial again with bf16, and with the graph off
+step trial_bf16 60 python3 benchmarks/run.py --device "$DEVICE" --no-micro --trial --e2e-set precision=bf16 \
+  "${e2e_tiny[@]}" --json
+step trial_eager 60 python3 benchmarks/run.py --device "$DEVICE" --no-micro --trial --e2e-set cuda_graph=false \
+  "${e2e_tiny[@]}" --json
+# 5. what torch.compile adds on top of the graph (bf16), and what compiling costs
+step bench_compile 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --steps 30 --precision bf16 \
+  --variants compile "${bench_tiny[@]}" --json
 log "done"
