@@ -21,8 +21,9 @@ fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TINYSSD_CACHE=${TINYSSD_CACHE:-/tmp/tinyssd-cache}
 work=$(mktemp -d); logs=$work/logs; mkdir -p "$logs"
 export MLFLOW_TRACKING_URI=sqlite:///$logs/mlflow.db
-e2e_tiny=(); bench_tiny=()
+tiny=(); e2e_tiny=(); bench_tiny=()
 if [ "${SMOKE:-0}" = 1 ]; then
+  tiny=(--set image_size=64 --set train_images=16 --set val_images=8 --set epochs=2 --set batch_size=8)
   e2e_tiny=(--e2e-set image_size=64 --e2e-set train_images=16 --e2e-set val_images=8 --e2e-set epochs=2
             --e2e-set batch_size=8 --sweep-trials-per-worker 1)
   bench_tiny=(--image-size 64 --batch-size 4 --steps 1 --rounds 1 --decode-rounds 1 --match-rounds 1 --threads 1)
@@ -53,28 +54,37 @@ if lines:
         if part:
             print("    " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in part.items()}))
 EOF
-  cp "$out/summary.txt" "$logs/" && tar czf "$out/results.tgz" -C "$logs" .
+  cp "$out/summary.txt" "$logs/" && tar czf "$out/results.tgz" --exclude=mlartifacts -C "$logs" .
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch, torchvision, optuna, mlflow, pycocotools; print('torch', torch.__version__, 'vision', torchvision.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$out/summary.txt"
 nproc | sed 's/^/cpu cores: /' | tee -a "$out/summary.txt"
 
-# 1. the CUDA graph trains like eager steps (the GPU-only tests; on a CPU they skip)
-step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_step.py
-# 2. the data sets, generated once into the cache (not timed as part of a trial)
-step data 120 python3 cli.py data bananas --preview "$work/preview.png"
-# 3. in one run on the same GPU: training images/s of the chapter's loop and of the fast path with its switches;
-#    one chapter-protocol trial end to end (fresh process, 20 epochs, COCO evaluation, MLflow logging);
-#    and focal-loss sweeps with K = 1, 2, 4 worker processes sharing the GPU (trials per hour)
-step bench 300 python3 benchmarks/run.py --device "$DEVICE" --rounds 3 --steps 30 --variants eager,bf16,bf16+eager \
-  --trial --sweep-workers 1,2,4 --part-timeout 120 "${e2e_tiny[@]}" "${bench_tiny[@]}" --json
-# 4. the chapter trial again with bf16, and with the graph off
-step trial_bf16 60 python3 benchmarks/run.py --device "$DEVICE" --no-micro --trial --e2e-set precision=bf16 \
-  "${e2e_tiny[@]}" --json
-step trial_eager 60 python3 benchmarks/run.py --device "$DEVICE" --no-micro --trial --e2e-set cuda_graph=false \
-  "${e2e_tiny[@]}" --json
-# 5. what torch.compile adds on top of the graph (bf16), and what compiling costs
-step bench_compile 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --steps 30 --precision bf16 \
-  --variants compile "${bench_tiny[@]}" --json
+# The parts, in the order of PARTS (default: all of them, in this order). A lease of 15 minutes holds
+# about two calls of this script: pass the parts still missing, e.g. PARTS="profile sweeps".
+part_tests() {  # the CUDA graph trains like eager steps (the GPU-only tests; on a CPU they skip)
+  step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_step.py; }
+part_data() {  # the data set, generated once into the cache (on all cores), not timed as part of a trial
+  step data 120 python3 cli.py data bananas --preview "$work/preview.png"; }
+part_bench() {  # training images/s of the chapter's loop and of the fast path with its switches, one run
+  step bench 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 3 --steps 30 \
+    --variants eager,bf16,bf16+eager,noautotune "${bench_tiny[@]}" --json; }
+part_profile() {  # one chapter-protocol trial end to end in a fresh process, under cProfile: where the host time goes
+  step profile 90 python3 -m cProfile -o "$logs/trial.prof" cli.py train --profile chapter --device "$DEVICE" \
+    --out-dir "$work/outputs" "${tiny[@]}" --json
+  python3 -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('cumulative').print_stats(45)" \
+    "$logs/trial.prof" > "$logs/profile_top.txt" 2>&1; }
+part_trial() {  # the chapter trial through benchmarks/run.py --trial: default, bf16, no graph, no autotuning
+  for sets in "" precision=bf16 cuda_graph=false cudnn_benchmark=false; do
+    step "trial_${sets:-default}" 60 python3 benchmarks/run.py --device "$DEVICE" --no-micro --trial \
+      ${sets:+--e2e-set $sets} "${e2e_tiny[@]}" --json
+  done; }
+part_sweeps() {  # focal-loss sweeps with K worker processes sharing the GPU: trials per hour
+  step sweeps 200 python3 benchmarks/run.py --device "$DEVICE" --no-micro --sweep-workers "${SWEEP_WORKERS:-1,2,4}" \
+    --sweep-trials-per-worker 2 --part-timeout 100 "${e2e_tiny[@]}" --json; }
+part_compile() {  # what torch.compile adds on top of the graph (bf16), and what compiling costs
+  step bench_compile 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --steps 30 --precision bf16 \
+    --variants compile "${bench_tiny[@]}" --json; }
+for part in ${PARTS:-tests data bench profile trial sweeps compile}; do "part_$part"; done
 log "done"

@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` from anywhere finds 
 import torch  # noqa: E402
 
 NUM_CLASSES = 1
-VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "eager", "compile")
+VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "eager", "compile", "noautotune")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,11 +140,13 @@ class ProjectOptions:
     relu_inplace: bool = False
     cuda_graph: bool = True  # RunConfig's default; only CUDA has graphs
     compile: bool = False
+    cudnn_benchmark: bool = True  # RunConfig's default
 
     def label(self) -> str:
         parts = [self.precision, "channels-last" if self.channels_last else "contiguous"]
         parts += [name for name, on in (("malloc", self.malloc), ("thp", self.thp), ("relu-inplace", self.relu_inplace),
-                                        ("eager", not self.cuda_graph), ("compile", self.compile)) if on]
+                                        ("eager", not self.cuda_graph), ("compile", self.compile),
+                                        ("no-autotune", not self.cudnn_benchmark)) if on]
         return "+".join(parts)
 
 
@@ -161,7 +163,8 @@ def parse_variant(spec: str, base: ProjectOptions) -> ProjectOptions:
                 "thp": dataclasses.replace(opts, thp=True),
                 "inplace": dataclasses.replace(opts, relu_inplace=True),
                 "eager": dataclasses.replace(opts, cuda_graph=False),
-                "compile": dataclasses.replace(opts, compile=True)}[token]
+                "compile": dataclasses.replace(opts, compile=True),
+                "noautotune": dataclasses.replace(opts, cudnn_benchmark=False)}[token]
     return opts
 
 
@@ -236,7 +239,7 @@ class ProjectSide:
         if self.allocator_tuned:
             (adopted or tune_c_allocator)()
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # as pipeline.train.fit sets it on CUDA
+            torch.backends.cudnn.benchmark = opts.cudnn_benchmark  # as pipeline.train.fit sets it on CUDA
         torch.manual_seed(0)
         model = TinySSD(NUM_CLASSES).to(device)
         if opts.channels_last:

@@ -59,6 +59,8 @@ class RunConfig:
     precision: str = _knob("fp32", "bf16 autocasts forward and backward", choices=("fp32", "bf16"))
     cuda_graph: bool = _knob(True, "on CUDA, replay each full training batch from one captured CUDA graph "
                                    "(no effect on the CPU)")
+    cudnn_benchmark: bool = _knob(True, "on CUDA, time cuDNN's convolution algorithms once per shape and keep the "
+                                        "fastest (seconds at the start of a run)")
     torch_compile: bool = _knob(False, "torch.compile the model: pays off only in long runs, as compiling "
                                        "takes tens of seconds per process")
     val_every: int = _knob(0, "validate every N epochs and after the last; the pruner sees only these. "

@@ -23,9 +23,11 @@ import csv
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,6 +355,30 @@ def _shapes_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, lis
 # Writing generated data sets
 # ---------------------------------------------------------------------------
 
+PARALLEL_MIN_IMAGES = 200  # below this, starting worker processes costs more than it saves
+
+
+def _render_one(job) -> tuple:
+    """Draw image ``index`` of a generated set from its own seed and save it; returns its boxes."""
+    kind, seed, split, index, size, path = job
+    draw = _banana_image if kind == "bananas" else _shapes_image
+    image, boxes = draw(_image_rng(seed, split, index), size)
+    image.save(path)
+    return boxes
+
+
+def _render(jobs: list[tuple], description: str, progress: bool) -> list:
+    """_render_one over the jobs, in order, on all cores: every image has its own seed, so the files are
+    the same whichever process draws them (1000 bananas: 26 s on one core)."""
+    workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if len(jobs) < PARALLEL_MIN_IMAGES or workers < 2:
+        return [_render_one(job) for job in track(jobs, description=description, disable=not progress)]
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        results = pool.map(_render_one, jobs, chunksize=16)
+        return list(track(results, total=len(jobs), description=description, disable=not progress))
+
+
 def generate_bananas(root: Path, n_train: int = 1000, n_val: int = 100, size: int = 256, seed: int = 0,
                      progress: bool = True) -> Path:
     """Write a synthetic banana folder in the chapter's layout under root; returns root.
@@ -366,9 +392,8 @@ def generate_bananas(root: Path, n_train: int = 1000, n_val: int = 100, size: in
         folder = root / f"bananas_{split}"
         (folder / "images").mkdir(parents=True, exist_ok=True)
         rows = [",".join(BANANA_COLUMNS)]
-        for i in track(range(n), description=f"bananas {split}", disable=not progress):
-            image, (x1, y1, x2, y2) = _banana_image(_image_rng(seed, split, i), size)
-            image.save(folder / "images" / f"{i}.png")
+        jobs = [("bananas", seed, split, i, size, folder / "images" / f"{i}.png") for i in range(n)]
+        for i, (x1, y1, x2, y2) in enumerate(_render(jobs, f"bananas {split}", progress)):
             rows.append(f"{i}.png,0,{x1},{y1},{x2},{y2}")
         (folder / "label.csv").write_text("\n".join(rows) + "\n")
     return root
@@ -388,10 +413,9 @@ def generate_shapes(root: Path, n_train: int = 1000, n_val: int = 200, size: int
     for split, n in (("train", n_train), ("val", n_val)):
         (root / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        for i in track(range(n), description=f"shapes {split}", disable=not progress):
-            image, boxes = _shapes_image(_image_rng(seed, split, i), size)
+        jobs = [("shapes", seed, split, i, size, root / f"{split}/{i:06d}.png") for i in range(n)]
+        for i, boxes in enumerate(_render(jobs, f"shapes {split}", progress)):
             name = f"{split}/{i:06d}.png"
-            image.save(root / name)
             images.append({"id": i + 1, "file_name": name, "height": size, "width": size})
             for cls, x1, y1, x2, y2 in boxes:
                 annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,

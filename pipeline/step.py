@@ -100,9 +100,13 @@ class TrainStep:
         if self.graph is not None and len(idx) == self.cfg.batch_size:
             self.static_idx.copy_(idx)
             self.graph.replay()
-        else:  # the CPU, a graph switched off, or an epoch's last, smaller batch
+        elif len(idx) == self.cfg.batch_size:  # the CPU, or the graph switched off
             self._zero_grads()
             self._compute(idx)
+        else:  # an epoch's last, smaller batch: once an epoch, too rare to repay timing cuDNN's algorithms for it
+            self._zero_grads()
+            with cudnn_benchmark(False):
+                self._compute(idx)
         self.batches += 1
         self.images_seen += len(idx)
 
@@ -187,10 +191,11 @@ class TrainStep:
 
 
 @contextlib.contextmanager
-def cudnn_autotune(device: torch.device):
-    """cuDNN picks the fastest convolution for each shape once; the shapes of a run never change."""
+def cudnn_benchmark(on: bool):
+    """With ``on``, cuDNN times its algorithms for each new convolution shape and keeps the fastest;
+    only that one setting changes, and it is put back afterwards."""
     previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    torch.backends.cudnn.benchmark = on
     try:
         yield
     finally:

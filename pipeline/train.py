@@ -24,7 +24,7 @@ from pipeline.config import RunConfig, validation_epochs
 from pipeline.data import DetectionData, to_coco_dict
 from pipeline.evaluate import CocoResult, Detections, coco_evaluate, predict, to_coco_results
 from pipeline.model import TinySSD
-from pipeline.step import TrainStep, cudnn_autotune
+from pipeline.step import TrainStep, cudnn_benchmark
 from pipeline.tracking import RunHandle
 
 EpochCallback = Callable[[int, dict[str, float], "RunHandle | None"], None]
@@ -148,7 +148,7 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     validate_after = validation_epochs(cfg, device.type)
     coco = detections = None
     bar = _progress(progress)
-    with bar or contextlib.nullcontext(), cudnn_autotune(device):
+    with bar or contextlib.nullcontext(), cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
         epochs = bar.add_task("epochs", total=cfg.epochs, status="") if bar else None
         batches = bar.add_task("batches", total=-(-len(train) // cfg.batch_size), status="") if bar else None
         if bar:

@@ -92,6 +92,16 @@ def test_generators_are_deterministic(tmp_path):
     assert (a / "bananas_train/images/0.png").read_bytes() != (c / "bananas_train/images/0.png").read_bytes()
 
 
+def test_generating_on_several_cores_writes_the_same_files(tmp_path, monkeypatch):
+    one = D.generate_shapes(tmp_path / "one", n_train=4, n_val=1, size=64, progress=False)
+    monkeypatch.setattr(D, "PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # two workers, even on 1 core
+    many = D.generate_shapes(tmp_path / "many", n_train=4, n_val=1, size=64, progress=False)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert len(files) == 4 + 1 + 2
+    assert all((one / f).read_bytes() == (many / f).read_bytes() for f in files)
+
+
 def test_resize_keeps_relative_boxes(bananas):
     big = D.load_split(str(bananas), "train", 256, progress=False)
     small = D.load_split(str(bananas), "train", 96, progress=False)
