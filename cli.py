@@ -128,7 +128,7 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     if json_out:
         _json_line({**result.metrics, "train_images_per_s": result.train_images_per_s, "run_id": result.run_id,
                     "checkpoint": str(result.checkpoint), "trial_seconds": result.seconds,
-                    "device": next(result.fit.model.parameters()).device.type})
+                    "timings": result.fit.timings, "device": next(result.fit.model.parameters()).device.type})
 
 
 def _load_or_exit(cfg: RunConfig, skip_invalid: bool):

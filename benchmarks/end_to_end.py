@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,15 +28,24 @@ def _last_json(stdout: str) -> dict:
 
 
 def _run_cli(args: list[str], folder: Path, timeout: float) -> tuple[dict, float]:
-    """(the command's JSON, wall seconds of the whole process) of ``python cli.py ARGS`` run in ``folder``."""
+    """(the command's JSON, wall seconds of the whole process) of ``python cli.py ARGS`` run in ``folder``.
+
+    Past ``timeout`` the command and every process it started (a sweep's workers) are killed, and
+    subprocess.TimeoutExpired is raised."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, CLI, *args], cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.Popen([sys.executable, CLI, *args], cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.strip()[-1500:] or proc.stdout.strip()[-1500:]}")
-    return _last_json(proc.stdout), wall
+        raise RuntimeError(f"exit {proc.returncode}: {stderr.strip()[-1500:] or stdout.strip()[-1500:]}")
+    return _last_json(stdout), wall
 
 
 def _sets(overrides: list[str]) -> list[str]:
@@ -53,31 +63,42 @@ def trial(device: str, overrides: list[str], timeout: float) -> dict:
             "overrides": overrides}
 
 
-def _steady_trials_per_hour(storage: str, study_name: str) -> float | None:
-    """Complete trials per hour between the first trial's start and the last one's end (no process start-up)."""
+def _completed(storage: str, study_name: str) -> tuple[int, float | None]:
+    """(complete trials, complete trials per hour between the first trial's start and the last one's end,
+    that is without the process start-up), read from the study's storage."""
     import optuna
 
-    trials = [t for t in optuna.load_study(study_name=study_name, storage=storage).trials
-              if t.state == optuna.trial.TrialState.COMPLETE]
+    try:
+        trials = [t for t in optuna.load_study(study_name=study_name, storage=storage).trials
+                  if t.state == optuna.trial.TrialState.COMPLETE]
+    except KeyError:  # killed before the study was created
+        return 0, None
     if len(trials) < 2:
-        return None
+        return len(trials), None
     span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
-    return 3600.0 * len(trials) / span if span > 0 else None
+    return len(trials), (3600.0 * len(trials) / span if span > 0 else None)
 
 
 def sweep(device: str, workers: int, trials: int, overrides: list[str], timeout: float) -> dict:
     """`python cli.py sweep focal-loss --profile chapter --workers K --no-prune` for ``trials`` trials."""
     with tempfile.TemporaryDirectory(prefix="tinyssd-sweep-") as tmp:
         storage, name = f"sqlite:///{Path(tmp) / 'optuna.db'}", f"bench-k{workers}"
-        result, wall = _run_cli(["sweep", "focal-loss", "--profile", "chapter", "--device", device,
-                                 "--trials", str(trials), "--workers", str(workers), "--no-prune",
-                                 "--storage", storage, "--study-name", name, "--out-dir", "outputs", "--json",
-                                 *_sets(overrides)], Path(tmp), timeout)
-        steady = _steady_trials_per_hour(storage, name)
-    done = result["n_complete"]
-    return {"workers": workers, "trials": done, "failed": result["n_failed"], "process_wall_s": wall,
-            "trials_per_hour": 3600.0 * done / wall, "steady_trials_per_hour": steady,
-            "minutes_for_50_trials": (wall + (50 - done) * 3600.0 / steady) / 60 if steady else None}
+        try:
+            result, wall = _run_cli(["sweep", "focal-loss", "--profile", "chapter", "--device", device,
+                                     "--trials", str(trials), "--workers", str(workers), "--no-prune",
+                                     "--storage", storage, "--study-name", name, "--out-dir", "outputs", "--json",
+                                     *_sets(overrides)], Path(tmp), timeout)
+        except subprocess.TimeoutExpired:
+            result, wall = None, timeout
+        done, steady = _completed(storage, name)
+    out = {"workers": workers, "trials": done, "process_wall_s": wall, "trials_per_hour": 3600.0 * done / wall,
+           "steady_trials_per_hour": steady,
+           "minutes_for_50_trials": (wall + (50 - done) * 3600.0 / steady) / 60 if steady else None}
+    if result is None:
+        out["error"] = f"timed out after {timeout:.0f} s with {done} of {trials} trials complete"
+    else:
+        out["failed"] = result["n_failed"]
+    return out
 
 
 def measure(device: str, want_trial: bool, workers: list[int], trials_per_worker: int, overrides: list[str],

@@ -587,10 +587,11 @@ def print_end_to_end(e2e: dict) -> None:
     elif trial:
         print(f"chapter trial: {trial['error']}")
     for sweep in e2e.get("sweeps", []):
+        steady = sweep.get("steady_trials_per_hour")
         if "error" in sweep:
-            print(f"sweep: {sweep['error']}")
+            print(f"sweep focal-loss, K={sweep.get('workers', '?')}: {sweep['error']}"
+                  + (f"; {steady:.0f} trials/h steady until then" if steady else ""))
             continue
-        steady = sweep["steady_trials_per_hour"]
         print(f"sweep focal-loss, K={sweep['workers']}: {sweep['trials']} trials in {sweep['process_wall_s']:.1f} s "
               f"= {sweep['trials_per_hour']:.0f} trials/h with start-up"
               + (f", {steady:.0f} trials/h steady; 50 trials in about {sweep['minutes_for_50_trials']:.1f} min"

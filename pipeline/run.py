@@ -100,13 +100,15 @@ def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run
                 on_start: Callable[[RunHandle], None] | None = None, state_dir: Path | None = None) -> RunResult:
     """Train ``cfg`` inside one tracked run and log everything a reader needs to trust it.
 
-    The run's ``final/trial_seconds`` is its wall time: training, validation and all the logging."""
+    The run's ``final/trial_seconds`` is its wall time: training, validation and all the logging;
+    ``timing/*`` says where that time went."""
     train, val = data if data is not None else load_data(cfg, progress)
     started = time.perf_counter()
     with tracker.run(name, params=dataclasses.asdict(cfg), tags=tags, parent_run_id=parent_run_id) as run:
         if on_start is not None:
             on_start(run)
         result = _fit_tagged(cfg, train, val, run, on_epoch, progress, state_dir)
+        logging_started = time.perf_counter()
         final = {**result.metrics, "train_images_per_s": result.train_images_per_s}
         run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
         out_dir = Path(out_dir) / run.run_id
@@ -116,6 +118,8 @@ def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run
         write_pr_curve(result.coco.precision_iou50, train.class_names, out_dir / "pr_curve_iou50.json")
         run.log_artifact(out_dir)
         seconds = time.perf_counter() - started
-        run.log_metrics({"final/trial_seconds": seconds}, step=cfg.epochs)
+        result.timings["artifacts_s"] = time.perf_counter() - logging_started
+        run.log_metrics({"final/trial_seconds": seconds, **{f"timing/{k}": v for k, v in result.timings.items()}},
+                        step=cfg.epochs)
         run.set_tags({"trial_state": "COMPLETE"})
         return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoint, result, seconds)

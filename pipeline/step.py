@@ -10,6 +10,7 @@ the host: the epoch's metric sums stay on the device until :meth:`TrainStep.summ
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 
 import torch
@@ -78,6 +79,7 @@ class TrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_idx: torch.Tensor | None = None
         self.graph_error: str | None = None
+        self.timings: dict[str, float] = {}  # seconds of the one-time graph work: warm-up, capture
         self.num_anchors = 0
         self.batches = self.images_seen = 0
 
@@ -158,23 +160,28 @@ class TrainStep:
         saved = {k: v.clone() for k, v in self.model.state_dict().items()}
         saved_stats = [t.clone() for t in (self.sums, self.first_bad_step, self.step_index)]
         rng = torch.cuda.get_rng_state(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
+        started = time.perf_counter()
+        side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+        side.wait_stream(main)  # the warm-up runs on a side stream, as torch.cuda.graph's capture will
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
                 self._zero_grads()
                 self._compute(self.static_idx, capturing=True)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        main.wait_stream(side)
         with torch.no_grad():  # the warm-up must not count as training
             for key, value in self.model.state_dict().items():
                 value.copy_(saved[key])
             for tensor, value in zip((self.sums, self.first_bad_step, self.step_index), saved_stats):
                 tensor.copy_(value)
         torch.cuda.set_rng_state(rng, self.device)
+        torch.cuda.synchronize(self.device)
+        captured = time.perf_counter()
         self._zero_grads()  # backward inside the capture allocates the grads from the graph's own pool
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._compute(self.static_idx, capturing=True)
+        torch.cuda.synchronize(self.device)
+        self.timings = {"graph_warmup_s": captured - started, "graph_capture_s": time.perf_counter() - captured}
 
     # -- the epoch's metrics -------------------------------------------------------------------
 

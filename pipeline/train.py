@@ -46,6 +46,8 @@ class FitResult:
     coco: CocoResult  # the last validation
     detections: list[Detections]  # the last validation's detections
     train_images_per_s: float  # training steps only, validation excluded
+    timings: dict[str, float]  # seconds this process spent on: setup, train (graph warm-up and capture
+                               # included, and broken out), validate, epoch_state
 
 
 def tune_cpu_allocator() -> bool:
@@ -134,6 +136,7 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     With ``state_dir``, the state after every epoch is saved there, and training resumes from
     the newest good one: a retried trial goes on where the killed one stopped.
     """
+    started = time.perf_counter()
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -147,6 +150,7 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     step = TrainStep(model, train.images, train.targets, cfg, device, generator)
     validate_after = validation_epochs(cfg, device.type)
     coco = detections = None
+    timings = {"setup_s": time.perf_counter() - started, "train_s": 0.0, "validate_s": 0.0, "epoch_state_s": 0.0}
     bar = _progress(progress)
     with bar or contextlib.nullcontext(), cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
         epochs = bar.add_task("epochs", total=cfg.epochs, status="") if bar else None
@@ -159,14 +163,20 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
                 bar.reset(batches)
             started = time.perf_counter()
             metrics = _train_epoch(step, len(train), cfg, generator, epoch, bar, batches)
-            train_seconds += time.perf_counter() - started  # summary() waited for the device: the time is real
+            epoch_seconds = time.perf_counter() - started  # summary() waited for the device: the time is real
+            train_seconds += epoch_seconds
+            timings["train_s"] += epoch_seconds
             if epoch in validate_after:
+                started = time.perf_counter()
                 val_metrics, coco, detections = validate(model, val, cfg, device)
                 metrics.update(val_metrics)
+                timings["validate_s"] += time.perf_counter() - started
             history.append(metrics)
             if state_dir is not None:
+                started = time.perf_counter()
                 save_epoch_state(state_dir, epoch, {"model": model.state_dict(), "generator": generator.get_state(),
                                                     "history": history, "train_seconds": train_seconds})
+                timings["epoch_state_s"] += time.perf_counter() - started
             if run is not None:
                 run.log_metrics(metrics, step=epoch)
             if bar:
@@ -177,5 +187,5 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     if coco is None:  # every epoch was done before the kill: only the final validation is missing
         _, coco, detections = validate(model, val, cfg, device)
     speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)
-    return FitResult(model, history[-1], history, coco, detections, speed)
+    return FitResult(model, history[-1], history, coco, detections, speed, {**timings, **step.timings})
 

@@ -118,3 +118,29 @@ def test_smoke_run_prints_json_last():
     assert result["train_images_per_s"] > 0 and result["reference_train_images_per_s"] > 0
     assert result["decode_ms"] > 0 and result["reference_decode_ms"] > 0
     assert result["image_size"] == 64 and result["cores"] >= 1
+
+
+def test_end_to_end_trial_and_sweep_through_the_real_cli(tmp_path, monkeypatch, tiny_bananas):
+    from benchmarks import end_to_end
+
+    monkeypatch.setenv("TINYSSD_CACHE", str(tmp_path / "cache"))
+    tiny = [f"dataset={tiny_bananas}", "image_size=64", "train_images=8", "val_images=4", "batch_size=4", "epochs=1"]
+    lines = []
+    out = end_to_end.measure("cpu", True, [1], 1, tiny, timeout=300, log=lines.append)
+    trial = out["trial"]
+    assert "error" not in trial, trial
+    assert 0 < trial["trial_seconds"] < trial["process_wall_s"] and trial["device"] == "cpu"
+    (sweep,) = out["sweeps"]
+    assert "error" not in sweep, sweep
+    assert sweep["trials"] == 3 and sweep["failed"] == 0 and sweep["steady_trials_per_hour"] > 0
+    assert out["best_workers"] == 1 and len(lines) == 2
+
+
+def test_a_sweep_past_its_time_limit_is_reported_not_raised(tmp_path, monkeypatch):
+    from benchmarks import end_to_end
+
+    monkeypatch.setenv("TINYSSD_CACHE", str(tmp_path / "cache"))
+    out = end_to_end.measure("cpu", False, [2], 50, ["image_size=64", "epochs=1"], timeout=2, log=lambda m: None)
+    (sweep,) = out["sweeps"]
+    assert sweep["error"].startswith("timed out after 2 s") and sweep["trials"] == 0
+    assert "best_workers" not in out

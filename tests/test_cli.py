@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from mlflow.tracking import MlflowClient
 from pipeline.tracking import tracking_uri
 from typer.testing import CliRunner
@@ -31,6 +32,9 @@ def test_train_logs_one_complete_mlflow_run(workdir, tiny_bananas):
     for key in ("train/loss", "train/loss_cls", "train/loss_box", "train/class_err", "train/bbox_mae",
                 "val/map", "val/map50", "val/map75", "val/map_medium", "val/map_large", "val/mar100"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+    timings = {k.removeprefix("timing/"): v for k, v in run.data.metrics.items() if k.startswith("timing/")}
+    assert {"setup_s", "train_s", "validate_s", "artifacts_s"} <= set(timings) and timings == pytest.approx(out["timings"])
+    assert 0 < sum(timings.values()) <= run.data.metrics["final/trial_seconds"] == pytest.approx(out["trial_seconds"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"checkpoint.pt", "val_predictions.png", "metrics.json", "pr_curve_iou50.json"} <= artifacts
     assert (workdir / "mlartifacts").is_dir() and not (workdir / "mlruns").exists()
