@@ -140,7 +140,8 @@ class StudyData:
 
     @property
     def space(self) -> dict[str, dict[str, Any]]:
-        """The searched parameters: the study's recorded space, plus any conditional ones the trials show."""
+        """The searched parameters: the study's recorded space, plus any the trials show that it lacks
+        (a study recorded before describe_space walked conditional branches)."""
         space = dict(self.attrs.get("signature", {}).get("space", {}))
         for trial in self.study.get_trials(deepcopy=False):
             for name, dist in trial.distributions.items():

@@ -48,6 +48,28 @@ def test_every_study_samples_valid_configs(name):
     assert describe_space(spec, base)
 
 
+def test_describe_space_walks_conditional_branches():
+    class Nested:
+        def space(trial, base):
+            out = {"a": trial.suggest_categorical("a", ["x", "y"])}
+            if out["a"] == "y":
+                out["b"] = trial.suggest_categorical("b", ["p", "q", "r"])
+                if out["b"] == "r":
+                    out["c"] = trial.suggest_float("c", 0.5, 2.0, log=True)
+            return out
+
+    space = describe_space(Nested, RunConfig())
+    assert space == {"a": {"type": "categorical", "choices": ["x", "y"]},
+                     "b": {"type": "categorical", "choices": ["p", "q", "r"]},
+                     "c": {"type": "float", "low": 0.5, "high": 2.0, "log": True, "step": None}}
+
+
+def test_combined_study_records_every_conditional_knob():
+    space = describe_space(experiments.load("combined"), RunConfig())
+    assert {"cls_loss", "box_loss", "neg_sampling", "loss_normalization", "box_weight",
+            "focal_gamma", "focal_alpha", "smooth_l1_sigma", "neg_pos_ratio"} == set(space)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", experiments.names())
 def test_every_study_runs_a_trial(name, workdir, tiny_bananas):
