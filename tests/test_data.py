@@ -242,10 +242,10 @@ def test_bad_csv_header(banana_copy):
 def test_corrupt_image(banana_copy):
     png = banana_copy / "bananas_train" / "images" / "3.png"
     png.write_bytes(png.read_bytes()[:200])  # truncated
-    with pytest.raises(DataError, match=rf"label.csv:5: cannot read image .*3.png"):
+    with pytest.raises(DataError, match=r"label.csv:5: cannot read image .*3.png"):
         D.load_split(str(banana_copy), "train", 32, progress=False)
     png.write_bytes(b"not a png at all")
-    with pytest.raises(DataError, match=rf"label.csv:5: cannot read image .*3.png"):
+    with pytest.raises(DataError, match=r"label.csv:5: cannot read image .*3.png"):
         D.load_split(str(banana_copy), "train", 32, progress=False)
     data = D.load_split(str(banana_copy), "train", 32, skip_invalid=True, progress=False)
     assert data.skipped == 1 and "3.png" not in data.file_names
