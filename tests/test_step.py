@@ -139,3 +139,18 @@ def test_cuda_graph_replays_train_like_eager_steps(precision):
     for key in eager_state:
         torch.testing.assert_close(graph_state[key], eager_state[key], rtol=tolerance, atol=tolerance, msg=key)
     assert graph_metrics["train/loss"] == pytest.approx(eager_metrics["train/loss"], rel=tolerance)
+
+
+def test_fit_validates_every_nth_epoch_and_after_the_last(tiny_bananas):
+    from pipeline.data import load_split
+    from pipeline.train import fit
+
+    train = load_split(str(tiny_bananas), "train", 64, progress=False).subset(8)
+    val = load_split(str(tiny_bananas), "val", 64, progress=False)
+    cfg = RunConfig(image_size=64, batch_size=4, epochs=3, val_every=2, device="cpu")
+    seen = []
+    result = fit(cfg, train, val, on_epoch=lambda epoch, metrics, run: seen.append((epoch, "val/map" in metrics)),
+                 progress=False)
+    assert seen == [(0, False), (1, True), (2, True)]
+    assert "val/map" in result.metrics and result.coco.metrics["map"] == result.metrics["val/map"]
+    assert {"setup_s", "train_s", "validate_s"} <= set(result.timings)
