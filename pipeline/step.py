@@ -102,12 +102,10 @@ class TrainStep:
         if self.graph is not None and len(idx) == self.cfg.batch_size:
             self.static_idx.copy_(idx)
             self.graph.replay()
-        elif len(idx) == self.cfg.batch_size:  # the CPU, or the graph switched off
+        else:  # the CPU, the graph switched off, or an epoch's last, smaller batch
             self._zero_grads()
-            self._compute(idx)
-        else:  # an epoch's last, smaller batch: once an epoch, too rare to repay timing cuDNN's algorithms for it
-            self._zero_grads()
-            with cudnn_benchmark(False):
+            partial = len(idx) < self.cfg.batch_size  # once an epoch: too rare to repay timing cuDNN for it
+            with cudnn_benchmark(False) if partial else contextlib.nullcontext():
                 self._compute(idx)
         self.batches += 1
         self.images_seen += len(idx)
