@@ -60,7 +60,7 @@ def trial(device: str, overrides: list[str], timeout: float) -> dict:
     return {"process_wall_s": wall, "trial_seconds": result["trial_seconds"],
             "startup_s": wall - result["trial_seconds"], "train_images_per_s": result["train_images_per_s"],
             "val/map": result["val/map"], "val/map50": result["val/map50"], "device": result["device"],
-            "overrides": overrides}
+            "timings": result.get("timings", {}), "overrides": overrides}
 
 
 def _completed(storage: str, study_name: str) -> tuple[int, float | None]:
@@ -79,6 +79,25 @@ def _completed(storage: str, study_name: str) -> tuple[int, float | None]:
     return len(trials), (3600.0 * len(trials) / span if span > 0 else None)
 
 
+def trial_timings(folder: Path) -> dict[str, float]:
+    """The median over a sweep's finished trials of each ``timing/*`` and ``final/trial_seconds`` metric,
+    read from its MLflow store: where a trial's time goes, once the process is warm."""
+    import statistics
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+            if "final/trial_seconds" in r.data.metrics]
+    keys = sorted({k for r in runs for k in r.data.metrics if k.startswith("timing/") or k == "final/trial_seconds"})
+    out = {k.split("/", 1)[1]: statistics.median(r.data.metrics[k] for r in runs if k in r.data.metrics)
+           for k in keys}
+    first = min(runs, key=lambda r: r.info.start_time, default=None)
+    if first is not None:
+        out["first_trial_seconds"] = first.data.metrics["final/trial_seconds"]
+    return out
+
+
 def sweep(device: str, workers: int, trials: int, overrides: list[str], timeout: float) -> dict:
     """`python cli.py sweep focal-loss --profile chapter --workers K --no-prune` for ``trials`` trials."""
     with tempfile.TemporaryDirectory(prefix="tinyssd-sweep-") as tmp:
@@ -91,9 +110,11 @@ def sweep(device: str, workers: int, trials: int, overrides: list[str], timeout:
         except subprocess.TimeoutExpired:
             result, wall = None, timeout
         done, steady = _completed(storage, name)
+        timings = trial_timings(Path(tmp)) if done else {}
     out = {"workers": workers, "trials": done, "process_wall_s": wall, "trials_per_hour": 3600.0 * done / wall,
            "steady_trials_per_hour": steady,
-           "minutes_for_50_trials": (wall + (50 - done) * 3600.0 / steady) / 60 if steady else None}
+           "minutes_for_50_trials": (wall + (50 - done) * 3600.0 / steady) / 60 if steady else None,
+           "median_trial_timings": timings}
     if result is None:
         out["error"] = f"timed out after {timeout:.0f} s with {done} of {trials} trials complete"
     else:

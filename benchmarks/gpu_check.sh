@@ -25,11 +25,12 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TINYSSD_CACHE=${TINYSSD_C
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 work=$(mktemp -d); logs=$work/logs; mkdir -p "$logs"
 export MLFLOW_TRACKING_URI=sqlite:///$logs/mlflow.db
-tiny=(); e2e_tiny=(); bench_tiny=()
+tiny=(); e2e_tiny=(); bench_tiny=(); conc_tiny=()
 if [ "${SMOKE:-0}" = 1 ]; then
   tiny=(--set image_size=64 --set train_images=16 --set val_images=8 --set epochs=2 --set batch_size=8)
   e2e_tiny=(--e2e-set image_size=64 --e2e-set train_images=16 --e2e-set val_images=8 --e2e-set epochs=2
             --e2e-set batch_size=8 --sweep-trials-per-worker 1)
+  conc_tiny=(--image-size 64 --batch-size 4 --steps 2 --rounds 1)
   bench_tiny=(--image-size 64 --batch-size 4 --steps 1 --rounds 1 --decode-rounds 1 --match-rounds 1 --threads 1)
 fi
 log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$out/summary.txt"; }
@@ -47,12 +48,15 @@ import json, sys
 lines = [l for l in open(sys.argv[1], errors="replace") if l.startswith("{")]
 keys = ("val/map", "val/map50", "train/class_err", "train/bbox_mae", "train_images_per_s", "trial_seconds", "device",
         "reference_train_images_per_s", "train_speedup", "train_speedup_median", "reference_decode_ms", "decode_ms",
-        "decode_speedup", "project_warmup_s", "gpu", "torch", "n_complete", "n_failed", "best_value", "control_value")
+        "decode_speedup", "project_warmup_s", "gpu", "torch", "n_complete", "n_failed", "best_value", "control_value",
+        "first_capture_s", "later_capture_s_median", "best")
 if lines:
     d = json.loads(lines[-1])
     print("    " + json.dumps({k: round(d[k], 4) if isinstance(d[k], float) else d[k] for k in keys if k in d}))
     for name, v in d.get("variants", {}).items():
         print(f"    variant {name}: {v['images_per_s']:.0f} images/s, {v['train_speedup']:.2f}x, warm-up {v['warmup_s']:.1f} s")
+    for row in d.get("rows", []):
+        print("    " + json.dumps({k: round(v) if isinstance(v, float) else v for k, v in row.items()}))
     e2e = d.get("end_to_end", {})
     for part in [e2e.get("trial")] + e2e.get("sweeps", []):
         if part:
@@ -80,15 +84,21 @@ part_profile() {  # one chapter-protocol trial end to end in a fresh process, un
   python3 -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('cumulative').print_stats(45)" \
     "$logs/trial.prof" > "$logs/profile_top.txt" 2>&1; }
 part_trial() {  # the chapter trial through benchmarks/run.py --trial: default, bf16, no graph, no autotuning
-  for sets in "" precision=bf16 cuda_graph=false cudnn_benchmark=false; do
+  for sets in ${TRIAL_SETS:-default precision=bf16 cuda_graph=false cudnn_benchmark=false}; do
+    [ "$sets" = default ] && sets=""
     step "trial_${sets:-default}" 60 python3 benchmarks/run.py --device "$DEVICE" --no-micro --trial \
       ${sets:+--e2e-set $sets} "${e2e_tiny[@]}" --json
   done; }
 part_sweeps() {  # focal-loss sweeps with K worker processes sharing the GPU: trials per hour
   step sweeps 200 python3 benchmarks/run.py --device "$DEVICE" --no-micro --sweep-workers "${SWEEP_WORKERS:-1,2,4}" \
-    --sweep-trials-per-worker 2 --part-timeout 100 "${e2e_tiny[@]}" --json; }
+    --sweep-trials-per-worker "${SWEEP_TRIALS:-2}" --part-timeout "${SWEEP_TIMEOUT:-100}" "${e2e_tiny[@]}" --json; }
+part_concurrency() {  # N trials' captured steps at once on one GPU: serial, streams, threads; capture costs
+  step concurrency 90 python3 benchmarks/concurrent_steps.py --device "$DEVICE" --trials 1,2,4,8 --steps 40 \
+    "${conc_tiny[@]}" --json
+  step concurrency_noautotune 45 python3 benchmarks/concurrent_steps.py --device "$DEVICE" --trials 1,2 --steps 40 \
+    --no-autotune "${conc_tiny[@]}" --json; }
 part_compile() {  # what torch.compile adds on top of the graph (bf16), and what compiling costs
   step bench_compile 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --steps 30 --precision bf16 \
     --variants compile "${bench_tiny[@]}" --json; }
-for part in ${PARTS:-tests data bench profile trial sweeps compile}; do "part_$part"; done
+for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile}; do "part_$part"; done
 log "done"

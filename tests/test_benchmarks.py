@@ -133,6 +133,9 @@ def test_end_to_end_trial_and_sweep_through_the_real_cli(tmp_path, monkeypatch, 
     (sweep,) = out["sweeps"]
     assert "error" not in sweep, sweep
     assert sweep["trials"] == 3 and sweep["failed"] == 0 and sweep["steady_trials_per_hour"] > 0
+    timings = sweep["median_trial_timings"]  # read back from the sweep's own MLflow store
+    assert 0 < timings["train_s"] < timings["trial_seconds"] and timings["first_trial_seconds"] > 0
+    assert trial["timings"]["train_s"] > 0 and trial["timings"]["validate_s"] > 0
     assert out["best_workers"] == 1 and len(lines) == 2
 
 
@@ -143,4 +146,4 @@ def test_a_sweep_past_its_time_limit_is_reported_not_raised(tmp_path, monkeypatc
     out = end_to_end.measure("cpu", False, [2], 50, ["image_size=64", "epochs=1"], timeout=2, log=lambda m: None)
     (sweep,) = out["sweeps"]
     assert sweep["error"].startswith("timed out after 2 s") and sweep["trials"] == 0
-    assert "best_workers" not in out
+    assert "best_workers" not in out and sweep["median_trial_timings"] == {}
