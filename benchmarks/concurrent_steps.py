@@ -12,8 +12,8 @@ gets through when they run together:
     N threads of one process would.
 
 It also reports what each step's first capture cost (``graph_warmup_s``, ``graph_capture_s``):
-the first one in a process includes cuDNN's autotuning, the later ones show what every new trial
-pays. On a CPU there are no graphs or streams: the script then only checks itself (``--smoke``).
+the first one in a process includes cuDNN's autotuning (with ``--autotune``), the later ones show
+what every new trial pays. On a CPU there are no graphs or streams: the script then only checks itself (``--smoke``).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def images_per_s(run, steps: list[TrainStep], n_steps: int, batch: int, device: 
 def measure(args) -> dict:
     device = torch.device(args.device)
     cfg = RunConfig(precision=args.precision, image_size=args.image_size, batch_size=args.batch_size,
-                    cudnn_benchmark=not args.no_autotune)
+                    cudnn_benchmark=args.autotune)
     counts = [int(k) for k in args.trials.split(",")]
     with cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
         steps, costs = build_steps(max(counts), cfg, device)
@@ -143,7 +143,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--no-autotune", action="store_true", help="cudnn_benchmark=false")
+    p.add_argument("--autotune", action="store_true", help="cudnn_benchmark=true (RunConfig's default is false)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     return p.parse_args(argv)
 

@@ -64,8 +64,9 @@ def trial(device: str, overrides: list[str], timeout: float) -> dict:
 
 
 def _completed(storage: str, study_name: str) -> tuple[int, float | None]:
-    """(complete trials, complete trials per hour between the first trial's start and the last one's end,
-    that is without the process start-up), read from the study's storage."""
+    """(complete trials, complete trials per hour from the first trial's end to the last one's), read from
+    the study's storage: the steady rate, without the process start-up and the first trial's one-time
+    costs (cuDNN and CUDA warm-up)."""
     import optuna
 
     try:
@@ -75,8 +76,9 @@ def _completed(storage: str, study_name: str) -> tuple[int, float | None]:
         return 0, None
     if len(trials) < 2:
         return len(trials), None
-    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
-    return len(trials), (3600.0 * len(trials) / span if span > 0 else None)
+    ends = sorted(t.datetime_complete for t in trials)
+    span = (ends[-1] - ends[0]).total_seconds()
+    return len(trials), (3600.0 * (len(trials) - 1) / span if span > 0 else None)
 
 
 def trial_timings(folder: Path) -> dict[str, float]:

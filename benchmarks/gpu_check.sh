@@ -72,31 +72,32 @@ nproc | sed 's/^/cpu cores: /' | tee -a "$out/summary.txt"
 # The parts, in the order of PARTS (default: all of them, in this order). A lease of 15 minutes holds
 # about two calls of this script: pass the parts still missing, e.g. PARTS="profile sweeps".
 part_tests() {  # the CUDA graph trains like eager steps (the GPU-only tests; on a CPU they skip)
-  step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_step.py; }
+  step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_validation.py; }
 part_data() {  # the data set, generated once into the cache (on all cores), not timed as part of a trial
   step data 120 python3 cli.py data bananas --preview "$work/preview.png"; }
 part_bench() {  # training images/s of the chapter's loop and of the fast path with its switches, one run
   step bench 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 3 --steps 30 \
-    --variants eager,bf16,bf16+eager,noautotune "${bench_tiny[@]}" --json; }
+    --variants "${BENCH_VARIANTS:-eager,bf16,bf16+eager,autotune}" "${bench_tiny[@]}" --json; }
 part_profile() {  # one chapter-protocol trial end to end in a fresh process, under cProfile: where the host time goes
   step profile 90 python3 -m cProfile -o "$logs/trial.prof" cli.py train --profile chapter --device "$DEVICE" \
     --out-dir "$work/outputs" "${tiny[@]}" --json
   python3 -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('cumulative').print_stats(45)" \
     "$logs/trial.prof" > "$logs/profile_top.txt" 2>&1; }
-part_trial() {  # the chapter trial through benchmarks/run.py --trial: default, bf16, no graph, no autotuning
-  for sets in ${TRIAL_SETS:-default precision=bf16 cuda_graph=false cudnn_benchmark=false}; do
+part_trial() {  # the chapter trial through benchmarks/run.py --trial: default, bf16, no graph, autotuning
+  for sets in ${TRIAL_SETS:-default precision=bf16 cuda_graph=false cudnn_benchmark=true}; do
     [ "$sets" = default ] && sets=""
     step "trial_${sets:-default}" 60 python3 benchmarks/run.py --device "$DEVICE" --no-micro --trial \
       ${sets:+--e2e-set $sets} "${e2e_tiny[@]}" --json
   done; }
 part_sweeps() {  # focal-loss sweeps with K worker processes sharing the GPU: trials per hour
-  step sweeps 200 python3 benchmarks/run.py --device "$DEVICE" --no-micro --sweep-workers "${SWEEP_WORKERS:-1,2,4}" \
+  local ks=${SWEEP_WORKERS:-1,2,4}; local parts=$(( $(tr -cd , <<< "$ks" | wc -c) + 1 ))
+  step sweeps $(( parts * ${SWEEP_TIMEOUT:-100} + 30 )) python3 benchmarks/run.py --device "$DEVICE" --no-micro --sweep-workers "$ks" \
     --sweep-trials-per-worker "${SWEEP_TRIALS:-2}" --part-timeout "${SWEEP_TIMEOUT:-100}" "${e2e_tiny[@]}" --json; }
 part_concurrency() {  # N trials' captured steps at once on one GPU: serial, streams, threads; capture costs
   step concurrency 90 python3 benchmarks/concurrent_steps.py --device "$DEVICE" --trials 1,2,4,8 --steps 40 \
     "${conc_tiny[@]}" --json
-  step concurrency_noautotune 45 python3 benchmarks/concurrent_steps.py --device "$DEVICE" --trials 1,2 --steps 40 \
-    --no-autotune "${conc_tiny[@]}" --json; }
+  step concurrency_autotune 45 python3 benchmarks/concurrent_steps.py --device "$DEVICE" --trials 1,2 --steps 40 \
+    --autotune "${conc_tiny[@]}" --json; }
 part_compile() {  # what torch.compile adds on top of the graph (bf16), and what compiling costs
   step bench_compile 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --steps 30 --precision bf16 \
     --variants compile "${bench_tiny[@]}" --json; }

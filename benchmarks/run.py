@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` from anywhere finds 
 import torch  # noqa: E402
 
 NUM_CLASSES = 1
-VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "eager", "compile", "noautotune")
+VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "eager", "compile", "autotune")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,13 +140,13 @@ class ProjectOptions:
     relu_inplace: bool = False
     cuda_graph: bool = True  # RunConfig's default; only CUDA has graphs
     compile: bool = False
-    cudnn_benchmark: bool = True  # RunConfig's default
+    cudnn_benchmark: bool = False  # RunConfig's default
 
     def label(self) -> str:
         parts = [self.precision, "channels-last" if self.channels_last else "contiguous"]
         parts += [name for name, on in (("malloc", self.malloc), ("thp", self.thp), ("relu-inplace", self.relu_inplace),
                                         ("eager", not self.cuda_graph), ("compile", self.compile),
-                                        ("no-autotune", not self.cudnn_benchmark)) if on]
+                                        ("autotune", self.cudnn_benchmark)) if on]
         return "+".join(parts)
 
 
@@ -164,7 +164,7 @@ def parse_variant(spec: str, base: ProjectOptions) -> ProjectOptions:
                 "inplace": dataclasses.replace(opts, relu_inplace=True),
                 "eager": dataclasses.replace(opts, cuda_graph=False),
                 "compile": dataclasses.replace(opts, compile=True),
-                "noautotune": dataclasses.replace(opts, cudnn_benchmark=False)}[token]
+                "autotune": dataclasses.replace(opts, cudnn_benchmark=True)}[token]
     return opts
 
 

@@ -1,4 +1,4 @@
-"""Training: fit(cfg, data) trains TinySSD and validates with COCO mAP after every epoch.
+"""Training: fit(cfg, data) trains TinySSD and validates it with COCO mAP as it goes.
 
 ``fit`` knows nothing of MLflow or Optuna: it takes a run handle to log to and an
 ``on_epoch`` callback, which is where a sweep reports to its pruner.
@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import math
 import time
+from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
@@ -21,11 +23,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipeline.checkpoint import load_latest_epoch_state, save_epoch_state
 from pipeline.config import RunConfig, validation_epochs
-from pipeline.data import DetectionData, to_coco_dict
-from pipeline.evaluate import CocoResult, Detections, coco_evaluate, predict, to_coco_results
+from pipeline.data import DetectionData
+from pipeline.evaluate import CocoResult, Detections
 from pipeline.model import TinySSD
 from pipeline.step import TrainStep, cudnn_benchmark
 from pipeline.tracking import RunHandle
+from pipeline.validation import Scored, Validator
 
 EpochCallback = Callable[[int, dict[str, float], "RunHandle | None"], None]
 
@@ -46,8 +49,9 @@ class FitResult:
     coco: CocoResult  # the last validation
     detections: list[Detections]  # the last validation's detections
     train_images_per_s: float  # training steps only, validation excluded
-    timings: dict[str, float]  # seconds this process spent on: setup, train (graph warm-up and capture
-                               # included, and broken out), validate, epoch_state
+    timings: dict[str, float]  # seconds the training loop spent on: setup, train (graph warm-up and capture
+                               # included, and broken out), validate (predicting, and waiting for a score),
+                               # epoch_state; and scoring: pycocotools' seconds in the worker thread
 
 
 def tune_cpu_allocator() -> bool:
@@ -79,15 +83,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device")
     return torch.device(name)
-
-
-def validate(model: TinySSD, val: DetectionData, cfg: RunConfig, device: torch.device):
-    """COCO metrics of ``model`` on ``val``: (metrics named val/*, CocoResult, detections)."""
-    detections = predict(model, val.images, device, channels_last=cfg.channels_last, precision=cfg.precision,
-                         score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou,
-                         max_detections=cfg.max_detections)
-    coco = coco_evaluate(to_coco_dict(val), to_coco_results(detections, val.orig_sizes))
-    return {f"val/{k}": v for k, v in coco.metrics.items()}, coco, detections
 
 
 def held_on(data: DetectionData, device: torch.device) -> DetectionData:
@@ -129,12 +124,25 @@ def _resume(state: dict | None, model, generator, run: RunHandle | None) -> tupl
     return state["epoch"] + 1, list(state["history"]), state["train_seconds"]
 
 
+@dataclass
+class _TrainedEpoch:
+    """An epoch whose training is done. It is reported (history, epoch state, MLflow, on_epoch) once its
+    validation, if it has one, is scored; epochs are reported in order."""
+    epoch: int
+    metrics: dict[str, float]
+    scoring: Future | None = None
+    state: dict | None = None  # the epoch state to save: the weights as they were after this epoch
+
+
 def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle | None = None,
         on_epoch: EpochCallback | None = None, progress: bool = True, state_dir: Path | None = None) -> FitResult:
-    """Train TinySSD with cfg; validate after every epoch; log each epoch's metrics to ``run``.
+    """Train TinySSD with cfg; validate with COCO mAP (see RunConfig.val_every); log each epoch to ``run``.
 
-    With ``state_dir``, the state after every epoch is saved there, and training resumes from
-    the newest good one: a retried trial goes on where the killed one stopped.
+    Each validation's COCO scoring runs in a worker thread while the next epoch trains, so an epoch
+    with validation is reported (to ``run``, ``on_epoch`` and the progress bar) when its score is in,
+    at most an epoch later, and always in order. With ``state_dir``, the state after every validated
+    epoch is saved there, and training resumes from the newest good one: a retried trial goes on
+    where the killed one stopped.
     """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -149,10 +157,38 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     start, history, train_seconds = _resume(load_latest_epoch_state(state_dir), model, generator, run)
     step = TrainStep(model, train.images, train.targets, cfg, device, generator)
     validate_after = validation_epochs(cfg, device.type)
-    coco = detections = None
-    timings = {"setup_s": time.perf_counter() - started, "train_s": 0.0, "validate_s": 0.0, "epoch_state_s": 0.0}
+    last: Scored | None = None
+    pending: deque[_TrainedEpoch] = deque()
+    timings = {"setup_s": 0.0, "train_s": 0.0, "validate_s": 0.0, "scoring_s": 0.0, "epoch_state_s": 0.0}
     bar = _progress(progress)
-    with bar or contextlib.nullcontext(), cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
+
+    def report(wait: bool) -> None:
+        """Report the finished epochs at the front of the queue: all of them with ``wait``."""
+        nonlocal last
+        while pending and (wait or pending[0].scoring is None or pending[0].scoring.done()):
+            done = pending.popleft()
+            if done.scoring is not None:
+                waited = time.perf_counter()
+                last = done.scoring.result()  # re-raises what scoring raised
+                timings["validate_s"] += time.perf_counter() - waited
+                timings["scoring_s"] += last.seconds
+                done.metrics.update(last.metrics)
+            history.append(done.metrics)
+            if done.state is not None:
+                saving = time.perf_counter()
+                save_epoch_state(state_dir, done.epoch, {**done.state, "history": history})
+                timings["epoch_state_s"] += time.perf_counter() - saving
+            if run is not None:
+                run.log_metrics(done.metrics, step=done.epoch)
+            if bar:
+                val_text = f"  val mAP {done.metrics['val/map']:.3f}" if "val/map" in done.metrics else ""
+                bar.update(epochs, completed=done.epoch + 1, status=f"loss {done.metrics['train/loss']:.4f}{val_text}")
+            if on_epoch is not None:
+                on_epoch(done.epoch, done.metrics, run)
+
+    validator = Validator(val, cfg, device)
+    timings["setup_s"] = time.perf_counter() - started
+    with bar or contextlib.nullcontext(), validator, cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
         epochs = bar.add_task("epochs", total=cfg.epochs, status="") if bar else None
         batches = bar.add_task("batches", total=-(-len(train) // cfg.batch_size), status="") if bar else None
         if bar:
@@ -166,26 +202,18 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
             epoch_seconds = time.perf_counter() - started  # summary() waited for the device: the time is real
             train_seconds += epoch_seconds
             timings["train_s"] += epoch_seconds
+            trained = _TrainedEpoch(epoch, metrics)
             if epoch in validate_after:
                 started = time.perf_counter()
-                val_metrics, coco, detections = validate(model, val, cfg, device)
-                metrics.update(val_metrics)
+                trained.scoring = validator.start(model)
                 timings["validate_s"] += time.perf_counter() - started
-            history.append(metrics)
-            if state_dir is not None:
-                started = time.perf_counter()
-                save_epoch_state(state_dir, epoch, {"model": model.state_dict(), "generator": generator.get_state(),
-                                                    "history": history, "train_seconds": train_seconds})
-                timings["epoch_state_s"] += time.perf_counter() - started
-            if run is not None:
-                run.log_metrics(metrics, step=epoch)
-            if bar:
-                val_text = f"  val mAP {metrics['val/map']:.3f}" if "val/map" in metrics else ""
-                bar.update(epochs, advance=1, status=f"loss {metrics['train/loss']:.4f}{val_text}")
-            if on_epoch is not None:
-                on_epoch(epoch, metrics, run)
-    if coco is None:  # every epoch was done before the kill: only the final validation is missing
-        _, coco, detections = validate(model, val, cfg, device)
+                if state_dir is not None:
+                    trained.state = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                                     "generator": generator.get_state(), "train_seconds": train_seconds}
+            pending.append(trained)
+            report(wait=False)
+        report(wait=True)
+        if last is None:  # every epoch was done before the kill: only the final validation is missing
+            last = validator.score(validator.predict(model))
     speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)
-    return FitResult(model, history[-1], history, coco, detections, speed, {**timings, **step.timings})
-
+    return FitResult(model, history[-1], history, last.coco, last.detections, speed, {**timings, **step.timings})

@@ -1,0 +1,100 @@
+"""Validation while training: COCO scoring in a worker thread, epochs reported in order, epoch states
+saved with the weights of their own epoch."""
+
+import threading
+
+import pytest
+import torch
+
+from pipeline import validation
+from pipeline.config import RunConfig
+from pipeline.data import load_split, to_coco_dict
+from pipeline.evaluate import Detections, coco_evaluate, to_coco_results
+from pipeline.step import TrainStep
+from pipeline.train import fit
+
+
+@pytest.fixture
+def splits(tiny_bananas):
+    train = load_split(str(tiny_bananas), "train", 64, progress=False).subset(8)
+    val = load_split(str(tiny_bananas), "val", 64, progress=False)
+    return train, val
+
+
+def tiny_config(**overrides) -> RunConfig:
+    return RunConfig(image_size=64, batch_size=4, device="cpu", **overrides)
+
+
+def test_detections_to_host_keeps_every_image_in_order():
+    dets = [Detections(torch.rand(n, 4), torch.rand(n), torch.randint(0, 3, (n,))) for n in (2, 0, 5)]
+    moved = validation.detections_to_host(dets)
+    assert [len(d.scores) for d in moved] == [2, 0, 5]
+    for a, b in zip(dets, moved):
+        assert torch.equal(a.boxes_xyxy, b.boxes_xyxy) and torch.equal(a.scores, b.scores)
+        assert torch.equal(a.labels, b.labels)
+
+
+def test_validator_scores_what_pycocotools_scores(splits):
+    _, val = splits
+    torch.manual_seed(0)
+    from pipeline.model import TinySSD
+
+    model = TinySSD(1).to(memory_format=torch.channels_last)
+    cfg = tiny_config()
+    with validation.Validator(val, cfg, torch.device("cpu")) as validator:
+        scored = validator.start(model).result()
+    direct = coco_evaluate(to_coco_dict(val), to_coco_results(scored.detections, val.orig_sizes))
+    assert scored.metrics == pytest.approx({f"val/{k}": v for k, v in direct.metrics.items()}, nan_ok=True)
+    assert scored.seconds > 0
+
+
+def test_scoring_runs_while_the_next_epoch_trains(splits, monkeypatch):
+    """The first validation's scoring waits until epoch 1 has started training: done in line,
+    it would wait forever (here: 20 s, then the test fails)."""
+    train, val = splits
+    second_epoch_started, seen = threading.Event(), {}
+    start_epoch = TrainStep.start_epoch
+
+    def counting_start_epoch(self):
+        seen["epochs_started"] = seen.get("epochs_started", 0) + 1
+        if seen["epochs_started"] == 2:
+            second_epoch_started.set()
+        start_epoch(self)
+
+    def slow_score(self, detections):
+        if "first" not in seen:
+            seen["first"] = (threading.current_thread().name, second_epoch_started.wait(timeout=20))
+        return real_score(self, detections)
+
+    real_score = validation.Validator.score
+    monkeypatch.setattr(TrainStep, "start_epoch", counting_start_epoch)
+    monkeypatch.setattr(validation.Validator, "score", slow_score)
+    reported = []
+    result = fit(tiny_config(epochs=3), train, val, progress=False,
+                 on_epoch=lambda epoch, metrics, run: reported.append((epoch, "val/map" in metrics)))
+    thread, overlapped = seen["first"]
+    assert thread.startswith("coco-scoring") and overlapped
+    assert reported == [(0, True), (1, True), (2, True)]  # in order, each with its own score
+    assert [("val/map" in m) for m in result.history] == [True, True, True]
+    assert result.timings["scoring_s"] > 0
+
+
+def test_epoch_states_hold_their_own_epoch_and_resume_to_the_same_weights(splits, tmp_path):
+    """States are saved after validated epochs only, with that epoch's weights (training has moved
+    on by the time its score is in); resuming from one trains to exactly the uninterrupted result."""
+    train, val = splits
+    cfg = tiny_config(epochs=3, val_every=2)  # validates after epochs 1 and 2
+    full = fit(cfg, train, val, progress=False, state_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("epoch-*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
+    after_1 = torch.load(tmp_path / "epoch-0001.pt", weights_only=False)
+    assert after_1["epoch"] == 1 and len(after_1["history"]) == 2 and "val/map" in after_1["history"][1]
+    final = full.model.state_dict()
+    assert any(not torch.equal(after_1["model"][k], final[k]) for k in final)  # not the later weights
+
+    (tmp_path / "epoch-0002.pt").unlink()  # as if killed during epoch 2
+    resumed = fit(cfg, train, val, progress=False, state_dir=tmp_path)
+    for key, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, final[key], rtol=0, atol=0, msg=key)
+    for got, want in zip(resumed.history[:2], after_1["history"]):
+        assert got == pytest.approx(want, nan_ok=True)
+    assert resumed.metrics == pytest.approx(full.metrics, nan_ok=True)
