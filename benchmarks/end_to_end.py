@@ -134,9 +134,10 @@ def measure(device: str, want_trial: bool, workers: list[int], trials_per_worker
                        f"sweep K={k}") for k in workers]
     if sweeps:
         out["sweeps"] = sweeps
-        ok = [s for s in sweeps if "error" not in s]
-        if ok:
-            best = max(ok, key=lambda s: s["steady_trials_per_hour"] or s["trials_per_hour"])
+        # a sweep cut off by its time limit still measured its steady rate, if two trials finished
+        rated = [s for s in sweeps if s.get("steady_trials_per_hour") or ("error" not in s and "trials" in s)]
+        if rated:
+            best = max(rated, key=lambda s: s.get("steady_trials_per_hour") or s["trials_per_hour"])
             out["best_workers"] = best["workers"]
     return out
 

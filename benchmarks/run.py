@@ -590,7 +590,8 @@ def print_end_to_end(e2e: dict) -> None:
         steady = sweep.get("steady_trials_per_hour")
         if "error" in sweep:
             print(f"sweep focal-loss, K={sweep.get('workers', '?')}: {sweep['error']}"
-                  + (f"; {steady:.0f} trials/h steady until then" if steady else ""))
+                  + (f"; {steady:.0f} trials/h steady until then, 50 trials in about "
+                     f"{sweep['minutes_for_50_trials']:.1f} min" if steady else ""))
             continue
         print(f"sweep focal-loss, K={sweep['workers']}: {sweep['trials']} trials in {sweep['process_wall_s']:.1f} s "
               f"= {sweep['trials_per_hour']:.0f} trials/h with start-up"
