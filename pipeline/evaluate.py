@@ -80,14 +80,28 @@ def predict(model, images_uint8: torch.Tensor, device: torch.device, *, batch_si
     return out
 
 
-def to_coco_results(detections: list[Detections], orig_sizes: torch.Tensor) -> list[dict]:
-    """COCO results in original pixels: image_id = index + 1, category_id = label + 1, bbox xywh.
+@dataclass
+class CocoColumns:
+    """Detections as plain Python columns, one entry per detection: image_id (1-based), category_id
+    (1-based), bbox [x, y, w, h] in original pixels, score. No tensors: building the COCO results
+    from it needs no torch op (see pipeline.validation for why that matters)."""
+    image_ids: list[int]
+    category_ids: list[int]
+    boxes_xyxy: list[list[float]]
+    scores: list[float]
 
-    All images' detections leave the device in one copy. Raises ValueError on a non-finite box or
-    score: pycocotools would score a NaN box as a match.
-    """
+    def results(self) -> list[dict]:
+        return [{"image_id": i, "category_id": c, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+                for i, c, (x1, y1, x2, y2), score in zip(self.image_ids, self.category_ids, self.boxes_xyxy,
+                                                         self.scores)]
+
+
+def coco_columns(detections: list[Detections], orig_sizes: torch.Tensor) -> CocoColumns:
+    """The tensor half of :func:`to_coco_results`: all images' detections leave the device in one
+    copy, scaled to original pixels. Raises ValueError on a non-finite box or score: pycocotools
+    would score a NaN box as a match."""
     if not detections:
-        return []
+        return CocoColumns([], [], [], [])
     counts = [len(det.scores) for det in detections]
     boxes = torch.cat([det.boxes_xyxy for det in detections]).double().cpu()
     scores = torch.cat([det.scores for det in detections]).double().cpu()
@@ -98,9 +112,12 @@ def to_coco_results(detections: list[Detections], orig_sizes: torch.Tensor) -> l
         raise ValueError(f"non-finite box or score in the detections of image {int(image[~finite][0])}")
     h, w = orig_sizes.double()[image].unbind(-1)
     xyxy = boxes * torch.stack([w, h, w, h], dim=1)
-    return [{"image_id": i + 1, "category_id": int(label) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
-            for i, (x1, y1, x2, y2), score, label in zip(image.tolist(), xyxy.tolist(), scores.tolist(),
-                                                          labels.tolist())]
+    return CocoColumns((image + 1).tolist(), (labels + 1).tolist(), xyxy.tolist(), scores.tolist())
+
+
+def to_coco_results(detections: list[Detections], orig_sizes: torch.Tensor) -> list[dict]:
+    """COCO results in original pixels: image_id = index + 1, category_id = label + 1, bbox xywh."""
+    return coco_columns(detections, orig_sizes).results()
 
 
 def _check_results(results: list[dict]) -> None:

@@ -214,6 +214,6 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
             report(wait=False)
         report(wait=True)
         if last is None:  # every epoch was done before the kill: only the final validation is missing
-            last = validator.score(validator.predict(model))
+            last = validator.start(model).result()
     speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)
     return FitResult(model, history[-1], history, last.coco, last.detections, speed, {**timings, **step.timings})

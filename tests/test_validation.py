@@ -9,7 +9,7 @@ import torch
 from pipeline import validation
 from pipeline.config import RunConfig
 from pipeline.data import load_split, to_coco_dict
-from pipeline.evaluate import Detections, coco_evaluate, to_coco_results
+from pipeline.evaluate import Detections, coco_columns, coco_evaluate, to_coco_results
 from pipeline.step import TrainStep
 from pipeline.train import fit
 
@@ -32,6 +32,16 @@ def test_detections_to_host_keeps_every_image_in_order():
     for a, b in zip(dets, moved):
         assert torch.equal(a.boxes_xyxy, b.boxes_xyxy) and torch.equal(a.scores, b.scores)
         assert torch.equal(a.labels, b.labels)
+
+
+def test_coco_columns_make_the_results_to_coco_results_makes():
+    dets = [Detections(torch.tensor([[0.1, 0.2, 0.5, 0.6]]), torch.tensor([0.9]), torch.tensor([1])),
+            Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)),
+            Detections(torch.tensor([[0.0, 0.0, 1.0, 0.5]]), torch.tensor([0.25]), torch.tensor([0]))]
+    sizes = torch.tensor([[100, 200], [10, 10], [50, 40]])  # (h, w)
+    assert coco_columns(dets, sizes).results() == to_coco_results(dets, sizes) == [
+        {"image_id": 1, "category_id": 2, "bbox": pytest.approx([20.0, 20.0, 80.0, 40.0]), "score": pytest.approx(0.9)},
+        {"image_id": 3, "category_id": 1, "bbox": pytest.approx([0.0, 0.0, 40.0, 25.0]), "score": 0.25}]
 
 
 def test_validator_scores_what_pycocotools_scores(splits):
@@ -61,10 +71,11 @@ def test_scoring_runs_while_the_next_epoch_trains(splits, monkeypatch):
             second_epoch_started.set()
         start_epoch(self)
 
-    def slow_score(self, detections):
+    def slow_score(self, columns, detections):
         if "first" not in seen:
             seen["first"] = (threading.current_thread().name, second_epoch_started.wait(timeout=20))
-        return real_score(self, detections)
+            seen["plain"] = all(isinstance(column, list) for column in vars(columns).values())  # no tensors
+        return real_score(self, columns, detections)
 
     real_score = validation.Validator.score
     monkeypatch.setattr(TrainStep, "start_epoch", counting_start_epoch)
@@ -73,7 +84,7 @@ def test_scoring_runs_while_the_next_epoch_trains(splits, monkeypatch):
     result = fit(tiny_config(epochs=3), train, val, progress=False,
                  on_epoch=lambda epoch, metrics, run: reported.append((epoch, "val/map" in metrics)))
     thread, overlapped = seen["first"]
-    assert thread.startswith("coco-scoring") and overlapped
+    assert thread.startswith("coco-scoring") and overlapped and seen["plain"]
     assert reported == [(0, True), (1, True), (2, True)]  # in order, each with its own score
     assert [("val/map" in m) for m in result.history] == [True, True, True]
     assert result.timings["scoring_s"] > 0
