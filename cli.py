@@ -73,6 +73,16 @@ def build_config(profile: str, overrides: dict) -> RunConfig:
         _usage_error(str(exc), "--set")
 
 
+def seconds_since_process_start() -> float | None:
+    """How long this process has existed (Linux; None elsewhere): where a command's start-up went."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _json_line(obj: dict) -> None:
     """One machine-readable line; NaN (no ground truth of that size) becomes null."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in obj.items()}
@@ -118,17 +128,22 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     from pipeline.run import tracked_run
     from pipeline.tracking import MlflowTracker
 
+    startup = {"imports_s": seconds_since_process_start()}  # seconds since the process started, at each point
     cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset, epochs=epochs))
     _check_writable(out_dir)
     data = _load_or_exit(cfg, skip_invalid)
-    result = tracked_run(cfg, MlflowTracker(experiment), name="train", out_dir=out_dir, progress=True, data=data)
+    startup["data_loaded_s"] = seconds_since_process_start()
+    tracker = MlflowTracker(experiment)
+    startup["tracker_ready_s"] = seconds_since_process_start()
+    result = tracked_run(cfg, tracker, name="train", out_dir=out_dir, progress=True, data=data)
     console.print(_metrics_table("validation (COCO)", {k: v for k, v in result.metrics.items() if k.startswith("val/")}))
     console.print(f"checkpoint: {result.checkpoint}   MLflow run: {result.run_id}   "
                   f"training speed: {result.train_images_per_s:.1f} images/s")
     if json_out:
         _json_line({**result.metrics, "train_images_per_s": result.train_images_per_s, "run_id": result.run_id,
                     "checkpoint": str(result.checkpoint), "trial_seconds": result.seconds,
-                    "timings": result.fit.timings, "device": next(result.fit.model.parameters()).device.type})
+                    "timings": result.fit.timings, "startup": startup,
+                    "device": next(result.fit.model.parameters()).device.type})
 
 
 def _load_or_exit(cfg: RunConfig, skip_invalid: bool):

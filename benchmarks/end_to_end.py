@@ -60,7 +60,7 @@ def trial(device: str, overrides: list[str], timeout: float) -> dict:
     return {"process_wall_s": wall, "trial_seconds": result["trial_seconds"],
             "startup_s": wall - result["trial_seconds"], "train_images_per_s": result["train_images_per_s"],
             "val/map": result["val/map"], "val/map50": result["val/map50"], "device": result["device"],
-            "timings": result.get("timings", {}), "overrides": overrides}
+            "timings": result.get("timings", {}), "startup": result.get("startup", {}), "overrides": overrides}
 
 
 def _completed(storage: str, study_name: str) -> tuple[int, float | None]:
