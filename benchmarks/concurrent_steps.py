@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.run import make_batch  # noqa: E402
+from benchmarks.run import _sync, make_batch  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.model import TinySSD  # noqa: E402
 from pipeline.step import TrainStep, cudnn_benchmark  # noqa: E402
@@ -54,11 +54,6 @@ def build_steps(n: int, cfg: RunConfig, device: torch.device) -> tuple[list[Trai
         costs.append({"first_step_s": time.perf_counter() - started, **step.timings})
         steps.append(step)
     return steps, costs
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_serial(steps: list[TrainStep], idx: torch.Tensor, n_steps: int) -> None:

@@ -115,6 +115,15 @@ def coco_columns(detections: list[Detections], orig_sizes: torch.Tensor) -> Coco
     return CocoColumns((image + 1).tolist(), (labels + 1).tolist(), xyxy.tolist(), scores.tolist())
 
 
+def predict_with_config(model, images_uint8: torch.Tensor, device: torch.device, cfg, *,
+                        min_score: float = 0.0) -> list[Detections]:
+    """:func:`predict` with a run's own settings (a RunConfig): layout, precision, threshold, NMS, cap.
+    ``min_score`` raises the score threshold, never lowers it."""
+    return predict(model, images_uint8, device, channels_last=cfg.channels_last, precision=cfg.precision,
+                   score_threshold=max(min_score, cfg.score_threshold), nms_iou=cfg.nms_iou,
+                   max_detections=cfg.max_detections)
+
+
 def to_coco_results(detections: list[Detections], orig_sizes: torch.Tensor) -> list[dict]:
     """COCO results in original pixels: image_id = index + 1, category_id = label + 1, bbox xywh."""
     return coco_columns(detections, orig_sizes).results()

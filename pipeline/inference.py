@@ -11,7 +11,7 @@ from torchvision.transforms.functional import pil_to_tensor, resize
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.data import DataError, load_split, to_coco_dict
-from pipeline.evaluate import CocoResult, coco_evaluate, predict, to_coco_results
+from pipeline.evaluate import CocoResult, coco_evaluate, predict_with_config, to_coco_results
 from pipeline.train import resolve_device
 from pipeline.visualize import draw_detections, save_grid
 
@@ -25,8 +25,7 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str | None = None, split: str
     data = load_split(dataset or cfg.dataset, split, cfg.image_size, progress=progress)
     if data.class_names != class_names:
         raise DataError(f"{dataset or cfg.dataset}: classes {data.class_names} differ from the checkpoint's {class_names}")
-    detections = predict(model, data.images, dev, channels_last=cfg.channels_last, precision=cfg.precision,
-                         score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou, max_detections=cfg.max_detections)
+    detections = predict_with_config(model, data.images, dev, cfg)
     results = to_coco_results(detections, data.orig_sizes)
     if detections_out is not None:
         Path(detections_out).parent.mkdir(parents=True, exist_ok=True)
@@ -51,9 +50,7 @@ def predict_image(checkpoint: Path, image_path: Path, out: Path, threshold: floa
     original = read_image(image_path)
     h, w = original.shape[-2:]
     resized = resize(original, [cfg.image_size, cfg.image_size], antialias=True)
-    det = predict(model, resized[None], dev, channels_last=cfg.channels_last, precision=cfg.precision,
-                  score_threshold=max(threshold, cfg.score_threshold), nms_iou=cfg.nms_iou,
-                  max_detections=cfg.max_detections)[0]
+    det = predict_with_config(model, resized[None], dev, cfg, min_score=threshold)[0]
     boxes = det.boxes_xyxy.cpu() * torch.tensor([w, h, w, h])
     labels = [class_names[i] for i in det.labels.tolist()]
     save_grid([draw_detections(original, boxes, labels, scores=det.scores.cpu())], out, ncol=1)

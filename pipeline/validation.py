@@ -19,7 +19,8 @@ import torch
 
 from pipeline.config import RunConfig
 from pipeline.data import DetectionData, to_coco_dict
-from pipeline.evaluate import CocoColumns, CocoResult, Detections, coco_columns, coco_evaluate, predict
+from pipeline.evaluate import (CocoColumns, CocoResult, Detections, coco_columns, coco_evaluate,
+                               predict_with_config)
 
 
 def detections_to_host(detections: list[Detections]) -> list[Detections]:
@@ -55,11 +56,7 @@ class Validator:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def predict(self, model) -> list[Detections]:
-        cfg = self.cfg
-        detections = predict(model, self.val.images, self.device, channels_last=cfg.channels_last,
-                             precision=cfg.precision, score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou,
-                             max_detections=cfg.max_detections)
-        return detections_to_host(detections)
+        return detections_to_host(predict_with_config(model, self.val.images, self.device, self.cfg))
 
     def start(self, model) -> Future:
         """Predict now, in this thread; score in the worker thread."""
