@@ -48,7 +48,8 @@ import json, sys
 lines = [l for l in open(sys.argv[1], errors="replace") if l.startswith("{")]
 keys = ("val/map", "val/map50", "train/class_err", "train/bbox_mae", "train_images_per_s", "trial_seconds", "device",
         "reference_train_images_per_s", "train_speedup", "train_speedup_median", "reference_decode_ms", "decode_ms",
-        "decode_speedup", "project_warmup_s", "gpu", "torch", "n_complete", "n_failed", "best_value", "control_value",
+        "decode_speedup", "chapter_printed_examples_per_s", "project_warmup_s", "gpu", "torch", "n_complete",
+        "n_failed", "best_value", "control_value",
         "first_capture_s", "later_capture_s_median", "best")
 if lines:
     d = json.loads(lines[-1])

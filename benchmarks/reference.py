@@ -15,6 +15,8 @@ package, so they are always the copies here.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: F401  (kept for parity with the chapter's imports)
@@ -337,3 +339,42 @@ def train_step(net, trainer, features, target):
     l.mean().backward()
     trainer.step()
     return l
+
+
+# --------------------------------------------------------------------------------------------
+# The chapter's own speed figure
+# --------------------------------------------------------------------------------------------
+
+
+# bbox_eval calls float() on a tensor that requires grad, as the chapter does; newer torch warns about it
+warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+
+
+def cls_eval(cls_preds, cls_labels):
+    """Correct class predictions, as a Python float (a host sync), d2l 14.7."""
+    return float((cls_preds.argmax(dim=-1).type(cls_labels.dtype) == cls_labels).sum())
+
+
+def bbox_eval(bbox_preds, bbox_labels, bbox_masks):
+    """Sum of absolute offset errors over the matched anchors, as a Python float, d2l 14.7."""
+    return float((torch.abs((bbox_labels - bbox_preds) * bbox_masks)).sum())
+
+
+def timed_iteration(net, trainer, features, target):
+    """One iteration of the chapter's loop, exactly the part between its ``timer.start()`` and the next.
+
+    The chapter prints ``len(train_iter.dataset) / timer.stop()`` as "examples/sec". d2l's
+    ``Timer.stop()`` returns the LAST interval only: the time from the start of the last batch to
+    the end of the epoch. So the figure is the data set's size (1000) over the time of one
+    iteration on the last, short batch (1000 = 31 x 32 + 8: a batch of 8), plus the end-of-epoch
+    bookkeeping and the Animator's redraw of the plot (not included here). It is not a throughput.
+    Returns the four metric sums the chapter accumulates.
+    """
+    trainer.zero_grad()
+    anchors, cls_preds, bbox_preds = net(features)
+    bbox_labels, bbox_masks, cls_labels = multibox_target(anchors, target)
+    l = calc_loss(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)  # noqa: E741
+    l.mean().backward()
+    trainer.step()
+    return (cls_eval(cls_preds, cls_labels), cls_labels.numel(),
+            bbox_eval(bbox_preds, bbox_labels, bbox_masks), bbox_labels.numel())

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import reference as ref  # noqa: E402
+from benchmarks.run import make_batch  # noqa: E402
 from pipeline.boxes import multibox_target, tinyssd_anchors  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.evaluate import postprocess  # noqa: E402
@@ -105,6 +107,22 @@ def test_reference_detection_and_project_postprocess_keep_the_same_boxes():
     torch.testing.assert_close(ours.boxes_xyxy[0], anchors[100].clamp(0, 1))  # the top box
 
 
+def test_the_chapters_timed_iteration_is_its_training_step_plus_its_metric_sums():
+    torch.manual_seed(0)
+    images, targets = make_batch(3, 64, 1)
+    nets = [ref.TinySSD(1), ref.TinySSD(1)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    trainers = [ref.make_trainer(n) for n in nets]
+    sums = ref.timed_iteration(nets[0], trainers[0], images.float(), targets)
+    loss = ref.train_step(nets[1], trainers[1], images.float(), targets)
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same step, to the bit
+    anchors = reference_anchors(64)
+    correct, n_labels, abs_err, n_offsets = sums
+    assert n_labels == 3 * anchors.shape[1] and n_offsets == 4 * n_labels
+    assert 0 <= correct <= n_labels and abs_err > 0 and torch.isfinite(loss).all()
+
+
 def test_smoke_run_prints_json_last():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--image-size", "64", "--batch-size", "2",
            "--steps", "1", "--rounds", "1", "--decode-images", "1", "--decode-rounds", "1",
@@ -118,6 +136,9 @@ def test_smoke_run_prints_json_last():
     assert result["train_images_per_s"] > 0 and result["reference_train_images_per_s"] > 0
     assert result["decode_ms"] > 0 and result["reference_decode_ms"] > 0
     assert result["image_size"] == 64 and result["cores"] >= 1
+    # the chapter divides its 1000 images by one iteration on its last batch (1000 % 2 == 0: a full batch of 2)
+    assert result["chapter_last_batch_images"] == 2
+    assert result["chapter_printed_examples_per_s"] == pytest.approx(1e6 / result["chapter_last_iteration_ms"])
 
 
 def test_end_to_end_trial_and_sweep_through_the_real_cli(tmp_path, monkeypatch, tiny_bananas):
