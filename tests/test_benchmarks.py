@@ -168,3 +168,18 @@ def test_a_sweep_past_its_time_limit_is_reported_not_raised(tmp_path, monkeypatc
     (sweep,) = out["sweeps"]
     assert sweep["error"].startswith("timed out after 2 s") and sweep["trials"] == 0
     assert "best_workers" not in out and sweep["median_trial_timings"] == {}
+
+
+def test_kernel_profile_accounts_for_every_layer_once_per_step(capsys):
+    from benchmarks import kernel_profile
+
+    out = kernel_profile.main(["--image-size", "64", "--batch-size", "2", "--steps", "2", "--json"])
+    calls = {op["op"]: op["calls"] for op in out["ops"]}
+    model = TinySSD(1)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert out["conv_layers"] == convs == 22  # 12 in the blocks, 5 class and 5 box predictors
+    assert calls["aten::convolution_backward"] == convs and calls["aten::native_batch_norm_backward"] == norms
+    assert sum(out["categories"].values()) == pytest.approx(out["busy_ms"])
+    assert out["categories"]["convolution"] > 0 and out["graph_step_ms"] is None  # no CUDA graph on a CPU
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["busy_ms"] == out["busy_ms"]
