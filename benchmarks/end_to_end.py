@@ -57,10 +57,14 @@ def trial(device: str, overrides: list[str], timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="tinyssd-trial-") as tmp:
         result, wall = _run_cli(["train", "--profile", "chapter", "--device", device, "--out-dir", "outputs",
                                  "--json", *_sets(overrides)], Path(tmp), timeout)
+    startup = result.get("startup", {})  # seconds since the process started: imports, data loaded, tracker ready
+    ready = startup.get("tracker_ready_s")
     return {"process_wall_s": wall, "trial_seconds": result["trial_seconds"],
             "startup_s": wall - result["trial_seconds"], "train_images_per_s": result["train_images_per_s"],
             "val/map": result["val/map"], "val/map50": result["val/map50"], "device": result["device"],
-            "timings": result.get("timings", {}), "startup": result.get("startup", {}), "overrides": overrides}
+            "timings": result.get("timings", {}), "startup": startup,
+            # what is left after the trial: printing the result and the interpreter's exit (CUDA's teardown too)
+            "exit_s": wall - ready - result["trial_seconds"] if ready is not None else None, "overrides": overrides}
 
 
 def _completed(storage: str, study_name: str) -> tuple[int, float | None]:

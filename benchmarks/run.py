@@ -600,8 +600,13 @@ def print_end_to_end(e2e: dict) -> None:
     trial = e2e.get("trial")
     if trial and "error" not in trial:
         print(f"chapter trial, end to end: {trial['process_wall_s']:.1f} s in a fresh process "
-              f"({trial['startup_s']:.1f} s start-up, {trial['trial_seconds']:.1f} s training, evaluation and "
-              f"MLflow logging); {trial['train_images_per_s']:.0f} training images/s; val mAP {trial['val/map']:.3f}")
+              f"({trial['startup_s']:.1f} s start-up and exit, {trial['trial_seconds']:.1f} s training, evaluation "
+              f"and MLflow logging); {trial['train_images_per_s']:.0f} training images/s; val mAP {trial['val/map']:.3f}")
+        startup = trial["startup"]
+        if startup.get("tracker_ready_s") is not None:
+            print(f"  seconds since the process started: imports done {startup['imports_s']:.1f}, data loaded "
+                  f"{startup['data_loaded_s']:.1f}, MLflow ready {startup['tracker_ready_s']:.1f}; "
+                  f"after the trial, {trial['exit_s']:.1f} s to exit")
     elif trial:
         print(f"chapter trial: {trial['error']}")
     for sweep in e2e.get("sweeps", []):

@@ -157,6 +157,9 @@ def test_end_to_end_trial_and_sweep_through_the_real_cli(tmp_path, monkeypatch, 
     timings = sweep["median_trial_timings"]  # read back from the sweep's own MLflow store
     assert 0 < timings["train_s"] < timings["trial_seconds"] and timings["first_trial_seconds"] > 0
     assert trial["timings"]["train_s"] > 0 and trial["timings"]["validate_s"] > 0
+    startup = trial["startup"]
+    assert 0 < startup["imports_s"] <= startup["data_loaded_s"] <= startup["tracker_ready_s"] < trial["startup_s"]
+    assert trial["exit_s"] == pytest.approx(trial["startup_s"] - startup["tracker_ready_s"])
     assert out["best_workers"] == 1 and len(lines) == 2
 
 
