@@ -8,8 +8,9 @@ under names, plus the precision array for PR curves.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
+import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,6 +148,54 @@ def _empty_result(gt: dict) -> CocoResult:
     return CocoResult(metrics, np.zeros((101, len(gt["categories"]))))
 
 
+class _ThreadFilteredStdout:
+    """Stands in for a stdout stream: drops what silenced threads write, forwards everything else
+    (other threads' writes, flush, isatty, fileno, encoding, ... through ``__getattr__``)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return len(text) if getattr(_silenced, "depth", 0) else self.stream.write(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+_silenced = threading.local()  # .depth > 0 while this thread is inside silence_stdout_in_this_thread
+_install_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def silence_stdout_in_this_thread():
+    """Drop what this thread prints, and only this thread; unlike ``contextlib.redirect_stdout``,
+    which swaps ``sys.stdout`` for the whole process, so that the training thread's messages and
+    Rich's progress frames vanished while the "coco-scoring" worker ran. Nests; works in any thread.
+
+    On entry, unless ``sys.stdout`` already is one, a :class:`_ThreadFilteredStdout` is put in front
+    of the current ``sys.stdout`` (under a lock, so two threads never wrap it twice) and left there:
+    it is transparent to threads that are not silenced, and putting the old stream back on exit
+    could undo a replacement made meanwhile by another thread (pytest's capture, Rich's Live, a
+    redirect). Each proxy forwards to the stream it wrapped, fixed at entry: it cannot look up
+    ``sys.stdout`` (that is itself) and ``sys.__stdout__`` would bypass pytest's capture and Rich.
+    If something replaces ``sys.stdout`` later, the next entry wraps the replacement; a replacement
+    made while a thread is already silenced reaches that thread's prints until its next entry.
+    Which threads are silenced is one thread-local flag shared by every proxy, so a proxy that a
+    redirect puts back still silences the right threads."""
+    with _install_lock:
+        if sys.stdout is not None and not isinstance(sys.stdout, _ThreadFilteredStdout):
+            sys.stdout = _ThreadFilteredStdout(sys.stdout)
+    _silenced.depth = getattr(_silenced, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _silenced.depth -= 1
+
+
 def coco_evaluate(gt: dict, results: list[dict]) -> CocoResult:
     """Run COCOeval (bbox) on an in-memory ground-truth dict and results list."""
     if not gt.get("annotations"):
@@ -154,7 +203,7 @@ def coco_evaluate(gt: dict, results: list[dict]) -> CocoResult:
     _check_results(results)
     if not results:  # pycocotools' loadRes crashes on an empty list
         return _empty_result(gt)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+    with silence_stdout_in_this_thread():  # pycocotools prints its progress
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()

@@ -1,11 +1,17 @@
+import io
 import math
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from torchvision.ops import nms
 
+from pipeline import evaluate
 from pipeline.boxes import encode
-from pipeline.evaluate import Detections, coco_evaluate, postprocess, to_coco_results
+from pipeline.evaluate import (Detections, coco_evaluate, postprocess, silence_stdout_in_this_thread,
+                               to_coco_results)
 
 
 def gt_dict():
@@ -67,6 +73,71 @@ def test_pr_curve_of_one_miss_and_one_hit():
     banana = result.precision_iou50[:, 0]
     assert banana[:51] == pytest.approx([1.0] * 51) and banana[51:].tolist() == [0.0] * 50  # recall 0.5 at precision 1
     assert result.metrics["map50"] == pytest.approx((51 / 101 + 0.0) / 2, abs=1e-6)  # the apple is never detected
+
+
+def scoring_worker() -> ThreadPoolExecutor:
+    """A worker like Validator's; its futures re-raise an assert that failed in the worker."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco-scoring")
+
+
+def test_silencing_one_thread_leaves_the_others_printing(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    inside, other_printed = threading.Event(), threading.Event()
+
+    def scoring():
+        with silence_stdout_in_this_thread():
+            print("silenced before")
+            inside.set()
+            assert other_printed.wait(timeout=10)
+            print("silenced after", flush=True)
+        print("worker after the context")
+
+    with scoring_worker() as pool:
+        done = pool.submit(scoring)
+        assert inside.wait(timeout=10)
+        print("training goes on")  # while the worker is inside the context
+        other_printed.set()
+        done.result(timeout=30)
+    assert out.getvalue() == "training goes on\nworker after the context\n"
+    assert sys.stdout.getvalue() == out.getvalue()  # attributes reach the wrapped stream
+
+
+def test_silencing_in_the_calling_thread_follows_a_replaced_stdout(monkeypatch):
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", first)
+    with silence_stdout_in_this_thread():
+        print("dropped")
+    monkeypatch.setattr(sys, "stdout", second)  # as pytest's capture or another redirect would
+    with silence_stdout_in_this_thread(), silence_stdout_in_this_thread():  # nesting
+        print("dropped too")
+    print("kept")
+    assert first.getvalue() == "" and second.getvalue() == "kept\n"
+
+
+def test_scoring_in_a_worker_keeps_its_map_and_hides_only_its_own_prints(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    mid_scoring, other_printed = threading.Event(), threading.Event()
+
+    class PausingCOCOeval(evaluate.COCOeval):  # pycocotools printed before this and prints after it
+        def accumulate(self, *args, **kwargs):
+            mid_scoring.set()
+            assert other_printed.wait(timeout=10)
+            return super().accumulate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "COCOeval", PausingCOCOeval)
+    gt = gt_dict()
+    results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 150, 80], "score": 0.9},
+               {"image_id": 2, "category_id": 1, "bbox": [100, 0, 30, 30], "score": 0.8}]
+    with scoring_worker() as pool:
+        scored = pool.submit(coco_evaluate, gt, results)
+        assert mid_scoring.wait(timeout=10)
+        print("epoch 2")
+        other_printed.set()
+        metrics = scored.result(timeout=30).metrics
+    assert out.getvalue() == "epoch 2\n"
+    assert metrics["map50"] == pytest.approx((51 / 101 + 0.0) / 2, abs=1e-6)  # as in the PR-curve test
 
 
 def test_results_are_in_original_pixels():
