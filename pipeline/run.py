@@ -6,6 +6,7 @@ is exactly a ``train`` with some overrides.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -81,10 +82,11 @@ def write_pr_curve(precision_iou50, class_names: list[str], path: Path) -> Path:
     return path
 
 
-def _fit_tagged(cfg, train, val, run: RunHandle, on_epoch, progress, state_dir) -> FitResult:
-    """fit, with the way it ended written on the run: a pruned run FINISHED, anything else FAILED."""
+@contextlib.contextmanager
+def _outcome_tagged(run: RunHandle):
+    """Write on the run how its body ended: a pruned run FINISHED, anything else that raised FAILED."""
     try:
-        return fit(cfg, train, val, run=run, on_epoch=on_epoch, progress=progress, state_dir=state_dir)
+        yield
     except Pruned as exc:
         run.set_tags({"trial_state": "PRUNED", "pruned": "true", "end_reason": str(exc)})
         run.outcome = "FINISHED"
@@ -107,19 +109,25 @@ def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run
     with tracker.run(name, params=dataclasses.asdict(cfg), tags=tags, parent_run_id=parent_run_id) as run:
         if on_start is not None:
             on_start(run)
-        result = _fit_tagged(cfg, train, val, run, on_epoch, progress, state_dir)
-        logging_started = time.perf_counter()
-        final = {**result.metrics, "train_images_per_s": result.train_images_per_s}
-        run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
-        out_dir = Path(out_dir) / run.run_id
-        checkpoint = save_checkpoint(out_dir / "checkpoint.pt", result.model, cfg, train.class_names)
-        prediction_grid(val, result.detections, out_dir / "val_predictions.png")
-        (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, default=float))
-        write_pr_curve(result.coco.precision_iou50, train.class_names, out_dir / "pr_curve_iou50.json")
-        run.log_artifact(out_dir)
-        seconds = time.perf_counter() - started
-        result.timings["artifacts_s"] = time.perf_counter() - logging_started
-        run.log_metrics({"final/trial_seconds": seconds, **{f"timing/{k}": v for k, v in result.timings.items()}},
-                        step=cfg.epochs)
-        run.set_tags({"trial_state": "COMPLETE"})
-        return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoint, result, seconds)
+        with _outcome_tagged(run):  # the checkpoint and artifacts too: a failure there is the run's failure
+            return _train_and_log(cfg, train, val, run, out_dir, started, on_epoch, progress, state_dir)
+
+
+def _train_and_log(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle, out_dir: Path,
+                   started: float, on_epoch, progress: bool, state_dir: Path | None) -> RunResult:
+    result = fit(cfg, train, val, run=run, on_epoch=on_epoch, progress=progress, state_dir=state_dir)
+    logging_started = time.perf_counter()
+    final = {**result.metrics, "train_images_per_s": result.train_images_per_s}
+    run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
+    out_dir = Path(out_dir) / run.run_id
+    checkpoint = save_checkpoint(out_dir / "checkpoint.pt", result.model, cfg, train.class_names)
+    prediction_grid(val, result.detections, out_dir / "val_predictions.png")
+    (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, default=float))
+    write_pr_curve(result.coco.precision_iou50, train.class_names, out_dir / "pr_curve_iou50.json")
+    run.log_artifact(out_dir)
+    seconds = time.perf_counter() - started
+    result.timings["artifacts_s"] = time.perf_counter() - logging_started
+    run.log_metrics({"final/trial_seconds": seconds, **{f"timing/{k}": v for k, v in result.timings.items()}},
+                    step=cfg.epochs)
+    run.set_tags({"trial_state": "COMPLETE"})
+    return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoint, result, seconds)

@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +168,20 @@ def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Study, Run
         study.set_user_attr("variant", spec.name)
         study.set_user_attr("question", spec.question)
         study.set_user_attr("profile", options.profile)
-        study.enqueue_trial({}, user_attrs={"control": True})  # trial 0: the chapter, the control
+    ensure_control(study)
     return study, spec, base
+
+
+def ensure_control(study: optuna.Study) -> bool:
+    """Queue the control (the chapter's configuration untouched) unless the study has one done, running or
+    waiting: in a new study it is trial 0, and a control that failed (Ctrl-C, a timeout, a NaN) is queued
+    again, so that every study keeps its baseline. A killed worker's control is retried by the heartbeat
+    callback instead. Returns whether it queued one."""
+    alive = (*DONE, TrialState.RUNNING, TrialState.WAITING)
+    if any(t.user_attrs.get("control") for t in study.get_trials(deepcopy=False, states=alive)):
+        return False
+    study.enqueue_trial({}, user_attrs={"control": True})
+    return True
 
 
 @dataclass
@@ -264,11 +275,12 @@ def _train_trial(trial: optuna.Trial, ctx: _TrialContext) -> float:
                              state_dir=state_dir)
     except Pruned:
         raise optuna.TrialPruned() from None
+    finally:  # only a killed process's trial is retried from its epoch states; this one ended here, in any state
+        shutil.rmtree(state_dir, ignore_errors=True)
     value = result.metrics[ctx.spec.objective]
     if not math.isfinite(value):  # Optuna would keep an inf as the best value
         raise FloatingPointError(f"final {ctx.spec.objective} is {value}")
     trial.set_user_attr("metrics", {k: (None if math.isnan(v) else v) for k, v in result.metrics.items()})
-    shutil.rmtree(state_dir, ignore_errors=True)  # the finished run's checkpoint is in its artifacts
     return value
 
 
@@ -287,7 +299,8 @@ def _stale_callback(tracker: MlflowTracker, study_name: str):
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
 
     def on_stale(study, trial):
-        tracker.fail_stale_runs({"study": study_name, "trial_number": str(trial.number)})
+        tracker.fail_stale_runs({"study": study_name, "trial_number": str(trial.number)},
+                                "its worker stopped sending heartbeats: killed")
         retry(study, trial)
     return on_stale
 
@@ -386,31 +399,15 @@ def _device_description(device: str) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
-    """Close MLflow runs a killed process left RUNNING: trials that Optuna no longer runs, and sweep
-    runs whose process on this host is gone (another host's sweep may still be alive: left alone)."""
+    """Close MLflow runs that a killed process left RUNNING: trials that Optuna no longer runs, and any run
+    whose process on this host is gone (another host's sweep may still be alive: left alone)."""
     optuna.storages.fail_stale_trials(study)
     running = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    closed = []
-    for run in tracker.running_runs({"study": study.study_name}):
-        tags = run.data.tags
-        stale_trial = "trial_number" in tags and tags["trial_number"] not in running
-        stale_sweep = (tags.get("role") == "sweep" and tags.get("host") == socket.gethostname()
-                       and not _process_alive(int(tags.get("pid", "0"))))
-        if stale_trial or stale_sweep:
-            tracker.set_status(run.info.run_id, "FAILED")
-            closed.append(run.info.run_id)
-    return closed
+    closed = [tracker.close_stale(run, "its trial is no longer running in the Optuna study")
+              for run in tracker.running_runs({"study": study.study_name})
+              if "trial_number" in run.data.tags and run.data.tags["trial_number"] not in running]
+    return closed + tracker.close_orphans()
 
 
 def remaining_trials(study: optuna.Study, target: int) -> int:
@@ -434,8 +431,7 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     try:
         with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
                          tags={"study": study.study_name, "variant": spec.name, "role": "sweep",
-                               "profile": options.profile, "workers": options.workers,
-                               "host": socket.gethostname(), "pid": os.getpid()}) as parent:
+                               "profile": options.profile, "workers": options.workers}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
             study.set_user_attr("device_used", _device_description(base.device))
             # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials

@@ -3,12 +3,15 @@
 Training and evaluation take a ``Tracker``; ``MlflowTracker`` writes to an MLflow store
 (``sqlite:///mlflow.db`` unless MLFLOW_TRACKING_URI says otherwise) and ``MemoryTracker``
 records in memory for tests. A run is always closed: FINISHED when its block ends
-normally, KILLED on an interrupt, FAILED on any other exception.
+normally, KILLED on an interrupt, FAILED on any other exception. Every run carries its host and
+process id, so a run whose process was killed outright (kill -9, power loss) is found and closed
+as FAILED by the next command that uses the experiment (:meth:`MlflowTracker.close_orphans`).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +45,17 @@ class RunHandle:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 def _final_status(handle: RunHandle, error: BaseException | None) -> str:
@@ -113,7 +127,7 @@ class MlflowTracker:
     @contextmanager
     def run(self, name: str, *, params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
             parent_run_id: str | None = None) -> Iterator[RunHandle]:
-        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        all_tags = {"host": socket.gethostname(), "pid": str(os.getpid()), **{k: str(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
@@ -136,12 +150,25 @@ class MlflowTracker:
     def set_status(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def fail_stale_runs(self, tag_filter: dict[str, str], status: str = "FAILED") -> list[str]:
-        """Close RUNNING runs whose tags match: what a killed worker left behind."""
-        runs = self.running_runs(tag_filter)
-        for run in runs:
-            self.client.set_terminated(run.info.run_id, status=status)
-        return [r.info.run_id for r in runs]
+    def close_stale(self, run, reason: str) -> str:
+        """End a run that a killed process left RUNNING: FAILED, with the reason, and a trial's state FAIL."""
+        tags = {"end_reason": reason[:5000]}
+        if "trial_state" in run.data.tags:
+            tags["trial_state"] = "FAIL"
+        _MlflowRun(self.client, run.info.run_id).set_tags(tags)
+        self.client.set_terminated(run.info.run_id, status="FAILED")
+        return run.info.run_id
+
+    def fail_stale_runs(self, tag_filter: dict[str, str], reason: str) -> list[str]:
+        """Close the RUNNING runs whose tags match: what a killed worker left behind."""
+        return [self.close_stale(run, reason) for run in self.running_runs(tag_filter)]
+
+    def close_orphans(self) -> list[str]:
+        """Close this experiment's RUNNING runs whose process, on this host, is gone (another host's are left alone)."""
+        host = socket.gethostname()
+        return [self.close_stale(run, f"its process ({host}, pid {run.data.tags['pid']}) is gone")
+                for run in self.running_runs({"host": host})
+                if run.data.tags.get("pid", "").isdigit() and not process_alive(int(run.data.tags["pid"]))]
 
 
 @dataclass

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import math
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
@@ -109,14 +110,30 @@ def _progress(enabled: bool) -> Progress | None:
                     TextColumn("{task.fields[status]}"), transient=False)
 
 
-def _resume(state: dict | None, model, generator, run: RunHandle | None) -> tuple[int, list, float]:
+def _resumable(state: dict | None, cfg: RunConfig, state_dir: Path | None) -> dict | None:
+    """The epoch state if it was saved by this very configuration; another one's (a study of the same name
+    created again, say) is ignored with a warning, never trained on."""
+    if state is None:
+        return None
+    saved = {k: v for k, v in state.get("config", {}).items() if k != "device"}
+    if saved != {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}:
+        warnings.warn(f"{state_dir}: the epoch state there was saved by another configuration; training from "
+                      "scratch instead", stacklevel=3)
+        return None
+    return state
+
+
+def _resume(state: dict | None, model, generator, device: torch.device, run: RunHandle | None):
     """Restore an epoch state, re-log its history on the new run; returns (first epoch, history, seconds).
 
-    SGD without momentum keeps no state of its own: the weights and the batch order's generator are all."""
+    SGD without momentum keeps no state of its own: the weights and the random generators (the CPU one
+    for the batch order; on CUDA, the device's for flips and negatives) are all."""
     if state is None:
         return 0, [], 0.0
     model.load_state_dict(state["model"])
     generator.set_state(state["generator"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     if run is not None:
         for epoch, metrics in enumerate(state["history"]):
             run.log_metrics(metrics, step=epoch)
@@ -154,7 +171,8 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train, val = held_on(train, device), held_on(val, device)
-    start, history, train_seconds = _resume(load_latest_epoch_state(state_dir), model, generator, run)
+    state = _resumable(load_latest_epoch_state(state_dir), cfg, state_dir)
+    start, history, train_seconds = _resume(state, model, generator, device, run)
     step = TrainStep(model, train.images, train.targets, cfg, device, generator)
     validate_after = validation_epochs(cfg, device.type)
     last: Scored | None = None
@@ -209,7 +227,9 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
                 timings["validate_s"] += time.perf_counter() - started
                 if state_dir is not None:
                     trained.state = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                                     "generator": generator.get_state(), "train_seconds": train_seconds}
+                                     "generator": generator.get_state(), "train_seconds": train_seconds,
+                                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                                     "config": dataclasses.asdict(cfg)}
             pending.append(trained)
             report(wait=False)
         report(wait=True)

@@ -81,7 +81,7 @@ def test_kill_9_then_resume_retries_the_trial_from_its_last_epoch(workdir, tiny_
     retry = next(t for t in trials if t.user_attrs.get("root_trial") == 0 and t.number != 0)
     assert retry.user_attrs["control"] is True and retry.params == trials[0].params  # same parameters again
     by_trial = {r.data.tags.get("trial_number"): r for r in runs() if "trial_number" in r.data.tags}
-    assert by_trial["0"].info.status == "FAILED"  # reconciled on resume
+    assert by_trial["0"].info.status == "FAILED" and by_trial["0"].data.tags["trial_state"] == "FAIL"  # reconciled
     assert int(by_trial[str(retry.number)].data.tags["resumed_from_epoch"]) >= 0  # not from scratch
     assert all(r.info.status != "RUNNING" for r in runs())
 
@@ -95,6 +95,14 @@ def test_sigterm_fails_the_trial_and_kills_the_run(workdir, tiny_bananas):
     assert trial.state.name == "FAIL" and "signal" in trial.user_attrs["fail_reason"]
     statuses = {r.data.tags.get("role", "trial"): r.info.status for r in runs()}
     assert statuses == {"trial": "KILLED", "sweep": "KILLED"}
+    assert not any((workdir / "outputs" / "state").glob("*/trial-0"))  # never retried: its states are gone
+
+    resumed = subprocess.run([sys.executable, CLI, *sweep_args(tiny_bananas, "--trials", "2", *SLOW)], cwd=workdir,
+                             env=fast_heartbeat_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = load().trials  # the failed control is queued again: the study keeps its baseline
+    assert [(t.state.name, bool(t.user_attrs.get("control"))) for t in trials] == [
+        ("FAIL", True), ("COMPLETE", True), ("COMPLETE", False)]
 
 
 def test_truncated_epoch_state_falls_back_to_the_previous_one(tmp_path):

@@ -13,7 +13,7 @@ import experiments
 from cli import app
 from conftest import tiny_args
 from pipeline.config import RunConfig, make_config, parse_overrides
-from pipeline.sweep import describe_space
+from pipeline.sweep import describe_space, ensure_control
 
 runner = CliRunner()
 
@@ -137,3 +137,17 @@ def test_refusals_change_no_stored_data(workdir, tiny_bananas):
     changed = sweep("focal-loss", tiny_bananas, "--trials", "2", "--set", "epochs=2")
     assert changed.exit_code == 2 and "epochs: stored 1 != now 2" in changed.output
     assert _snapshot(workdir) == before
+
+
+def test_a_failed_control_is_queued_again_and_a_finished_one_is_not(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    assert ensure_control(study) is True and ensure_control(study) is False  # trial 0, waiting: queued once
+    control = study.ask()
+    assert control.user_attrs["control"] is True and ensure_control(study) is False  # running
+    study.tell(control, state=optuna.trial.TrialState.FAIL)  # Ctrl-C, a timeout, a NaN
+    assert ensure_control(study) is True
+    retry = study.ask()
+    assert retry.number == 1 and retry.user_attrs["control"] is True and retry.params == {}
+    study.tell(retry, 0.5)
+    other = study.ask()
+    assert "control" not in other.user_attrs and ensure_control(study) is False

@@ -37,3 +37,31 @@ def test_mlflow_runs_are_always_closed(tmp_path):
     assert got_child.data.metrics == {"val/map": 0.25, "train/loss": 1.5} and got_child.data.tags["trial"] == "3"
     assert [a.path for a in client.list_artifacts(child.run_id)] == ["f.txt"]
     assert got_failing.info.status == "FAILED"
+
+
+def test_runs_whose_process_is_gone_are_closed_failed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker("test", uri=uri)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    client = MlflowClient(uri)
+    with tracker.run("alive") as alive:  # this process: left alone
+        pass
+    client.update_run(alive.run_id, status="RUNNING")
+    orphan = client.create_run(tracker.experiment_id, run_name="killed",
+                               tags={"host": os.uname().nodename, "pid": str(gone.pid), "trial_state": "RUNNING"})
+    elsewhere = client.create_run(tracker.experiment_id, run_name="other host",
+                                  tags={"host": "another-machine", "pid": str(gone.pid)})
+    assert tracker.close_orphans() == [orphan.info.run_id]
+    closed = client.get_run(orphan.info.run_id)
+    assert closed.info.status == "FAILED" and closed.data.tags["trial_state"] == "FAIL"
+    assert f"pid {gone.pid}" in closed.data.tags["end_reason"]
+    assert client.get_run(alive.run_id).info.status == "RUNNING"
+    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
+    assert client.get_run(alive.run_id).data.tags["pid"] == str(os.getpid())

@@ -109,3 +109,17 @@ def test_epoch_states_hold_their_own_epoch_and_resume_to_the_same_weights(splits
     for got, want in zip(resumed.history[:2], after_1["history"]):
         assert got == pytest.approx(want, nan_ok=True)
     assert resumed.metrics == pytest.approx(full.metrics, nan_ok=True)
+
+
+def test_an_epoch_state_of_another_configuration_is_ignored(splits, tmp_path):
+    """A study created again under the same name must not train on the old study's weights."""
+    train, val = splits
+    other = fit(tiny_config(epochs=2, val_every=1, lr=0.05), train, val, progress=False, state_dir=tmp_path)
+    assert (tmp_path / "epoch-0001.pt").exists()
+    cfg = tiny_config(epochs=2, val_every=1)
+    with pytest.warns(UserWarning, match="another configuration"):
+        fresh = fit(cfg, train, val, progress=False, state_dir=tmp_path)
+    scratch = fit(cfg, train, val, progress=False)
+    for key, value in fresh.model.state_dict().items():
+        torch.testing.assert_close(value, scratch.model.state_dict()[key], rtol=0, atol=0, msg=key)
+    assert fresh.metrics != pytest.approx(other.metrics, nan_ok=True)
