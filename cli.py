@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -51,14 +50,22 @@ def _device_kind(device: Device) -> str:
 
 
 def user_overrides(sets: list[str] | None, device: Device, **flags) -> dict:
-    """The explicit flags, then --set: what the user changed from the profile, type-checked."""
+    """The explicit flags, then --set: what the user changed from the profile, type-checked.
+
+    A bad value is a usage error that names the option it came from: --epochs, --dataset, ... or --set."""
+    overrides = {"device": device.value}
+    for key, value in flags.items():
+        if value is not None:
+            try:
+                RunConfig(**{key: value})  # checked alone here, so that the error names this flag, not --set
+            except ConfigError as exc:
+                _usage_error(str(exc), "--" + key.replace("_", "-"))
+            overrides[key] = value
     try:
-        overrides = {k: v for k, v in flags.items() if v is not None}
-        overrides["device"] = device.value
         overrides.update(parse_overrides(sets or []))
-        return overrides
     except ConfigError as exc:
         _usage_error(str(exc), "--set")
+    return overrides
 
 
 def chosen_profile(profile: Profile | None, device: Device) -> str:
@@ -71,6 +78,26 @@ def build_config(profile: str, overrides: dict) -> RunConfig:
         return make_config(profile, overrides)
     except ConfigError as exc:
         _usage_error(str(exc), "--set")
+
+
+def _storage_url(url: str) -> str:
+    """Refuse an Optuna storage URL that does not parse or cannot be connected to, before any data is loaded."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        if parsed.get_backend_name() != "sqlite":  # a SQLite file is created only once the input has been checked
+            with sqlalchemy.create_engine(parsed, poolclass=NullPool).connect():
+                pass
+    except sqlalchemy.exc.ArgumentError as exc:  # not a URL, or an unknown database
+        _usage_error(f"{exc} (expected sqlite:///FILE or postgresql://USER@HOST/DB)", "--storage")
+    except ImportError as exc:
+        _usage_error(f"{parsed}: its database driver is not installed ({exc})", "--storage")
+    except sqlalchemy.exc.SQLAlchemyError as exc:  # the driver's own words, without SQLAlchemy's links
+        _usage_error(f"cannot connect to {parsed}: {' '.join(str(getattr(exc, 'orig', None) or exc).split())}",
+                     "--storage")
+    return url
 
 
 def seconds_since_process_start() -> float | None:
@@ -125,7 +152,7 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     Knobs (see `python cli.py knobs`): box_loss, smooth_l1_sigma, cls_loss, focal_gamma, focal_alpha,
     cls_weight, box_weight, loss_normalization, neg_sampling, neg_pos_ratio, image_size, lr, epochs, ...
     """
-    from pipeline.run import tracked_run
+    from pipeline.run import sigterm_as_interrupt, tracked_run
     from pipeline.tracking import MlflowTracker
 
     startup = {"imports_s": seconds_since_process_start()}  # seconds since the process started, at each point
@@ -134,8 +161,10 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     data = _load_or_exit(cfg, skip_invalid)
     startup["data_loaded_s"] = seconds_since_process_start()
     tracker = MlflowTracker(experiment)
+    tracker.close_orphans()  # runs of earlier `train`s that were killed outright: FAILED, not RUNNING forever
     startup["tracker_ready_s"] = seconds_since_process_start()
-    result = tracked_run(cfg, tracker, name="train", out_dir=out_dir, progress=True, data=data)
+    with sigterm_as_interrupt():
+        result = tracked_run(cfg, tracker, name="train", out_dir=out_dir, progress=True, data=data)
     console.print(_metrics_table("validation (COCO)", {k: v for k, v in result.metrics.items() if k.startswith("val/")}))
     console.print(f"checkpoint: {result.checkpoint}   MLflow run: {result.run_id}   "
                   f"training speed: {result.train_images_per_s:.1f} images/s")
@@ -279,7 +308,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
           trials: Annotated[Optional[int], typer.Option(min=1, help="finished trials wanted in the study (default: the study's)")] = None,
           epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs per trial")] = None,
           profile: ProfileOpt = None, dataset: DatasetOpt = None, sets: SetOpt = None,
-          storage: Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///… or postgresql://…)")] = "sqlite:///optuna.db",
+          storage: Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///… or postgresql://…)",
+                                               callback=_storage_url)] = "sqlite:///optuna.db",
           study_name: Annotated[Optional[str], typer.Option(help="default: VARIANT-PROFILE")] = None,
           workers: Annotated[int, typer.Option(min=1, help="worker processes sharing the study (and the GPU)")] = 1,
           seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
@@ -367,7 +397,8 @@ def _sweep_table(result: dict, options) -> Table:
 
 @app.command()
 def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`) or 'all' for the one-page summary")],
-           storage: Annotated[str, typer.Option(help="the Optuna storage the sweep used")] = "sqlite:///optuna.db",
+           storage: Annotated[str, typer.Option(help="the Optuna storage the sweep used",
+                                                callback=_storage_url)] = "sqlite:///optuna.db",
            study_name: Annotated[Optional[str], typer.Option(help="default: the variant's study in the storage")] = None,
            out_root: Annotated[Path, typer.Option(help="reports are written to OUT_ROOT/<name>/")] = Path("reports")):
     """Write reports/<name>/report.md and report.html with figures and trials.csv, from the study and its MLflow runs."""
@@ -391,9 +422,10 @@ def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
     if uri.startswith(("http://", "https://")):
         console.print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")
         return
-    mlflow_bin = shutil.which("mlflow") or sys.executable.replace("python", "mlflow")
     console.print(f"MLflow UI on http://{host}:{port} for {uri}")
-    os.execv(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
+    # this interpreter's mlflow: an `mlflow` on PATH may belong to another environment, or be missing
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                              "--host", host, "--port", str(port)])
 
 
 if __name__ == "__main__":

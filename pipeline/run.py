@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,21 @@ def write_pr_curve(precision_iou50, class_names: list[str], path: Path) -> Path:
               for k, name in enumerate(class_names)}
     path.write_text(json.dumps({"recall": [i / 100 for i in range(101)], "precision": curves}))
     return path
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside, SIGTERM raises KeyboardInterrupt, as Ctrl-C does: open MLflow runs end KILLED and a sweep's
+    trial FAIL with a reason, instead of the process dying with its runs left RUNNING."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

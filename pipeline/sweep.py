@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 import experiments
 from pipeline.config import RunConfig, make_config
-from pipeline.run import load_data, tracked_run
+from pipeline.run import load_data, sigterm_as_interrupt, tracked_run
 from pipeline.storage_lock import StorageLock
 from pipeline.tracking import MlflowTracker
 from pipeline.train import Pruned
@@ -284,10 +284,6 @@ def _train_trial(trial: optuna.Trial, ctx: _TrialContext) -> float:
     return value
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _context(options: SweepOptions, parent_run_id: str) -> _TrialContext:
     spec = experiments.load(options.variant)
     name = study_name_for(options)
@@ -332,7 +328,6 @@ def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: 
     """Run trials of the study in this process until its slots are taken (at most n_trials attempts)."""
     import torch
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a trial killed by SIGTERM ends FAIL, its run KILLED
     if options.workers > 1:  # the cores are shared between the workers
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
     ctx = _context(options, parent_run_id)
@@ -340,11 +335,9 @@ def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: 
     study = optuna.load_study(study_name=ctx.study_name, storage=storage,
                               sampler=ctx.spec.sampler(options.seed + index))
     claim_slots(study, StorageLock(options.storage), options.trials or ctx.spec.trials[options.profile])
-    try:
+    with sigterm_as_interrupt(), contextlib.suppress(StudyFull):  # SIGTERM: the trial ends FAIL, its run KILLED
         study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),
                        callbacks=callbacks)
-    except StudyFull:
-        pass
 
 
 def _spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_poll: Callable) -> None:
@@ -426,9 +419,8 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
         reconcile_runs(study, tracker)
     target = options.trials or spec.trials[options.profile]
     update = (lambda: on_update(study, target)) if on_update else (lambda: None)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    update()
-    try:
+    with sigterm_as_interrupt():
+        update()
         with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
                          tags={"study": study.study_name, "variant": spec.name, "role": "sweep",
                                "profile": options.profile, "workers": options.workers}) as parent:
@@ -445,8 +437,6 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
             result = summary(study, options, tracker, parent.run_id)
             parent.log_metrics({k: v for k, v in result.items() if k.startswith("n_") or k.endswith("_value")})
             return result
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def confirm(study, options: SweepOptions, spec, base: RunConfig, tracker: MlflowTracker, parent_run_id: str,

@@ -141,6 +141,14 @@ def _resume(state: dict | None, model, generator, device: torch.device, run: Run
     return state["epoch"] + 1, list(state["history"]), state["train_seconds"]
 
 
+def _epoch_state(model, generator, device: torch.device, cfg: RunConfig, train_seconds: float) -> dict:
+    """What resuming after this epoch needs (see _resume), the weights copied as they are now."""
+    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "generator": generator.get_state(), "train_seconds": train_seconds,
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "config": dataclasses.asdict(cfg)}
+
+
 @dataclass
 class _TrainedEpoch:
     """An epoch whose training is done. It is reported (history, epoch state, MLflow, on_epoch) once its
@@ -156,8 +164,9 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     """Train TinySSD with cfg; validate with COCO mAP (see RunConfig.val_every); log each epoch to ``run``.
 
     Each validation's COCO scoring runs in a worker thread while the next epoch trains, so an epoch
-    with validation is reported (to ``run``, ``on_epoch`` and the progress bar) when its score is in,
-    at most an epoch later, and always in order. With ``state_dir``, the state after every validated
+    with validation is reported (to ``run``, ``on_epoch`` and the progress bar) when its score is in:
+    usually after the next epoch, later where epochs are shorter than a score (a GPU), always in
+    order. If training fails, the epochs trained and scored before it are still reported to ``run``. With ``state_dir``, the state after every validated
     epoch is saved there, and training resumes from the newest good one: a retried trial goes on
     where the killed one stopped.
     """
@@ -180,8 +189,9 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
     timings = {"setup_s": 0.0, "train_s": 0.0, "validate_s": 0.0, "scoring_s": 0.0, "epoch_state_s": 0.0}
     bar = _progress(progress)
 
-    def report(wait: bool) -> None:
-        """Report the finished epochs at the front of the queue: all of them with ``wait``."""
+    def report(wait: bool, notify: bool = True) -> None:
+        """Report the finished epochs at the front of the queue: all of them with ``wait``; ``on_epoch`` too
+        with ``notify``."""
         nonlocal last
         while pending and (wait or pending[0].scoring is None or pending[0].scoring.done()):
             done = pending.popleft()
@@ -201,7 +211,7 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
             if bar:
                 val_text = f"  val mAP {done.metrics['val/map']:.3f}" if "val/map" in done.metrics else ""
                 bar.update(epochs, completed=done.epoch + 1, status=f"loss {done.metrics['train/loss']:.4f}{val_text}")
-            if on_epoch is not None:
+            if notify and on_epoch is not None:
                 on_epoch(done.epoch, done.metrics, run)
 
     validator = Validator(val, cfg, device)
@@ -211,28 +221,32 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
         batches = bar.add_task("batches", total=-(-len(train) // cfg.batch_size), status="") if bar else None
         if bar:
             bar.update(epochs, completed=start)
-        for epoch in range(start, cfg.epochs):
-            step.set_lr(epoch_lr(cfg, epoch))
-            if bar:
-                bar.reset(batches)
-            started = time.perf_counter()
-            metrics = _train_epoch(step, len(train), cfg, generator, epoch, bar, batches)
-            epoch_seconds = time.perf_counter() - started  # summary() waited for the device: the time is real
-            train_seconds += epoch_seconds
-            timings["train_s"] += epoch_seconds
-            trained = _TrainedEpoch(epoch, metrics)
-            if epoch in validate_after:
+        try:
+            for epoch in range(start, cfg.epochs):
+                step.set_lr(epoch_lr(cfg, epoch))
+                if bar:
+                    bar.reset(batches)
                 started = time.perf_counter()
-                trained.scoring = validator.start(model)
-                timings["validate_s"] += time.perf_counter() - started
-                if state_dir is not None:
-                    trained.state = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                                     "generator": generator.get_state(), "train_seconds": train_seconds,
-                                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                                     "config": dataclasses.asdict(cfg)}
-            pending.append(trained)
-            report(wait=False)
-        report(wait=True)
+                metrics = _train_epoch(step, len(train), cfg, generator, epoch, bar, batches)
+                epoch_seconds = time.perf_counter() - started  # summary() waited for the device: the time is real
+                train_seconds += epoch_seconds
+                timings["train_s"] += epoch_seconds
+                trained = _TrainedEpoch(epoch, metrics)
+                if epoch in validate_after:
+                    started = time.perf_counter()
+                    trained.scoring = validator.start(model)
+                    timings["validate_s"] += time.perf_counter() - started
+                    if state_dir is not None:
+                        trained.state = _epoch_state(model, generator, device, cfg, train_seconds)
+                pending.append(trained)
+                report(wait=False)
+            report(wait=True)
+        except Pruned:
+            raise
+        except BaseException:  # a NaN, a timeout, Ctrl-C: what was trained and scored before it still reaches the run
+            with contextlib.suppress(Exception):
+                report(wait=True, notify=False)
+            raise
         if last is None:  # every epoch was done before the kill: only the final validation is missing
             last = validator.start(model).result()
     speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)

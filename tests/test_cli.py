@@ -1,15 +1,22 @@
 """End-to-end through the CLI on tiny generated data."""
 
+import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 from pipeline.tracking import tracking_uri
 from typer.testing import CliRunner
 
+import cli
 from cli import app
-from conftest import tiny_args
+from conftest import plain, tiny_args
 from pipeline.config import PROFILES
+from test_reliability import CLI, wait_for
 
 runner = CliRunner()
 
@@ -82,3 +89,72 @@ def test_knobs_lists_every_knob():
     names = {row["name"] for row in json.loads(result.output)}
     assert {"box_loss", "smooth_l1_sigma", "cls_loss", "focal_gamma", "focal_alpha", "cls_weight", "box_weight",
             "loss_normalization", "neg_sampling", "neg_pos_ratio", "image_size"} <= names
+
+
+def test_a_bad_flag_value_is_reported_against_that_flag(workdir, tiny_bananas):
+    result = runner.invoke(app, ["train", "--dataset", str(tiny_bananas), "--epochs", "0"])
+    assert result.exit_code == 2 and "Invalid value for --epochs: epochs: must be" in plain(result.output), result.output
+    result = runner.invoke(app, ["train", "--dataset", str(tiny_bananas), "--epochs", "3", "--set", "epochs=0"])
+    assert result.exit_code == 2 and "Invalid value for --set: epochs: must be" in plain(result.output), result.output
+
+
+@pytest.mark.parametrize("command", ["sweep", "report"])
+def test_a_storage_url_that_does_not_parse_is_a_usage_error(workdir, command):
+    # a data set that does not exist: the storage must be refused before any data is loaded
+    args = ["sweep", "focal-loss", "--dataset", str(workdir / "nowhere")] if command == "sweep" else ["report", "all"]
+    result = runner.invoke(app, [*args, "--storage", "notaurl"])
+    out = plain(result.output)
+    assert result.exit_code == 2 and "Invalid value for --storage" in out and "nowhere" not in out, result.output
+    assert not list(workdir.iterdir())  # no database, no report folder
+
+
+def test_an_unreachable_storage_is_a_usage_error_with_the_reason(workdir):
+    result = runner.invoke(app, ["sweep", "focal-loss", "--dataset", str(workdir / "nowhere"),
+                                 "--storage", "postgresql://user:secret@127.0.0.1:1/x"])  # nothing listens on port 1
+    out = plain(result.output)
+    assert result.exit_code == 2 and "Invalid value for --storage" in out and "Connection refused" in out, out
+    assert "secret" not in out  # the password is masked
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is not None, reason="psycopg2 is installed")
+def test_a_storage_whose_driver_is_missing_is_a_usage_error_naming_the_driver(workdir):
+    result = runner.invoke(app, ["report", "all", "--storage", "postgresql+psycopg2://user@127.0.0.1:1/x"])
+    out = plain(result.output)
+    assert result.exit_code == 2 and "Invalid value for --storage" in out and "psycopg2" in out, out
+
+
+def test_ui_runs_this_interpreters_mlflow(workdir, monkeypatch):
+    calls = []
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no `mlflow` on PATH
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: calls.append((path, argv)))
+    result = runner.invoke(app, ["ui", "--port", "5001"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
+                                       "--host", "127.0.0.1", "--port", "5001"])]
+
+
+def all_runs(client: MlflowClient) -> list:
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.slow
+def test_sigterm_during_train_ends_its_run_killed(workdir, tiny_bananas):
+    uri = f"sqlite:///{workdir / 'store.db'}"
+    client = MlflowClient(uri)
+    client.search_experiments()  # the store's schema is made here, not by two processes at once
+    with open(workdir / "train.log", "w") as log:  # a file, not a pipe that nobody reads
+        proc = subprocess.Popen([sys.executable, CLI, "train", "--dataset", str(tiny_bananas), "--device", "cpu",
+                                 *tiny_args(), "--set", "epochs=200"], cwd=workdir, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    try:
+        wait_for(lambda: proc.poll() is not None or any(  # inside the run's first epochs
+            client.get_metric_history(r.info.run_id, "train/loss") for r in all_runs(client)))
+        assert proc.poll() is None, (workdir / "train.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        proc.kill()
+    [run] = all_runs(client)
+    assert run.info.status == "KILLED", (workdir / "train.log").read_text()
+    assert run.data.tags["end_reason"] == f"KeyboardInterrupt: signal {signal.SIGTERM.value}"
+

@@ -123,3 +123,27 @@ def test_an_epoch_state_of_another_configuration_is_ignored(splits, tmp_path):
     for key, value in fresh.model.state_dict().items():
         torch.testing.assert_close(value, scratch.model.state_dict()[key], rtol=0, atol=0, msg=key)
     assert fresh.metrics != pytest.approx(other.metrics, nan_ok=True)
+
+
+def test_a_failure_still_reports_the_epochs_scored_before_it(splits, monkeypatch):
+    """Epoch 1's score is still pending when epoch 2 fails: it reaches the run anyway, on_epoch does not."""
+    from pipeline import train as train_module
+    from pipeline.tracking import MemoryTracker
+
+    real_epoch = train_module._train_epoch
+
+    def failing_third_epoch(step, n_images, cfg, generator, epoch, progress, task):
+        if epoch == 2:
+            raise RuntimeError("a NaN, say")
+        return real_epoch(step, n_images, cfg, generator, epoch, progress, task)
+
+    monkeypatch.setattr(train_module, "_train_epoch", failing_third_epoch)
+    train, val = splits
+    notified = []
+    tracker = MemoryTracker()
+    with pytest.raises(RuntimeError, match="a NaN"), tracker.run("failing") as run:
+        fit(tiny_config(epochs=4, val_every=1), train, val, run=run, progress=False,
+            on_epoch=lambda epoch, metrics, run: notified.append(epoch))
+    logged = tracker.runs[0].metrics
+    assert [step for step, _ in logged["val/map"]] == [0, 1] and [step for step, _ in logged["train/loss"]] == [0, 1]
+    assert notified == [0] or notified == [0, 1]  # epoch 1 reached on_epoch only if its score was in before the failure
