@@ -346,10 +346,6 @@ def train_step(net, trainer, features, target):
 # --------------------------------------------------------------------------------------------
 
 
-# bbox_eval calls float() on a tensor that requires grad, as the chapter does; newer torch warns about it
-warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
-
-
 def cls_eval(cls_preds, cls_labels):
     """Correct class predictions, as a Python float (a host sync), d2l 14.7."""
     return float((cls_preds.argmax(dim=-1).type(cls_labels.dtype) == cls_labels).sum())
@@ -376,5 +372,7 @@ def timed_iteration(net, trainer, features, target):
     l = calc_loss(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)  # noqa: E741
     l.mean().backward()
     trainer.step()
-    return (cls_eval(cls_preds, cls_labels), cls_labels.numel(),
-            bbox_eval(bbox_preds, bbox_labels, bbox_masks), bbox_labels.numel())
+    with warnings.catch_warnings():  # bbox_eval calls float() on a tensor that requires grad, as the chapter does
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+        return (cls_eval(cls_preds, cls_labels), cls_labels.numel(),
+                bbox_eval(bbox_preds, bbox_labels, bbox_masks), bbox_labels.numel())
