@@ -59,7 +59,7 @@ if lines:
     for name, v in d.get("variants", {}).items():
         print(f"    variant {name}: {v['images_per_s']:.0f} images/s, {v['train_speedup']:.2f}x, warm-up {v['warmup_s']:.1f} s")
     for row in d.get("rows", []):
-        print("    " + json.dumps({k: round(v) if isinstance(v, float) else v for k, v in row.items()}))
+        print("    " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}))
     e2e = d.get("end_to_end", {})
     for part in [e2e.get("trial")] + e2e.get("sweeps", []):
         if part:
@@ -106,8 +106,13 @@ part_kernels() {  # where a step's GPU time goes, by kind of kernel (eager), aga
     step "kernels_$precision" 45 python3 benchmarks/kernel_profile.py --device "$DEVICE" --precision "$precision" \
       "${kernel_tiny[@]}" --json
   done; }
+part_batching() {  # K trials trained as one grouped network: summed images/s against the fast path
+  for precision in ${KERNEL_PRECISIONS:-bf16 fp32}; do
+    step "batching_$precision" 60 python3 benchmarks/model_batching.py --device "$DEVICE" --precision "$precision" \
+      --k "${BATCHING_K:-1,2,4,8}" "${kernel_tiny[@]}" --json
+  done; }
 part_compile() {  # what torch.compile adds on top of the graph (bf16), and what compiling costs
   step bench_compile 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --steps 30 --precision bf16 \
     --variants compile "${bench_tiny[@]}" --json; }
-for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels}; do "part_$part"; done
+for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels batching}; do "part_$part"; done
 log "done"
