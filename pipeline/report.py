@@ -180,6 +180,12 @@ def control_row(trials: pd.DataFrame) -> pd.Series | None:
     return None if rows.empty else rows.iloc[0]
 
 
+def control_label(trials: pd.DataFrame) -> str:
+    """'control (trial N)': the control is trial 0 unless it failed and was queued again."""
+    control = control_row(trials)
+    return "control" if control is None else f"control (trial {int(control['number'])})"
+
+
 def best_row(trials: pd.DataFrame) -> pd.Series | None:
     rows = ranked(trials)
     return None if rows.empty else rows.iloc[0]
@@ -470,7 +476,9 @@ def plot_objective_vs_params(trials: pd.DataFrame, space: dict[str, dict], path:
     if done.empty:
         raise Skipped("no trial besides the control completed")
     names = [n for n in space if not _param_points(trials, n).empty]
-    control, best = control_row(trials), best_row(trials)
+    if not names:
+        raise Skipped("no complete trial has any of the searched parameters")
+    control, best, label = control_row(trials), best_row(trials), control_label(trials)
     ncols = min(3, len(names))
     with _figure(path, len(names), ncols, width=5.0 if ncols > 1 else 7.0,
                  title=f"Objective vs each searched parameter ({_count(len(done), 'complete trial')})") as (fig, axes):
@@ -479,11 +487,12 @@ def plot_objective_vs_params(trials: pd.DataFrame, space: dict[str, dict], path:
             if len(names) == 1:
                 ax.set_title("")  # the figure's title says it already
             if control is not None:
-                ax.axhline(control["value"], ls="--", color=COLORS["control"], label="control (trial 0)")
+                ax.axhline(control["value"], ls="--", color=COLORS["control"], label=label)
         handles, labels = axes[0].get_legend_handles_labels()
-        keep = {l: h for h, l in zip(handles, labels) if l in ("best trial", "control (trial 0)")}
+        keep = {l: h for h, l in zip(handles, labels) if l in ("trial", "best trial", label)}
         fig.legend(keep.values(), keep.keys(), loc="outside lower center", ncols=len(keep), frameon=False)
-    return "Each point is one complete trial; the star is the best, the dashed line the control (the chapter)."
+    return ("Each point is one complete trial; the star is the best (it can hide a trial of nearly the same "
+            "value), the dashed line the control.")
 
 
 def _bin_labels(values: pd.Series, dist: dict[str, Any]) -> tuple[pd.Series, list[str]]:
@@ -525,7 +534,7 @@ def plot_heatmap(trials: pd.DataFrame, space: dict[str, dict], path: Path) -> st
         ax.tick_params(axis="y", labelrotation=0)
         ax.set_facecolor("#eeeeee")
     control = control_row(trials)
-    versus = f" The control (trial 0) scored {control['value']:.4f}." if control is not None else ""
+    versus = f" The {control_label(trials)} scored {control['value']:.4f}." if control is not None else ""
     return ("Mean over the complete trials in each cell (n = trials); a grey cell had no trial. Numeric "
             "parameters are cut into equal bins of their search range." + versus)
 
@@ -631,7 +640,7 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
     with _figure(path, width=7.2, title="Optimisation history") as (fig, (ax,)):
         for rows, style in ((done[~done["control"]], dict(color=COLORS["trial"], s=40, label="complete trial")),
                             (done[done["control"]], dict(color=COLORS["control"], marker="D", s=50,
-                                                         label="control (trial 0)"))):
+                                                         label=control_label(trials)))):
             if not rows.empty:
                 ax.scatter(rows["number"], rows["value"], zorder=4, **style)
         if not done.empty:  # carried on to the last trial, so a flat tail reads as 'nothing better since'
@@ -677,6 +686,9 @@ def param_importances(study: optuna.Study) -> pd.Series:
     return pd.Series(found, name="importance").sort_values(ascending=False)
 
 
+MIN_TRIALS_FOR_IMPORTANCES = 10  # below this, fANOVA attributes mostly which values the sampler happened to pair
+
+
 def plot_importances(importances: pd.Series, n_trials: int, searched: list[str], path: Path) -> str:
     frame = importances.rename_axis("parameter").reset_index()
     conditional = [name for name in searched if name not in importances.index]
@@ -685,8 +697,8 @@ def plot_importances(importances: pd.Series, n_trials: int, searched: list[str],
         ax.bar_label(ax.containers[0], fmt="%.2f", padding=3, fontsize=8)
         ax.set(xlabel="importance (fANOVA share of the objective's variance)", ylabel="parameter", xlim=(0, 1.1))
     caption = f"optuna.importance with the fANOVA evaluator over {_count(n_trials, 'complete trial')} besides the control."
-    if n_trials < 10:
-        caption += " With so few trials, read these as rough."
+    if n_trials < 20:
+        caption += " With this few trials, read these as rough."
     if conditional:  # optuna attributes only the parameters that every trial has
         caption += f" Left out, as not set in every trial (conditional): {', '.join(conditional)}."
     return caption
@@ -715,7 +727,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _params_text(row: pd.Series) -> str:
     if row["control"]:
-        return "control (the chapter)"
+        return "control (the chapter's settings)"
     items = [(c.removeprefix("params_"), v) for c, v in row.items() if c.startswith("params_") and not _missing(v)]
     return ", ".join(f"{k}={_choice_label(v) if not isinstance(v, float) else f'{v:.4g}'}" for k, v in items)
 
@@ -775,6 +787,21 @@ def _when(trials: pd.DataFrame) -> str:
     return f"{start.min():%Y-%m-%d %H:%M}{last}"
 
 
+PROTOCOL_KNOBS = ("image_size", "epochs", "batch_size", "lr", "train_images", "val_images")
+
+
+def protocol_note(base_config: dict[str, Any]) -> list[str]:
+    """Where the study's base configuration departs from the chapter's protocol (none: an empty list)."""
+    chapter = dataclasses.asdict(make_config("chapter"))
+    changed = [k for k in PROTOCOL_KNOBS if k in base_config and base_config[k] != chapter[k]]
+    if not changed:
+        return []
+    return ["The control is the chapter's model and loss, trained here with "
+            + ", ".join(f"{k} {base_config[k]}" for k in changed) + " instead of the chapter's "
+            + ", ".join(f"{chapter[k]}" for k in changed) + ": compare trials with this control, "
+            "not with the chapter's own numbers."]
+
+
 def header_blocks(d: StudyData) -> list[Block]:
     variant = d.attrs.get("variant", d.study.study_name)
     title, rest = _first_line(d.attrs.get("question", ""))
@@ -782,7 +809,7 @@ def header_blocks(d: StudyData) -> list[Block]:
     data_set = (f"`{cfg.get('dataset', '?')}` at {cfg.get('image_size', '?')} px; "
                 f"{cfg.get('train_images') or 'all'} training and {cfg.get('val_images') or 'all'} validation images, "
                 f"{_count(cfg.get('epochs', 0), 'epoch')} per trial")
-    items = [d.note, f"Data set: {data_set}.", f"Profile: `{d.attrs.get('profile', '?')}`; "
+    items = [d.note, f"Data set: {data_set}.", *protocol_note(cfg), f"Profile: `{d.attrs.get('profile', '?')}`; "
              f"device: `{d.attrs.get('device_used') or cfg.get('device', '?')}`; objective: `{d.objective}` (COCO mAP@[.5:.95]), maximised.",
              f"Trials: {_state_counts(d.trials)}.", f"Run: {_when(d.trials)}."]
     if d.mlflow_note:
@@ -803,13 +830,99 @@ def headline(trials: pd.DataFrame) -> str:
         return (f"The best trial is {best['number']} (val/map {best['value']:.4f}), but the control did not "
                 "complete, so no delta to the chapter can be given.")
     delta = best["value"] - control["value"]
-    verb = "beat" if delta > 0 else "did not beat"
-    return (f"The best trial, {best['number']} ({_params_text(best)}), {verb} the control: val/map "
-            f"{best['value']:.4f} against {control['value']:.4f} (Δ {delta:+.4f}), on one seed.")
+    verb = "scored higher than" if delta > 0 else "did not score higher than"
+    return (f"The best trial, {best['number']} ({_params_text(best)}), {verb} the {control_label(trials)}: "
+            f"val/map {best['value']:.4f} against {control['value']:.4f} (Δ {delta:+.4f}), one seed each.")
+
+
+def is_seed_study(space: dict[str, Any]) -> bool:
+    """A study whose only searched knob is the seed (the baseline study) measures noise; it searches nothing."""
+    return set(space) == {"seed"}
+
+
+def seed_spread(trials: pd.DataFrame) -> dict[str, float] | None:
+    """n, mean, sd, min, max of the complete trials' values (every seed, the control's included)."""
+    values = complete(trials)["value"].astype(float)
+    if len(values) < 2:
+        return None
+    return {"n": len(values), "mean": values.mean(), "sd": values.std(ddof=1), "min": values.min(),
+            "max": values.max()}
+
+
+def baseline_spread(storage: str, profile: str | None) -> dict[str, Any] | None:
+    """The seed spread of a baseline study of the same profile in the storage, if one has 3 or more values."""
+    for row in list_studies(storage):
+        if row["variant"] == "baseline" and row["profile"] == profile and row["n_complete"] >= 3:
+            study = optuna.load_study(study_name=row["name"], storage=storage)
+            return {"study": row["name"], **seed_spread(trials_frame(study))}
+    return None
+
+
+def _control_swing(study: optuna.Study, trials: pd.DataFrame, last: int = 3) -> tuple[float, list[float]] | None:
+    """How much the control's val/map moved over its last ``last`` validated epochs (max - min), and the values."""
+    control = control_row(trials)
+    if control is None:
+        return None
+    values = study.get_trials(deepcopy=False)[int(control["number"])].intermediate_values
+    tail = [values[k] for k in sorted(values)[-last:]]
+    return (max(tail) - min(tail), tail) if len(tail) >= 2 else None
+
+
+def noise_sentences(d: StudyData) -> list[str]:
+    """The sizes of noise this study shows or the storage holds, to read a one-seed Δ against."""
+    out = []
+    swing = _control_swing(d.study, d.trials)
+    if swing is not None:
+        out.append(f"Over its last {len(swing[1])} validated epochs the control's val/map moved by {swing[0]:.4f} "
+                   f"({' → '.join(f'{v:.4f}' for v in swing[1])}): the final value is one point of a curve "
+                   "that still moves.")
+    seeds = baseline_spread(d.storage, d.attrs.get("profile"))
+    if seeds is not None:
+        out.append(f"The `{seeds['study']}` study measured the seed noise of this profile: sd {seeds['sd']:.4f} over "
+                   f"{seeds['n']} seeds, so two one-seed runs of the same setting differ by up to about "
+                   f"±{2.8 * seeds['sd']:.4f} (95%).")
+    return out
+
+
+def edge_notes(d: StudyData) -> list[str]:
+    """A best value at the edge of its numeric search range: the optimum may lie beyond the range."""
+    best, notes = best_row(d.trials), []
+    if best is None:
+        return notes
+    for name, dist in d.space.items():
+        value = best.get(f"params_{name}")
+        if dist["type"] == "categorical" or _missing(value):
+            continue
+        low, high, x = float(dist["low"]), float(dist["high"]), float(value)
+        if dist.get("log"):
+            low, high, x = math.log(low), math.log(high), math.log(x)
+        where = (x - low) / (high - low) if high > low else 0.5
+        if where <= 0.05 or where >= 0.95:
+            side = "low" if where <= 0.05 else "high"
+            notes.append(f"The best {name}, {float(value):.4g}, lies at the {side} edge of its search range "
+                         f"[{dist['low']:g}, {dist['high']:g}]: the best setting may be beyond it.")
+    return notes
+
+
+def seed_study_blocks(d: StudyData) -> list[Block]:
+    spread = seed_spread(d.trials)
+    if spread is None:
+        return [Block("h2", "Summary: seed noise"),
+                Block("p", "Fewer than two seeds completed: no spread to report yet.")]
+    return [Block("h2", "Summary: seed noise"),
+            Block("p", f"The same configuration, trained with {spread['n']} seeds: val/map {spread['mean']:.4f} ± "
+                       f"{spread['sd']:.4f} (mean ± sd), from {spread['min']:.4f} to {spread['max']:.4f}. Two one-seed "
+                       f"runs of one setting differ by up to about ±{2.8 * spread['sd']:.4f} (95%): a one-seed Δ in "
+                       "another study of this profile means little unless it is larger. Which seed scored "
+                       "highest is chance, not a finding."),
+            Block("table", table=summary_table(d.trials, None))]
 
 
 def summary_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
-    blocks = [Block("h2", "Summary: the control against the best trials"), Block("p", headline(d.trials))]
+    if is_seed_study(d.space):
+        return seed_study_blocks(d)
+    blocks = [Block("h2", "Summary: the control against the best trials"), Block("p", headline(d.trials)),
+              *(Block("p", note) for note in edge_notes(d))]
     table = summary_table(d.trials, confirmation)
     if not table.empty:
         blocks.append(Block("table", table=table))
@@ -817,8 +930,9 @@ def summary_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
                                  "gives no AP for a size with no object. Pruned and failed trials are left out."))
     if confirmation is None and best_row(d.trials) is not None:
         blocks.append(Block("p", "**Not tested against noise.** These differences come from one training seed "
-                                 "each. Run the sweep command under Reproduce again with `--seeds 3` (or more) to "
-                                 "re-train the best trial and the control with new seeds and test the difference."))
+                                 "each. " + " ".join(noise_sentences(d)) + " Run the sweep command under Reproduce "
+                                 "again with `--seeds 3` (or more) to re-train the best trial and the control with "
+                                 "new seeds and test the difference."))
     return blocks
 
 
@@ -889,9 +1003,16 @@ def figure_plan(d: StudyData) -> list[tuple[str, str, Callable[[Path], str]]]:
         ("pr_curve_iou50", "Precision–recall at IoU 0.5", _from_mlflow(d, lambda p: plot_pr_curves(d.pr, ap50, p))),
         ("ap_by_size", "AP by object size", lambda p: plot_ap_by_size(*size_frame(t), p)),
         ("optimisation_history", "Optimisation history", lambda p: plot_history(t, p)),
-        ("param_importances", "Parameter importances",
-         lambda p: plot_importances(param_importances(d.study), n_searched, list(d.space), p)),
+        ("param_importances", "Parameter importances", lambda p: importances_figure(d, n_searched, p)),
     ]
+
+
+def importances_figure(d: StudyData, n_searched: int, path: Path) -> str:
+    if n_searched < MIN_TRIALS_FOR_IMPORTANCES:
+        raise Skipped(f"importances need at least {MIN_TRIALS_FOR_IMPORTANCES} complete trials besides the "
+                      f"control; with {n_searched}, fANOVA would mostly attribute which values the sampler "
+                      "happened to pair")
+    return plot_importances(param_importances(d.study), n_searched, list(d.space), path)
 
 
 def make_figures(d: StudyData, folder: Path) -> list[FigureOut]:
@@ -1002,7 +1123,7 @@ def reproduce_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
     blocks = [Block("h2", "Reproduce"), Block("p", "The sweep (running it again resumes the stored study; a new "
                                                    "storage re-runs it from scratch):"),
               Block("code", sweep_command(d, len(confirmation["seeds"]) if confirmation else None))]
-    config = best_config(d)
+    config = None if is_seed_study(d.space) else best_config(d)  # the best seed is chance, not a finding
     if config is not None:
         train = ["python", "cli.py", "train", "--profile", profile, *config_flags(config, profile)]
         blocks += [Block("p", f"The best trial ({best_row(d.trials)['number']}) as one tracked training run:"),
@@ -1192,6 +1313,14 @@ def study_summary_row(study: optuna.Study) -> dict[str, Any]:
            "best_params": _params_text(best) if best is not None else "",
            "best": best["value"] if best is not None else math.nan}
     row["delta"] = row["best"] - row["control"]
+    if is_seed_study(study.user_attrs.get("signature", {}).get("space", {})):
+        spread = seed_spread(trials)
+        row.update({"best_trial": None, "best_params": "", "best": math.nan, "delta": math.nan, "seeds": 0,
+                    "confirmed_delta": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p": math.nan,
+                    "seed_sd": spread["sd"] if spread else math.nan,
+                    "verdict": f"seed noise: sd {spread['sd']:.4f} over {spread['n']} seeds" if spread
+                    else "seed noise: fewer than 2 seeds complete"})
+        return row
     paired = c["paired"] if c else {}
     row.update({"seeds": paired.get("diff_n", 0), "confirmed_delta": paired.get("diff_mean", math.nan),
                 "ci_lo": paired.get("diff_lo", math.nan), "ci_hi": paired.get("diff_hi", math.nan),

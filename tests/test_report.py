@@ -130,8 +130,9 @@ def test_trials_csv_matches_the_study(swept):
 def test_every_figure_is_a_real_png(swept):
     root, reports = swept
     expected = {"objective_vs_params", "heatmap", "val_map_per_epoch", "pr_curve_iou50", "ap_by_size",
-                "optimisation_history", "param_importances"}
+                "optimisation_history"}  # importances need 10 searched trials: left out, with the reason
     assert {p.stem for p in (reports["focal-loss"] / "figures").glob("*.png")} == expected
+    assert "importances need at least 10 complete trials" in (reports["focal-loss"] / "report.md").read_text()
     for folder in reports.values():
         for png in (folder / "figures").glob("*.png"):
             assert_real_png(png)
@@ -167,7 +168,7 @@ def test_report_is_logged_to_the_parent_run_and_html_embeds_images(swept):
     logged = {a.path for a in MlflowClient(tracking_uri()).list_artifacts(parent, "report")}
     assert {"report/report.html", "report/report.md", "report/trials.csv", "report/figures"} <= logged
     page = (reports["focal-loss"] / "report.html").read_text()
-    assert page.count('<img src="data:image/png;base64,') == 7 and "src=\"figures/" not in page
+    assert page.count('<img src="data:image/png;base64,') == 6 and "src=\"figures/" not in page
 
 
 @pytest.mark.slow
@@ -257,6 +258,15 @@ def test_html_renders_in_headless_chromium(swept, tmp_path):
     found = re.search(r"<title>PROBE(.*?)</title>", dom, re.S)
     assert found, f"the page did not finish loading: {dom[:500]}"
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert len(result["imgs"]) == 7
+    assert len(result["imgs"]) == 6
     assert all(img["complete"] and img["width"] > 0 for img in result["imgs"]), result["imgs"]
     assert result["errors"] == []
+
+
+def test_importances_are_drawn_from_enough_trials(tmp_path):
+    from pipeline.report import plot_importances
+
+    caption = plot_importances(pd.Series({"focal_gamma": 0.7, "focal_alpha": 0.3}, name="importance"), 12,
+                               ["focal_gamma", "focal_alpha"], tmp_path / "importances.png")
+    assert_real_png(tmp_path / "importances.png")
+    assert "12 complete trials" in caption and "rough" in caption
