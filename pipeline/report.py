@@ -418,7 +418,8 @@ def _figure(path: Path, n_axes: int = 1, ncols: int = 1, width: float = 6.4, hei
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    plural = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{n} {noun if n == 1 else plural}"
 
 
 def _choice_label(value: Any) -> str:
@@ -1173,8 +1174,9 @@ def to_markdown(blocks: list[Block]) -> str:
 
 
 def _inline_html(text: str) -> str:
-    """Escape, then the two Markdown marks the report uses: `code` and **bold**."""
+    """Escape, then the three Markdown marks the report uses: `code`, **bold** and [text](relative link)."""
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+    out = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', out)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
 
 
@@ -1283,7 +1285,7 @@ def write_report(target: str, *, storage: str = DEFAULT_STORAGE, out_root: Path 
     if target == "all":
         return write_summary(storage, Path(out_root) / "summary")
     study, note = pick_study(target, storage, study_name)
-    return write_study_report(study, note, storage, Path(out_root) / target)
+    return write_study_report(study, note, storage, Path(out_root) / (study_name or target))
 
 
 # ---------------------------------------------------------------------------
@@ -1352,12 +1354,16 @@ def plot_summary(frame: pd.DataFrame, path: Path) -> str:
     with _figure(path, width=7.6, height=2.0 + 0.6 * len(shown),
                  title="Best setting minus control, per study") as (fig, (ax,)):
         colors = [COLORS["best"] if c else "#bbbbbb" for c in confirmed]
-        ax.barh(names, value, xerr=err, color=colors, edgecolor="#333", capsize=4)
+        ax.barh(names, value, color=colors, edgecolor="#333")
+        if confirmed.any():  # error bars on confirmed rows only: a zero-width bar would read as a tight interval
+            ax.errorbar(value[confirmed], np.flatnonzero(confirmed.to_numpy()), xerr=err[:, confirmed.to_numpy()],
+                        fmt="none", ecolor="#333", capsize=4)
         ax.axvline(0, color=COLORS["control"], lw=1)
         ax.set(xlabel="Δ val mAP@[.5:.95] (best − control)", ylabel="")
-        fig.legend(handles=[Patch(color=COLORS["best"], label="mean over seeds ± 95% CI"),
-                            Patch(color="#bbbbbb", label="single seed (not tested)")],
-                   loc="outside lower center", ncols=2, frameon=False, fontsize=8)
+        kinds = [(confirmed.any(), Patch(color=COLORS["best"], label="mean over seeds ± 95% CI")),
+                 ((~confirmed).any(), Patch(color="#bbbbbb", label="single seed (not tested)"))]
+        handles = [patch for shown_kind, patch in kinds if shown_kind]
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
     return ("Bars right of 0: the study's best setting scored higher than its control. An error bar crossing 0 "
             "means the difference is within seed noise; grey bars come from one seed and are not tested.")
 
@@ -1386,15 +1392,23 @@ def write_summary(storage: str, folder: Path) -> Path:
     figures = folder / "figures"
     figures.mkdir(exist_ok=True)
     blocks = [Block("h1", "Which exercise helped? Every study against its control"),
-              Block("p", f"{len(frame)} studies in `{storage}`. Each study is compared with its own control, trial "
-                         "0: the chapter's configuration under the study's profile and fixed settings (the "
-                         "input-size study, for one, uses a data set with small objects). Only complete trials count.")]
+              Block("p", f"{_count(len(frame), 'study')} in `{storage}`. Each study is compared with its own "
+                         "control: the chapter's configuration under the study's profile and fixed settings (the "
+                         "input-size study, for one, uses a data set with small objects). Only complete trials count."),
+              *(Block("p", f"Seed noise, from `{r['study']}`: sd {r['seed_sd']:.4f}. Two one-seed runs of one setting "
+                           f"differ by up to about ±{2.8 * r['seed_sd']:.4f} (95%); a one-seed Δ smaller than that "
+                           "is within noise.")
+                for _, r in frame.iterrows() if not pd.isna(r.get("seed_sd", math.nan)))]
     try:
         caption = plot_summary(frame, figures / "delta_vs_control.png")
         blocks.append(Block("figure", caption, path=Path("figures/delta_vs_control.png")))
     except Skipped as exc:
         (figures / "delta_vs_control.png").unlink(missing_ok=True)
         blocks.append(Block("p", f"The chart is left out: {exc}."))
+    reports = [f"[{name}](../{name}/report.html)" for name in frame["variant"].dropna().unique()
+               if (folder.parent / name / "report.html").is_file()]
+    if reports:
+        blocks.append(Block("p", "Each study's own report: " + ", ".join(reports) + "."))
     blocks += [Block("table", table=_summary_table(frame)),
                Block("p", "For a study's figures, trials and commands: `python cli.py report VARIANT`. The data "
                           "behind this page: `summary.csv`.")]
