@@ -40,7 +40,8 @@ def _knob(default, help: str, *, choices=None, low=None, high=None, multiple_of=
 class RunConfig:
     # --- data --------------------------------------------------------------
     dataset: str = _knob("bananas", "'bananas', 'shapes', or a path to a banana folder or a COCO folder")
-    image_size: int = _knob(256, "input side in pixels; images are resized to it", low=32, high=1024, multiple_of=32)
+    image_size: int = _knob(256, "input side in pixels; images are resized to it (TinySSD halves it 6 times)",
+                            low=64, high=1024, multiple_of=32)
     train_images: int = _knob(0, "use only the first N training images (0 = all)", low=0)
     val_images: int = _knob(0, "use only the first N validation images (0 = all)", low=0)
     hflip: bool = _knob(False, "flip each training image left-right with probability 0.5, on the device "

@@ -520,11 +520,23 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+MIN_BOX_SIDE = 1.0  # pixels: a thinner box gives log-size offset targets of -50 and worse, which swamp the loss
+
+
 def _checked_area(box: _Box, report: _Problems) -> _Box | None:
     if box.x2 <= box.x1 or box.y2 <= box.y1:
         report(f"{box.where}: box ({box.x1:g}, {box.y1:g}, {box.x2:g}, {box.y2:g}) has zero or negative area")
         return None
+    if min(box.x2 - box.x1, box.y2 - box.y1) < MIN_BOX_SIDE:
+        report(f"{box.where}: box ({box.x1:g}, {box.y1:g}, {box.x2:g}, {box.y2:g}) is narrower than "
+               f"{MIN_BOX_SIDE:g} pixel")
+        return None
     return box
+
+
+def _is_label(text: str) -> bool:
+    """A non-negative integer in ASCII digits ('²' passes str.isdigit but not int())."""
+    return text.isascii() and text.isdigit()
 
 
 def _parse_banana_row(row: list[str], where: str, report: _Problems) -> _Box | None:
@@ -535,7 +547,7 @@ def _parse_banana_row(row: list[str], where: str, report: _Problems) -> _Box | N
     if not row[0].strip():
         report(f"{where}: empty img_name")
         return None
-    if not row[1].strip().isdigit():
+    if not _is_label(row[1].strip()):
         report(f"{where}: label must be a non-negative integer, got {row[1]!r}")
         return None
     try:
@@ -556,7 +568,7 @@ def _read_banana_split(root: Path, split: str, report: _Problems) -> list[_Recor
         raise DataError(f"{path}: file not found (the banana format needs bananas_{split}/label.csv)")
     records: dict[str, _Record] = {}
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a CSV saved by Excel starts with a BOM
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             if header != BANANA_COLUMNS:
@@ -586,11 +598,11 @@ def _banana_class_names(root: Path) -> list[str]:
     for split in SPLITS:
         path = root / f"bananas_{split}" / "label.csv"
         try:
-            with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
                 labels = [row[1].strip() for row in csv.reader(f) if len(row) > 1]
         except (OSError, csv.Error):
             continue  # load_split reports problems with the split it reads
-        top = max([top] + [int(v) for v in labels if v.isdigit()])
+        top = max([top] + [int(v) for v in labels if _is_label(v)])
     return ["banana"] if top == 0 else [f"class{i}" for i in range(top + 1)]
 
 

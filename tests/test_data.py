@@ -221,6 +221,8 @@ def break_csv(folder: Path, line: int, text: str) -> Path:
     ("2.png,x,10,20,30,40", "label must be a non-negative integer"),
     ("2.png,0,10,20,10,40", r"box \(10, 20, 10, 40\) has zero or negative area"),
     ("2.png,0,10,20,30,20", "box .* has zero or negative area"),
+    ("2.png,0,10,20,10.001,40", r"box \(10, 20, 10.001, 40\) is narrower than 1 pixel"),
+    ("2.png,\u00b2,10,20,30,40", "label must be a non-negative integer"),
     ("2.png,0,10,20,300,40", "box .* lies outside the 256x256"),
     ("2.png,0,-5,20,30,40", "box .* lies outside the 256x256"),
     ("missing.png,0,10,20,30,40", "image file .*missing.png not found"),
@@ -231,6 +233,14 @@ def test_bad_csv_row_names_file_and_line(banana_copy, row, problem):
         D.load_split(str(banana_copy), "train", 32, progress=False)
     data = D.load_split(str(banana_copy), "train", 32, skip_invalid=True, progress=False)
     assert data.skipped == 1 and len(data) == 5 and "2.png" not in data.file_names
+
+
+def test_a_csv_saved_with_a_byte_order_mark_loads(banana_copy):
+    csv = banana_copy / "bananas_train" / "label.csv"
+    plain = D.load_split(str(banana_copy), "train", 32, progress=False)
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # what Excel writes as "CSV UTF-8"
+    with_bom = D.load_split(str(banana_copy), "train", 32, progress=False)
+    assert with_bom.file_names == plain.file_names and torch.equal(with_bom.targets, plain.targets)
 
 
 def test_bad_csv_header(banana_copy):

@@ -137,3 +137,17 @@ def test_positives_normalisation_is_sum_over_positives():
     torch.testing.assert_close(out["loss_cls"], ce)
     torch.testing.assert_close(out["loss_box"], l1)
     torch.testing.assert_close(out["loss"], 2.0 * ce + 0.5 * l1)
+
+
+def test_negative_sampling_only_drops_negatives_it_does_not_reweight_the_rest():
+    """With 'anchors' normalisation the class term stays a mean over ALL anchors: an anchor that is kept
+    weighs what it weighs in the chapter's loss, and the box term is untouched."""
+    logits, box, labels, target, mask = random_batch(B=2, A=40)
+    chapter = detection_loss(logits, box, labels, target, mask, make_config("chapter"))
+    hard = detection_loss(logits, box, labels, target, mask, make_config("chapter", {"neg_sampling": "hard"}))
+    ce = F.cross_entropy(logits.permute(0, 2, 1), labels, reduction="none")  # [B, A]
+    seen = select_negatives(ce, labels > 0, "hard", 3.0)
+    torch.testing.assert_close(hard["loss_cls"], (ce * seen).sum(dim=1).div(40).mean())
+    torch.testing.assert_close(hard["loss_box"], chapter["loss_box"])
+    dropped = (ce * ~seen).sum(dim=1).div(40).mean()  # what the chapter's loss has and the sampled one leaves out
+    torch.testing.assert_close(chapter["loss_cls"] - hard["loss_cls"], dropped)

@@ -66,7 +66,7 @@ def test_describe_space_walks_conditional_branches():
 
 def test_combined_study_records_every_conditional_knob():
     space = describe_space(experiments.load("combined"), RunConfig())
-    assert {"cls_loss", "box_loss", "neg_sampling", "loss_normalization", "box_weight",
+    assert {"cls_loss", "box_loss", "neg_sampling", "box_weight",
             "focal_gamma", "focal_alpha", "smooth_l1_sigma", "neg_pos_ratio"} == set(space)
 
 
