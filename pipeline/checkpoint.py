@@ -48,7 +48,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Tin
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         cfg = RunConfig(**state["config"])
-        model = TinySSD(len(state["class_names"]))
+        model = TinySSD(len(state["class_names"]), cfg.anchor_scale)
         model.load_state_dict(state["model"])
     except Exception as exc:  # truncated, not a checkpoint, or from another version
         raise CheckpointError(f"{path}: not a readable tinyssd checkpoint ({type(exc).__name__}: {exc})") from exc

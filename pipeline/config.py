@@ -42,6 +42,8 @@ class RunConfig:
     dataset: str = _knob("bananas", "'bananas', 'shapes', or a path to a banana folder or a COCO folder")
     image_size: int = _knob(256, "input side in pixels; images are resized to it (TinySSD halves it 6 times)",
                             low=64, high=1024, multiple_of=32)
+    anchor_scale: float = _knob(1.0, "multiplies every anchor size (the chapter's: 0.2 to 0.961 of the image side); "
+                                "below 1, anchors fit smaller objects", low=0.05, high=4.0)
     train_images: int = _knob(0, "use only the first N training images (0 = all)", low=0)
     val_images: int = _knob(0, "use only the first N validation images (0 = all)", low=0)
     hflip: bool = _knob(False, "flip each training image left-right with probability 0.5, on the device "

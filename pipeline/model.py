@@ -41,11 +41,13 @@ def _flatten(pred: torch.Tensor, per_anchor: int) -> torch.Tensor:
 
 
 class TinySSD(nn.Module):
-    """forward(x) -> (anchors [A, 4] xyxy relative, class logits [B, A, q+1], box offsets [B, A, 4])."""
+    """forward(x) -> (anchors [A, 4] xyxy relative, class logits [B, A, q+1], box offsets [B, A, 4]).
 
-    def __init__(self, num_classes: int):
+    ``anchor_scale`` multiplies the chapter's anchor sizes (1: the chapter's own anchors)."""
+
+    def __init__(self, num_classes: int, anchor_scale: float = 1.0):
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes, self.anchor_scale = num_classes, anchor_scale
         a = anchors_per_location()
         self.blocks = nn.ModuleList(_block(i) for i in range(5))
         self.cls_heads = nn.ModuleList(nn.Conv2d(c, a * (num_classes + 1), 3, padding=1) for c in BLOCK_CHANNELS)
@@ -56,7 +58,7 @@ class TinySSD(nn.Module):
         key = (tuple(feature_shapes), str(device))
         if key not in self._anchor_cache:  # anchors depend only on the shapes: build once
             self._anchor_cache[key] = torch.cat([
-                multibox_prior(h, w, sizes, ratios, device)
+                multibox_prior(h, w, [size * self.anchor_scale for size in sizes], ratios, device)
                 for (h, w), sizes, ratios in zip(feature_shapes, ANCHOR_SIZES, ANCHOR_RATIOS)])
         return self._anchor_cache[key]
 

@@ -176,7 +176,7 @@ def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle
         tune_cpu_allocator()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    model = TinySSD(len(train.class_names)).to(device)
+    model = TinySSD(len(train.class_names), cfg.anchor_scale).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train, val = held_on(train, device), held_on(val, device)

@@ -75,3 +75,21 @@ def test_validation_epochs_every_n_and_always_the_last():
     assert validation_epochs(make_config("chapter", {"epochs": 12, "val_every": 5}), "cpu") == {4, 9, 11}
     assert validation_epochs(make_config("chapter", {"epochs": 3}), "cpu") == {0, 1, 2}  # auto on the CPU: all
     assert validation_epochs(make_config("chapter"), "cuda") == {4, 9, 14, 19}  # auto on CUDA: every 5th
+
+
+def test_anchor_scale_shrinks_anchors_about_their_centres_and_survives_a_checkpoint(tmp_path):
+    import torch
+
+    from pipeline.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.model import TinySSD
+
+    x = torch.zeros(1, 3, 128, 128)
+    chapter = TinySSD(1).eval()(x)[0]
+    half = TinySSD(1, 0.5).eval()(x)[0]
+    torch.testing.assert_close(half[:, 2:] - half[:, :2], (chapter[:, 2:] - chapter[:, :2]) * 0.5)
+    torch.testing.assert_close(half[:, 2:] + half[:, :2], chapter[:, 2:] + chapter[:, :2])
+    cfg = make_config("quick", {"anchor_scale": 0.5})
+    path = save_checkpoint(tmp_path / "c.pt", TinySSD(1, cfg.anchor_scale), cfg, ["banana"])
+    model, loaded, _, _ = load_checkpoint(path)
+    assert loaded.anchor_scale == 0.5 and model.anchor_scale == 0.5
+    torch.testing.assert_close(model(x)[0], half)
