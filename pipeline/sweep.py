@@ -139,7 +139,9 @@ def _check_unchanged(stored: dict[str, Any], current: dict[str, Any], name: str)
         if json.dumps(stored.get(part), sort_keys=True) != json.dumps(current[part], sort_keys=True):
             diffs.append(f"{part}: stored {json.dumps(stored.get(part))} != now {json.dumps(current[part])}")
     old, new = stored.get("base_config", {}), current["base_config"]
-    diffs += [f"{k}: stored {old.get(k)!r} != now {new[k]!r}" for k in new if old.get(k) != new[k] and k != "device"]
+    defaults = dataclasses.asdict(RunConfig())  # a knob added since the study was created, at its default, is no change
+    diffs += [f"{k}: stored {old.get(k)!r} != now {new[k]!r}" for k in new
+              if k != "device" and old.get(k, defaults.get(k)) != new[k]]
     if diffs:
         raise SweepError(f"study {name!r} was created with a different search space or configuration:\n  "
                          + "\n  ".join(diffs) + "\nUse --study-name to start a new study, or the original options.")

@@ -151,3 +151,13 @@ def test_a_failed_control_is_queued_again_and_a_finished_one_is_not(tmp_path):
     study.tell(retry, 0.5)
     other = study.ask()
     assert "control" not in other.user_attrs and ensure_control(study) is False
+
+
+def test_a_knob_added_since_the_study_was_created_is_no_change_at_its_default():
+    from pipeline.sweep import SweepError, _check_unchanged
+
+    base = dataclasses.asdict(RunConfig())
+    older = {"space": {}, "objective": "val/map", "base_config": {k: v for k, v in base.items() if k != "anchor_scale"}}
+    _check_unchanged(older, {"space": {}, "objective": "val/map", "base_config": base}, "s")  # resumes
+    with pytest.raises(SweepError, match="anchor_scale: stored None != now 0.5"):
+        _check_unchanged(older, {"space": {}, "objective": "val/map", "base_config": {**base, "anchor_scale": 0.5}}, "s")
