@@ -115,8 +115,11 @@ def _resumable(state: dict | None, cfg: RunConfig, state_dir: Path | None) -> di
     created again, say) is ignored with a warning, never trained on."""
     if state is None:
         return None
-    saved = {k: v for k, v in state.get("config", {}).items() if k != "device"}
-    if saved != {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}:
+    def settings(config: dict) -> dict:  # the device may change between attempts; a knob added since is at its default
+        return {k: v for k, v in {**dataclasses.asdict(RunConfig()), **config}.items() if k != "device"}
+
+    saved = state.get("config")  # None: a state from before configs were saved, which cannot be checked
+    if saved is None or settings(saved) != settings(dataclasses.asdict(cfg)):
         warnings.warn(f"{state_dir}: the epoch state there was saved by another configuration; training from "
                       "scratch instead", stacklevel=3)
         return None
