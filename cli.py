@@ -387,7 +387,7 @@ def _sweep_table(result: dict, options) -> Table:
         table.add_column(col)
     for t in shown:
         delta = "" if result["control_value"] is None else f"{t.value - result['control_value']:+.4f}"
-        params = "control (the chapter)" if t.user_attrs.get("control") else ", ".join(
+        params = "control (the chapter's settings)" if t.user_attrs.get("control") else ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         table.add_row(str(t.number), f"{t.value:.4f}", delta, params)
     table.caption = (f"{result['n_complete']} complete, {result['n_pruned']} pruned, {result['n_failed']} failed; "
