@@ -332,13 +332,18 @@ def train_step(net, trainer, features, target):
     features: float [B, 3, H, W] as the chapter's banana loader yields them (pixel values 0..255);
     target: [B, M, 5]. Returns the loss tensor (sum over the batch of per-image losses, un-synced).
     """
+    return _step(net, trainer, features, target)[0]
+
+
+def _step(net, trainer, features, target):
+    """The loop body's training part: (loss, cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)."""
     trainer.zero_grad()
     anchors, cls_preds, bbox_preds = net(features)
     bbox_labels, bbox_masks, cls_labels = multibox_target(anchors, target)
     l = calc_loss(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)  # noqa: E741
     l.mean().backward()
     trainer.step()
-    return l
+    return l, cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,12 +371,7 @@ def timed_iteration(net, trainer, features, target):
     bookkeeping and the Animator's redraw of the plot (not included here). It is not a throughput.
     Returns the four metric sums the chapter accumulates.
     """
-    trainer.zero_grad()
-    anchors, cls_preds, bbox_preds = net(features)
-    bbox_labels, bbox_masks, cls_labels = multibox_target(anchors, target)
-    l = calc_loss(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)  # noqa: E741
-    l.mean().backward()
-    trainer.step()
+    _, cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks = _step(net, trainer, features, target)
     with warnings.catch_warnings():  # bbox_eval calls float() on a tensor that requires grad, as the chapter does
         warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
         return (cls_eval(cls_preds, cls_labels), cls_labels.numel(),
