@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -78,6 +79,17 @@ def build_config(profile: str, overrides: dict) -> RunConfig:
         return make_config(profile, overrides)
     except ConfigError as exc:
         _usage_error(str(exc), "--set")
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _study_name(name: str | None) -> str | None:
+    """A study name becomes an MLflow experiment, a folder of epoch states and a report folder: keep it plain."""
+    if name is not None and not STUDY_NAME.fullmatch(name):
+        _usage_error(f"{name!r}: use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or "
+                     "digit)", "--study-name")
+    return name
 
 
 def _storage_url(url: str) -> str:
@@ -310,7 +322,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
           profile: ProfileOpt = None, dataset: DatasetOpt = None, sets: SetOpt = None,
           storage: Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///… or postgresql://…)",
                                                callback=_storage_url)] = "sqlite:///optuna.db",
-          study_name: Annotated[Optional[str], typer.Option(help="default: VARIANT-PROFILE")] = None,
+          study_name: Annotated[Optional[str], typer.Option(help="default: VARIANT-PROFILE",
+                                                            callback=_study_name)] = None,
           workers: Annotated[int, typer.Option(min=1, help="worker processes sharing the study (and the GPU)")] = 1,
           seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
           timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after SEC seconds")] = None,

@@ -158,3 +158,10 @@ def test_sigterm_during_train_ends_its_run_killed(workdir, tiny_bananas):
     assert run.info.status == "KILLED", (workdir / "train.log").read_text()
     assert run.data.tags["end_reason"] == f"KeyboardInterrupt: signal {signal.SIGTERM.value}"
 
+
+
+def test_a_study_name_that_is_not_plain_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["sweep", "focal-loss", "--study-name", "a`b/../c", "--device", "cpu"])
+    assert result.exit_code == 2 and "--study-name" in plain(result.output)
+    assert not any(tmp_path.iterdir())  # refused before anything was stored
