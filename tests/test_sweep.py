@@ -48,6 +48,16 @@ def test_every_study_samples_valid_configs(name):
     assert describe_space(spec, base)
 
 
+def test_input_size_keeps_anchors_relative_or_fixed_in_pixels():
+    spec = experiments.load("input-size")
+    base = make_config("quick", spec.fixed)  # 128 px
+    relative = spec.space(optuna.trial.FixedTrial({"input_scale": 2.0, "anchors": "relative"}), base)
+    pixels = spec.space(optuna.trial.FixedTrial({"input_scale": 1.5, "anchors": "pixels"}), base)
+    assert relative == {"image_size": 256}
+    assert pixels == {"image_size": 192, "anchor_scale": pytest.approx(1 / 1.5)}
+    assert spec.trials == {"chapter": 7, "quick": 7}  # the control and the 3 x 2 grid
+
+
 def test_describe_space_walks_conditional_branches():
     class Nested:
         def space(trial, base):
