@@ -87,7 +87,8 @@ class RunConfig:
         "all", "which negative anchors the class loss sees", choices=("all", "hard", "random"))
     neg_pos_ratio: float = _knob(3.0, "negatives per positive for hard or random sampling", low=0.1, high=1000.0)
     # --- inference -------------------------------------------------------------
-    nms_iou: float = _knob(0.5, "NMS IoU threshold", low=0.0, high=1.0)
+    nms_iou: float = _knob(0.5, "NMS IoU threshold, per class (torchvision batched_nms); the chapter's NMS is "
+                           "class-agnostic after each anchor's best class: the same with one class", low=0.0, high=1.0)
     score_threshold: float = _knob(0.01, "drop detections scoring below this", low=0.0, high=1.0)
     max_detections: int = _knob(100, "detections kept per image (COCO counts 100)", low=1, high=10_000)
 
