@@ -5,7 +5,9 @@
 - TRIALS: default trial count per profile;
 - OBJECTIVE: the metric maximised;
 - space(trial, base): the trial.suggest_* calls, returning RunConfig overrides;
-- sampler(seed): the Optuna sampler, with the reason for it in the docstring.
+- sampler(seed): the Optuna sampler, with the reason for it in the docstring;
+- PRUNE (default True): False for a grid, where every configuration is part of the answer and a
+  pruned one would be a missing answer.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ class Study:
     objective: str
     space: Callable  # (trial, base RunConfig) -> dict of overrides
     sampler: Callable  # (seed) -> optuna sampler
+    prune: bool = True  # whether the median pruner may stop this study's trials early
 
     @classmethod
     def from_module(cls, module: ModuleType) -> "Study":
         return cls(name=module.__name__.rsplit(".", 1)[-1].replace("_", "-"), question=(module.__doc__ or "").strip(),
                    fixed=dict(getattr(module, "FIXED", {})), trials=dict(module.TRIALS),
-                   objective=getattr(module, "OBJECTIVE", "val/map"), space=module.space, sampler=module.sampler)
+                   objective=getattr(module, "OBJECTIVE", "val/map"), space=module.space, sampler=module.sampler,
+                   prune=getattr(module, "PRUNE", True))
 
 
 def names() -> list[str]:

@@ -211,6 +211,12 @@ def trial_config(trial, ctx: _TrialContext) -> RunConfig:
     return dataclasses.replace(ctx.base, **ctx.spec.space(trial, ctx.base))
 
 
+def pruner(base: RunConfig) -> optuna.pruners.BasePruner:
+    """The median rule, from the 6th trial and only in the second half of a trial's epochs: the first
+    epochs of a slow starter (smaller anchors, a bigger input) say little about where it ends."""
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=base.epochs // 2)
+
+
 def _pruning_callback(trial, objective: str, prune: bool):
     def on_epoch(epoch, metrics, run):
         if objective not in metrics:  # an epoch without validation (see RunConfig.val_every)
@@ -272,7 +278,8 @@ def _train_trial(trial: optuna.Trial, ctx: _TrialContext) -> float:
     try:
         result = tracked_run(cfg, ctx.tracker, name=f"trial-{trial.number}", out_dir=ctx.options.out_dir,
                              parent_run_id=ctx.parent_run_id, tags=tags, progress=False, data=ctx.data(cfg),
-                             on_epoch=_pruning_callback(trial, ctx.spec.objective, ctx.options.prune),
+                             on_epoch=_pruning_callback(trial, ctx.spec.objective,
+                                                        ctx.options.prune and ctx.spec.prune),
                              on_start=lambda run: trial.set_user_attr("mlflow_run_id", run.run_id),
                              state_dir=state_dir)
     except Pruned:
@@ -334,7 +341,7 @@ def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
     ctx = _context(options, parent_run_id)
     storage = open_storage(options.storage, _stale_callback(ctx.tracker, ctx.study_name))
-    study = optuna.load_study(study_name=ctx.study_name, storage=storage,
+    study = optuna.load_study(study_name=ctx.study_name, storage=storage, pruner=pruner(ctx.base),
                               sampler=ctx.spec.sampler(options.seed + index))
     claim_slots(study, StorageLock(options.storage), options.trials or ctx.spec.trials[options.profile])
     with sigterm_as_interrupt(), contextlib.suppress(StudyFull):  # SIGTERM: the trial ends FAIL, its run KILLED

@@ -171,3 +171,20 @@ def test_a_knob_added_since_the_study_was_created_is_no_change_at_its_default():
     _check_unchanged(older, {"space": {}, "objective": "val/map", "base_config": base}, "s")  # resumes
     with pytest.raises(SweepError, match="anchor_scale: stored None != now 0.5"):
         _check_unchanged(older, {"space": {}, "objective": "val/map", "base_config": {**base, "anchor_scale": 0.5}}, "s")
+
+
+def test_grid_studies_never_prune_and_the_median_rule_waits_for_half_the_epochs():
+    from pipeline.sweep import pruner
+
+    assert {n for n in experiments.names() if experiments.load(n).prune} == {"focal-loss", "combined"}
+    study = optuna.create_study(direction="maximize", pruner=pruner(RunConfig(epochs=10)))
+    for _ in range(5):  # the median rule starts after 5 complete trials
+        trial = study.ask()
+        for epoch in range(10):
+            trial.report(0.1 + 0.01 * epoch, epoch)
+        study.tell(trial, 0.2)
+    slow = study.ask()
+    slow.report(0.0, 4)
+    assert not slow.should_prune()  # epoch 4 of 10: still in the warm-up half
+    slow.report(0.0, 5)
+    assert slow.should_prune()
