@@ -147,9 +147,6 @@ class MlflowTracker:
         query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tag_filter.items()] + ["attributes.status = 'RUNNING'"])
         return self.client.search_runs([self.experiment_id], filter_string=query)
 
-    def set_status(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
-
     def close_stale(self, run, reason: str) -> str:
         """End a run that a killed process left RUNNING: FAILED, with the reason, and a trial's state FAIL."""
         tags = {"end_reason": reason[:5000]}
