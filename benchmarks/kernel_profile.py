@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from benchmarks.run import _sync, gpu_name, make_batch  # noqa: E402
+from benchmarks.run import _sync, check_size_and_device, gpu_name, make_batch  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.model import TinySSD  # noqa: E402
 from pipeline.step import TrainStep  # noqa: E402
@@ -110,10 +110,7 @@ def main(argv=None) -> dict:
     p.add_argument("--top", type=int, default=15, help="operators listed in the table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = p.parse_args(argv)
-    if args.image_size % 64 or args.image_size < 64:
-        p.error("--image-size must be a positive multiple of 64")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch sees no CUDA device")
+    check_size_and_device(p, args)
     steps = args.steps or (20 if args.device == "cuda" else 2)
     device = torch.device(args.device)
     cfg = RunConfig(precision=args.precision, image_size=args.image_size, batch_size=args.batch_size)

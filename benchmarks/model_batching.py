@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.run import _sync, gpu_name, make_batch  # noqa: E402
+from benchmarks.run import _sync, check_size_and_device, gpu_name, make_batch, whole_numbers  # noqa: E402
 from pipeline.boxes import anchors_per_location, multibox_target, tinyssd_anchors  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.losses import detection_loss  # noqa: E402
@@ -211,14 +211,8 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = p.parse_args(argv)
-    try:
-        args.k = [int(k) for k in args.k.split(",") if k.strip()]
-    except ValueError:
-        p.error("--k takes comma-separated whole numbers, e.g. 1,2,4")
-    if args.image_size % 64 or args.image_size < 64:
-        p.error("--image-size must be a positive multiple of 64")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch sees no CUDA device")
+    args.k = whole_numbers(p, args.k, "--k")
+    check_size_and_device(p, args)
     args.steps = args.steps or (20 if args.device == "cuda" else 2)
     out = measure(args)
     print(f"{out['gpu'] or 'CPU'}, {out['precision']}, batch {out['batch_size']} per trial, "

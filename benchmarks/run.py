@@ -507,6 +507,22 @@ def print_table(info: dict, res: dict) -> None:
         print("warm-up (incl. any compile), s: " + ", ".join(f"{k} {v:.1f}" for k, v in warm.items()))
 
 
+def whole_numbers(p: argparse.ArgumentParser, text: str, flag: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4], or the parser's usage error naming ``flag``."""
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        p.error(f"{flag} takes comma-separated whole numbers, e.g. 1,2,4")
+
+
+def check_size_and_device(p: argparse.ArgumentParser, args) -> None:
+    """Usage errors every benchmark script shares: an input TinySSD cannot take, a CUDA device torch cannot see."""
+    if args.image_size % 64 or args.image_size < 64:
+        p.error("--image-size must be a positive multiple of 64")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -550,16 +566,10 @@ def parse_args(argv=None):
     e.add_argument("--no-micro", action="store_true", help="only the end-to-end parts")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = p.parse_args(argv)
-    try:
-        args.sweep_workers = [int(k) for k in args.sweep_workers.split(",") if k.strip()]
-    except ValueError:
-        p.error("--sweep-workers takes comma-separated whole numbers, e.g. 1,2,4")
+    args.sweep_workers = whole_numbers(p, args.sweep_workers, "--sweep-workers")
     if args.steps is None:
         args.steps = 20 if args.device == "cuda" else 3
-    if args.image_size % 64 or args.image_size < 64:
-        p.error("--image-size must be a positive multiple of 64")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch sees no CUDA device")
+    check_size_and_device(p, args)
     args.decode_images = min(args.decode_images, args.batch_size)
     return args
 
