@@ -327,7 +327,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
           workers: Annotated[int, typer.Option(min=1, help="worker processes sharing the study (and the GPU)")] = 1,
           seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
           timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after SEC seconds")] = None,
-          no_prune: Annotated[bool, typer.Option("--no-prune", help="turn off MedianPruner (TPE studies only; grid studies never prune)")] = False,
+          no_prune: Annotated[bool, typer.Option(
+              "--no-prune", help="turn off MedianPruner (TPE studies only; grid studies never prune)")] = False,
           seeds: Annotated[int, typer.Option(min=0, help="afterwards, re-train the best and the control with N new seeds")] = 0,
           device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
