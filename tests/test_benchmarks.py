@@ -228,3 +228,60 @@ def test_model_batching_smoke_reports_every_k_against_the_fast_path(capsys):
     assert [row["k"] for row in out["rows"]] == ["fast path (one TrainStep)", 1, 2]
     assert out["rows"][0]["vs_fast_path"] == 1.0 and all(row["images_per_s"] > 0 for row in out["rows"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == out["rows"]
+
+
+def test_traffic_counter_counts_each_operators_reads_and_writes_and_no_views():
+    from benchmarks.roofline import TrafficCounter
+
+    x = torch.ones(100)  # 400 bytes
+    with TrafficCounter() as traffic:
+        y = x.view(10, 10) * 2  # the view moves nothing; mul reads 400 and writes 400
+        y.sum()  # reads 400, writes a 4-byte scalar
+        x.expand(5, 100).sum()  # an expanded view reads its 400-byte storage, not 2,000 bytes
+    assert traffic.bytes_by_op == {"aten.mul": 800, "aten.sum": 2 * 404}
+
+
+def test_saved_for_backward_counts_each_storage_once():
+    from benchmarks.roofline import SavedForBackward
+
+    a = torch.ones(10, requires_grad=True)
+    b = torch.ones(30, requires_grad=True)
+    with SavedForBackward() as saved:
+        (a * a).sum()  # mul keeps a twice: one storage
+        (b.exp()).sum()  # exp keeps its result
+    assert saved.bytes == 40 + 120
+
+
+def test_roofline_flops_are_the_convolutions_by_formula():
+    """Forward: 2 Cin Cout k^2 Hout Wout per convolution. Backward: twice that (input and weight
+    gradients), except the first convolution, whose input (the image) needs no gradient."""
+    from benchmarks import roofline
+
+    size, batch = 64, 2
+    model, forward = TinySSD(1), []
+    hook = lambda m, i, o: forward.append(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+                                          * o.shape[-2] * o.shape[-1] // m.groups)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(hook)
+    model(torch.zeros(1, 3, size, size))
+    expected = 3 * sum(forward) - forward[0]
+    counts = roofline.count_step(RunConfig(image_size=size, batch_size=batch, precision="fp32"))
+    assert counts["gflop_per_image"] * 1e9 == pytest.approx(expected, rel=1e-9)
+    assert sum(counts["mb_per_image_by_category"].values()) == pytest.approx(counts["mb_per_image"])
+    assert counts["floor_mb_per_image"] == 2 * counts["saved_mb_per_image"] < counts["mb_per_image"]
+
+
+def test_roofline_ceilings_divide_the_data_sheet_by_the_counts(capsys):
+    from benchmarks import roofline
+
+    out = roofline.main(["--image-size", "64", "--batch-size", "2", "--precision", "bf16", "--gpu", "h200",
+                         "--measured", "1000", "--json"])
+    row, gpu = out["gpus"]["h200"], roofline.GPUS["h200"]
+    assert list(out["gpus"]) == ["h200"]
+    assert row["ceiling_images_per_s"]["unfused_traffic"] * out["mb_per_image"] * 1e6 == pytest.approx(4.8e12)
+    assert row["ceiling_images_per_s"]["flops"] * out["gflop_per_image"] * 1e9 == pytest.approx(gpu["bf16_tflops"] * 1e12)
+    assert row["implied_tb_per_s_unfused"] == pytest.approx(1000 * out["mb_per_image"] / 1e6)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    with pytest.raises(SystemExit):
+        roofline.main(["--measured", "1000"])  # measured on which GPU?

@@ -1,0 +1,181 @@
+"""What one training step costs per image in FLOPs and memory traffic, and the images/s ceilings that follow.
+
+    python benchmarks/roofline.py --precision bf16 --json
+    python benchmarks/roofline.py --precision bf16 --gpu h200 --measured 4547   # how close a measured rate is
+
+Runs one eager training step of the fast path (``pipeline.step.TrainStep``: forward, matching, loss,
+backward, SGD update; the chapter's batch of 32 at 256x256 by default) on the CPU, under torch's own
+counters. The counts do not depend on the device, so no GPU is needed:
+
+* FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, forward and
+  backward);
+* traffic, unfused: a ``TorchDispatchMode`` that adds up, for every aten operator, the bytes of the
+  tensors it reads and writes (views move nothing and count nothing). That is what the step moves
+  through GPU memory when every operator is its own kernel and no tensor stays in cache between
+  two of them: at batch 32 one 256x256 activation is 64 MB (16 channels, bf16), more than an
+  H100's 50 MB L2;
+* traffic floor: ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor kept for backward.
+  A step that does not recompute activations writes each of them once and reads it back once,
+  however its kernels are fused.
+
+Dividing a GPU's memory bandwidth and peak FLOP rate by these costs gives ceilings on training
+images/s. The GPU figures in ``GPUS`` are NVIDIA's data-sheet numbers, not measurements; set a
+measured rate against them (``--measured``) to see how much of the hardware the step uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from benchmarks.kernel_profile import CATEGORIES, build_step, category  # noqa: E402
+from benchmarks.run import check_size_and_device  # noqa: E402
+from pipeline.config import RunConfig  # noqa: E402
+
+# NVIDIA data sheets, dense (no sparsity): memory bandwidth in TB/s, tensor-core TFLOP/s for bf16 and
+# for TF32 (what PyTorch's fp32 convolutions use on these GPUs: torch.backends.cudnn.allow_tf32 is on
+# by default).
+GPUS = {
+    "h100": {"name": "NVIDIA H100 SXM5 80GB (HBM3)", "tb_per_s": 3.35, "bf16_tflops": 989.0, "fp32_tflops": 494.5},
+    "h200": {"name": "NVIDIA H200 SXM 141GB (HBM3e)", "tb_per_s": 4.8, "bf16_tflops": 989.0, "fp32_tflops": 494.5},
+}
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """The bytes an operator touches in ``t``: its elements, or its storage if that is smaller (an expanded view)."""
+    return min(t.numel() * t.element_size(), t.untyped_storage().nbytes())
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Adds up, per aten operator, the bytes of its tensor inputs and outputs (views excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes_by_op: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            tensors = [t for t in tree_flatten((args, kwargs or {}, out))[0] if isinstance(t, torch.Tensor)]
+            name = str(func.overloadpacket)
+            self.bytes_by_op[name] = self.bytes_by_op.get(name, 0) + sum(tensor_bytes(t) for t in tensors)
+        return out
+
+
+class SavedForBackward:
+    """Records the distinct storages autograd keeps for backward (``torch.autograd.graph.saved_tensors_hooks``)."""
+
+    def __init__(self):
+        self.storages: dict[int, int] = {}
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.hooks.__exit__(*exc)
+
+
+def count_step(cfg: RunConfig) -> dict:
+    """FLOPs, bytes moved (by category) and bytes saved for backward, per image, of one eager training step."""
+    step, idx = build_step(dataclasses.replace(cfg, cuda_graph=False), torch.device("cpu"))
+    step.run(idx)  # first-call work (lazy buffers) stays out of the counts
+    flops = FlopCounterMode(display=False)
+    traffic = TrafficCounter()
+    saved = SavedForBackward()
+    with flops, traffic, saved:
+        step.run(idx)
+    n = cfg.batch_size
+    by_category = {name: 0 for name, _ in CATEGORIES} | {"other": 0}
+    for op, nbytes in traffic.bytes_by_op.items():
+        by_category[category(op)] += nbytes
+    ops = sorted(((op, nbytes / n / 1e6) for op, nbytes in traffic.bytes_by_op.items()), key=lambda kv: -kv[1])
+    return {"gflop_per_image": flops.get_total_flops() / n / 1e9,
+            "mb_per_image": sum(traffic.bytes_by_op.values()) / n / 1e6,
+            "mb_per_image_by_category": {k: v / n / 1e6 for k, v in by_category.items()},
+            "mb_per_image_by_op": dict(ops),
+            "saved_mb_per_image": saved.bytes / n / 1e6,
+            "floor_mb_per_image": 2 * saved.bytes / n / 1e6}
+
+
+def ceilings(counts: dict, gpu: dict, precision: str) -> dict:
+    """Training images/s a GPU's data sheet allows: by bandwidth (unfused and at the floor) and by FLOP rate."""
+    bandwidth = gpu["tb_per_s"] * 1e12
+    flop_rate = gpu[f"{precision}_tflops"] * 1e12
+    return {"unfused_traffic": bandwidth / (counts["mb_per_image"] * 1e6),
+            "traffic_floor": bandwidth / (counts["floor_mb_per_image"] * 1e6),
+            "flops": flop_rate / (counts["gflop_per_image"] * 1e9)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=256, help="a multiple of 64")
+    p.add_argument("--gpu", choices=sorted(GPUS), action="append",
+                   help="data-sheet ceilings for this GPU (repeatable; default: all of them)")
+    p.add_argument("--measured", type=float, default=None,
+                   help="a measured training images/s on --gpu: the bandwidth and FLOP rate it implies")
+    p.add_argument("--top", type=int, default=8, help="operators listed by the bytes they move")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    args = p.parse_args(argv)
+    args.device = "cpu"
+    check_size_and_device(p, args)
+    if args.measured is not None and (args.gpu is None or len(args.gpu) != 1):
+        p.error("--measured needs exactly one --gpu: the GPU it was measured on")
+    cfg = RunConfig(precision=args.precision, image_size=args.image_size, batch_size=args.batch_size)
+    counts = count_step(cfg)
+    out = {"precision": args.precision, "batch_size": args.batch_size, "image_size": args.image_size,
+           "torch": torch.__version__, **counts, "gpus": {}}
+    print(f"one training step, {args.precision}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+          f"per image: {counts['gflop_per_image']:.2f} GFLOP; {counts['mb_per_image']:.0f} MB moved unfused; "
+          f"{counts['saved_mb_per_image']:.0f} MB saved for backward (floor {counts['floor_mb_per_image']:.0f} MB)")
+    for name, mb in sorted(counts["mb_per_image_by_category"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:12s} {mb:8.1f} MB  {100 * mb / counts['mb_per_image']:5.1f}%")
+    for op, mb in list(counts["mb_per_image_by_op"].items())[:args.top]:
+        print(f"    {op:40s} {mb:8.1f} MB")
+    for key in args.gpu or sorted(GPUS):
+        gpu = GPUS[key]
+        limits = ceilings(counts, gpu, args.precision)
+        row = {"name": gpu["name"], "ceiling_images_per_s": limits}
+        print(f"{gpu['name']} (data sheet: {gpu['tb_per_s']} TB/s, {gpu[f'{args.precision}_tflops']:.0f} "
+              f"{args.precision} TFLOP/s): at most {limits['unfused_traffic']:,.0f} images/s unfused, "
+              f"{limits['traffic_floor']:,.0f} at the traffic floor, {limits['flops']:,.0f} by FLOPs")
+        if args.measured is not None:
+            row["measured_images_per_s"] = args.measured
+            row["implied_tb_per_s_unfused"] = args.measured * counts["mb_per_image"] / 1e6
+            row["implied_tflops"] = args.measured * counts["gflop_per_image"] / 1e3
+            print(f"  measured {args.measured:,.0f} images/s: {row['implied_tb_per_s_unfused']:.2f} TB/s if unfused "
+                  f"({100 * row['implied_tb_per_s_unfused'] / gpu['tb_per_s']:.0f}% of the bandwidth), "
+                  f"{row['implied_tflops']:.1f} TFLOP/s "
+                  f"({100 * row['implied_tflops'] / gpu[f'{args.precision}_tflops']:.1f}% of the peak)")
+        out["gpus"][key] = row
+    if args.json:
+        print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
