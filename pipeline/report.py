@@ -50,7 +50,7 @@ TOP_K = 5  # trials beside the control in the summary table
 TOP_CURVES = 3  # trials beside the control in the per-epoch figure
 LEVEL = 0.95  # confidence level of every interval
 DPI = 110
-UNITS = {"image_size": " (px)", "input_scale": " (× input side)"}
+UNITS = {"image_size": " (px)", "scale": " (×)"}
 COLORS = {"trial": sns.color_palette("deep")[0], "best": sns.color_palette("deep")[2], "control": "#4d4d4d",
           "pruned": sns.color_palette("deep")[1], "failed": sns.color_palette("deep")[3]}
 

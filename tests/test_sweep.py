@@ -48,14 +48,18 @@ def test_every_study_samples_valid_configs(name):
     assert describe_space(spec, base)
 
 
-def test_input_size_keeps_anchors_relative_or_fixed_in_pixels():
+def test_input_size_scales_the_input_the_anchors_or_both():
     spec = experiments.load("input-size")
     base = make_config("quick", spec.fixed)  # 128 px
-    relative = spec.space(optuna.trial.FixedTrial({"input_scale": 2.0, "anchors": "relative"}), base)
-    pixels = spec.space(optuna.trial.FixedTrial({"input_scale": 1.5, "anchors": "pixels"}), base)
-    assert relative == {"image_size": 256}
-    assert pixels == {"image_size": 192, "anchor_scale": pytest.approx(1 / 1.5)}
-    assert spec.trials == {"chapter": 7, "quick": 7}  # the control and the 3 x 2 grid
+
+    def overrides(scale, changed):
+        return spec.space(optuna.trial.FixedTrial({"scale": scale, "changed": changed}), base)
+
+    assert overrides(2.0, "input") == {"image_size": 256}  # the chapter's anchors: relative to the side
+    assert overrides(1.5, "input+anchors") == {"image_size": 192, "anchor_scale": pytest.approx(1 / 1.5)}
+    assert overrides(1.5, "anchors") == {"anchor_scale": pytest.approx(1 / 1.5)}  # 128 px, anchors in pixels at 192
+    assert overrides(1.25, "input+anchors") == {"image_size": 160, "anchor_scale": pytest.approx(0.8)}
+    assert spec.trials == {"chapter": 10, "quick": 10}  # the control and the 3 x 3 grid
 
 
 def test_describe_space_walks_conditional_branches():
