@@ -25,13 +25,14 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TINYSSD_CACHE=${TINYSSD_C
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 work=$(mktemp -d); logs=$work/logs; mkdir -p "$logs"
 export MLFLOW_TRACKING_URI=sqlite:///$logs/mlflow.db
-tiny=(); e2e_tiny=(); bench_tiny=(); conc_tiny=(); kernel_tiny=()
+tiny=(); e2e_tiny=(); bench_tiny=(); conc_tiny=(); kernel_tiny=(); roofline_tiny=()
 if [ "${SMOKE:-0}" = 1 ]; then
   tiny=(--set image_size=64 --set train_images=16 --set val_images=8 --set epochs=2 --set batch_size=8)
   e2e_tiny=(--e2e-set image_size=64 --e2e-set train_images=16 --e2e-set val_images=8 --e2e-set epochs=2
             --e2e-set batch_size=8 --sweep-trials-per-worker 1)
   conc_tiny=(--image-size 64 --batch-size 4 --steps 2 --rounds 1)
   kernel_tiny=(--image-size 64 --batch-size 4 --steps 2)
+  roofline_tiny=(--image-size 64 --batch-size 4)
   bench_tiny=(--image-size 64 --batch-size 4 --steps 1 --rounds 1 --decode-rounds 1 --match-rounds 1 --threads 1)
 fi
 log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$out/summary.txt"; }
@@ -52,7 +53,7 @@ keys = ("val/map", "val/map50", "train/class_err", "train/bbox_mae", "train_imag
         "decode_speedup", "chapter_printed_examples_per_s", "project_warmup_s", "gpu", "torch", "n_complete",
         "n_failed", "best_value", "control_value",
         "first_capture_s", "later_capture_s_median", "best", "busy_ms", "eager_wall_ms", "graph_step_ms",
-        "graph_images_per_s", "categories")
+        "graph_images_per_s", "categories", "gflop_per_image", "mb_per_image", "floor_mb_per_image", "gpus")
 if lines:
     d = json.loads(lines[-1])
     print("    " + json.dumps({k: round(d[k], 4) if isinstance(d[k], float) else d[k] for k in keys if k in d}))
@@ -114,5 +115,10 @@ part_batching() {  # K trials trained as one grouped network: summed images/s ag
 part_compile() {  # what torch.compile adds on top of the graph (bf16), and what compiling costs
   step bench_compile 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --steps 30 --precision bf16 \
     --variants compile "${bench_tiny[@]}" --json; }
-for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels batching}; do "part_$part"; done
+part_roofline() {  # the step's FLOPs and bytes counted on the GPU, and the GPU's bandwidth and matmul rate measured
+  for precision in ${KERNEL_PRECISIONS:-bf16 fp32}; do
+    step "roofline_$precision" 45 python3 benchmarks/roofline.py --device "$DEVICE" --precision "$precision" \
+      "${roofline_tiny[@]}" --json
+  done; }
+for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels batching roofline}; do "part_$part"; done
 log "done"

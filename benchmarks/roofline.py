@@ -2,10 +2,12 @@
 
     python benchmarks/roofline.py --precision bf16 --json
     python benchmarks/roofline.py --precision bf16 --gpu h200 --measured 4547   # how close a measured rate is
+    python benchmarks/roofline.py --device cuda --precision bf16 --json       # on a GPU: its own peaks, measured
 
 Runs one eager training step of the fast path (``pipeline.step.TrainStep``: forward, matching, loss,
-backward, SGD update; the chapter's batch of 32 at 256x256 by default) on the CPU, under torch's own
-counters. The counts do not depend on the device, so no GPU is needed:
+backward, SGD update; the chapter's batch of 32 at 256x256 by default) under torch's own counters.
+The counts hardly depend on the device (cuDNN's BatchNorm adds a small reserve tensor), so no GPU
+is needed:
 
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, forward and
   backward);
@@ -20,7 +22,10 @@ counters. The counts do not depend on the device, so no GPU is needed:
 
 Dividing a GPU's memory bandwidth and peak FLOP rate by these costs gives ceilings on training
 images/s. The GPU figures in ``GPUS`` are NVIDIA's data-sheet numbers, not measurements; set a
-measured rate against them (``--measured``) to see how much of the hardware the step uses.
+measured rate against them (``--measured``) to see how much of the hardware the step uses. With
+``--device cuda`` the step is counted on the GPU, and the GPU's own bandwidth (a 1 GiB
+device-to-device copy) and matrix-multiply FLOP rate (8192x8192, bf16, and fp32 with TF32 as
+cuDNN's convolutions use it) are measured and used beside the data sheets.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +47,7 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.kernel_profile import CATEGORIES, build_step, category  # noqa: E402
-from benchmarks.run import check_size_and_device  # noqa: E402
+from benchmarks.run import check_size_and_device, gpu_name  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 
 # NVIDIA data sheets, dense (no sparsity): memory bandwidth in TB/s, tensor-core TFLOP/s for bf16 and
@@ -98,9 +104,9 @@ class SavedForBackward:
         return self.hooks.__exit__(*exc)
 
 
-def count_step(cfg: RunConfig) -> dict:
+def count_step(cfg: RunConfig, device: torch.device = torch.device("cpu")) -> dict:
     """FLOPs, bytes moved (by category) and bytes saved for backward, per image, of one eager training step."""
-    step, idx = build_step(dataclasses.replace(cfg, cuda_graph=False), torch.device("cpu"))
+    step, idx = build_step(dataclasses.replace(cfg, cuda_graph=False), device)
     step.run(idx)  # first-call work (lazy buffers) stays out of the counts
     flops = FlopCounterMode(display=False)
     traffic = TrafficCounter()
@@ -120,8 +126,37 @@ def count_step(cfg: RunConfig) -> dict:
             "floor_mb_per_image": 2 * saved.bytes / n / 1e6}
 
 
+def _seconds_per_call(fn, reps: int) -> float:
+    fn()  # warm-up: cuBLAS handles, allocations
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / reps
+
+
+def measure_gpu(reps: int = 20) -> dict:
+    """This GPU's bandwidth (TB/s, a 1 GiB copy: 2 GiB moved) and matmul TFLOP/s (bf16; fp32 with TF32)."""
+    src = torch.empty(2**28, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    copy_s = _seconds_per_call(lambda: dst.copy_(src), reps)
+    del src, dst
+    n = 8192
+    rates = {}
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True  # what cuDNN's fp32 convolutions use by default
+        try:
+            rates[f"{precision}_tflops"] = 2 * n**3 / _seconds_per_call(lambda: a @ b, reps) / 1e12
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    return {"name": f"{gpu_name('cuda')}, measured", "tb_per_s": 2 * 2**30 / copy_s / 1e12, **rates}
+
+
 def ceilings(counts: dict, gpu: dict, precision: str) -> dict:
-    """Training images/s a GPU's data sheet allows: by bandwidth (unfused and at the floor) and by FLOP rate."""
+    """Training images/s a GPU's peaks allow: by bandwidth (unfused and at the floor) and by FLOP rate."""
     bandwidth = gpu["tb_per_s"] * 1e12
     flop_rate = gpu[f"{precision}_tflops"] * 1e12
     return {"unfused_traffic": bandwidth / (counts["mb_per_image"] * 1e6),
@@ -131,6 +166,8 @@ def ceilings(counts: dict, gpu: dict, precision: str) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the step is counted; cuda also measures the GPU's bandwidth and FLOP rate")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=256, help="a multiple of 64")
@@ -141,14 +178,17 @@ def main(argv=None) -> dict:
     p.add_argument("--top", type=int, default=8, help="operators listed by the bytes they move")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = p.parse_args(argv)
-    args.device = "cpu"
     check_size_and_device(p, args)
     if args.measured is not None and (args.gpu is None or len(args.gpu) != 1):
         p.error("--measured needs exactly one --gpu: the GPU it was measured on")
     cfg = RunConfig(precision=args.precision, image_size=args.image_size, batch_size=args.batch_size)
-    counts = count_step(cfg)
-    out = {"precision": args.precision, "batch_size": args.batch_size, "image_size": args.image_size,
-           "torch": torch.__version__, **counts, "gpus": {}}
+    counts = count_step(cfg, torch.device(args.device))
+    out = {"device": args.device, "gpu": gpu_name(args.device), "precision": args.precision,
+           "batch_size": args.batch_size, "image_size": args.image_size, "torch": torch.__version__, **counts,
+           "gpus": {}}
+    gpus = {key: GPUS[key] for key in args.gpu or sorted(GPUS)}
+    if args.device == "cuda":
+        gpus["measured"] = measure_gpu()
     print(f"one training step, {args.precision}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
           f"per image: {counts['gflop_per_image']:.2f} GFLOP; {counts['mb_per_image']:.0f} MB moved unfused; "
           f"{counts['saved_mb_per_image']:.0f} MB saved for backward (floor {counts['floor_mb_per_image']:.0f} MB)")
@@ -156,11 +196,11 @@ def main(argv=None) -> dict:
         print(f"  {name:12s} {mb:8.1f} MB  {100 * mb / counts['mb_per_image']:5.1f}%")
     for op, mb in list(counts["mb_per_image_by_op"].items())[:args.top]:
         print(f"    {op:40s} {mb:8.1f} MB")
-    for key in args.gpu or sorted(GPUS):
-        gpu = GPUS[key]
+    for key, gpu in gpus.items():
         limits = ceilings(counts, gpu, args.precision)
         row = {"name": gpu["name"], "ceiling_images_per_s": limits}
-        print(f"{gpu['name']} (data sheet: {gpu['tb_per_s']} TB/s, {gpu[f'{args.precision}_tflops']:.0f} "
+        source = "measured" if key == "measured" else "data sheet"
+        print(f"{gpu['name']} ({source}: {gpu['tb_per_s']:.2f} TB/s, {gpu[f'{args.precision}_tflops']:.0f} "
               f"{args.precision} TFLOP/s): at most {limits['unfused_traffic']:,.0f} images/s unfused, "
               f"{limits['traffic_floor']:,.0f} at the traffic floor, {limits['flops']:,.0f} by FLOPs")
         if args.measured is not None:

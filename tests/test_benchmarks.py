@@ -285,3 +285,13 @@ def test_roofline_ceilings_divide_the_data_sheet_by_the_counts(capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
     with pytest.raises(SystemExit):
         roofline.main(["--measured", "1000"])  # measured on which GPU?
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="measures the GPU's own bandwidth and FLOP rate")
+def test_roofline_on_a_gpu_measures_its_peaks():
+    from benchmarks import roofline
+
+    out = roofline.main(["--device", "cuda", "--image-size", "64", "--batch-size", "2", "--gpu", "h100"])
+    measured = out["gpus"]["measured"]
+    assert 0.1 < measured["tb_per_s"] < 20 and 1 < measured["bf16_tflops"] < 5000
+    assert set(out["gpus"]) == {"h100", "measured"}
