@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import inspect
 import json
 import math
 import re
@@ -767,9 +768,27 @@ def summary_table(trials: pd.DataFrame, confirmation: dict | None) -> pd.DataFra
     return pd.DataFrame(records)
 
 
-def _first_line(question: str) -> tuple[str, str]:
-    lines = question.strip().splitlines() or [""]
-    return lines[0].strip(), " ".join(l.strip() for l in lines[1:] if l.strip())
+def _first_line(question: str) -> tuple[str, list[Block]]:
+    """A study's docstring: its first line (the title), then the rest as paragraphs and bullet lists.
+
+    A line that starts with "* " or "- " opens a list item; the indented lines after it continue it."""
+    lines = inspect.cleandoc(question).splitlines() or [""]
+    blocks: list[Block] = []
+    for line in lines[1:]:
+        text = line.strip()
+        if not text:
+            blocks.append(Block("p"))  # a paragraph break; empty blocks are dropped below
+        elif text[:2] in ("* ", "- "):
+            if not blocks or blocks[-1].kind != "ul":
+                blocks.append(Block("ul"))
+            blocks[-1].items.append(text[2:])
+        elif blocks and blocks[-1].kind == "ul" and line[:1].isspace():
+            blocks[-1].items[-1] += " " + text
+        elif blocks and blocks[-1].kind == "p":
+            blocks[-1].text = f"{blocks[-1].text} {text}".strip()
+        else:
+            blocks.append(Block("p", text))
+    return lines[0].strip(), [b for b in blocks if b.text or b.items]
 
 
 def _state_counts(trials: pd.DataFrame) -> str:
@@ -805,7 +824,7 @@ def protocol_note(base_config: dict[str, Any]) -> list[str]:
 
 def header_blocks(d: StudyData) -> list[Block]:
     variant = d.attrs.get("variant", d.study.study_name)
-    title, rest = _first_line(d.attrs.get("question", ""))
+    title, question = _first_line(d.attrs.get("question", ""))
     cfg = d.base_config
     data_set = (f"`{cfg.get('dataset', '?')}` at {cfg.get('image_size', '?')} px; "
                 f"{cfg.get('train_images') or 'all'} training and {cfg.get('val_images') or 'all'} validation images, "
@@ -815,8 +834,7 @@ def header_blocks(d: StudyData) -> list[Block]:
              f"Trials: {_state_counts(d.trials)}.", f"Run: {_when(d.trials)}."]
     if d.mlflow_note:
         items.append(f"MLflow: {d.mlflow_note}.")
-    return [Block("h1", f"{variant}: {title}" if title else variant), *([Block("p", rest)] if rest else []),
-            Block("ul", items=items)]
+    return [Block("h1", f"{variant}: {title}" if title else variant), *question, Block("ul", items=items)]
 
 
 def headline(trials: pd.DataFrame) -> str:

@@ -85,6 +85,27 @@ def assert_real_png(path: Path):
     assert pixels.std() > 10, f"{path} looks blank"
 
 
+def test_a_study_question_keeps_its_paragraphs_and_bullet_lists():
+    from pipeline.report import _first_line, to_html, to_markdown
+
+    title, blocks = _first_line("""Does it help?
+
+    Compared against: trial 0,
+    the control. Two arms:
+      * a: one thing
+        that goes on;
+      * b: another.
+    Watch val/map.
+    """)
+    assert title == "Does it help?"
+    assert [(b.kind, b.text, b.items) for b in blocks] == [
+        ("p", "Compared against: trial 0, the control. Two arms:", []),
+        ("ul", "", ["a: one thing that goes on;", "b: another."]),
+        ("p", "Watch val/map.", [])]
+    assert "- a: one thing that goes on;\n- b: another." in to_markdown(blocks)
+    assert to_html(blocks, Path("."), "t").count("<li>") == 2
+
+
 # --- statistics on hand-computable values -------------------------------------------------------
 
 def test_mean_ci_is_the_t_interval():
