@@ -53,7 +53,7 @@ keys = ("val/map", "val/map50", "train/class_err", "train/bbox_mae", "train_imag
         "decode_speedup", "chapter_printed_examples_per_s", "project_warmup_s", "gpu", "torch", "n_complete",
         "n_failed", "best_value", "control_value",
         "first_capture_s", "later_capture_s_median", "best", "busy_ms", "eager_wall_ms", "graph_step_ms",
-        "graph_images_per_s", "categories", "gflop_per_image", "mb_per_image", "floor_mb_per_image", "gpus")
+        "graph_images_per_s", "categories", "gflop_per_image", "mb_per_image", "saved_x2_mb_per_image", "gpus")
 if lines:
     d = json.loads(lines[-1])
     print("    " + json.dumps({k: round(d[k], 4) if isinstance(d[k], float) else d[k] for k in keys if k in d}))

@@ -11,14 +11,15 @@ is needed:
 
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, forward and
   backward);
-* traffic, unfused: a ``TorchDispatchMode`` that adds up, for every aten operator, the bytes of the
-  tensors it reads and writes (views move nothing and count nothing). That is what the step moves
-  through GPU memory when every operator is its own kernel and no tensor stays in cache between
-  two of them: at batch 32 one 256x256 activation is 64 MB (16 channels, bf16), more than an
-  H100's 50 MB L2;
-* traffic floor: ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor kept for backward.
-  A step that does not recompute activations writes each of them once and reads it back once,
-  however its kernels are fused.
+* traffic, unfused: a ``TorchDispatchMode`` that adds up, for every aten operator, the bytes it
+  reads and writes (see ``TrafficCounter``). That is what the step moves through GPU memory when
+  every operator is its own kernel that reads each input once, and no tensor stays in cache
+  between two of them: at batch 32 one 256x256 activation is 67 MB (16 channels, bf16), more than
+  an H100's 50 MB L2. A model, not a measurement: a kernel that passes over a tensor twice moves
+  more, a layer that fits in L2 moves less;
+* saved x 2: ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor eager autograd keeps
+  for backward (int64 pooling indices and parameters included); written once and read once, they
+  are the traffic of a step that keeps what eager PyTorch keeps, however its kernels are fused.
 
 Dividing a GPU's memory bandwidth and peak FLOP rate by these costs gives ceilings on training
 images/s. The GPU figures in ``GPUS`` are NVIDIA's data-sheet numbers, not measurements; set a
@@ -64,19 +65,47 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return min(t.numel() * t.element_size(), t.untyped_storage().nbytes())
 
 
+# operators whose first argument they only write (its old values are not read)
+WRITE_ONLY = {"aten.copy_", "aten.fill_", "aten.zero_"}
+# operators that write only some elements of their first argument: the bytes of the values they scatter
+SCATTERS = {"aten.index_put_", "aten._index_put_impl_"}
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+
 class TrafficCounter(TorchDispatchMode):
-    """Adds up, per aten operator, the bytes of its tensor inputs and outputs (views excluded)."""
+    """Adds up, per aten operator, the bytes it reads and writes (views and allocations move nothing).
+
+    Each argument is read once. An argument the operator's schema marks as written is also written,
+    and only written when it is an ``out=`` argument or the target of copy_, fill_ or zero_; a scatter
+    (index_put_) writes the bytes of its values. An output is written unless it is an argument
+    (``add_`` returns its ``self``)."""
 
     def __init__(self):
         super().__init__()
         self.bytes_by_op: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            tensors = [t for t in tree_flatten((args, kwargs or {}, out))[0] if isinstance(t, torch.Tensor)]
-            name = str(func.overloadpacket)
-            self.bytes_by_op[name] = self.bytes_by_op.get(name, 0) + sum(tensor_bytes(t) for t in tensors)
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = str(func.overloadpacket)
+        if func.is_view or name.startswith(("aten.empty", "aten.new_empty")):
+            return out
+        moved, seen = 0, set()
+        for i, arg in enumerate(func._schema.arguments):
+            tensors = _tensors(args[i] if i < len(args) else kwargs.get(arg.name))
+            written = arg.alias_info is not None and arg.alias_info.is_write
+            write_only = written and (arg.kwarg_only or (i == 0 and name in WRITE_ONLY))
+            for t in tensors:
+                seen.add(t.untyped_storage().data_ptr())
+                if i == 0 and name in SCATTERS:
+                    moved += sum(tensor_bytes(v) for v in _tensors(args[2] if len(args) > 2 else kwargs["values"]))
+                    continue
+                moved += tensor_bytes(t) * ((0 if write_only else 1) + (1 if written else 0))
+        moved += sum(tensor_bytes(t) for t in _tensors(out) if t.untyped_storage().data_ptr() not in seen)
+        self.bytes_by_op[name] = self.bytes_by_op.get(name, 0) + moved
         return out
 
 
@@ -123,7 +152,7 @@ def count_step(cfg: RunConfig, device: torch.device = torch.device("cpu")) -> di
             "mb_per_image_by_category": {k: v / n / 1e6 for k, v in by_category.items()},
             "mb_per_image_by_op": dict(ops),
             "saved_mb_per_image": saved.bytes / n / 1e6,
-            "floor_mb_per_image": 2 * saved.bytes / n / 1e6}
+            "saved_x2_mb_per_image": 2 * saved.bytes / n / 1e6}
 
 
 def _seconds_per_call(fn, reps: int) -> float:
@@ -141,7 +170,6 @@ def measure_gpu(reps: int = 20) -> dict:
     src = torch.empty(2**28, dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
     copy_s = _seconds_per_call(lambda: dst.copy_(src), reps)
-    del src, dst
     n = 8192
     rates = {}
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
@@ -156,11 +184,11 @@ def measure_gpu(reps: int = 20) -> dict:
 
 
 def ceilings(counts: dict, gpu: dict, precision: str) -> dict:
-    """Training images/s a GPU's peaks allow: by bandwidth (unfused and at the floor) and by FLOP rate."""
+    """Training images/s a GPU's peaks allow: by bandwidth (unfused, and with the saved set moved twice) and by FLOP rate."""
     bandwidth = gpu["tb_per_s"] * 1e12
     flop_rate = gpu[f"{precision}_tflops"] * 1e12
     return {"unfused_traffic": bandwidth / (counts["mb_per_image"] * 1e6),
-            "traffic_floor": bandwidth / (counts["floor_mb_per_image"] * 1e6),
+            "saved_set": bandwidth / (counts["saved_x2_mb_per_image"] * 1e6),
             "flops": flop_rate / (counts["gflop_per_image"] * 1e9)}
 
 
@@ -172,26 +200,27 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=256, help="a multiple of 64")
     p.add_argument("--gpu", choices=sorted(GPUS), action="append",
-                   help="data-sheet ceilings for this GPU (repeatable; default: all of them)")
+                   help="data-sheet ceilings for this GPU (repeatable; default: all of them, or none with --device cuda)")
     p.add_argument("--measured", type=float, default=None,
-                   help="a measured training images/s on --gpu: the bandwidth and FLOP rate it implies")
+                   help="a measured training images/s on that GPU: the bandwidth and FLOP rate it implies")
     p.add_argument("--top", type=int, default=8, help="operators listed by the bytes they move")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = p.parse_args(argv)
     check_size_and_device(p, args)
-    if args.measured is not None and (args.gpu is None or len(args.gpu) != 1):
-        p.error("--measured needs exactly one --gpu: the GPU it was measured on")
+    sheets = args.gpu or ([] if args.device == "cuda" else sorted(GPUS))
+    if args.measured is not None and len(sheets) + (args.device == "cuda") != 1:
+        p.error("--measured needs one GPU to set it against: one --gpu, or --device cuda without --gpu")
     cfg = RunConfig(precision=args.precision, image_size=args.image_size, batch_size=args.batch_size)
     counts = count_step(cfg, torch.device(args.device))
     out = {"device": args.device, "gpu": gpu_name(args.device), "precision": args.precision,
            "batch_size": args.batch_size, "image_size": args.image_size, "torch": torch.__version__, **counts,
            "gpus": {}}
-    gpus = {key: GPUS[key] for key in args.gpu or sorted(GPUS)}
+    gpus = {key: GPUS[key] for key in sheets}
     if args.device == "cuda":
         gpus["measured"] = measure_gpu()
     print(f"one training step, {args.precision}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
           f"per image: {counts['gflop_per_image']:.2f} GFLOP; {counts['mb_per_image']:.0f} MB moved unfused; "
-          f"{counts['saved_mb_per_image']:.0f} MB saved for backward (floor {counts['floor_mb_per_image']:.0f} MB)")
+          f"{counts['saved_mb_per_image']:.0f} MB saved for backward (x 2: {counts['saved_x2_mb_per_image']:.0f} MB)")
     for name, mb in sorted(counts["mb_per_image_by_category"].items(), key=lambda kv: -kv[1]):
         print(f"  {name:12s} {mb:8.1f} MB  {100 * mb / counts['mb_per_image']:5.1f}%")
     for op, mb in list(counts["mb_per_image_by_op"].items())[:args.top]:
@@ -202,7 +231,7 @@ def main(argv=None) -> dict:
         source = "measured" if key == "measured" else "data sheet"
         print(f"{gpu['name']} ({source}: {gpu['tb_per_s']:.2f} TB/s, {gpu[f'{args.precision}_tflops']:.0f} "
               f"{args.precision} TFLOP/s): at most {limits['unfused_traffic']:,.0f} images/s unfused, "
-              f"{limits['traffic_floor']:,.0f} at the traffic floor, {limits['flops']:,.0f} by FLOPs")
+              f"{limits['saved_set']:,.0f} by the saved set x 2, {limits['flops']:,.0f} by FLOPs")
         if args.measured is not None:
             row["measured_images_per_s"] = args.measured
             row["implied_tb_per_s_unfused"] = args.measured * counts["mb_per_image"] / 1e6

@@ -768,7 +768,7 @@ def summary_table(trials: pd.DataFrame, confirmation: dict | None) -> pd.DataFra
     return pd.DataFrame(records)
 
 
-def _first_line(question: str) -> tuple[str, list[Block]]:
+def _question_blocks(question: str) -> tuple[str, list[Block]]:
     """A study's docstring: its first line (the title), then the rest as paragraphs and bullet lists.
 
     A line that starts with "* " or "- " opens a list item; the indented lines after it continue it."""
@@ -824,7 +824,7 @@ def protocol_note(base_config: dict[str, Any]) -> list[str]:
 
 def header_blocks(d: StudyData) -> list[Block]:
     variant = d.attrs.get("variant", d.study.study_name)
-    title, question = _first_line(d.attrs.get("question", ""))
+    title, question = _question_blocks(d.attrs.get("question", ""))
     cfg = d.base_config
     data_set = (f"`{cfg.get('dataset', '?')}` at {cfg.get('image_size', '?')} px; "
                 f"{cfg.get('train_images') or 'all'} training and {cfg.get('val_images') or 'all'} validation images, "

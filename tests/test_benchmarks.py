@@ -233,12 +233,23 @@ def test_model_batching_smoke_reports_every_k_against_the_fast_path(capsys):
 def test_traffic_counter_counts_each_operators_reads_and_writes_and_no_views():
     from benchmarks.roofline import TrafficCounter
 
-    x = torch.ones(100)  # 400 bytes
-    with TrafficCounter() as traffic:
-        y = x.view(10, 10) * 2  # the view moves nothing; mul reads 400 and writes 400
-        y.sum()  # reads 400, writes a 4-byte scalar
-        x.expand(5, 100).sum()  # an expanded view reads its 400-byte storage, not 2,000 bytes
-    assert traffic.bytes_by_op == {"aten.mul": 800, "aten.sum": 2 * 404}
+    a, b, o = torch.ones(100), torch.ones(100), torch.empty(100)  # 400 bytes each
+    moves = {  # bytes read + bytes written, by hand
+        "mul": (lambda: a.view(10, 10) * 2, 400 + 400),  # the view moves nothing
+        "sum": (lambda: a.sum(), 400 + 4),
+        "expanded": (lambda: a.expand(5, 100).sum(), 400 + 4),  # reads its 400-byte storage, not 2,000 bytes
+        "add_": (lambda: o.add_(a), 800 + 400),  # reads self and other, writes self (returned, not counted twice)
+        "out=": (lambda: torch.add(a, b, out=o), 800 + 400),  # out= is written only
+        "copy_": (lambda: o.copy_(a), 400 + 400),  # the target is written, not read
+        "fill_": (lambda: o.fill_(1.0), 400),
+        "foreach": (lambda: torch._foreach_add_([o], [a]), 800 + 400),  # returns nothing, still writes o
+        "index_put_": (lambda: o.index_put_((torch.tensor([3]),), torch.tensor([2.0])), 8 + 4 + 4),  # one element
+        "empty": (lambda: torch.empty(100), 0),  # an allocation moves nothing
+    }
+    for name, (op, expected) in moves.items():
+        with TrafficCounter() as traffic:
+            op()
+        assert sum(traffic.bytes_by_op.values()) == expected, name
 
 
 def test_saved_for_backward_counts_each_storage_once():
@@ -269,7 +280,7 @@ def test_roofline_flops_are_the_convolutions_by_formula():
     counts = roofline.count_step(RunConfig(image_size=size, batch_size=batch, precision="fp32"))
     assert counts["gflop_per_image"] * 1e9 == pytest.approx(expected, rel=1e-9)
     assert sum(counts["mb_per_image_by_category"].values()) == pytest.approx(counts["mb_per_image"])
-    assert counts["floor_mb_per_image"] == 2 * counts["saved_mb_per_image"] < counts["mb_per_image"]
+    assert counts["saved_x2_mb_per_image"] == 2 * counts["saved_mb_per_image"] < counts["mb_per_image"]
 
 
 def test_roofline_ceilings_divide_the_data_sheet_by_the_counts(capsys):
@@ -285,6 +296,8 @@ def test_roofline_ceilings_divide_the_data_sheet_by_the_counts(capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
     with pytest.raises(SystemExit):
         roofline.main(["--measured", "1000"])  # measured on which GPU?
+    with pytest.raises(SystemExit):
+        roofline.main(["--measured", "1000", "--gpu", "h100", "--gpu", "h200"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="measures the GPU's own bandwidth and FLOP rate")

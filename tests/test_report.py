@@ -86,9 +86,9 @@ def assert_real_png(path: Path):
 
 
 def test_a_study_question_keeps_its_paragraphs_and_bullet_lists():
-    from pipeline.report import _first_line, to_html, to_markdown
+    from pipeline.report import _question_blocks, to_html, to_markdown
 
-    title, blocks = _first_line("""Does it help?
+    title, blocks = _question_blocks("""Does it help?
 
     Compared against: trial 0,
     the control. Two arms:
