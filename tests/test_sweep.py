@@ -192,3 +192,38 @@ def test_grid_studies_never_prune_and_the_median_rule_waits_for_half_the_epochs(
     assert not slow.should_prune()  # epoch 4 of 10: still in the warm-up half
     slow.report(0.0, 5)
     assert slow.should_prune()
+
+
+@pytest.mark.parametrize("variant", ["input-size", "loss-weights"])
+def test_workers_of_a_grid_study_share_one_grid(variant):
+    """A GridSampler's seed shuffles its grid: with a seed per worker, grid_id 2 meant box_weight 0.5 to
+    one worker and 0.25 to another, so a two-worker sweep measured some points twice and others never."""
+    from pipeline.sweep import worker_sampler
+
+    spec = experiments.load(variant)
+    base = make_config("quick", spec.fixed)
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    workers = [optuna.load_study(study_name="s", storage=storage, sampler=worker_sampler(spec, 0, i))
+               for i in range(2)]
+    points = []
+
+    def objective(trial):
+        points.append(json.dumps(spec.space(trial, base), sort_keys=True))
+        return 0.0
+
+    for n in range(spec.trials["quick"] - 1):  # the grid, without the control
+        workers[n % 2].optimize(objective, n_trials=1)  # the workers take turns, as two processes sharing it do
+    assert len(set(points)) == len(points) == spec.trials["quick"] - 1, points
+
+
+def test_tpe_workers_get_seeds_of_their_own():
+    from pipeline.sweep import worker_sampler
+
+    spec = experiments.load("focal-loss")
+    first, second = (worker_sampler(spec, 0, i) for i in range(2))
+    study = optuna.create_study()
+    assert first.sample_independent(study, optuna.trial.create_trial(value=0.0), "x",
+                                    optuna.distributions.FloatDistribution(0, 1)) != \
+        second.sample_independent(study, optuna.trial.create_trial(value=0.0), "x",
+                                  optuna.distributions.FloatDistribution(0, 1))
