@@ -43,6 +43,7 @@ SHAPE_CLASSES = ["circle", "triangle", "square"]
 SPLITS = ("train", "val")
 # Boxes may poke this far (pixels) past the image edge, e.g. from rounding; they are clamped.
 BOX_TOLERANCE_PX = 1.0
+MAX_CLASSES = 1000  # label.csv labels number the classes 0..K; a typo of 99999999999 must not build 10^11 names
 
 
 class DataError(ValueError):
@@ -535,8 +536,9 @@ def _checked_area(box: _Box, report: _Problems) -> _Box | None:
 
 
 def _is_label(text: str) -> bool:
-    """A non-negative integer in ASCII digits ('²' passes str.isdigit but not int())."""
-    return text.isascii() and text.isdigit()
+    """A class number: a non-negative integer in ASCII digits ('²' passes str.isdigit but not int()),
+    below MAX_CLASSES."""
+    return text.isascii() and text.isdigit() and int(text) < MAX_CLASSES
 
 
 def _parse_banana_row(row: list[str], where: str, report: _Problems) -> _Box | None:
@@ -548,7 +550,7 @@ def _parse_banana_row(row: list[str], where: str, report: _Problems) -> _Box | N
         report(f"{where}: empty img_name")
         return None
     if not _is_label(row[1].strip()):
-        report(f"{where}: label must be a non-negative integer, got {row[1]!r}")
+        report(f"{where}: label must be a class number, an integer from 0 to {MAX_CLASSES - 1}, got {row[1]!r}")
         return None
     try:
         coords = [float(v) for v in row[2:]]
