@@ -97,11 +97,15 @@ def _storage_url(url: str) -> str:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
+    from pipeline.sqlite_files import sqlite_problem
+
     try:
         parsed = sqlalchemy.engine.make_url(url)
         if parsed.get_backend_name() != "sqlite":  # a SQLite file is created only once the input has been checked
             with sqlalchemy.create_engine(parsed, poolclass=NullPool).connect():
                 pass
+        elif problem := sqlite_problem(url, "optuna"):
+            _usage_error(problem, "--storage")
     except sqlalchemy.exc.ArgumentError as exc:  # not a URL, or an unknown database
         _usage_error(f"{exc} (expected sqlite:///FILE or postgresql://USER@HOST/DB)", "--storage")
     except ImportError as exc:
@@ -110,6 +114,15 @@ def _storage_url(url: str) -> str:
         _usage_error(f"cannot connect to {parsed}: {' '.join(str(getattr(exc, 'orig', None) or exc).split())}",
                      "--storage")
     return url
+
+
+def _check_tracking_store() -> None:
+    """Refuse an MLFLOW_TRACKING_URI whose SQLite file cannot be an MLflow store, before anything is written."""
+    from pipeline.sqlite_files import sqlite_problem
+    from pipeline.tracking import tracking_uri
+
+    if problem := sqlite_problem(tracking_uri(), "mlflow"):
+        _usage_error(problem, "MLFLOW_TRACKING_URI")
 
 
 def seconds_since_process_start() -> float | None:
@@ -170,6 +183,7 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     startup = {"imports_s": seconds_since_process_start()}  # seconds since the process started, at each point
     cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset, epochs=epochs))
     _check_writable(out_dir)
+    _check_tracking_store()
     data = _load_or_exit(cfg, skip_invalid)
     startup["data_loaded_s"] = seconds_since_process_start()
     tracker = MlflowTracker(experiment)
@@ -349,6 +363,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
     overrides = user_overrides(sets, device, dataset=dataset, epochs=epochs)
     build_config(cfg_profile, overrides)  # refuse bad values before any store is touched
     _check_writable(out_dir)
+    _check_tracking_store()
     options = SweepOptions(variant=variant, trials=trials, profile=cfg_profile, overrides=overrides, storage=storage,
                            study_name=study_name, workers=workers, seed=seed, timeout=timeout, prune=not no_prune,
                            seeds=seeds, out_dir=out_dir, trial_timeout=trial_timeout, skip_invalid=skip_invalid)
@@ -419,6 +434,7 @@ def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`
     from pipeline.report import ReportError, write_report
 
     _check_writable(out_root)
+    _check_tracking_store()
     try:
         folder = write_report(target, storage=storage, out_root=out_root, study_name=study_name)
     except ReportError as exc:
@@ -432,6 +448,7 @@ def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
     """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."""
     from pipeline.tracking import tracking_uri
 
+    _check_tracking_store()
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         console.print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")

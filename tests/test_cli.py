@@ -108,6 +108,44 @@ def test_a_storage_url_that_does_not_parse_is_a_usage_error(workdir, command):
     assert not list(workdir.iterdir())  # no database, no report folder
 
 
+@pytest.fixture
+def other_files(workdir):
+    """A real Optuna storage, a real MLflow store and a text file: what a mistyped store URL can point at."""
+    import optuna
+
+    optuna.create_study(storage=f"sqlite:///{workdir / 'optuna-real.db'}", study_name="kept")
+    MlflowClient(f"sqlite:///{workdir / 'mlflow-real.db'}").create_experiment("kept")  # absolute: MLflow caches by URI
+    (workdir / "notes.txt").write_text("notes\n")
+    return {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["sweep", "report"])
+@pytest.mark.parametrize("url, problem", [
+    ("sqlite:///mlflow-real.db", "mlflow-real.db is an MLflow tracking store, not an Optuna study storage"),
+    ("sqlite:///notes.txt", "notes.txt is not a SQLite database"),
+    ("sqlite:///:memory:", "names no database file"),
+    ("sqlite://", "names no database file"),
+    ("sqlite:///cache", "cache is a folder"),
+    ("sqlite:///notes.txt/x.db", "notes.txt is not an existing folder"),
+])
+def test_a_sqlite_storage_that_is_not_an_optuna_file_is_refused_untouched(workdir, other_files, command, url, problem):
+    (workdir / "cache").mkdir(exist_ok=True)
+    args = ["sweep", "focal-loss", "--dataset", str(workdir / "nowhere")] if command == "sweep" else ["report", "all"]
+    result = runner.invoke(app, [*args, "--storage", url])
+    out = plain(result.output)
+    assert result.exit_code == 2 and "Invalid value for --storage:" in out and problem in out, out
+    assert {name: (workdir / name).read_bytes() for name in other_files} == other_files  # not one byte written
+
+
+def test_an_mlflow_store_that_is_an_optuna_file_is_refused_untouched(workdir, other_files, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///optuna-real.db")
+    result = runner.invoke(app, ["train", "--dataset", str(workdir / "nowhere"), "--device", "cpu"])
+    out = plain(result.output)
+    assert result.exit_code == 2 and "Invalid value for MLFLOW_TRACKING_URI:" in out, out
+    assert "is an Optuna study storage, not an MLflow tracking store" in out, out
+    assert {name: (workdir / name).read_bytes() for name in other_files} == other_files
+
+
 def test_an_unreachable_storage_is_a_usage_error_with_the_reason(workdir):
     result = runner.invoke(app, ["sweep", "focal-loss", "--dataset", str(workdir / "nowhere"),
                                  "--storage", "postgresql://user:secret@127.0.0.1:1/x"])  # nothing listens on port 1
