@@ -9,13 +9,16 @@ worker starts: several processes creating SQLite schemas at once crash.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
+import logging
 import math
 import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +31,10 @@ import experiments
 from pipeline.config import RunConfig, make_config
 from pipeline.run import load_data, sigterm_as_interrupt, tracked_run
 from pipeline.storage_lock import StorageLock
-from pipeline.tracking import MlflowTracker
+from pipeline.tracking import MlflowTracker, process_alive
 from pipeline.train import Pruned
 
+_log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 # Heartbeats let a resumed sweep notice a worker that was killed mid-trial; the env vars exist for tests.
 HEARTBEAT_INTERVAL = int(os.environ.get("TINYSSD_HEARTBEAT_INTERVAL", "10"))
@@ -260,6 +264,8 @@ def _state_dir(trial: optuna.Trial, ctx: _TrialContext) -> Path:
 
 
 def objective(trial: optuna.Trial, ctx: _TrialContext) -> float:
+    # who runs this attempt (a retry copies its user attrs, so "started" tells this attempt's from the last one's)
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "started": str(trial.datetime_start)})
     try:
         with deadline(ctx.options.trial_timeout):
             return _train_trial(trial, ctx)
@@ -310,6 +316,26 @@ def _stale_callback(tracker: MlflowTracker, study_name: str):
     return on_stale
 
 
+def fail_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Fail, now, the RUNNING trials whose worker process on this host is gone (killed outright), and hand
+    each to the storage's stale-trial callback (retry, close its MLflow run), as a missed heartbeat would
+    after its grace period. Another host's trials are left to the heartbeat. Returns the trial numbers."""
+    host, failed = socket.gethostname(), []
+    storage = study._storage  # as optuna.storages.fail_stale_trials does
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if (worker.get("host") != host or worker.get("started") != str(trial.datetime_start)
+                or process_alive(int(worker["pid"]))):
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process failed it first
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                failed.append(trial.number)
+                callback = storage.get_heartbeat_stale_trial_callback()
+                if callback is not None:
+                    callback(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+    return failed
+
+
 class StudyFull(Exception):
     """Every trial slot of the study is done or taken: this worker stops."""
 
@@ -325,6 +351,7 @@ def claim_slots(study: optuna.Study, lock: StorageLock, target: int) -> None:
     def ask_for_a_slot(*args, **kwargs):
         with lock.hold():
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial frees its slot
+            fail_dead_local_trials(study)  # at once when the worker was on this host
             taken = study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
             if len(taken) >= target:
                 raise StudyFull()
@@ -374,9 +401,14 @@ def _spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_
             p.join(30)
         raise
     on_poll()
-    failed = [p.exitcode for p in procs if p.exitcode]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(procs)} workers exited with an error (exit codes {failed})")
+    crashed = [p.exitcode for p in procs if p.exitcode and p.exitcode > 0]
+    if crashed:
+        raise RuntimeError(f"{len(crashed)} of {len(procs)} workers exited with an error (exit codes {crashed})")
+    killed = [(i, -p.exitcode) for i, p in enumerate(procs) if p.exitcode and p.exitcode < 0]
+    if killed:  # by a signal, from outside: their trials were failed and queued again; finish them here
+        for i, signum in killed:
+            _log.warning("worker %d was killed (%s); its trial is run again", i, signal.Signals(signum).name)
+        run_worker(options, parent_run_id, n_trials, index=len(procs))
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -413,6 +445,7 @@ def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
     """Close MLflow runs that a killed process left RUNNING: trials that Optuna no longer runs, and any run
     whose process on this host is gone (another host's sweep may still be alive: left alone)."""
     optuna.storages.fail_stale_trials(study)
+    fail_dead_local_trials(study)
     running = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     closed = [tracker.close_stale(run, "its trial is no longer running in the Optuna study")
               for run in tracker.running_runs({"study": study.study_name})

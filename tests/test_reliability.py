@@ -34,9 +34,9 @@ def fast_heartbeat_env():
     return {**os.environ, "TINYSSD_HEARTBEAT_INTERVAL": "1", "TINYSSD_HEARTBEAT_GRACE": "3"}
 
 
-def start_sweep(workdir, data, *extra):
-    return subprocess.Popen([sys.executable, CLI, *sweep_args(data, *extra)], cwd=workdir, env=fast_heartbeat_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_sweep(workdir, data, *extra, env=None):
+    return subprocess.Popen([sys.executable, CLI, *sweep_args(data, *extra)], cwd=workdir,
+                            env=env or fast_heartbeat_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wait_for(predicate, timeout=120.0):
@@ -83,6 +83,42 @@ def test_kill_9_then_resume_retries_the_trial_from_its_last_epoch(workdir, tiny_
     by_trial = {r.data.tags.get("trial_number"): r for r in runs() if "trial_number" in r.data.tags}
     assert by_trial["0"].info.status == "FAILED" and by_trial["0"].data.tags["trial_state"] == "FAIL"  # reconciled
     assert int(by_trial[str(retry.number)].data.tags["resumed_from_epoch"]) >= 0  # not from scratch
+    assert all(r.info.status != "RUNNING" for r in runs())
+
+
+def test_kill_9_then_resume_at_once_retries_the_trial_without_waiting_for_the_heartbeat(workdir, tiny_bananas):
+    """The killed worker ran on this host and its process is gone: the trial is failed and retried at once,
+    not after the heartbeat's grace period (here 10 minutes). Before, the resumed sweep counted the dead
+    trial as a running slot, exited 0 with the study short, and left the trial RUNNING."""
+    worker = start_sweep(workdir, tiny_bananas, "--trials", "2", *SLOW)
+    wait_for(first_epoch_written(workdir))
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    resumed = subprocess.run([sys.executable, CLI, *sweep_args(tiny_bananas, "--trials", "2", *SLOW)], cwd=workdir,
+                             env={**os.environ, "TINYSSD_HEARTBEAT_GRACE": "600"}, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    states = [t.state.name for t in load().trials]
+    assert states[0] == "FAIL" and states.count("COMPLETE") == 2 and "RUNNING" not in states, states
+    assert all(r.info.status != "RUNNING" for r in runs())
+
+
+def test_a_worker_killed_mid_sweep_has_its_trial_run_again_in_the_same_sweep(workdir, tiny_bananas):
+    # a grace period longer than the test: the killed worker's trial must be noticed through its pid
+    sweep = start_sweep(workdir, tiny_bananas, "--trials", "3", "--workers", "2", *SLOW,
+                        env={**fast_heartbeat_env(), "TINYSSD_HEARTBEAT_GRACE": "600"})
+    wait_for(lambda: any((workdir / "outputs" / "state").glob("*/trial-*/epoch-0000.pt")))
+    children = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+    running = {t.user_attrs["worker"]["pid"] for t in load().trials if t.state.name == "RUNNING"
+               and "worker" in t.user_attrs}
+    victim = next(int(pid) for pid in children if int(pid) in running)
+    os.kill(victim, signal.SIGKILL)
+    out, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, out
+    assert "was killed (SIGKILL); its trial is run again" in out and "Traceback" not in out, out
+    trials = load().trials
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1 and "RUNNING" not in states, states
     assert all(r.info.status != "RUNNING" for r in runs())
 
 
