@@ -33,6 +33,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+
+
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a knob: key=value (repeatable); see `knobs`")]
 ProfileOpt = Annotated[Optional[Profile], typer.Option(help="chapter: the chapter's protocol (default on a GPU); quick: CPU-sized (default on a CPU)")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help="'bananas' (default), 'shapes', or a path to a banana or COCO folder")]
@@ -76,9 +81,33 @@ def chosen_profile(profile: Profile | None, device: Device) -> str:
 def build_config(profile: str, overrides: dict) -> RunConfig:
     """Defaults < profile < overrides, with every error a usage error (exit 2)."""
     try:
-        return make_config(profile, overrides)
+        cfg = make_config(profile, overrides)
     except ConfigError as exc:
         _usage_error(str(exc), "--set")
+    _check_device(cfg.device)
+    return cfg
+
+
+def _check_device(device: str) -> None:
+    """device=cuda where torch sees no GPU is the user's choice to fix, not a crash in the middle of a run."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        _usage_error("cuda: torch sees no CUDA device here; use --device cpu (or auto)", "--device")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _check_image_out(path: Path, flag: str, source: Path | None = None) -> None:
+    """An image file to write: a name PIL can write, in a folder that can be created, never the input itself."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES or path.is_dir():
+        _usage_error(f"{path}: give a file name ending in {', '.join(IMAGE_SUFFIXES)}", flag)
+    if source is not None and path.exists() and path.resolve() == source.resolve():
+        _usage_error(f"{path} is the input image: it would be overwritten; choose another --out", flag)
+    if path.parent.exists() and not path.parent.is_dir():
+        _usage_error(f"{path.parent} is a file, not a folder", flag)
+    _check_writable(path.parent)
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -226,7 +255,7 @@ def _check_writable(path: Path) -> None:
 
 @app.command()
 def evaluate(checkpoint: Path, dataset: DatasetOpt = None,
-             split: Annotated[str, typer.Option(help="train or val")] = "val",
+             split: Annotated[Split, typer.Option(help="the split to score")] = Split.val,
              detections_out: Annotated[Optional[Path], typer.Option(help="write COCO results JSON here")] = None,
              device: DeviceOpt = Device.auto, json_out: JsonOpt = False):
     """Print COCO metrics of CHECKPOINT on a data set and optionally write its COCO results JSON."""
@@ -234,12 +263,18 @@ def evaluate(checkpoint: Path, dataset: DatasetOpt = None,
     from pipeline.data import DataError
     from pipeline.inference import evaluate_checkpoint
 
+    _check_device(device.value)
+    if detections_out is not None:
+        if detections_out.is_dir():
+            _usage_error(f"{detections_out} is a folder; give a file name, e.g. {detections_out / 'detections.json'}",
+                         "--detections-out")
+        _check_writable(detections_out.parent)
     try:
-        result = evaluate_checkpoint(checkpoint, dataset, split, detections_out, device.value, progress=True)
+        result = evaluate_checkpoint(checkpoint, dataset, split.value, detections_out, device.value, progress=True)
     except (CheckpointError, DataError) as exc:
         _usage_error(str(exc))
     metrics = {f"val/{k}": v for k, v in result.metrics.items()}
-    console.print(_metrics_table(f"COCO metrics of {checkpoint} on {split}", metrics))
+    console.print(_metrics_table(f"COCO metrics of {checkpoint} on {split.value}", metrics))
     if json_out:
         _json_line(metrics)
 
@@ -254,6 +289,8 @@ def predict(checkpoint: Path, image: Path,
     from pipeline.data import DataError
     from pipeline.inference import predict_image
 
+    _check_device(device.value)
+    _check_image_out(out, "--out", source=image)
     try:
         found = predict_image(checkpoint, image, out, threshold, device.value)
     except (CheckpointError, DataError) as exc:
@@ -265,23 +302,23 @@ def predict(checkpoint: Path, image: Path,
 
 @app.command()
 def data(dataset: Annotated[str, typer.Argument(help="'bananas', 'shapes', or a path")] = "bananas",
-         split: Annotated[str, typer.Option(help="train or val")] = "train",
+         split: Annotated[Split, typer.Option(help="the split to inspect")] = Split.train,
          preview: Annotated[Path, typer.Option(help="PNG grid of samples with their boxes")] = Path("outputs/preview.png"),
-         image_size: Annotated[int, typer.Option(help="side the images are resized to")] = 256,
+         image_size: Annotated[int, typer.Option(min=1, help="side the images are resized to")] = 256,
          json_out: JsonOpt = False):
     """Generate (on first use) or inspect a data set, and write a preview grid of samples."""
     from pipeline.data import DataError, load_split, resolve_dataset
     from pipeline.visualize import preview as draw_preview
 
+    _check_image_out(preview, "--preview")
     try:
         folder, fmt = resolve_dataset(dataset)
-        loaded = load_split(dataset, split, image_size)
+        loaded = load_split(dataset, split.value, image_size)
     except DataError as exc:
         _usage_error(str(exc))
-    preview.parent.mkdir(parents=True, exist_ok=True)
     draw_preview(loaded, preview)
     objects = int((loaded.targets[..., 0] >= 0).sum())
-    summary = {"dataset": dataset, "folder": str(folder), "format": fmt, "split": split, "images": len(loaded),
+    summary = {"dataset": dataset, "folder": str(folder), "format": fmt, "split": split.value, "images": len(loaded),
                "objects": objects, "classes": loaded.class_names, "skipped": loaded.skipped, "preview": str(preview)}
     for key, value in summary.items():
         console.print(f"{key:>8}: {value}")

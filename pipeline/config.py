@@ -55,7 +55,7 @@ class RunConfig:
     weight_decay: float = _knob(5e-4, "SGD weight decay", low=0.0, high=1.0)
     lr_schedule: str = _knob("constant", "constant (the chapter) or cosine decay to 0 over the epochs",
                              choices=("constant", "cosine"))
-    seed: int = _knob(0, "seed for weights, batch order and sampling", low=0)
+    seed: int = _knob(0, "seed for weights, batch order and sampling", low=0, high=2**32 - 1)
     device: str = _knob("auto", "auto picks CUDA when there is one", choices=("auto", "cpu", "cuda"))
     # --- speed (no effect on the maths in fp32) ------------------------------
     channels_last: bool = _knob(True, "NHWC memory layout: about 1.5x faster convolutions on CPU")

@@ -587,6 +587,8 @@ def _read_banana_split(root: Path, split: str, report: _Problems) -> list[_Recor
                     rec.boxes.append(box)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # unreadable: permissions, a folder of that name, an I/O error
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
     return list(records.values())
@@ -616,6 +618,8 @@ def _load_json(path: Path) -> dict:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # unreadable: permissions, a folder of that name, an I/O error
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
     if not (isinstance(data, dict) and isinstance(data.get("images"), list)
@@ -698,7 +702,12 @@ def _read_coco_split(root: Path, split: str, report: _Problems) -> tuple[list[_R
 
 def _open_image(rec: _Record, report: _Problems) -> Image.Image | None:
     """The record's image as RGB, or None (reported) when missing, unreadable or the wrong size."""
-    if not rec.path.is_file():
+    try:
+        found = rec.path.is_file()
+    except OSError as e:  # its folder cannot be read
+        report(f"{rec.where}: cannot read image {rec.path}: {e.strerror or e}")
+        return None
+    if not found:
         report(f"{rec.where}: image file {rec.path} not found")
         return None
     try:

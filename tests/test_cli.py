@@ -3,9 +3,11 @@
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -59,6 +61,53 @@ def test_train_logs_one_complete_mlflow_run(workdir, tiny_bananas):
     predicted = runner.invoke(app, ["predict", out["checkpoint"], str(image), "--out", "p.png", "--threshold", "0.0"])
     assert predicted.exit_code == 0, predicted.output
     assert (workdir / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    original = image.read_bytes()  # --out the input itself: refused, the image kept
+    refused = runner.invoke(app, ["predict", out["checkpoint"], str(image), "--out", str(image)])
+    assert refused.exit_code == 2 and "is the input image" in plain(refused.output), refused.output
+    assert image.read_bytes() == original
+    refused = runner.invoke(app, ["evaluate", out["checkpoint"], "--dataset", str(tiny_bananas), "--device", "cpu",
+                                  "--detections-out", str(workdir)])
+    assert refused.exit_code == 2 and "is a folder; give a file name" in plain(refused.output), refused.output
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["data", "bananas", "--split", "test"], "'test' is not one of 'train', 'val'"),
+    (["data", "bananas", "--image-size", "0"], "greater than or equal to 1"),
+    (["data", "bananas", "--preview", "grid.txt"], "grid.txt: give a file name ending in .png"),
+    (["train", "--set", "seed=99999999999999999999999"], "seed: must be in [0, 4294967295]"),
+])
+def test_bad_options_are_usage_errors_before_any_work(workdir, args, problem):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and problem in plain(result.output), result.output
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "cache").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") and __import__("torch").cuda.is_available(),
+                    reason="this machine has a GPU")
+@pytest.mark.parametrize("args", [["train", "--device", "cuda"], ["train", "--set", "device=cuda"],
+                                  ["evaluate", "x.pt", "--device", "cuda"]])
+def test_cuda_without_a_gpu_is_a_usage_error_and_starts_no_run(workdir, args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "torch sees no CUDA device" in plain(result.output), result.output
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_an_unreadable_label_file_names_the_file(workdir, tiny_bananas, monkeypatch):
+    import builtins
+
+    from pipeline.data import DataError, load_split
+
+    real_open = builtins.open
+    csv = tiny_bananas / "bananas_train" / "label.csv"
+
+    def refusing_open(file, *args, **kwargs):  # what the OS answers for a file without read permission
+        if Path(file) == csv:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(csv))}: cannot read it \(Permission denied\)"):
+        load_split(str(tiny_bananas), "train", 64, progress=False)
 
 
 def test_same_seed_gives_identical_metrics(workdir, tiny_bananas):
