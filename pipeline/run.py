@@ -84,7 +84,14 @@ def write_pr_curve(precision_iou50, class_names: list[str], path: Path) -> Path:
 
 
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What ended a run or a trial, in words: an interrupt says which one, anything else 'Type: message'."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted by {exc.args[0] if exc.args and exc.args[0] else 'Ctrl-C (SIGINT)'}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @contextlib.contextmanager
@@ -108,7 +115,7 @@ def _outcome_tagged(run: RunHandle):
         run.outcome = "FINISHED"
         raise
     except BaseException as exc:
-        run.set_tags({"trial_state": "FAIL", "end_reason": f"{type(exc).__name__}: {exc}"[:5000]})
+        run.set_tags({"trial_state": "FAIL", "end_reason": failure_reason(exc)[:5000]})
         raise
 
 

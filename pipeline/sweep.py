@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 import experiments
 from pipeline.config import RunConfig, make_config
-from pipeline.run import load_data, sigterm_as_interrupt, tracked_run
+from pipeline.run import failure_reason, load_data, sigterm_as_interrupt, tracked_run
 from pipeline.storage_lock import StorageLock
 from pipeline.tracking import MlflowTracker, process_alive
 from pipeline.train import Pruned
@@ -40,6 +40,18 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 HEARTBEAT_INTERVAL = int(os.environ.get("TINYSSD_HEARTBEAT_INTERVAL", "10"))
 HEARTBEAT_GRACE = int(os.environ.get("TINYSSD_HEARTBEAT_GRACE", "60"))
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class _InterruptWithoutTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for Ctrl-C or SIGTERM its one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_InterruptWithoutTraceback())  # where Optuna logs it
 
 
 class SweepError(ValueError):
@@ -272,7 +284,7 @@ def objective(trial: optuna.Trial, ctx: _TrialContext) -> float:
     except optuna.TrialPruned:
         raise
     except BaseException as exc:  # the reason goes on the trial: Optuna itself keeps only the state FAIL
-        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
+        trial.set_user_attr("fail_reason", failure_reason(exc)[:2000])
         raise
 
 
@@ -384,9 +396,17 @@ def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: 
                        callbacks=callbacks)
 
 
+def _worker_process(*args) -> None:
+    """A worker process: run_worker, ending quietly on an interrupt (its trial and run are closed by then)."""
+    try:
+        run_worker(*args)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
 def _spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_poll: Callable) -> None:
     mp = multiprocessing.get_context("spawn")
-    procs = [mp.Process(target=run_worker, args=(options, parent_run_id, n_trials, i), daemon=False)
+    procs = [mp.Process(target=_worker_process, args=(options, parent_run_id, n_trials, i), daemon=False)
              for i in range(options.workers)]
     for p in procs:
         p.start()
@@ -394,9 +414,14 @@ def _spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_
         while any(p.is_alive() for p in procs):
             on_poll()
             time.sleep(1.0)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the terminal interrupted the workers too
+            deadline = time.time() + 15
+            while any(p.is_alive() for p in procs) and time.time() < deadline:
+                time.sleep(0.2)  # let them close their trials, rather than interrupt them again mid-cleanup
         for p in procs:
-            p.terminate()  # SIGTERM: each worker fails its trial and closes its run
+            if p.is_alive():
+                p.terminate()  # SIGTERM: each worker fails its trial and closes its run
         for p in procs:
             p.join(30)
         raise

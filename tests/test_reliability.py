@@ -122,13 +122,30 @@ def test_a_worker_killed_mid_sweep_has_its_trial_run_again_in_the_same_sweep(wor
     assert all(r.info.status != "RUNNING" for r in runs())
 
 
+def test_ctrl_c_on_a_two_worker_sweep_closes_everything_without_tracebacks(workdir, tiny_bananas):
+    """A terminal's Ctrl-C reaches the whole process group: the workers and the parent at once."""
+    sweep = subprocess.Popen([sys.executable, CLI, *sweep_args(tiny_bananas, "--trials", "3", "--workers", "2", *SLOW)],
+                             cwd=workdir, env=fast_heartbeat_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    wait_for(lambda: any((workdir / "outputs" / "state").glob("*/trial-*/epoch-0000.pt")))
+    os.killpg(sweep.pid, signal.SIGINT)
+    out, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode != 0 and "Traceback" not in out, out
+    trials = load().trials
+    assert trials and all(t.state.name in ("FAIL", "COMPLETE") for t in trials), [t.state.name for t in trials]
+    assert all(t.user_attrs["fail_reason"] == "interrupted by Ctrl-C (SIGINT)" for t in trials if t.state.name == "FAIL")
+    assert all(r.info.status in ("KILLED", "FINISHED") for r in runs())
+
+
 def test_sigterm_fails_the_trial_and_kills_the_run(workdir, tiny_bananas):
     worker = start_sweep(workdir, tiny_bananas, "--trials", "2", *SLOW)
     wait_for(first_epoch_written(workdir))
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=60) != 0
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode != 0
     trial = load().trials[0]
-    assert trial.state.name == "FAIL" and "signal" in trial.user_attrs["fail_reason"]
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted by signal SIGTERM"
+    assert "failed with parameters" in out and "Traceback" not in out, out  # Optuna's one line, no traceback
     statuses = {r.data.tags.get("role", "trial"): r.info.status for r in runs()}
     assert statuses == {"trial": "KILLED", "sweep": "KILLED"}
     assert not any((workdir / "outputs" / "state").glob("*/trial-0"))  # never retried: its states are gone
