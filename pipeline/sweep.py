@@ -342,7 +342,7 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process failed it first
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 failed.append(trial.number)
-                callback = storage.get_heartbeat_stale_trial_callback()
+                callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
                 if callback is not None:
                     callback(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
     return failed
@@ -475,6 +475,12 @@ def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
     closed = [tracker.close_stale(run, "its trial is no longer running in the Optuna study")
               for run in tracker.running_runs({"study": study.study_name})
               if "trial_number" in run.data.tags and run.data.tags["trial_number"] not in running]
+    # a run can finish and its process die before Optuna records the value: the trial is failed (and retried)
+    failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    closed += [tracker.close_stale(run, "its trial failed in the Optuna study after the run had ended "
+                                        "(the process died before Optuna recorded the result)")
+               for run in tracker.runs({"study": study.study_name, "trial_state": "COMPLETE"})
+               if run.data.tags.get("trial_number") in failed]
     return closed + tracker.close_orphans()
 
 

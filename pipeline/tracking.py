@@ -143,9 +143,13 @@ class MlflowTracker:
         finally:
             self.client.set_terminated(handle.run_id, status=_final_status(handle, error))
 
+    def runs(self, tag_filter: dict[str, str], status: str | None = None) -> list:
+        """This experiment's runs whose tags match, and with ``status`` when given."""
+        query = [f"tags.`{k}` = '{v}'" for k, v in tag_filter.items()] + ([f"attributes.status = '{status}'"] if status else [])
+        return self.client.search_runs([self.experiment_id], filter_string=" and ".join(query))
+
     def running_runs(self, tag_filter: dict[str, str]) -> list:
-        query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tag_filter.items()] + ["attributes.status = 'RUNNING'"])
-        return self.client.search_runs([self.experiment_id], filter_string=query)
+        return self.runs(tag_filter, "RUNNING")
 
     def close_stale(self, run, reason: str) -> str:
         """End a run that a killed process left RUNNING: FAILED, with the reason, and a trial's state FAIL."""

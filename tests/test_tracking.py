@@ -65,3 +65,29 @@ def test_runs_whose_process_is_gone_are_closed_failed(tmp_path):
     assert client.get_run(alive.run_id).info.status == "RUNNING"
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
     assert client.get_run(alive.run_id).data.tags["pid"] == str(os.getpid())
+
+
+def test_a_finished_run_of_a_trial_that_optuna_failed_is_marked_failed(tmp_path):
+    """A process killed between its run's end and Optuna's tell leaves a FINISHED, COMPLETE-tagged run for
+    a trial that the heartbeat then fails (and retries): the next sweep's reconciliation says so on the run."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.sweep import reconcile_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker("s", uri=uri)
+    study = optuna.create_study(study_name="s")
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    runs = {}
+    for number in (0, 1):
+        with tracker.run(f"trial-{number}", tags={"study": "s", "trial_number": number}) as run:
+            run.set_tags({"trial_state": "COMPLETE"})
+        runs[number] = run.run_id
+    assert reconcile_runs(study, tracker) == [runs[0]]
+    client = MlflowClient(uri)
+    failed, kept = client.get_run(runs[0]), client.get_run(runs[1])
+    assert failed.info.status == "FAILED" and failed.data.tags["trial_state"] == "FAIL"
+    assert "failed in the Optuna study" in failed.data.tags["end_reason"]
+    assert kept.info.status == "FINISHED" and kept.data.tags["trial_state"] == "COMPLETE"
