@@ -88,6 +88,13 @@ def build_config(profile: str, overrides: dict) -> RunConfig:
     return cfg
 
 
+def _finite(value: float | None) -> float | None:
+    """Click's ranges let nan through (every comparison with it is false)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 def _check_device(device: str) -> None:
     """device=cuda where torch sees no GPU is the user's choice to fix, not a crash in the middle of a run."""
     import torch
@@ -377,13 +384,15 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
                                                             callback=_study_name)] = None,
           workers: Annotated[int, typer.Option(min=1, help="worker processes sharing the study (and the GPU)")] = 1,
           seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
-          timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after SEC seconds")] = None,
+          timeout: Annotated[Optional[float], typer.Option(min=1, help="stop starting trials after SEC seconds",
+                                                           callback=_finite)] = None,
           no_prune: Annotated[bool, typer.Option(
               "--no-prune", help="turn off MedianPruner (TPE studies only; grid studies never prune)")] = False,
           seeds: Annotated[int, typer.Option(min=0, help="afterwards, re-train the best and the control with N new seeds")] = 0,
           device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
-          trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="fail a trial that runs longer than SEC seconds")] = None,
+          trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="fail a trial that runs longer than SEC seconds",
+                                                                 callback=_finite)] = None,
           skip_invalid: SkipOpt = False, json_out: JsonOpt = False):
     """Run or resume the Optuna study for VARIANT; every trial is an MLflow run nested under this sweep.
 
@@ -476,6 +485,8 @@ def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`
         folder = write_report(target, storage=storage, out_root=out_root, study_name=study_name)
     except ReportError as exc:
         _usage_error(str(exc))
+    except OSError as exc:  # a report folder or file inside OUT_ROOT that cannot be written
+        _usage_error(f"cannot write {exc.filename}: {exc.strerror}", "--out-root")
     console.print(f"report written to {folder / 'report.html'} and {folder / 'report.md'}")
 
 

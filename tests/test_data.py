@@ -300,6 +300,7 @@ def test_malformed_json_names_line(tmp_path):
     ({"bbox": [20.0, 0.0, 0.0, 30.0]}, r"record 1 \(annotation id 2\): box .* zero or negative area"),
     ({"bbox": [20.0, 0.0, 30.0, 30.0]}, r"record 1 \(annotation id 2\): box .* outside the 40x30"),
     ({"bbox": [20.0, 0.0, "wide", 30.0]}, r"record 1 \(annotation id 2\): bbox must be 4 numbers"),
+    ({"bbox": [10**400, 0.0, 20.0, 30.0]}, r"record 1 \(annotation id 2\): bbox must be 4 numbers"),  # no float
     ({"image_id": 99}, r"record 1 \(annotation id 2\): unknown image id 99"),
 ])
 def test_bad_annotation_names_record(tmp_path, change, problem):

@@ -18,7 +18,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import tiny_args
+from conftest import plain, tiny_args
 from pipeline.report import ReportError, mean_ci, paired_comparison, write_report
 from pipeline.tracking import tracking_uri
 
@@ -245,6 +245,11 @@ def test_report_all_and_the_cli(swept):
     assert "within noise" in (summary / "report.md").read_text() or "beyond noise" in (summary / "report.md").read_text()
     unknown = runner.invoke(app, ["report", "focal", "--out-root", str(root / "reports")])
     assert unknown.exit_code == 2 and "focal-loss-quick" in unknown.output
+    blocked = root / "blocked"
+    blocked.mkdir()
+    (blocked / "focal-loss").write_text("a file where the report folder would go\n")
+    refused = runner.invoke(app, ["report", "focal-loss", "--out-root", str(blocked)])
+    assert refused.exit_code == 2 and "Invalid value for --out-root: cannot write" in plain(refused.output), refused.output
     with pytest.raises(ReportError, match="no Optuna storage"):
         write_report("focal-loss", storage="sqlite:///missing.db", out_root=root / "reports")
 
