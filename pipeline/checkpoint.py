@@ -40,18 +40,37 @@ def save_checkpoint(path: Path, model: TinySSD, cfg: RunConfig, class_names: lis
     return atomic_save(state, path)
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[TinySSD, RunConfig, list[str], dict]:
     """(model in eval mode, its config, class names, the whole saved dict)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled Python objects; a text file or a cut-off copy fails too
+        raise CheckpointError(f"{path}: not a PyTorch weights file, or a truncated one ({_first_line(exc)})") from exc
+    missing = [k for k in ("model", "config", "class_names") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: a PyTorch file, but not a tinyssd checkpoint (no {', '.join(missing)})")
+    try:
         cfg = RunConfig(**state["config"])
-        model = TinySSD(len(state["class_names"]), cfg.anchor_scale)
+    except Exception as exc:  # a knob this version does not have, or a value it refuses
+        raise CheckpointError(f"{path}: its config does not fit this version of tinyssd ({_first_line(exc)})") from exc
+    model = TinySSD(len(state["class_names"]), cfg.anchor_scale)
+    try:
         model.load_state_dict(state["model"])
-    except Exception as exc:  # truncated, not a checkpoint, or from another version
-        raise CheckpointError(f"{path}: not a readable tinyssd checkpoint ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # another architecture or class count than its own config says
+        raise CheckpointError(f"{path}: its weights do not fit a TinySSD with {len(state['class_names'])} classes "
+                              f"({_first_line(exc)})") from exc
     return model.to(device).eval(), cfg, state["class_names"], state
 
 

@@ -93,3 +93,34 @@ def test_anchor_scale_shrinks_anchors_about_their_centres_and_survives_a_checkpo
     model, loaded, _, _ = load_checkpoint(path)
     assert loaded.anchor_scale == 0.5 and model.anchor_scale == 0.5
     torch.testing.assert_close(model(x)[0], half)
+
+
+def test_a_bad_checkpoint_says_what_is_wrong_with_it(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from pipeline.model import TinySSD
+
+    cfg = make_config("quick")
+    good = save_checkpoint(tmp_path / "good.pt", TinySSD(1), cfg, ["banana"])
+    cases = {"missing.pt": "no such checkpoint file", "folder": "is a folder, not a checkpoint file",
+             "empty.pt": "the file is empty", "notes.pt": "not a PyTorch weights file, or a truncated one",
+             "cut.pt": "not a PyTorch weights file, or a truncated one",
+             "plain.pt": "a PyTorch file, but not a tinyssd checkpoint (no config, class_names)",
+             "future.pt": "its config does not fit this version of tinyssd",
+             "two-classes.pt": "its weights do not fit a TinySSD with 2 classes"}
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("not weights\n")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:1000])
+    torch.save({"model": TinySSD(1).state_dict()}, tmp_path / "plain.pt")
+    state = torch.load(good, weights_only=True)
+    torch.save({**state, "config": {**dataclasses.asdict(cfg), "warp_drive": 9}}, tmp_path / "future.pt")
+    torch.save({**state, "class_names": ["a", "b"]}, tmp_path / "two-classes.pt")
+    for name, problem in cases.items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(str(tmp_path / name)) and problem in message and "\n" not in message, message
