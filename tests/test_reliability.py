@@ -63,6 +63,8 @@ def first_epoch_written(workdir):
 
 
 SLOW = ["--set", "epochs=6", "--set", "train_images=12"]  # long enough to be caught mid-trial
+# for two workers on two cores: long enough that no trial ends before the signal lands
+SLOWER = ["--set", "epochs=40", "--set", "train_images=12"]
 
 
 def test_kill_9_then_resume_retries_the_trial_from_its_last_epoch(workdir, tiny_bananas):
@@ -105,7 +107,7 @@ def test_kill_9_then_resume_at_once_retries_the_trial_without_waiting_for_the_he
 
 def test_a_worker_killed_mid_sweep_has_its_trial_run_again_in_the_same_sweep(workdir, tiny_bananas):
     # a grace period longer than the test: the killed worker's trial must be noticed through its pid
-    sweep = start_sweep(workdir, tiny_bananas, "--trials", "3", "--workers", "2", *SLOW,
+    sweep = start_sweep(workdir, tiny_bananas, "--trials", "3", "--workers", "2", *SLOWER,
                         env={**fast_heartbeat_env(), "TINYSSD_HEARTBEAT_GRACE": "600"})
     wait_for(lambda: any((workdir / "outputs" / "state").glob("*/trial-*/epoch-0000.pt")))
     children = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
@@ -124,7 +126,7 @@ def test_a_worker_killed_mid_sweep_has_its_trial_run_again_in_the_same_sweep(wor
 
 def test_ctrl_c_on_a_two_worker_sweep_closes_everything_without_tracebacks(workdir, tiny_bananas):
     """A terminal's Ctrl-C reaches the whole process group: the workers and the parent at once."""
-    sweep = subprocess.Popen([sys.executable, CLI, *sweep_args(tiny_bananas, "--trials", "3", "--workers", "2", *SLOW)],
+    sweep = subprocess.Popen([sys.executable, CLI, *sweep_args(tiny_bananas, "--trials", "3", "--workers", "2", *SLOWER)],
                              cwd=workdir, env=fast_heartbeat_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)
     wait_for(lambda: any((workdir / "outputs" / "state").glob("*/trial-*/epoch-0000.pt")))
