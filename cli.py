@@ -112,8 +112,6 @@ def _check_image_out(path: Path, flag: str, source: Path | None = None) -> None:
         _usage_error(f"{path}: give a file name ending in {', '.join(IMAGE_SUFFIXES)}", flag)
     if source is not None and path.exists() and path.resolve() == source.resolve():
         _usage_error(f"{path} is the input image: it would be overwritten; choose another --out", flag)
-    if path.parent.exists() and not path.parent.is_dir():
-        _usage_error(f"{path.parent} is a file, not a folder", flag)
     _check_writable(path.parent)
 
 
@@ -252,6 +250,8 @@ def _load_or_exit(cfg: RunConfig, skip_invalid: bool):
 
 
 def _check_writable(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        _usage_error(f"{path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

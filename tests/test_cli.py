@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from pipeline.tracking import tracking_uri
 from typer.testing import CliRunner
@@ -82,8 +83,7 @@ def test_bad_options_are_usage_errors_before_any_work(workdir, args, problem):
     assert not (workdir / "mlflow.db").exists() and not (workdir / "cache").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") and __import__("torch").cuda.is_available(),
-                    reason="this machine has a GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("args", [["train", "--device", "cuda"], ["train", "--set", "device=cuda"],
                                   ["evaluate", "x.pt", "--device", "cuda"]])
 def test_cuda_without_a_gpu_is_a_usage_error_and_starts_no_run(workdir, args):
