@@ -441,10 +441,10 @@ class _SweepProgress:
         return self.bar.__exit__(*exc)
 
     def update(self, study, target: int):
-        from pipeline.sweep import counts
+        from pipeline.sweep import best_trial, counts
         n = counts(study)
-        complete = [t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        best = f"best {max(complete):.4f}" if complete else "best -"
+        leader = best_trial(study.get_trials(deepcopy=False))
+        best = f"best {leader.value:.4f}" if leader else "best -"
         status = f"done {n['COMPLETE']}  pruned {n['PRUNED']}  failed {n['FAIL']}  running {n['RUNNING']}  {best}"
         if self.task is None:
             self.task = self.bar.add_task(study.study_name, total=target, status=status)

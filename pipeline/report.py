@@ -40,6 +40,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.trial import TrialState
 from scipy import stats
 
+from pipeline import best as best_rule
 from pipeline.config import RunConfig, make_config, parse_value
 from pipeline.tracking import DEFAULT_TRACKING_URI, MlflowReader, RunRecord, tracking_uri
 
@@ -171,9 +172,11 @@ def complete(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def ranked(trials: pd.DataFrame) -> pd.DataFrame:
-    """COMPLETE trials other than the control, best first: the only candidates for 'best'."""
-    done = complete(trials)
-    return done[~done["control"]].sort_values(["value", "number"], ascending=[False, True])
+    """The candidates for 'best' by pipeline.best's rule (COMPLETE, not the control), best first."""
+    index = {int(r["number"]): i for i, r in trials.iterrows()}
+    entries = [best_rule.Entry(int(r["number"]), r["state"], bool(r["control"]), None if pd.isna(r["value"])
+                               else float(r["value"])) for _, r in trials.iterrows()]
+    return trials.loc[[index[e.number] for e in best_rule.candidates(entries)]]
 
 
 def control_row(trials: pd.DataFrame) -> pd.Series | None:

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 import experiments
+from pipeline import best as best_rule
 from pipeline.config import RunConfig, make_config
 from pipeline.run import failure_reason, load_data, sigterm_as_interrupt, tracked_run
 from pipeline.storage_lock import StorageLock
@@ -436,16 +437,22 @@ def _spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_
         run_worker(options, parent_run_id, n_trials, index=len(procs))
 
 
+def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """The study's best trial by the one rule of pipeline.best (never the control; ties to the lower number)."""
+    number = best_rule.best_number(best_rule.from_trials(trials))
+    return next((t for t in trials if t.number == number), None)
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     return {state.name: sum(t.state == state for t in trials) for state in TrialState}
 
 
 def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, parent_run_id: str) -> dict[str, Any]:
-    """What --json prints: counts, best (pruned trials never count as best) and the control."""
+    """What --json prints: counts, the best trial (by pipeline.best's rule: never the control) and the control."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value, default=None)
+    best = best_trial(trials)
     control = next((t for t in complete if t.user_attrs.get("control")), None)
     n = counts(study)
     return {"study": study.study_name, "storage": options.storage, "n_complete": n["COMPLETE"],
@@ -524,16 +531,14 @@ def confirm(study, options: SweepOptions, spec, base: RunConfig, tracker: Mlflow
             update: Callable = lambda: None) -> dict[str, Any]:
     """Re-train the best trial's and the control's configurations with new seeds 1..N.
 
-    New seeds, not the search's own, so the best trial's lucky draw does not count twice.
+    New seeds, not the search's own, so the best trial's lucky draw does not count twice. The best trial is
+    pipeline.best's: with no complete trial besides the control there is nothing to confirm.
     """
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    candidates = [t for t in complete if not t.user_attrs.get("control")] or complete
-    if not candidates:
+    best = best_trial(study.get_trials(deepcopy=False))
+    if best is None:
         return {}
-    best = max(candidates, key=lambda t: t.value)
     ctx = _context(options, parent_run_id)
-    configs = {"best": trial_config(optuna.trial.FixedTrial(best.params), ctx) if not best.user_attrs.get("control")
-               else base, "control": base}
+    configs = {"best": trial_config(optuna.trial.FixedTrial(best.params), ctx), "control": base}
     values: dict[str, list[float]] = {"best": [], "control": []}
     for seed in range(1, options.seeds + 1):
         for role, cfg in configs.items():
