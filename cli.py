@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.sqlite_files import DEFAULT_STORAGE
 from pipeline.config import ConfigError, RunConfig, default_profile, knob_table, make_config, parse_overrides
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
@@ -379,7 +380,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
           epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs per trial")] = None,
           profile: ProfileOpt = None, dataset: DatasetOpt = None, sets: SetOpt = None,
           storage: Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///… or postgresql://…)",
-                                               callback=_storage_url)] = "sqlite:///optuna.db",
+                                               callback=_storage_url)] = DEFAULT_STORAGE,
           study_name: Annotated[Optional[str], typer.Option(help="letters, digits, . _ - (default: VARIANT-PROFILE)",
                                                             callback=_study_name)] = None,
           workers: Annotated[int, typer.Option(min=1, help="worker processes sharing the study (and the GPU)")] = 1,
@@ -473,7 +474,7 @@ def _sweep_table(result: dict, options) -> Table:
 @app.command()
 def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`) or 'all' for the one-page summary")],
            storage: Annotated[str, typer.Option(help="the Optuna storage the sweep used",
-                                                callback=_storage_url)] = "sqlite:///optuna.db",
+                                                callback=_storage_url)] = DEFAULT_STORAGE,
            study_name: Annotated[Optional[str], typer.Option(help="default: the variant's study in the storage")] = None,
            out_root: Annotated[Path, typer.Option(help="reports are written to OUT_ROOT/<name>/")] = Path("reports")):
     """Write reports/<name>/report.md and report.html with figures and trials.csv, from the study and its MLflow runs."""

@@ -42,9 +42,9 @@ from scipy import stats
 
 from pipeline import best as best_rule
 from pipeline.config import RunConfig, make_config, parse_value
-from pipeline.tracking import DEFAULT_TRACKING_URI, MlflowReader, RunRecord, tracking_uri
+from pipeline.sqlite_files import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, sqlite_path
+from pipeline.tracking import MlflowReader, RunRecord, tracking_uri
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVE_LABEL = "val mAP@[.5:.95]"
 SUMMARY_METRICS = ["val/map", "val/map50", "val/map75", "val/map_small", "val/map_medium", "val/map_large"]
 SIZES = {"small": "val/map_small", "medium": "val/map_medium", "large": "val/map_large"}
@@ -70,8 +70,8 @@ class Skipped(Exception):
 # ---------------------------------------------------------------------------
 
 def _check_storage(storage: str) -> None:
-    if storage.startswith("sqlite:///"):
-        path = Path(storage.removeprefix("sqlite:///"))
+    path = sqlite_path(storage)
+    if path is not None:
         if not path.exists():
             raise ReportError(f"no Optuna storage at {path.resolve()}: run `python cli.py sweep VARIANT` first, "
                               "or pass the --storage the sweep used")
@@ -254,7 +254,7 @@ def trials_frame(study: optuna.Study, runs: dict[int, RunRecord] | None = None) 
 
 def _open_reader() -> tuple[MlflowReader | None, str]:
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    if (path := sqlite_path(uri)) is not None and not path.exists():
         return None, (f"no MLflow store at {uri} (set MLFLOW_TRACKING_URI to the sweep's store): "
                       "the figures that need run histories and artifacts are left out")
     return MlflowReader(uri), ""
@@ -1136,7 +1136,7 @@ def sweep_command(d: StudyData, seeds: int | None = None) -> str:
 
 
 def _ui_command(uri: str) -> str:
-    default = "sqlite:///" + str(Path(DEFAULT_TRACKING_URI.removeprefix("sqlite:///")).resolve())
+    default = "sqlite:///" + str(sqlite_path(DEFAULT_TRACKING_URI).resolve())
     return "python cli.py ui" if uri in ("", default) else f"MLFLOW_TRACKING_URI={shlex.quote(uri)} python cli.py ui"
 
 

@@ -13,9 +13,20 @@ from pathlib import Path
 
 import sqlalchemy
 
+DEFAULT_STORAGE = "sqlite:///optuna.db"  # Optuna's studies, embedded
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's runs, embedded (MLFLOW_TRACKING_URI takes over)
 SQLITE_HEADER = b"SQLite format 3\x00"
 # a table each tool always creates, and what to call a database that has it
 OWN_TABLES = {"optuna": ("studies", "an Optuna study storage"), "mlflow": ("experiments", "an MLflow tracking store")}
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URL (relative to the working folder, as SQLAlchemy reads
+    it), or None when the URL is not SQLite or names no file."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
 
 
 def sqlite_problem(url: str, tool: str) -> str | None:

@@ -14,6 +14,8 @@ import fcntl
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.sqlite_files import sqlite_path
+
 ADVISORY_KEY = 0x7155D  # any constant: every tinyssd-ablate process agrees on it
 
 
@@ -35,7 +37,7 @@ class StorageLock:
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
-        db = Path(self.url.removeprefix("sqlite:///")).resolve()
+        db = sqlite_path(self.url).resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{db}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)

@@ -30,13 +30,13 @@ from optuna.trial import TrialState
 import experiments
 from pipeline import best as best_rule
 from pipeline.config import RunConfig, make_config
+from pipeline.sqlite_files import DEFAULT_STORAGE
 from pipeline.run import failure_reason, load_data, sigterm_as_interrupt, tracked_run
 from pipeline.storage_lock import StorageLock
 from pipeline.tracking import MlflowTracker, process_alive
 from pipeline.train import Pruned
 
 _log = logging.getLogger(__name__)
-DEFAULT_STORAGE = "sqlite:///optuna.db"
 # Heartbeats let a resumed sweep notice a worker that was killed mid-trial; the env vars exist for tests.
 HEARTBEAT_INTERVAL = int(os.environ.get("TINYSSD_HEARTBEAT_INTERVAL", "10"))
 HEARTBEAT_GRACE = int(os.environ.get("TINYSSD_HEARTBEAT_GRACE", "60"))

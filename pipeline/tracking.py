@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from pipeline.sqlite_files import DEFAULT_TRACKING_URI, sqlite_path
+
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI reads to nest a run under its parent
 
 
@@ -27,7 +28,7 @@ def tracking_uri() -> str:
     because MLflow caches one store per URI string for the whole process."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        uri = "sqlite:///" + str(sqlite_path(uri).resolve())
     return uri
 
 
@@ -99,7 +100,7 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     """Beside an embedded SQLite store, artifacts go to mlartifacts/ (as `mlflow ui` expects), next to the database."""
     if not uri.startswith("sqlite:///"):
         return None  # a tracking server decides for itself
-    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    db = sqlite_path(uri).resolve()
     return (db.parent / "mlartifacts" / experiment).as_uri()
 
 
