@@ -5,9 +5,12 @@
 - TRIALS: default trial count per profile;
 - OBJECTIVE: the metric maximised;
 - space(trial, base): the trial.suggest_* calls, returning RunConfig overrides;
-- sampler(seed): the Optuna sampler, with the reason for it in the docstring;
-- PRUNE (default True): False for a grid, where every configuration is part of the answer and a
-  pruned one would be a missing answer.
+- sampler(seed): the Optuna sampler, with the reason for it in the docstring.
+
+Any other upper-case name must be a constant that ``space`` or ``sampler`` uses (a grid's values, say):
+a typo such as ``OBJECTVE`` would otherwise be ignored in silence, so it is refused, naming the file.
+Whether the median pruner may stop a study's trials follows from its sampler: a grid never prunes,
+because every configuration is part of the answer and a pruned one would be a missing answer.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import importlib
 import pkgutil
 import warnings
 from dataclasses import dataclass
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any, Callable
+
+import optuna
 
 # BruteForceSampler and TPE's group option are stable in practice; Optuna still flags them experimental.
 warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
@@ -37,10 +42,42 @@ class Study:
 
     @classmethod
     def from_module(cls, module: ModuleType) -> "Study":
+        check_names(module)
+        sampler = module.sampler
         return cls(name=module.__name__.rsplit(".", 1)[-1].replace("_", "-"), question=(module.__doc__ or "").strip(),
                    fixed=dict(getattr(module, "FIXED", {})), trials=dict(module.TRIALS),
-                   objective=getattr(module, "OBJECTIVE", "val/map"), space=module.space, sampler=module.sampler,
-                   prune=getattr(module, "PRUNE", True))
+                   objective=getattr(module, "OBJECTIVE", "val/map"), space=module.space, sampler=sampler,
+                   prune=not isinstance(sampler(0), optuna.samplers.GridSampler))
+
+
+SETTINGS = {"FIXED", "TRIALS", "OBJECTIVE"}  # the upper-case names a study module may set
+REQUIRED = {"TRIALS", "space", "sampler"}
+
+
+class StudyFileError(ValueError):
+    """A study file that does not follow the format above: names the file and the name."""
+
+
+def _names_used(code: CodeType) -> set[str]:
+    """Global names a function's code reads, its nested comprehensions and lambdas included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _names_used(const)
+    return names
+
+
+def check_names(module: ModuleType) -> None:
+    """Refuse a study module with a missing part, or an upper-case name that is neither a setting nor used."""
+    where = getattr(module, "__file__", module.__name__)
+    missing = sorted(name for name in REQUIRED if not hasattr(module, name))
+    if missing:
+        raise StudyFileError(f"{where}: missing {', '.join(missing)}")
+    used = _names_used(module.space.__code__) | _names_used(module.sampler.__code__)
+    for name in vars(module):
+        if name.isupper() and name not in SETTINGS and name not in used:
+            raise StudyFileError(f"{where}: unknown setting {name}; a study sets {', '.join(sorted(SETTINGS))}, "
+                                 "and any other upper-case constant must be used by space() or sampler()")
 
 
 def names() -> list[str]:
