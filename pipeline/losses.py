@@ -7,10 +7,18 @@ smooth L1), which negatives the class loss sees, then weights and normalisation.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from pipeline.config import RunConfig
+
+
+def full(x: torch.Tensor) -> torch.Tensor:
+    """Losses are computed in float32 at least: bf16 logits are cast up, float64 (the exactness tests) stays."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, alpha: float | None) -> torch.Tensor:
@@ -20,7 +28,7 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, alpha: 
     alpha None is the chapter's form (one global factor, here 1); a number is RetinaNet's
     balance: alpha for object classes, 1 - alpha for background. gamma = 0, alpha None is CE.
     """
-    log_p = F.log_softmax(logits.float(), dim=-1).gather(-1, labels[..., None]).squeeze(-1)
+    log_p = F.log_softmax(full(logits), dim=-1).gather(-1, labels[..., None]).squeeze(-1)
     # -expm1 is 1 - p without cancellation; the clamp keeps d/dp (1-p)^gamma finite as p -> 1 for gamma < 1
     one_minus_p = (-torch.expm1(log_p)).clamp(min=1e-12)
     loss = -(one_minus_p ** gamma) * log_p
@@ -34,7 +42,7 @@ def class_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: RunConfig) -> to
     if cfg.cls_loss == "focal":
         return focal_loss(logits, labels, cfg.focal_gamma, cfg.focal_alpha)
     B, A, C = logits.shape  # batch, anchors, classes + background
-    return F.cross_entropy(logits.reshape(-1, C).float(), labels.reshape(-1), reduction="none").reshape(B, A)
+    return F.cross_entropy(full(logits.reshape(-1, C)), labels.reshape(-1), reduction="none").reshape(B, A)
 
 
 def box_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
@@ -43,7 +51,7 @@ def box_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cfg: 
     smooth_l1 is the chapter's sigma form: (sigma x)^2 / 2 if |x| < 1/sigma^2 else |x| - 0.5/sigma^2,
     which is torch's smooth_l1_loss with beta = 1/sigma^2.
     """
-    pred, target = pred.float() * mask, target * mask
+    pred, target = full(pred) * mask, target * mask
     if cfg.box_loss == "smooth_l1":
         return F.smooth_l1_loss(pred, target, beta=1.0 / cfg.smooth_l1_sigma ** 2, reduction="none")
     return F.l1_loss(pred, target, reduction="none")
@@ -60,7 +68,7 @@ def select_negatives(cls_loss_per_anchor: torch.Tensor, positive: torch.Tensor, 
     if strategy == "all":
         return torch.ones_like(positive, dtype=torch.bool)
     if strategy == "hard":
-        score = cls_loss_per_anchor.detach().float()
+        score = full(cls_loss_per_anchor.detach())
     else:
         device = generator.device if generator is not None else positive.device
         score = torch.rand(positive.shape, generator=generator, device=device).to(positive.device)
@@ -99,3 +107,130 @@ def detection_loss(cls_logits, box_offsets, cls_labels, box_targets, box_mask, c
     box_per_image = box.reshape(B, -1).mean(dim=1)
     per_image = cfg.cls_weight * cls_per_image + cfg.box_weight * box_per_image
     return {"loss": per_image.mean(), "loss_cls": cls_per_image.mean(), "loss_box": box_per_image.mean()}
+
+
+# --- packs: K replicas at once, each with its own knobs ------------------------------------------------------
+
+PER_REPLICA_LOSS_KNOBS = ("box_loss", "smooth_l1_sigma", "cls_loss", "focal_gamma", "focal_alpha", "cls_weight",
+                          "box_weight", "loss_normalization", "neg_sampling", "neg_pos_ratio")
+STRATEGIES = ("all", "hard", "random")
+
+
+@dataclass(frozen=True)
+class LossKnobs:
+    """The loss knobs of K replicas as [K] tensors (alpha NaN: none), and which code paths any replica needs:
+    a pack of one setting runs only that setting's code, a mixed pack selects per replica with torch.where."""
+    focal: torch.Tensor  # bool: cls_loss == focal
+    gamma: torch.Tensor
+    alpha: torch.Tensor
+    smooth: torch.Tensor  # bool: box_loss == smooth_l1
+    beta: torch.Tensor  # smooth L1's 1 / sigma^2
+    cls_weight: torch.Tensor
+    box_weight: torch.Tensor
+    by_positives: torch.Tensor  # bool: loss_normalization == positives
+    strategy: torch.Tensor  # long: the index in STRATEGIES
+    ratio: torch.Tensor
+    uses: frozenset[str]  # of "focal", "smooth", "hard", "random", "positives", "anchors"
+
+    @classmethod
+    def of(cls, configs: list[RunConfig], device, dtype: torch.dtype = torch.float32) -> "LossKnobs":
+        """The knobs of ``configs``, one replica each; real numbers in ``dtype`` (float64 for the exactness tests)."""
+        def tensor(values, kind=dtype):
+            return torch.tensor(values, dtype=kind, device=device)
+        uses = {name for name, used in (
+            ("focal", any(c.cls_loss == "focal" for c in configs)),
+            ("smooth", any(c.box_loss == "smooth_l1" for c in configs)),
+            ("hard", any(c.neg_sampling == "hard" for c in configs)),
+            ("random", any(c.neg_sampling == "random" for c in configs)),
+            ("positives", any(c.loss_normalization == "positives" for c in configs)),
+            ("anchors", any(c.loss_normalization == "anchors" for c in configs))) if used}
+        return cls(focal=tensor([c.cls_loss == "focal" for c in configs], torch.bool),
+                   gamma=tensor([c.focal_gamma for c in configs]),
+                   alpha=tensor([math.nan if c.focal_alpha is None else c.focal_alpha for c in configs]),
+                   smooth=tensor([c.box_loss == "smooth_l1" for c in configs], torch.bool),
+                   beta=tensor([1.0 / c.smooth_l1_sigma ** 2 for c in configs]),
+                   cls_weight=tensor([c.cls_weight for c in configs]),
+                   box_weight=tensor([c.box_weight for c in configs]),
+                   by_positives=tensor([c.loss_normalization == "positives" for c in configs], torch.bool),
+                   strategy=tensor([STRATEGIES.index(c.neg_sampling) for c in configs], torch.long),
+                   ratio=tensor([c.neg_pos_ratio for c in configs]), uses=frozenset(uses))
+
+
+def _per_replica(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [K] tensor shaped to broadcast against ``like`` [K, ...]."""
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def pack_class_loss(logits: torch.Tensor, labels: torch.Tensor, knobs: LossKnobs) -> torch.Tensor:
+    """Per-anchor class loss of each replica: logits [K, B, A, q+1], labels [K, B, A] -> [K, B, A].
+    CE replicas in a mixed pack take the focal form with gamma 0 and no alpha, which is CE."""
+    if "focal" not in knobs.uses:
+        K, B, A, C = logits.shape  # replicas, batch, anchors, classes + background
+        return F.cross_entropy(full(logits.reshape(-1, C)), labels.reshape(-1), reduction="none").reshape(K, B, A)
+    log_p = F.log_softmax(full(logits), dim=-1).gather(-1, labels[..., None]).squeeze(-1)
+    one_minus_p = (-torch.expm1(log_p)).clamp(min=1e-12)  # as in focal_loss
+    gamma = _per_replica(torch.where(knobs.focal, knobs.gamma, 0.0), log_p)
+    loss = -(one_minus_p ** gamma) * log_p
+    alpha = _per_replica(knobs.alpha, log_p)
+    balanced = _per_replica(knobs.focal, log_p) & ~torch.isnan(alpha)
+    return loss * torch.where(balanced, torch.where(labels > 0, alpha, 1.0 - alpha), 1.0)
+
+
+def pack_box_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, knobs: LossKnobs) -> torch.Tensor:
+    """Per-coordinate box loss of each replica on its positive anchors: [K, B, A, 4] each -> [K, B, A, 4];
+    smooth L1 written out as torch's (0.5 x^2 / beta below beta, else |x| - 0.5 beta), with a [K] beta."""
+    diff = (full(pred) * mask - target * mask).abs()
+    if "smooth" not in knobs.uses:
+        return diff
+    beta = _per_replica(knobs.beta, diff)
+    smooth = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+    return torch.where(_per_replica(knobs.smooth, diff), smooth, diff)
+
+
+def _negative_scores(cls_loss: torch.Tensor, knobs: LossKnobs, generators: list | None) -> torch.Tensor:
+    """What ranks the negatives: the loss for 'hard' replicas, uniform draws for 'random' ones. Only a 'random'
+    replica draws, from its own generator (CPU), so every replica's random stream is that of its own run."""
+    score = full(cls_loss.detach())
+    if "random" not in knobs.uses:
+        return score
+    K, B, A = score.shape  # replicas, batch, anchors
+    if generators is None:  # on CUDA: the device's default generator, which graph replays advance safely
+        draws = torch.rand((K, B, A), device=score.device)
+    else:
+        draws = torch.stack([torch.rand((B, A), generator=g).to(score.device) if s == STRATEGIES.index("random")
+                             else torch.zeros((B, A), device=score.device)
+                             for g, s in zip(generators, knobs.strategy.tolist())])
+    return torch.where(_per_replica(knobs.strategy == STRATEGIES.index("random"), score), draws, score)
+
+
+def pack_select_negatives(cls_loss: torch.Tensor, positive: torch.Tensor, knobs: LossKnobs,
+                          generators: list | None) -> torch.Tensor:
+    """select_negatives for each replica with its own strategy and ratio: [K, B, A] -> bool [K, B, A]."""
+    score = _negative_scores(cls_loss, knobs, generators).masked_fill(positive, float("-inf"))
+    n_keep = (positive.sum(dim=-1, keepdim=True) * _per_replica(knobs.ratio, positive)).floor().long()
+    rank = score.argsort(dim=-1, descending=True).argsort(dim=-1)
+    chosen = positive | (rank < n_keep)
+    return torch.where(_per_replica(knobs.strategy == STRATEGIES.index("all"), chosen), True, chosen)
+
+
+def pack_loss(cls_logits, box_offsets, cls_labels, box_targets, box_mask, knobs: LossKnobs,
+              generators: list | None = None) -> dict[str, torch.Tensor]:
+    """:func:`detection_loss` of each of K replicas, each with its own knobs: inputs with a leading K
+    ([K, B, A, ...]), outputs {"loss", "loss_cls", "loss_box"} of shape [K]. The replicas' parameters are
+    disjoint, so the gradient of ``loss.sum()`` is each replica's own loss's gradient."""
+    K, B = cls_logits.shape[:2]  # replicas, batch
+    positive = cls_labels > 0
+    cls = pack_class_loss(cls_logits, cls_labels, knobs)  # [K, B, A]
+    box = pack_box_loss(box_offsets, box_targets, box_mask, knobs)  # [K, B, A, 4]
+    if knobs.uses & {"hard", "random"}:
+        cls = cls * pack_select_negatives(cls, positive, knobs, generators)
+    w_cls, w_box = knobs.cls_weight, knobs.box_weight
+    cls_per_image, box_per_image = cls.mean(dim=-1), box.reshape(K, B, -1).mean(dim=-1)  # [K, B]
+    out = {"loss": (w_cls[:, None] * cls_per_image + w_box[:, None] * box_per_image).mean(dim=1),
+           "loss_cls": cls_per_image.mean(dim=1), "loss_box": box_per_image.mean(dim=1)}
+    if "positives" in knobs.uses:
+        n_pos = positive.reshape(K, -1).sum(dim=1).clamp(min=1)
+        cls_term, box_term = cls.reshape(K, -1).sum(dim=1) / n_pos, box.reshape(K, -1).sum(dim=1) / n_pos
+        by_positives = {"loss": w_cls * cls_term + w_box * box_term, "loss_cls": cls_term, "loss_box": box_term}
+        out = {key: torch.where(knobs.by_positives, by_positives[key], out[key]) for key in out}
+    return out
