@@ -203,14 +203,19 @@ def knobs(json_out: JsonOpt = False):
 @app.command()
 def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt = None,
           epochs: Annotated[Optional[int], typer.Option(help="training epochs")] = None,
+          seeds: Annotated[int, typer.Option(min=1, max=64, help="train K seeds (seed, seed+1, ...) as one pack in "
+                                             "one run: its val/map is their mean, with a 95% interval")] = 1,
           device: DeviceOpt = Device.auto,
           experiment: Annotated[str, typer.Option(help="MLflow experiment name")] = "tinyssd-train",
           out_dir: Annotated[Path, typer.Option(help="where checkpoints and pictures are written")] = Path("outputs"),
           skip_invalid: SkipOpt = False, json_out: JsonOpt = False):
     """Train TinySSD once, validate with COCO mAP (every epoch on a CPU, every 5th on a GPU), and log one MLflow run.
 
-    Knobs (see `python cli.py knobs`): box_loss, smooth_l1_sigma, cls_loss, focal_gamma, focal_alpha,
-    cls_weight, box_weight, loss_normalization, neg_sampling, neg_pos_ratio, image_size, lr, epochs, ...
+    With --seeds K the run trains K seeds of the configuration together (a seed pack) and logs their mean,
+    its 95% interval (val/map_ci95) and each seed's value (val/map/seed_S); a seed whose loss diverges is
+    left out and named in the run's tags. Knobs (see `python cli.py knobs`): box_loss, smooth_l1_sigma,
+    cls_loss, focal_gamma, focal_alpha, cls_weight, box_weight, loss_normalization, neg_sampling,
+    neg_pos_ratio, image_size, lr, epochs, ...
     """
     from pipeline.run import sigterm_as_interrupt, tracked_run
     from pipeline.tracking import MlflowTracker
@@ -220,20 +225,74 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     _check_writable(out_dir)
     _check_tracking_store()
     data = _load_or_exit(cfg, skip_invalid)
+    pack = _seed_pack(cfg, seeds, len(data[0].class_names), "--seeds")
     startup["data_loaded_s"] = seconds_since_process_start()
     tracker = MlflowTracker(experiment)
     tracker.close_orphans()  # runs of earlier `train`s that were killed outright: FAILED, not RUNNING forever
     startup["tracker_ready_s"] = seconds_since_process_start()
     with sigterm_as_interrupt():
-        result = tracked_run(cfg, tracker, name="train", out_dir=out_dir, progress=True, data=data)
-    console.print(_metrics_table("validation (COCO)", {k: v for k, v in result.metrics.items() if k.startswith("val/")}))
-    console.print(f"checkpoint: {result.checkpoint}   MLflow run: {result.run_id}   "
-                  f"training speed: {result.train_images_per_s:.1f} images/s")
+        result = tracked_run(pack, tracker, name="train", out_dir=out_dir, progress=True, data=data,
+                             stop_on_divergence=seeds == 1)
+    _print_train_result(result)
     if json_out:
         _json_line({**result.metrics, "train_images_per_s": result.train_images_per_s, "run_id": result.run_id,
                     "checkpoint": str(result.checkpoint), "trial_seconds": result.seconds,
                     "timings": result.fit.timings, "startup": startup,
-                    "device": next(result.fit.model.parameters()).device.type})
+                    "device": next(result.fit.model.parameters()).device.type, **_seed_summary(result)})
+
+
+def _seed_pack(cfg: RunConfig, k: int, num_classes: int, flag: str):
+    """K seeds of cfg as one pack, refused as a usage error naming ``flag`` when it will not fit in memory."""
+    from pipeline.pack import Pack, PackError, check_fits
+    from pipeline.train import resolve_device
+
+    try:
+        check_fits(cfg, k, num_classes, resolve_device(cfg.device))
+    except PackError as exc:
+        _usage_error(str(exc), flag)
+    return Pack.of_seeds(cfg, k)
+
+
+def _seed_summary(result) -> dict:
+    """--json's per-seed part: the seeds, each one's val/map, the mean and its 95% interval."""
+    from pipeline.seeds import seed_values
+
+    per_seed = seed_values(result.metrics, "val/map") or {result.fit.pack.seeds[0]: result.metrics["val/map"]}
+    half = result.metrics.get("val/map_ci95", math.nan)
+    mean = result.metrics["val/map"]
+    return {"seeds": result.fit.pack.seeds, "val/map_per_seed": {str(s): v for s, v in per_seed.items()},
+            "val/map_mean": mean, "val/map_ci95_interval": [mean - half, mean + half],
+            "diverged_seeds": [r.seed for r in result.fit.replicas if r.diverged is not None],
+            "checkpoints": [str(p) for p in result.checkpoints]}
+
+
+def _print_train_result(result) -> None:
+    metrics = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
+    console.print(_metrics_table("validation (COCO)", metrics) if result.fit.pack.k == 1
+                  else _pack_table(result.fit, metrics))
+    for replica in result.fit.replicas:
+        if replica.diverged:
+            console.print(f"[yellow]seed {replica.seed} diverged at epoch {replica.diverged[0]}, step "
+                          f"{replica.diverged[1]}: left out of the mean[/]")
+    console.print(f"checkpoint: {result.checkpoint}   MLflow run: {result.run_id}   "
+                  f"training speed: {result.train_images_per_s:.1f} images/s")
+
+
+def _pack_table(fit, metrics: dict[str, float]) -> Table:
+    """One row per metric: the mean over the seeds, its 95% interval's half-width, and each seed's value."""
+    from pipeline.seeds import CI_SUFFIX, seed_key
+
+    seeds = [r.seed for r in fit.live]
+    table = Table(title=f"validation (COCO), {len(seeds)} seeds: mean ± half-width of its 95% t-interval")
+    for col in ("metric", "mean", "± 95%", *(f"seed {s}" for s in seeds)):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+
+    def cell(value) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+    for key in (k for k in metrics if "/seed_" not in k and not k.endswith(CI_SUFFIX)):
+        table.add_row(key, cell(metrics[key]), cell(metrics.get(key + CI_SUFFIX)),
+                      *(cell(metrics.get(seed_key(key, s))) for s in seeds))
+    return table
 
 
 def _load_or_exit(cfg: RunConfig, skip_invalid: bool):

@@ -35,8 +35,9 @@ def atomic_save(obj: Any, path: Path) -> Path:
     return path
 
 
-def save_checkpoint(path: Path, model: TinySSD, cfg: RunConfig, class_names: list[str], **extra) -> Path:
-    state = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "class_names": list(class_names), **extra}
+def save_checkpoint(path: Path, model: TinySSD, cfg: RunConfig, class_names: list[str]) -> Path:
+    """A one-replica TinySSD's weights, the config that trained it and its class names, written atomically."""
+    state = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "class_names": list(class_names)}
     return atomic_save(state, path)
 
 

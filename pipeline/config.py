@@ -67,6 +67,10 @@ class RunConfig:
                                          "process, so it pays off from about 70 s of training")
     torch_compile: bool = _knob(False, "torch.compile the model: pays off only in long runs, as compiling "
                                        "takes tens of seconds per process")
+    pack_layout: str = _knob("auto", "how a seed pack runs its K replicas: grouped (one network, convolutions with "
+                                     "groups=K) or loop (K dense networks in turn); auto: grouped on CUDA, loop on "
+                                     "a CPU, where grouped convolutions are slower (no effect on the maths)",
+                             choices=("auto", "grouped", "loop"))
     val_every: int = _knob(0, "validate every N epochs and after the last; the pruner sees only these. "
                               "0 = auto: every epoch on the CPU, every 5th on CUDA, where pycocotools would "
                               "otherwise take most of a trial", low=0, high=10_000)

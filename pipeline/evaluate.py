@@ -20,7 +20,7 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import batched_nms
 
 from pipeline.boxes import decode
-from pipeline.model import autocast, preprocess
+from pipeline.model import autocast
 
 STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
               "mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large")
@@ -68,17 +68,32 @@ def postprocess(cls_logits: torch.Tensor, box_offsets: torch.Tensor, anchors_xyx
 
 
 @torch.no_grad()
-def predict(model, images_uint8: torch.Tensor, device: torch.device, *, batch_size: int = 64,
-            channels_last: bool = True, precision: str = "fp32", **post) -> list[Detections]:
-    """Detections for uint8 images [N, 3, S, S], in batches, on ``device``; boxes relative."""
+def predict_pack(model, images_uint8: torch.Tensor, device: torch.device, *, replicas: list[int] | None = None,
+                 batch_size: int = 64, channels_last: bool = True, precision: str = "fp32",
+                 **post) -> list[list[Detections]]:
+    """Detections of each replica of a pack (a TinySSD, one or K replicas, or a pipeline.pack.ReplicaLoop) for
+    uint8 images [N, 3, S, S]: one list per replica in ``replicas`` (default: all), boxes relative. Every
+    replica sees the same images, in one forward pass per batch."""
     model.eval()
-    out: list[Detections] = []
+    k = model.replicas
+    chosen = list(range(k)) if replicas is None else replicas
+    out: list[list[Detections]] = [[] for _ in chosen]
     for start in range(0, len(images_uint8), batch_size):
-        x = preprocess(images_uint8[start:start + batch_size].to(device), channels_last)
+        batch = images_uint8[start:start + batch_size].to(device)
+        x = model.pack_input(batch[None].expand(k, *batch.shape), channels_last)
         with autocast(precision, device):
-            anchors, cls_logits, box_offsets = model(x)
-        out += postprocess(cls_logits, box_offsets, anchors, **post)
+            anchors, cls_logits, box_offsets = model.forward_pack(x)  # [K, B, ...]
+        # only the chosen replicas are decoded: a replica whose weights diverged to NaN has nothing to give
+        found = postprocess(cls_logits[chosen].flatten(0, 1), box_offsets[chosen].flatten(0, 1), anchors, **post)
+        for i in range(len(chosen)):
+            out[i] += found[i * len(batch):(i + 1) * len(batch)]
     return out
+
+
+def predict(model, images_uint8: torch.Tensor, device: torch.device, **options) -> list[Detections]:
+    """Detections of a one-replica TinySSD for uint8 images [N, 3, S, S], in batches, on ``device``; boxes relative.
+    Options: batch_size, channels_last, precision, and postprocess's."""
+    return predict_pack(model, images_uint8, device, **options)[0]
 
 
 @dataclass
@@ -116,13 +131,17 @@ def coco_columns(detections: list[Detections], orig_sizes: torch.Tensor) -> Coco
     return CocoColumns((image + 1).tolist(), (labels + 1).tolist(), xyxy.tolist(), scores.tolist())
 
 
-def predict_with_config(model, images_uint8: torch.Tensor, device: torch.device, cfg, *,
-                        min_score: float = 0.0) -> list[Detections]:
+def predict_with_config(model, images_uint8: torch.Tensor, device: torch.device, cfg, *, min_score: float = 0.0,
+                        replicas: list[int] | None = None) -> list[list[Detections]] | list[Detections]:
     """:func:`predict` with a run's own settings (a RunConfig): layout, precision, threshold, NMS, cap.
-    ``min_score`` raises the score threshold, never lowers it."""
-    return predict(model, images_uint8, device, channels_last=cfg.channels_last, precision=cfg.precision,
+    ``min_score`` raises the score threshold, never lowers it. With ``replicas``, :func:`predict_pack`'s
+    per-replica lists for those replicas of a pack."""
+    options = dict(channels_last=cfg.channels_last, precision=cfg.precision,
                    score_threshold=max(min_score, cfg.score_threshold), nms_iou=cfg.nms_iou,
                    max_detections=cfg.max_detections)
+    if replicas is not None:
+        return predict_pack(model, images_uint8, device, replicas=replicas, **options)
+    return predict(model, images_uint8, device, **options)
 
 
 def to_coco_results(detections: list[Detections], orig_sizes: torch.Tensor) -> list[dict]:

@@ -21,6 +21,7 @@ from pipeline.checkpoint import save_checkpoint
 from pipeline.config import RunConfig
 from pipeline.data import DataError, DetectionData, load_split
 from pipeline.evaluate import Detections
+from pipeline.pack import Pack, replica_model
 from pipeline.tracking import RunHandle
 from pipeline.train import EpochCallback, FitResult, Pruned, fit
 from pipeline.visualize import draw_detections, save_grid
@@ -32,11 +33,15 @@ PREVIEW_MIN_SCORE = 0.3  # below this a drawn box is clutter, not a prediction a
 @dataclass
 class RunResult:
     run_id: str
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # a pack's combined over its seeds (pipeline.seeds)
     train_images_per_s: float
-    checkpoint: Path
+    checkpoints: list[Path]  # one per replica that did not diverge
     fit: FitResult
     seconds: float  # wall time of the tracked run: training, validation, logging
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoints[0]
 
 
 def load_data(cfg: RunConfig, progress: bool = True, skip_invalid: bool = False) -> tuple[DetectionData, DetectionData]:
@@ -119,31 +124,62 @@ def _outcome_tagged(run: RunHandle):
         raise
 
 
-def tracked_run(cfg: RunConfig, tracker, *, name: str, out_dir: Path, parent_run_id: str | None = None,
+def run_params(setting: RunConfig | Pack) -> dict:
+    """The run's MLflow params: the config's fields (a pack's shared ones, seed = its first seed) and, for a
+    pack, its ``seeds``."""
+    pack = setting if isinstance(setting, Pack) else Pack((setting,))
+    params = dataclasses.asdict(pack.shared)
+    return params if pack.k == 1 else {**params, "seeds": ",".join(map(str, pack.seeds))}
+
+
+def tracked_run(setting: RunConfig | Pack, tracker, *, name: str, out_dir: Path, parent_run_id: str | None = None,
                 tags: dict | None = None, on_epoch: EpochCallback | None = None, progress: bool = True,
                 data: tuple[DetectionData, DetectionData] | None = None,
-                on_start: Callable[[RunHandle], None] | None = None, state_dir: Path | None = None) -> RunResult:
-    """Train ``cfg`` inside one tracked run and log everything a reader needs to trust it.
+                on_start: Callable[[RunHandle], None] | None = None, state_dir: Path | None = None,
+                stop_on_divergence: bool = True) -> RunResult:
+    """Train a config, or a pack of seeds of one config, inside one tracked run and log everything a reader
+    needs to trust it.
 
     The run's ``final/trial_seconds`` is its wall time: training, validation and all the logging;
     ``timing/*`` says where that time went."""
-    train, val = data if data is not None else load_data(cfg, progress)
+    pack = setting if isinstance(setting, Pack) else Pack((setting,))
+    train, val = data if data is not None else load_data(pack.shared, progress)
     started = time.perf_counter()
-    with tracker.run(name, params=dataclasses.asdict(cfg), tags=tags, parent_run_id=parent_run_id) as run:
+    with tracker.run(name, params=run_params(pack), tags=tags, parent_run_id=parent_run_id) as run:
         if on_start is not None:
             on_start(run)
         with _outcome_tagged(run):  # the checkpoint and artifacts too: a failure there is the run's failure
-            return _train_and_log(cfg, train, val, run, out_dir, started, on_epoch, progress, state_dir)
+            result = fit(pack, train, val, run=run, on_epoch=on_epoch, progress=progress, state_dir=state_dir,
+                         stop_on_divergence=stop_on_divergence)
+            return _log_results(result, train, val, run, out_dir, started)
 
 
-def _train_and_log(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle, out_dir: Path,
-                   started: float, on_epoch, progress: bool, state_dir: Path | None) -> RunResult:
-    result = fit(cfg, train, val, run=run, on_epoch=on_epoch, progress=progress, state_dir=state_dir)
+def _checkpoints(result: FitResult, class_names: list[str], folder: Path) -> list[Path]:
+    """checkpoint.pt for a single run; checkpoint-seed{S}.pt per live replica of a pack: plain TinySSD checkpoints
+    that `evaluate` and `predict` read."""
+    if result.pack.k == 1:
+        return [save_checkpoint(folder / "checkpoint.pt", result.model, result.pack.shared, class_names)]
+    return [save_checkpoint(folder / f"checkpoint-seed{r.seed}.pt", replica_model(result.model, k), r.config,
+                            class_names) for k, r in enumerate(result.replicas) if r.diverged is None]
+
+
+def _divergence_tags(result: FitResult) -> dict[str, str]:
+    """Which seeds of a pack diverged, and where: they are left out of its mean and interval."""
+    diverged = [r for r in result.replicas if r.diverged is not None]
+    if not diverged:
+        return {}
+    return {"diverged_seeds": ",".join(str(r.seed) for r in diverged),
+            "diverged_at": "; ".join(f"seed {r.seed}: epoch {r.diverged[0]}, step {r.diverged[1]}" for r in diverged)}
+
+
+def _log_results(result: FitResult, train: DetectionData, val: DetectionData, run: RunHandle, out_dir: Path,
+                 started: float) -> RunResult:
+    cfg = result.pack.shared
     logging_started = time.perf_counter()
     final = {**result.metrics, "train_images_per_s": result.train_images_per_s}
     run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
     out_dir = Path(out_dir) / run.run_id
-    checkpoint = save_checkpoint(out_dir / "checkpoint.pt", result.model, cfg, train.class_names)
+    checkpoints = _checkpoints(result, train.class_names, out_dir)
     prediction_grid(val, result.detections, out_dir / "val_predictions.png")
     (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, default=float))
     write_pr_curve(result.coco.precision_iou50, train.class_names, out_dir / "pr_curve_iou50.json")
@@ -152,5 +188,5 @@ def _train_and_log(cfg: RunConfig, train: DetectionData, val: DetectionData, run
     result.timings["artifacts_s"] = time.perf_counter() - logging_started
     run.log_metrics({"final/trial_seconds": seconds, **{f"timing/{k}": v for k, v in result.timings.items()}},
                     step=cfg.epochs)
-    run.set_tags({"trial_state": "COMPLETE"})
-    return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoint, result, seconds)
+    run.set_tags({"trial_state": "COMPLETE", **_divergence_tags(result)})
+    return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoints, result, seconds)

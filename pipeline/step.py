@@ -1,4 +1,5 @@
-"""One training step of TinySSD: batch, (flip), forward, matching, loss, backward, SGD update, metric sums.
+"""One training step of TinySSD, or of a pack of K replicas: batch, (flip), forward, matching, loss, backward,
+SGD update, metric sums.
 
 ``TrainStep`` reads its batch by index from a split that already lives on the device, so a step
 moves no data. On CUDA with ``cfg.cuda_graph`` every full batch replays one captured CUDA graph:
@@ -17,8 +18,8 @@ import torch
 
 from pipeline.boxes import multibox_target
 from pipeline.config import RunConfig
-from pipeline.losses import detection_loss
-from pipeline.model import TinySSD, autocast, preprocess
+from pipeline.losses import LossKnobs, pack_loss
+from pipeline.model import autocast
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN autotuning and lazy buffers happen here
 
@@ -26,8 +27,8 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN autotunin
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf: names the epoch and step."""
 
-    def __init__(self, epoch: int, step: int, value: float):
-        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
+    def __init__(self, epoch: int, step: int, value: float, where: str = ""):
+        super().__init__(f"non-finite loss {value}{where} at epoch {epoch}, step {step}")
         self.epoch, self.step, self.value = epoch, step, value
 
 
@@ -58,22 +59,33 @@ def hflip_batch(images: torch.Tensor, targets: torch.Tensor, flip: torch.Tensor)
 
 
 class TrainStep:
-    """Trains ``model`` one batch at a time on ``images`` [N, 3, S, S] uint8 and ``targets`` [N, M, 5].
+    """Trains a pack of K replicas (K = 1: one run) one batch at a time on ``images`` [N, 3, S, S] uint8 and
+    ``targets`` [N, M, 5]; each replica sees its own batch, flips and negatives.
 
-    Call :meth:`start_epoch`, then :meth:`run` with each batch's indices, then :meth:`summary`.
-    ``generator`` seeds the random flips and negatives on the CPU; on CUDA they come from the
-    default CUDA generator (seeded by ``torch.manual_seed``), which graph replays advance safely.
+    ``model`` is a TinySSD (its ``replicas`` K, one grouped network) or a pipeline.pack.ReplicaLoop;
+    ``configs`` is a RunConfig (K = 1) or a pipeline.pack.Pack. Call :meth:`start_epoch`, then :meth:`run`
+    with each batch's indices, [K, B] (or [B] for one replica), then :meth:`summary` or
+    :meth:`replica_summaries`. ``generators`` (one per replica, or one) seed the random flips and negatives
+    on the CPU; on CUDA they come from the default CUDA generator (seeded by ``torch.manual_seed``), which
+    graph replays advance safely.
     """
 
-    def __init__(self, model: TinySSD, images: torch.Tensor, targets: torch.Tensor, cfg: RunConfig,
-                 device: torch.device, generator: torch.Generator | None = None):
+    def __init__(self, model, images: torch.Tensor, targets: torch.Tensor, configs, device: torch.device,
+                 generators=None):
+        replicas = tuple(configs.replicas) if hasattr(configs, "replicas") else (configs,)
+        cfg = replicas[0]
         self.model, self.images, self.targets, self.cfg, self.device = model, images, targets, cfg, device
-        self.forward = torch.compile(model) if cfg.torch_compile else model
+        self.k = len(replicas)
+        self.knobs = LossKnobs.of(list(replicas), device)
+        self.forward = torch.compile(model.forward_pack) if cfg.torch_compile else model.forward_pack
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.generator = generator if device.type == "cpu" else None
+        if isinstance(generators, torch.Generator):
+            generators = [generators]
+        self.generators = generators if device.type == "cpu" and generators is not None else None
         self.lr = torch.tensor(float(cfg.lr), device=device)
-        self.sums = torch.zeros(5, device=device, dtype=torch.float64)  # loss, loss_cls, loss_box, correct, abs err
-        self.first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        self.sums = torch.zeros(self.k, 5, device=device, dtype=torch.float64)  # per replica: loss, loss_cls,
+        # loss_box, correct, abs err
+        self.first_bad_step = torch.full((self.k,), -1, device=device, dtype=torch.long)
         self.step_index = torch.zeros((), device=device, dtype=torch.long)
         self.use_graph = device.type == "cuda" and cfg.cuda_graph
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -96,48 +108,57 @@ class TrainStep:
         self.batches = self.images_seen = 0
 
     def run(self, idx: torch.Tensor) -> None:
-        """One SGD step on the images at ``idx`` (a long tensor on the images' device)."""
-        if self.use_graph and len(idx) == self.cfg.batch_size and self.graph is None:
+        """One SGD step of every replica, replica k on the images at ``idx[k]`` (a long tensor [K, B] on the
+        images' device; [B] for a single replica)."""
+        idx = idx.reshape(self.k, -1)
+        full = idx.shape[1] == self.cfg.batch_size
+        if self.use_graph and full and self.graph is None:
             self._capture_or_fall_back(idx)
-        if self.graph is not None and len(idx) == self.cfg.batch_size:
+        if self.graph is not None and full:
             self.static_idx.copy_(idx)
             self.graph.replay()
         else:  # the CPU, the graph switched off, or an epoch's last, smaller batch
             self._zero_grads()
-            partial = len(idx) < self.cfg.batch_size  # once an epoch: too rare to repay timing cuDNN for it
-            with cudnn_benchmark(False) if partial else contextlib.nullcontext():
-                self._compute(idx)
+            with cudnn_benchmark(False) if not full else contextlib.nullcontext():  # once an epoch: too rare
+                self._compute(idx)                                                # to repay timing cuDNN for it
         self.batches += 1
-        self.images_seen += len(idx)
+        self.images_seen += idx.shape[1]
 
     def _zero_grads(self) -> None:
         for p in self.params:
             p.grad = None
 
+    def _flip_coins(self, batch: int) -> torch.Tensor:
+        """[K, B] uniform draws: each replica's from its own generator on the CPU."""
+        if self.generators is None:
+            return torch.rand((self.k, batch), device=self.device)
+        return torch.stack([torch.rand(batch, generator=g) for g in self.generators]).to(self.device)
+
     def _compute(self, idx: torch.Tensor, capturing: bool = False) -> None:
-        cfg = self.cfg
-        x = preprocess(self.images[idx].to(self.device, non_blocking=True), cfg.channels_last)
-        targets = self.targets[idx].to(self.device, non_blocking=True)
+        cfg, (K, B) = self.cfg, idx.shape  # replicas, batch
+        images = self.images[idx].to(self.device, non_blocking=True)  # [K, B, 3, S, S]
+        targets = self.targets[idx].to(self.device, non_blocking=True)  # [K, B, M, 5]
         if cfg.hflip:
-            coin = torch.rand(len(idx), generator=self.generator, device=self.device)
-            x, targets = hflip_batch(x, targets, coin < 0.5)
+            flipped = hflip_batch(images.flatten(0, 1), targets.flatten(0, 1), self._flip_coins(B).flatten() < 0.5)
+            images, targets = flipped[0].unflatten(0, (K, B)), flipped[1].unflatten(0, (K, B))
+        x = self.model.pack_input(images, cfg.channels_last)
         with autocast(cfg.precision, self.device, cache=not capturing):
-            anchors, cls_logits, box_pred = self.forward(x)
-        box_target, mask, labels = multibox_target(anchors, targets)
-        losses = detection_loss(cls_logits, box_pred, labels, box_target, mask, cfg, self.generator)
-        losses["loss"].backward()
+            anchors, cls_logits, box_pred = self.forward(x)  # [K, B, A, ...]
+        box_target, mask, labels = (t.unflatten(0, (K, B)) for t in multibox_target(anchors, targets.flatten(0, 1)))
+        losses = pack_loss(cls_logits, box_pred, labels, box_target, mask, self.knobs, self.generators)
+        losses["loss"].sum().backward()  # the replicas' parameters are disjoint: each gets its own loss's gradient
         with torch.no_grad():
             sgd_update(self.params, self.lr, cfg.weight_decay)
             self._add_stats(losses, cls_logits, labels, box_pred, box_target, mask)
         self.num_anchors = anchors.shape[0]
 
     def _add_stats(self, losses, cls_logits, labels, box_pred, box_target, mask) -> None:
-        loss = losses["loss"].detach()
+        loss = losses["loss"].detach()  # [K]
         bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
         self.first_bad_step.copy_(torch.where(bad, self.step_index, self.first_bad_step))
-        correct = (cls_logits.argmax(dim=-1) == labels).sum()
-        abs_err = ((box_target - box_pred.float()) * mask).abs().sum()
-        self.sums += torch.stack([loss, losses["loss_cls"], losses["loss_box"], correct, abs_err]).double()
+        correct = (cls_logits.argmax(dim=-1) == labels).flatten(1).sum(dim=1)
+        abs_err = ((box_target - box_pred.float()) * mask).abs().flatten(1).sum(dim=1)
+        self.sums += torch.stack([loss, losses["loss_cls"], losses["loss_box"], correct, abs_err], dim=1).double()
         self.step_index += 1
 
     # -- CUDA graph ----------------------------------------------------------------------------
@@ -183,16 +204,26 @@ class TrainStep:
 
     # -- the epoch's metrics -------------------------------------------------------------------
 
-    def summary(self, epoch: int) -> dict[str, float]:
-        """The chapter's training metrics, as epoch means; raises NonFiniteLossError naming the first bad step."""
-        bad_step = int(self.first_bad_step)
-        if bad_step >= 0:
-            raise NonFiniteLossError(epoch, bad_step, float(self.sums[0]))
-        loss, loss_cls, loss_box, correct, abs_err = self.sums.tolist()
+    def bad_steps(self) -> list[int]:
+        """Per replica, the first step of this epoch whose loss was NaN or inf; -1 where every loss was finite."""
+        return self.first_bad_step.tolist()
+
+    def replica_summaries(self) -> list[dict[str, float]]:
+        """The chapter's training metrics of each replica, as epoch means (NaN for a replica that diverged)."""
         anchors = self.images_seen * self.num_anchors
-        return {"train/loss": loss / self.batches, "train/loss_cls": loss_cls / self.batches,
-                "train/loss_box": loss_box / self.batches, "train/class_err": 1.0 - correct / anchors,
-                "train/bbox_mae": abs_err / (4 * anchors)}
+        out = []
+        for loss, loss_cls, loss_box, correct, abs_err in self.sums.tolist():
+            out.append({"train/loss": loss / self.batches, "train/loss_cls": loss_cls / self.batches,
+                        "train/loss_box": loss_box / self.batches, "train/class_err": 1.0 - correct / anchors,
+                        "train/bbox_mae": abs_err / (4 * anchors)})
+        return out
+
+    def summary(self, epoch: int) -> dict[str, float]:
+        """Replica 0's metrics (a single run's); raises NonFiniteLossError naming the first bad step of any replica."""
+        for bad_step, sums in zip(self.bad_steps(), self.sums.tolist()):
+            if bad_step >= 0:
+                raise NonFiniteLossError(epoch, bad_step, sums[0])
+        return self.replica_summaries()[0]
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Training: fit(cfg, data) trains TinySSD and validates it with COCO mAP as it goes.
+"""Training: fit(cfg or pack, data) trains TinySSD, or a pack of K replicas, and validates with COCO mAP as it goes.
 
 ``fit`` knows nothing of MLflow or Optuna: it takes a run handle to log to and an
 ``on_epoch`` callback, which is where a sweep reports to its pruner.
@@ -7,31 +7,28 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ctypes
 import ctypes.util
+import dataclasses
 import math
 import time
-import warnings
-from collections import deque
-from concurrent.futures import Future
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.checkpoint import load_latest_epoch_state, save_epoch_state
+from pipeline.checkpoint import load_latest_epoch_state
 from pipeline.config import RunConfig, validation_epochs
 from pipeline.data import DetectionData
+from pipeline.epochs import (EpochCallback, EpochReporter, ProgressView, TrainedEpoch, epoch_state, resumable,
+                             resume)
 from pipeline.evaluate import CocoResult, Detections
-from pipeline.model import TinySSD
-from pipeline.step import TrainStep, cudnn_benchmark
+from pipeline.pack import Pack, PackModel, build_model
+from pipeline.step import NonFiniteLossError, TrainStep, cudnn_benchmark
 from pipeline.tracking import RunHandle
-from pipeline.validation import Scored, Validator
+from pipeline.validation import Validator
 
-EpochCallback = Callable[[int, dict[str, float], "RunHandle | None"], None]
+__all__ = ["EpochCallback", "FitResult", "Pruned", "fit"]
 
 
 class Pruned(Exception):
@@ -43,16 +40,43 @@ class Pruned(Exception):
 
 
 @dataclass
+class ReplicaResult:
+    """One replica of a fit (the only one of a single run)."""
+    config: RunConfig
+    metrics: dict[str, float]  # its last reported epoch's train/* and val/*; empty if it diverged first
+    coco: CocoResult | None  # its last validation
+    detections: list[Detections] | None
+    diverged: tuple[int, int] | None  # (epoch, step) of its first non-finite loss, where it had one
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+
+@dataclass
 class FitResult:
-    model: TinySSD
-    metrics: dict[str, float]  # the last epoch's train/* and val/* metrics
-    history: list[dict[str, float]]  # one dict per epoch
-    coco: CocoResult  # the last validation
-    detections: list[Detections]  # the last validation's detections
-    train_images_per_s: float  # training steps only, validation excluded
+    model: PackModel  # a TinySSD for a single run
+    pack: Pack
+    metrics: dict[str, float]  # the last epoch's metrics, combined over the live replicas (pipeline.seeds)
+    history: list[dict[str, float]]  # one combined dict per epoch
+    replicas: list[ReplicaResult]
+    train_images_per_s: float  # training steps only, validation excluded, summed over the replicas
     timings: dict[str, float]  # seconds the training loop spent on: setup, train (graph warm-up and capture
                                # included, and broken out), validate (predicting, and waiting for a score),
                                # epoch_state; and scoring: pycocotools' seconds in the worker thread
+
+    @property
+    def live(self) -> list[ReplicaResult]:
+        return [r for r in self.replicas if r.diverged is None]
+
+    @property
+    def coco(self) -> CocoResult:
+        """The first live replica's last validation (a single run's)."""
+        return self.live[0].coco
+
+    @property
+    def detections(self) -> list[Detections]:
+        return self.live[0].detections
 
 
 def tune_cpu_allocator() -> bool:
@@ -93,164 +117,125 @@ def held_on(data: DetectionData, device: torch.device) -> DetectionData:
     return dataclasses.replace(data, images=data.images.to(device), targets=data.targets.to(device))
 
 
-def _train_epoch(step: TrainStep, n_images: int, cfg: RunConfig, generator, epoch: int, progress, task):
+def _train_epoch(step: TrainStep, n_images: int, cfg: RunConfig, generators: list[torch.Generator],
+                 view: ProgressView) -> list[dict[str, float]]:
+    """One epoch of every replica, each in its own batch order; returns each replica's train/* metrics."""
     step.start_epoch()
-    order = torch.randperm(n_images, generator=generator).to(step.images.device)
+    orders = torch.stack([torch.randperm(n_images, generator=g) for g in generators]).to(step.images.device)
     for start in range(0, n_images, cfg.batch_size):
-        step.run(order[start:start + cfg.batch_size])
-        if progress is not None:
-            progress.advance(task)
-    return step.summary(epoch)
+        step.run(orders[:, start:start + cfg.batch_size])
+        view.batch_done()
+    return step.replica_summaries()
 
 
-def _progress(enabled: bool) -> Progress | None:
-    if not enabled:
-        return None
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[status]}"), transient=False)
+def _check_divergence(step: TrainStep, pack: Pack, epoch: int, diverged: dict[int, tuple[int, int]],
+                      stop: bool) -> None:
+    """Record the replicas whose loss became NaN or inf this epoch. A diverged replica cannot touch the others
+    (its weights are its own slice), so they train on; with ``stop``, or once none is left, it raises."""
+    for k, bad_step in enumerate(step.bad_steps()):
+        if bad_step < 0 or k in diverged:
+            continue
+        diverged[k] = (epoch, bad_step)
+        if stop or len(diverged) == pack.k:
+            seed = f" (seed {pack.seeds[k]})" if pack.k > 1 else ""
+            raise NonFiniteLossError(epoch, bad_step, float(step.sums[k, 0]), seed)
 
 
-def _resumable(state: dict | None, cfg: RunConfig, state_dir: Path | None) -> dict | None:
-    """The epoch state if it was saved by this very configuration; another one's (a study of the same name
-    created again, say) is ignored with a warning, never trained on."""
-    if state is None:
-        return None
-    def settings(config: dict) -> dict:  # the device may change between attempts; a knob added since is at its default
-        return {k: v for k, v in {**dataclasses.asdict(RunConfig()), **config}.items() if k != "device"}
-
-    saved = state.get("config")  # None: a state from before configs were saved, which cannot be checked
-    if saved is None or settings(saved) != settings(dataclasses.asdict(cfg)):
-        warnings.warn(f"{state_dir}: the epoch state there was saved by another configuration; training from "
-                      "scratch instead", stacklevel=3)
-        return None
-    return state
-
-
-def _resume(state: dict | None, model, generator, device: torch.device, run: RunHandle | None):
-    """Restore an epoch state, re-log its history on the new run; returns (first epoch, history, seconds).
-
-    SGD without momentum keeps no state of its own: the weights and the random generators (the CPU one
-    for the batch order; on CUDA, the device's for flips and negatives) are all."""
-    if state is None:
-        return 0, [], 0.0
-    model.load_state_dict(state["model"])
-    generator.set_state(state["generator"])
-    if device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
-    if run is not None:
-        for epoch, metrics in enumerate(state["history"]):
-            run.log_metrics(metrics, step=epoch)
-        run.set_tags({"resumed_from_epoch": state["epoch"]})
-    return state["epoch"] + 1, list(state["history"]), state["train_seconds"]
-
-
-def _epoch_state(model, generator, device: torch.device, cfg: RunConfig, train_seconds: float) -> dict:
-    """What resuming after this epoch needs (see _resume), the weights copied as they are now."""
-    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "generator": generator.get_state(), "train_seconds": train_seconds,
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "config": dataclasses.asdict(cfg)}
-
-
-@dataclass
-class _TrainedEpoch:
-    """An epoch whose training is done. It is reported (history, epoch state, MLflow, on_epoch) once its
-    validation, if it has one, is scored; epochs are reported in order."""
-    epoch: int
-    metrics: dict[str, float]
-    scoring: Future | None = None
-    state: dict | None = None  # the epoch state to save: the weights as they were after this epoch
-
-
-def fit(cfg: RunConfig, train: DetectionData, val: DetectionData, run: RunHandle | None = None,
-        on_epoch: EpochCallback | None = None, progress: bool = True, state_dir: Path | None = None) -> FitResult:
-    """Train TinySSD with cfg; validate with COCO mAP (see RunConfig.val_every); log each epoch to ``run``.
+def fit(setting: RunConfig | Pack, train: DetectionData, val: DetectionData, run: RunHandle | None = None,
+        on_epoch: EpochCallback | None = None, progress: bool = True, state_dir: Path | None = None,
+        stop_on_divergence: bool = True) -> FitResult:
+    """Train TinySSD with a config, or a pack of replicas; validate with COCO mAP (see RunConfig.val_every);
+    log each epoch to ``run``, a pack's replicas combined (pipeline.seeds).
 
     Each validation's COCO scoring runs in a worker thread while the next epoch trains, so an epoch
     with validation is reported (to ``run``, ``on_epoch`` and the progress bar) when its score is in:
     usually after the next epoch, later where epochs are shorter than a score (a GPU), always in
-    order. If training fails, the epochs trained and scored before it are still reported to ``run``. With ``state_dir``, the state after every validated
-    epoch is saved there, and training resumes from the newest good one: a retried trial goes on
-    where the killed one stopped.
+    order. If training fails, the epochs trained and scored before it are still reported to ``run``.
+    With ``state_dir``, the state after every validated epoch is saved there, and training resumes from
+    the newest good one: a retried trial goes on where the killed one stopped. A replica whose loss turns
+    NaN or inf raises NonFiniteLossError, or without ``stop_on_divergence`` is dropped and recorded while
+    the others train on (they are untouched by it); a run whose every replica diverged always raises.
     """
-    started = time.perf_counter()
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model = TinySSD(len(train.class_names), cfg.anchor_scale).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train, val = held_on(train, device), held_on(val, device)
-    state = _resumable(load_latest_epoch_state(state_dir), cfg, state_dir)
-    start, history, train_seconds = _resume(state, model, generator, device, run)
-    step = TrainStep(model, train.images, train.targets, cfg, device, generator)
-    validate_after = validation_epochs(cfg, device.type)
-    last: Scored | None = None
-    pending: deque[_TrainedEpoch] = deque()
-    timings = {"setup_s": 0.0, "train_s": 0.0, "validate_s": 0.0, "scoring_s": 0.0, "epoch_state_s": 0.0}
-    bar = _progress(progress)
+    pack = setting if isinstance(setting, Pack) else Pack((setting,))
+    return _Training(pack, train, val, run, on_epoch, progress, state_dir, stop_on_divergence).run()
 
-    def report(wait: bool, notify: bool = True) -> None:
-        """Report the finished epochs at the front of the queue: all of them with ``wait``; ``on_epoch`` too
-        with ``notify``."""
-        nonlocal last
-        while pending and (wait or pending[0].scoring is None or pending[0].scoring.done()):
-            done = pending.popleft()
-            if done.scoring is not None:
-                waited = time.perf_counter()
-                last = done.scoring.result()  # re-raises what scoring raised
-                timings["validate_s"] += time.perf_counter() - waited
-                timings["scoring_s"] += last.seconds
-                done.metrics.update(last.metrics)
-            history.append(done.metrics)
-            if done.state is not None:
-                saving = time.perf_counter()
-                save_epoch_state(state_dir, done.epoch, {**done.state, "history": history})
-                timings["epoch_state_s"] += time.perf_counter() - saving
-            if run is not None:
-                run.log_metrics(done.metrics, step=done.epoch)
-            if bar:
-                val_text = f"  val mAP {done.metrics['val/map']:.3f}" if "val/map" in done.metrics else ""
-                bar.update(epochs, completed=done.epoch + 1, status=f"loss {done.metrics['train/loss']:.4f}{val_text}")
-            if notify and on_epoch is not None:
-                on_epoch(done.epoch, done.metrics, run)
 
-    validator = Validator(val, cfg, device)
-    timings["setup_s"] = time.perf_counter() - started
-    with bar or contextlib.nullcontext(), validator, cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
-        epochs = bar.add_task("epochs", total=cfg.epochs, status="") if bar else None
-        batches = bar.add_task("batches", total=-(-len(train) // cfg.batch_size), status="") if bar else None
-        if bar:
-            bar.update(epochs, completed=start)
-        try:
-            for epoch in range(start, cfg.epochs):
-                step.set_lr(epoch_lr(cfg, epoch))
-                if bar:
-                    bar.reset(batches)
-                started = time.perf_counter()
-                metrics = _train_epoch(step, len(train), cfg, generator, epoch, bar, batches)
-                epoch_seconds = time.perf_counter() - started  # summary() waited for the device: the time is real
-                train_seconds += epoch_seconds
-                timings["train_s"] += epoch_seconds
-                trained = _TrainedEpoch(epoch, metrics)
-                if epoch in validate_after:
-                    started = time.perf_counter()
-                    trained.scoring = validator.start(model)
-                    timings["validate_s"] += time.perf_counter() - started
-                    if state_dir is not None:
-                        trained.state = _epoch_state(model, generator, device, cfg, train_seconds)
-                pending.append(trained)
-                report(wait=False)
-            report(wait=True)
-        except Pruned:
-            raise
-        except BaseException:  # a NaN, a timeout, Ctrl-C: what was trained and scored before it still reaches the run
-            with contextlib.suppress(Exception):
-                report(wait=True, notify=False)
-            raise
-        if last is None:  # every epoch was done before the kill: only the final validation is missing
-            last = validator.start(model).result()
-    speed = cfg.epochs * len(train) / max(train_seconds, 1e-9)
-    return FitResult(model, history[-1], history, last.coco, last.detections, speed, {**timings, **step.timings})
+class _Training:
+    """The moving parts of one fit: the pack's network and step, its generators, validator and reporter."""
+
+    def __init__(self, pack: Pack, train: DetectionData, val: DetectionData, run: RunHandle | None,
+                 on_epoch: EpochCallback | None, progress: bool, state_dir: Path | None, stop_on_divergence: bool):
+        started = time.perf_counter()
+        self.pack, self.cfg, self.state_dir, self.stop = pack, pack.shared, state_dir, stop_on_divergence
+        self.device = resolve_device(self.cfg.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
+        self.generators = [torch.Generator().manual_seed(seed) for seed in pack.seeds]
+        self.model = build_model(pack, len(train.class_names), self.device)  # seeds each replica's weights
+        torch.manual_seed(self.cfg.seed)  # on CUDA, flips and negatives come from the device's generator
+        train, val = held_on(train, self.device), held_on(val, self.device)
+        state = resumable(load_latest_epoch_state(state_dir), pack, state_dir)
+        self.start, history, self.train_seconds, self.diverged = resume(state, self.model, self.generators,
+                                                                         self.device, run)
+        self.step = TrainStep(self.model, train.images, train.targets, pack, self.device, self.generators)
+        self.timings = {"setup_s": 0.0, "train_s": 0.0, "validate_s": 0.0, "scoring_s": 0.0, "epoch_state_s": 0.0}
+        self.view = ProgressView(progress, self.cfg.epochs, -(-len(train) // self.cfg.batch_size), self.start)
+        self.reporter = EpochReporter(pack, history, self.timings, run, on_epoch, self.view, state_dir)
+        self.validator = Validator(val, self.cfg, self.device)
+        self.last_metrics: list[dict[str, float]] = [{} for _ in pack.replicas]
+        self.timings["setup_s"] = time.perf_counter() - started
+
+    @property
+    def live(self) -> list[int]:
+        return [k for k in range(self.pack.k) if k not in self.diverged]
+
+    def run(self) -> FitResult:
+        with self.view, self.validator, cudnn_benchmark(self.cfg.cudnn_benchmark and self.device.type == "cuda"):
+            try:
+                for epoch in range(self.start, self.cfg.epochs):
+                    self.train_epoch(epoch)
+                self.reporter.report(wait=True)
+            except Pruned:
+                raise
+            except BaseException:  # a NaN, a timeout, Ctrl-C: what was trained and scored before still reaches the run
+                with contextlib.suppress(Exception):
+                    self.reporter.report(wait=True, notify=False)
+                raise
+            if not self.reporter.last_scored:  # every epoch was done before the kill: the final validation is missing
+                self.reporter.last_scored.update(zip(self.live, self.validator.start(self.model, self.live).result()))
+        images = self.cfg.epochs * len(self.step.images) * len(self.live)
+        return FitResult(self.model, self.pack, self.reporter.history[-1], self.reporter.history,
+                         self.replica_results(), images / max(self.train_seconds, 1e-9),
+                         {**self.timings, **self.step.timings})
+
+    def train_epoch(self, epoch: int) -> None:
+        """Train one epoch, start its validation if it has one, and queue it for reporting."""
+        self.step.set_lr(epoch_lr(self.cfg, epoch))
+        self.view.new_epoch()
+        started = time.perf_counter()
+        metrics = _train_epoch(self.step, len(self.step.images), self.cfg, self.generators, self.view)
+        _check_divergence(self.step, self.pack, epoch, self.diverged, self.stop)
+        seconds = time.perf_counter() - started  # bad_steps() waited for the device: the time is real
+        self.train_seconds += seconds
+        self.timings["train_s"] += seconds
+        for k in self.live:
+            self.last_metrics[k] = metrics[k]
+        trained = TrainedEpoch(epoch, metrics, self.live)
+        if epoch in validation_epochs(self.cfg, self.device.type):
+            started = time.perf_counter()
+            trained.scoring = self.validator.start(self.model, self.live)
+            self.timings["validate_s"] += time.perf_counter() - started
+            if self.state_dir is not None:
+                trained.state = epoch_state(self.model, self.generators, self.device, self.pack, self.train_seconds,
+                                            self.diverged)
+        self.reporter.add(trained)
+        self.reporter.report(wait=False)
+
+    def replica_results(self) -> list[ReplicaResult]:
+        results = []
+        for k, cfg in enumerate(self.pack.replicas):
+            scored = self.reporter.last_scored.get(k)
+            metrics = {} if k in self.diverged else {**self.last_metrics[k], **(scored.metrics if scored else {})}
+            results.append(ReplicaResult(cfg, metrics, scored.coco if scored else None,
+                                         scored.detections if scored else None, self.diverged.get(k)))
+        return results

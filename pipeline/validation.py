@@ -55,13 +55,20 @@ class Validator:
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def predict(self, model) -> list[Detections]:
-        return detections_to_host(predict_with_config(model, self.val.images, self.device, self.cfg))
+    def predict(self, model, replicas: list[int] | None = None):
+        """Detections on the host: one list for a one-replica model, or one list per replica in ``replicas``."""
+        found = predict_with_config(model, self.val.images, self.device, self.cfg, replicas=replicas)
+        return detections_to_host(found) if replicas is None else [detections_to_host(d) for d in found]
 
-    def start(self, model) -> Future:
-        """Predict now, in this thread; score in the worker thread."""
-        detections = self.predict(model)
-        return self.pool.submit(self.score, coco_columns(detections, self.val.orig_sizes), detections)
+    def start(self, model, replicas: list[int] | None = None) -> Future:
+        """Predict now, in this thread; score in the worker thread. A Future of one :class:`Scored`, or with
+        ``replicas`` (of a pack) of a list of them, one per replica in ``replicas``."""
+        if replicas is None:
+            detections = self.predict(model)
+            return self.pool.submit(self.score, coco_columns(detections, self.val.orig_sizes), detections)
+        per_replica = self.predict(model, replicas)
+        columns = [coco_columns(detections, self.val.orig_sizes) for detections in per_replica]
+        return self.pool.submit(lambda: [self.score(c, d) for c, d in zip(columns, per_replica)])
 
     def score(self, columns: CocoColumns, detections: list[Detections]) -> Scored:
         """COCOeval on ``columns``: plain Python and numpy, no torch op (see the module's docstring)."""

@@ -52,3 +52,12 @@ def test_only_a_random_replica_draws_from_its_generator():
     pack_loss(logits, offsets, labels, targets, mask, float64([MIXED[0], MIXED[3]]), generators)
     assert torch.equal(generators[0].get_state(), torch.Generator().manual_seed(1).get_state())
     assert not torch.equal(generators[1].get_state(), torch.Generator().manual_seed(2).get_state())
+
+
+def test_a_pack_of_one_with_the_chapters_knobs_is_the_chapters_loss_to_the_bit():
+    from test_losses import chapter_calc_loss, random_batch
+
+    logits, box, labels, target, mask = random_batch()
+    ours = pack_loss(logits[None], box[None], labels[None], target[None], mask[None], LossKnobs.of([RunConfig()], "cpu"))
+    chapter = chapter_calc_loss(logits, labels, box.reshape(3, -1), target.reshape(3, -1), mask.reshape(3, -1))
+    assert torch.equal(ours["loss"][0], chapter)
