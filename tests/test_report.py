@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import plain, tiny_args
-from pipeline.report import ReportError, mean_ci, paired_comparison, write_report
+from pipeline.report import ReportError, write_report
 from pipeline.tracking import tracking_uri
 
 runner = CliRunner()
@@ -83,48 +83,6 @@ def assert_real_png(path: Path):
     assert len(data) > 5_000, f"{path} is only {len(data)} bytes"
     pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
     assert pixels.std() > 10, f"{path} looks blank"
-
-
-def test_a_study_question_keeps_its_paragraphs_and_bullet_lists():
-    from pipeline.report import _question_blocks, to_html, to_markdown
-
-    title, blocks = _question_blocks("""Does it help?
-
-    Compared against: trial 0,
-    the control. Two arms:
-      * a: one thing
-        that goes on;
-      * b: another.
-    Watch val/map.
-    """)
-    assert title == "Does it help?"
-    assert [(b.kind, b.text, b.items) for b in blocks] == [
-        ("p", "Compared against: trial 0, the control. Two arms:", []),
-        ("ul", "", ["a: one thing that goes on;", "b: another."]),
-        ("p", "Watch val/map.", [])]
-    assert "- a: one thing that goes on;\n- b: another." in to_markdown(blocks)
-    assert to_html(blocks, Path("."), "t").count("<li>") == 2
-
-
-# --- statistics on hand-computable values -------------------------------------------------------
-
-def test_mean_ci_is_the_t_interval():
-    ci = mean_ci([1.0, 2.0, 3.0])
-    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # sd of 1, 2, 3 is 1
-    assert ci["mean"] == 2.0 and ci["sd"] == 1.0
-    assert ci["lo"] == pytest.approx(2 - half) and ci["hi"] == pytest.approx(2 + half)
-    assert math.isnan(mean_ci([0.5])["lo"])
-
-
-def test_paired_comparison_effect_size_p_and_noise():
-    clear = paired_comparison([1.0, 2.0, 3.0, 4.0], [0.0, 1.1, 1.9, 3.0])  # diffs 1, .9, 1.1, 1
-    assert clear["diff_mean"] == pytest.approx(1.0)
-    assert clear["effect_size"] == pytest.approx(1.0 / np.std([1, 0.9, 1.1, 1], ddof=1))
-    assert clear["p"] == pytest.approx(stats.ttest_rel([1, 2, 3, 4], [0, 1.1, 1.9, 3]).pvalue)
-    assert clear["within_noise"] is False
-    noisy = paired_comparison([1.0, 0.0, 1.0], [0.0, 1.0, 0.5])
-    assert noisy["within_noise"] is True and noisy["diff_lo"] < 0 < noisy["diff_hi"]
-    assert paired_comparison([1.0], [0.0])["within_noise"] is None  # one seed: no test
 
 
 # --- the focal-loss report against the study and its runs ---------------------------------------
@@ -290,7 +248,7 @@ def test_html_renders_in_headless_chromium(swept, tmp_path):
 
 
 def test_importances_are_drawn_from_enough_trials(tmp_path):
-    from pipeline.report import plot_importances
+    from pipeline.report.figures import plot_importances
 
     caption = plot_importances(pd.Series({"focal_gamma": 0.7, "focal_alpha": 0.3}, name="importance"), 12,
                                ["focal_gamma", "focal_alpha"], tmp_path / "importances.png")

@@ -1,0 +1,41 @@
+"""Studies and their MLflow runs → pandas → seaborn figures → report.md and a self-contained report.html.
+
+Three layers, kept apart:
+
+- gathering (``gather``, over ``trials`` and ``select``): the Optuna study and its MLflow runs become one
+  ``StudyData`` of DataFrames;
+- figures (``figures``): one function per chart, DataFrames in, a PNG out, or ``Skipped(reason)`` when the
+  chart would be empty or meaningless (the report then says why it is left out);
+- writing (``document``): the report is a list of blocks, rendered once as Markdown and once as HTML with the
+  figures embedded as data URIs, so the HTML opens from disk with everything showing.
+
+The pages sit on top: ``study_page`` (with ``study_summary`` and ``reproduce``) for one study, ``overview`` for
+'all'. Imports run one way, from the pages down to ``document``, ``stats``, ``text`` and ``trials``.
+
+Pruned and failed trials never count as best: only COMPLETE trials are compared. A single-seed
+difference is reported as untested; with confirmation runs (``sweep --seeds N``) the report gives
+mean ± 95% CI over seeds and a paired t-test of best against control, seed by seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.report.overview import write_summary
+from pipeline.report.select import ReportError, pick_study
+from pipeline.report.study_page import write_study_report
+from pipeline.sqlite_files import DEFAULT_STORAGE
+
+__all__ = ["ReportError", "write_report"]
+
+
+def write_report(target: str, *, storage: str = DEFAULT_STORAGE, out_root: Path = Path("reports"),
+                 study_name: str | None = None) -> Path:
+    """Write out_root/<target>/ (report.md, report.html, trials.csv, figures/) or, for 'all', out_root/summary/.
+
+    Returns the folder written. ReportError when there is no such study (the message lists those that exist).
+    """
+    if target == "all":
+        return write_summary(storage, Path(out_root) / "summary")
+    study, note = pick_study(target, storage, study_name)
+    return write_study_report(study, note, storage, Path(out_root) / (study_name or target))

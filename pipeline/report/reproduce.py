@@ -1,0 +1,107 @@
+"""Reproduce: the commands that re-create the study, the best trial's run, and the MLflow UI that shows them."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from typing import Any
+
+import optuna
+
+from pipeline.config import RunConfig, make_config, parse_value
+from pipeline.report.document import Block
+from pipeline.report.gather import StudyData
+from pipeline.report.trials import best_row, is_seed_study
+from pipeline.sqlite_files import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, sqlite_path
+
+
+def _flag_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def config_flags(config: dict[str, Any], profile: str, skip: dict[str, Any] | None = None) -> list[str]:
+    """``--set key=value`` for every knob that differs from the profile (and from ``skip``, the study's FIXED)."""
+    reference = dataclasses.asdict(make_config(profile))
+    flags = []
+    for key, value in sorted(config.items(), key=lambda kv: list(reference).index(kv[0]) if kv[0] in reference else 0):
+        if key in reference and reference[key] != value and (skip or {}).get(key, object()) != value:
+            flags += ["--set", shlex.quote(f"{key}={_flag_value(value)}")]
+    return flags
+
+
+def _study_fixed(variant: str | None) -> dict[str, Any]:
+    import experiments
+    try:
+        return experiments.load(variant).fixed if variant else {}
+    except KeyError:
+        return {}
+
+
+def best_config(d: StudyData) -> dict[str, Any] | None:
+    """The best trial's full RunConfig: its MLflow params when there, else the base config plus its params."""
+    best = best_row(d.trials)
+    if best is None:
+        return None
+    run = d.runs.get(int(best["number"]))
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    if run is not None and fields <= set(run.params):
+        return {k: parse_value(k, run.params[k]) for k in fields}
+    import experiments
+    trial = d.study.trials[int(best["number"])]
+    try:
+        spec = experiments.load(d.attrs.get("variant"))
+        base = RunConfig(**d.base_config)
+        return dataclasses.asdict(dataclasses.replace(base, **spec.space(optuna.trial.FixedTrial(trial.params), base)))
+    except Exception:  # the study's file changed or is gone: say so rather than guess
+        return None
+
+
+def shell_lines(words: list[str], width: int = 96) -> str:
+    """One command, wrapped before a flag with backslash continuations, so it reads and still pastes."""
+    lines, line = [], ""
+    for word in words:
+        if line and word.startswith("--") and len(line) + len(word) > width:
+            lines.append(line + " \\")
+            line = "  "
+        line = f"{line} {word}" if line.strip() else line + word
+    return "\n".join(lines + [line])
+
+
+def sweep_command(d: StudyData, seeds: int | None = None) -> str:
+    variant, profile = d.attrs.get("variant", "?"), d.attrs.get("profile", "quick")
+    words = ["python", "cli.py", "sweep", variant, "--profile", profile]
+    words += config_flags(d.base_config, profile, skip=_study_fixed(variant))
+    done = int(d.trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
+    words += ["--trials", str(done)] if done else []
+    words += ["--seeds", str(seeds)] if seeds else []
+    words += ["--storage", shlex.quote(d.storage)] if d.storage != DEFAULT_STORAGE else []
+    words += ["--study-name", shlex.quote(d.study.study_name)] if d.study.study_name != f"{variant}-{profile}" else []
+    return shell_lines(words)
+
+
+def _ui_command(uri: str) -> str:
+    default = "sqlite:///" + str(sqlite_path(DEFAULT_TRACKING_URI).resolve())
+    return "python cli.py ui" if uri in ("", default) else f"MLFLOW_TRACKING_URI={shlex.quote(uri)} python cli.py ui"
+
+
+def reproduce_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
+    profile = d.attrs.get("profile", "quick")
+    blocks = [Block("h2", "Reproduce"), Block("p", "The sweep (running it again resumes the stored study; a new "
+                                                   "storage re-runs it from scratch):"),
+              Block("code", sweep_command(d, len(confirmation["seeds"]) if confirmation else None))]
+    config = None if is_seed_study(d.space) else best_config(d)  # the best seed is chance, not a finding
+    if config is not None:
+        train = ["python", "cli.py", "train", "--profile", profile, *config_flags(config, profile)]
+        blocks += [Block("p", f"The best trial ({best_row(d.trials)['number']}) as one tracked training run:"),
+                   Block("code", shell_lines(train))]
+    parent = d.attrs.get("last_parent_run_id")
+    if d.experiment_id:
+        blocks += [Block("p", f"MLflow: experiment `{d.study.study_name}` (id `{d.experiment_id}`), last sweep's "
+                              f"parent run `{parent}`; each trial is a nested run tagged with its `trial_number`. "
+                              f"This report's files are also logged to the parent run under `report/`. Browse them "
+                              f"with the command below, then open "
+                              f"`http://127.0.0.1:5000/#/experiments/{d.experiment_id}/runs/{parent}`:"),
+                   Block("code", _ui_command(d.tracking_uri))]
+    return blocks

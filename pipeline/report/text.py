@@ -1,0 +1,42 @@
+"""How values read in the report: numbers, signed deltas, counts, parameter values and a trial's settings."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+
+def counted(n: int, noun: str) -> str:
+    plural = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{n} {noun if n == 1 else plural}"
+
+
+def choice_label(value: Any) -> str:
+    if value is None or value == "None":
+        return "None"
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def params_text(row: pd.Series) -> str:
+    if row["control"]:
+        return "control (the chapter's settings)"
+    items = [(c.removeprefix("params_"), v) for c, v in row.items() if c.startswith("params_") and not missing(v)]
+    return ", ".join(f"{k}={choice_label(v) if not isinstance(v, float) else f'{v:.4g}'}" for k, v in items)
+
+
+def signed(value: float) -> str:
+    return "n/a" if missing(value) else f"{value:+.4f}"
+
+
+def missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
