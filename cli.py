@@ -448,7 +448,11 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
                                                            callback=_finite)] = None,
           no_prune: Annotated[bool, typer.Option(
               "--no-prune", help="turn off MedianPruner (TPE studies only; grid studies never prune)")] = False,
-          seeds: Annotated[int, typer.Option(min=0, help="afterwards, re-train the best and the control with N new seeds")] = 0,
+          seeds: Annotated[int, typer.Option(min=0, max=64, help="afterwards, re-train the best and the control with N new "
+                                             "seeds (each as one pack) and test their paired difference")] = 0,
+          seeds_per_trial: Annotated[int, typer.Option(min=1, max=64, help="train every trial as a pack of K seeds "
+                                                       "(the same K seeds for every trial): its value is their mean, "
+                                                       "with a 95% interval")] = 1,
           device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
           trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="fail a trial that runs longer than SEC seconds",
@@ -472,7 +476,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
     _check_tracking_store()
     options = SweepOptions(variant=variant, trials=trials, profile=cfg_profile, overrides=overrides, storage=storage,
                            study_name=study_name, workers=workers, seed=seed, timeout=timeout, prune=not no_prune,
-                           seeds=seeds, out_dir=out_dir, trial_timeout=trial_timeout, skip_invalid=skip_invalid)
+                           seeds=seeds, seeds_per_trial=seeds_per_trial, out_dir=out_dir, trial_timeout=trial_timeout,
+                           skip_invalid=skip_invalid)
     try:
         with _SweepProgress(options) as view:
             result = run_sweep(options, on_update=view.update)
@@ -517,14 +522,18 @@ def _sweep_table(result: dict, options) -> Table:
     complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
     control = [t for t in complete if t.user_attrs.get("control")]
     shown = complete[:5] + [t for t in control if t not in complete[:5]]
-    table = Table(title=f"{result['study']}: best trials and the control (val/map)")
+    seeds = result.get("seeds_per_trial", 1)
+    table = Table(title=f"{result['study']}: best trials and the control (val/map" + (
+        f", mean of {seeds} seeds ± half-width of its 95% interval)" if seeds > 1 else ")"))
     for col in ("trial", "val/map", "delta vs control", "params"):
         table.add_column(col)
     for t in shown:
         delta = "" if result["control_value"] is None else f"{t.value - result['control_value']:+.4f}"
         params = "control (the chapter's settings)" if t.user_attrs.get("control") else ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        table.add_row(str(t.number), f"{t.value:.4f}", delta, params)
+        half = (t.user_attrs.get("metrics") or {}).get("val/map_ci95")
+        value = f"{t.value:.4f}" + (f" ± {half:.4f}" if half is not None else "")
+        table.add_row(str(t.number), value, delta, params)
     table.caption = (f"{result['n_complete']} complete, {result['n_pruned']} pruned, {result['n_failed']} failed; "
                      f"MLflow experiment {result['mlflow_experiment_id']}, parent run {result['parent_run_id']}")
     return table

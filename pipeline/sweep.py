@@ -31,10 +31,12 @@ import experiments
 from pipeline import best as best_rule
 from pipeline.config import RunConfig, make_config
 from pipeline.sqlite_files import DEFAULT_STORAGE
+from pipeline.pack import Pack, PackError, check_fits
 from pipeline.run import failure_reason, load_data, sigterm_as_interrupt, tracked_run
 from pipeline.storage_lock import StorageLock
 from pipeline.tracking import MlflowTracker, process_alive
-from pipeline.train import Pruned
+from pipeline.seeds import seed_values
+from pipeline.train import Pruned, resolve_device
 
 _log = logging.getLogger(__name__)
 # Heartbeats let a resumed sweep notice a worker that was killed mid-trial; the env vars exist for tests.
@@ -72,6 +74,7 @@ class SweepOptions:
     timeout: float | None = None
     prune: bool = True
     seeds: int = 0  # confirmation seeds for the best trial and the control
+    seeds_per_trial: int = 1  # each trial trains this many seeds as one pack; its value is their mean
     out_dir: Path = Path("outputs")
     trial_timeout: float | None = None  # seconds; a longer trial fails with reason "timeout"
     skip_invalid: bool = False  # skip and count bad data records instead of refusing the data set
@@ -145,14 +148,16 @@ def study_name_for(options: SweepOptions) -> str:
     return options.study_name or f"{options.variant}-{options.profile}"
 
 
-def _signature(study: experiments.Study, base: RunConfig) -> dict[str, Any]:
-    return {"space": describe_space(study, base), "base_config": dataclasses.asdict(base), "objective": study.objective}
+def _signature(study: experiments.Study, base: RunConfig, seeds_per_trial: int) -> dict[str, Any]:
+    return {"space": describe_space(study, base), "base_config": dataclasses.asdict(base), "objective": study.objective,
+            "seeds_per_trial": seeds_per_trial}
 
 
 def _check_unchanged(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
     """Refuse to mix trials of two different experiments in one study."""
     diffs = []
-    for part in ("space", "objective"):
+    stored = {"seeds_per_trial": 1, **stored}  # a study from before packs trained one seed per trial
+    for part in ("space", "objective", "seeds_per_trial"):
         if json.dumps(stored.get(part), sort_keys=True) != json.dumps(current[part], sort_keys=True):
             diffs.append(f"{part}: stored {json.dumps(stored.get(part))} != now {json.dumps(current[part])}")
     old, new = stored.get("base_config", {}), current["base_config"]
@@ -177,7 +182,7 @@ def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Study, Run
     base = base_config(spec, options)
     name = study_name_for(options)
     storage = open_storage(options.storage)
-    signature = _signature(spec, base)
+    signature = _signature(spec, base, options.seeds_per_trial)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                 sampler=spec.sampler(options.seed), load_if_exists=True)
     if "signature" in study.user_attrs:
@@ -289,14 +294,25 @@ def objective(trial: optuna.Trial, ctx: _TrialContext) -> float:
         raise
 
 
+def trial_pack(cfg: RunConfig, options: SweepOptions) -> Pack:
+    """A trial's seeds: cfg.seed and the next ones, the same for every trial (paired: the control and each
+    setting share their seeds, so that shared luck cancels in their difference)."""
+    return Pack.of_seeds(cfg, options.seeds_per_trial)
+
+
 def _train_trial(trial: optuna.Trial, ctx: _TrialContext) -> float:
     cfg = trial_config(trial, ctx)
+    pack = trial_pack(cfg, ctx.options)
     state_dir = _state_dir(trial, ctx)
     tags = {"study": ctx.study_name, "trial_number": trial.number, "variant": ctx.spec.name,
             "control": bool(trial.user_attrs.get("control")), "trial_state": "RUNNING"}
+    if pack.k > 1:
+        tags["seeds"] = ",".join(map(str, pack.seeds))
+    data = ctx.data(cfg)
+    check_fits(cfg, pack.k, len(data[0].class_names), resolve_device(cfg.device))  # a trial's own input size
     try:
-        result = tracked_run(cfg, ctx.tracker, name=f"trial-{trial.number}", out_dir=ctx.options.out_dir,
-                             parent_run_id=ctx.parent_run_id, tags=tags, progress=False, data=ctx.data(cfg),
+        result = tracked_run(pack, ctx.tracker, name=f"trial-{trial.number}", out_dir=ctx.options.out_dir,
+                             parent_run_id=ctx.parent_run_id, tags=tags, progress=False, data=data,
                              on_epoch=_pruning_callback(trial, ctx.spec.objective,
                                                         ctx.options.prune and ctx.spec.prune),
                              on_start=lambda run: trial.set_user_attr("mlflow_run_id", run.run_id),
@@ -308,7 +324,11 @@ def _train_trial(trial: optuna.Trial, ctx: _TrialContext) -> float:
     value = result.metrics[ctx.spec.objective]
     if not math.isfinite(value):  # Optuna would keep an inf as the best value
         raise FloatingPointError(f"final {ctx.spec.objective} is {value}")
-    trial.set_user_attr("metrics", {k: (None if math.isnan(v) else v) for k, v in result.metrics.items()})
+    trial.set_user_attr("metrics", {k: (None if math.isnan(v) else v) for k, v in result.metrics.items()
+                                    if "/seed_" not in k})
+    if pack.k > 1:
+        trial.set_user_attr("seed_values", {str(seed): v for seed, v in
+                                            seed_values(result.metrics, ctx.spec.objective).items()})
     return value
 
 
@@ -443,6 +463,11 @@ def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTri
     return next((t for t in trials if t.number == number), None)
 
 
+def study_objective(study: optuna.Study) -> str:
+    """The metric the study maximises, as its signature recorded it."""
+    return study.user_attrs.get("signature", {}).get("objective", "val/map")
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     return {state.name: sum(t.state == state for t in trials) for state in TrialState}
@@ -458,14 +483,15 @@ def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, 
     return {"study": study.study_name, "storage": options.storage, "n_complete": n["COMPLETE"],
             "n_pruned": n["PRUNED"], "n_failed": n["FAIL"], "best_value": best.value if best else None,
             "best_params": dict(best.params) if best else None, "best_trial": best.number if best else None,
-            "control_value": control.value if control else None,
+            "control_value": control.value if control else None, "seeds_per_trial": options.seeds_per_trial,
+            "best_ci95": (best.user_attrs.get("metrics") or {}).get(f"{study_objective(study)}_ci95") if best else None,
+            "best_seed_values": best.user_attrs.get("seed_values") if best else None,
             "mlflow_experiment_id": tracker.experiment_id, "parent_run_id": parent_run_id}
 
 
 def _device_description(device: str) -> str:
     """What the trials run on, for the report: 'cpu (8 cores)' or the GPU's name."""
     import torch
-    from pipeline.train import resolve_device
 
     resolved = resolve_device(device)
     if resolved.type == "cuda":
@@ -491,6 +517,19 @@ def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
     return closed + tracker.close_orphans()
 
 
+def check_packs(spec: experiments.Study, base: RunConfig, options: SweepOptions, num_classes: int) -> None:
+    """Refuse, before anything is stored, packs that cannot work: seeds per trial for a study that searches the
+    seed itself, or a pack of the control's size that will not fit in memory."""
+    if options.seeds_per_trial > 1 and "seed" in describe_space(spec, base):
+        raise SweepError(f"--seeds-per-trial: the {spec.name} study searches the seed itself; use 1")
+    device = resolve_device(base.device)
+    for flag, k in (("--seeds-per-trial", options.seeds_per_trial), ("--seeds", options.seeds)):
+        try:
+            check_fits(base, k, num_classes, device)
+        except PackError as exc:
+            raise SweepError(f"{flag}: {exc}") from None
+
+
 def remaining_trials(study: optuna.Study, target: int) -> int:
     done = sum(t.state in DONE for t in study.get_trials(deepcopy=False))
     return max(0, target - done)
@@ -500,7 +539,8 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     """Run or resume the study up to ``trials`` finished trials; returns the summary."""
     spec = load_spec(options.variant)
     # data first: bad data must be refused before any store is created, and generated once, before workers race
-    load_data(base_config(spec, options), progress=True, skip_invalid=options.skip_invalid)
+    train, _ = load_data(base_config(spec, options), progress=True, skip_invalid=options.skip_invalid)
+    check_packs(spec, base_config(spec, options), options, len(train.class_names))
     with StorageLock(options.storage).hold():  # schemas are created by one process at a time
         study, spec, base = prepare(options)
         tracker = MlflowTracker(study.study_name)
@@ -527,28 +567,39 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
             return result
 
 
+def confirmation_seeds(base: RunConfig, options: SweepOptions) -> list[int]:
+    """N seeds that no trial of the search trained (those used base.seed and the next seeds_per_trial - 1), so
+    the best trial's lucky draw does not count twice."""
+    first = base.seed + options.seeds_per_trial
+    return list(range(first, first + options.seeds))
+
+
 def confirm(study, options: SweepOptions, spec, base: RunConfig, tracker: MlflowTracker, parent_run_id: str,
             update: Callable = lambda: None) -> dict[str, Any]:
-    """Re-train the best trial's and the control's configurations with new seeds 1..N.
+    """Re-train the best trial's and the control's configurations with new seeds, each as one pack of N seeds.
 
-    New seeds, not the search's own, so the best trial's lucky draw does not count twice. The best trial is
-    pipeline.best's: with no complete trial besides the control there is nothing to confirm.
+    Both get the same seeds, so the difference is paired seed by seed. A seed that diverges in either is
+    left out of both (and named in the record). The best trial is pipeline.best's: with no complete trial
+    besides the control there is nothing to confirm.
     """
     best = best_trial(study.get_trials(deepcopy=False))
     if best is None:
         return {}
     ctx = _context(options, parent_run_id)
     configs = {"best": trial_config(optuna.trial.FixedTrial(best.params), ctx), "control": base}
-    values: dict[str, list[float]] = {"best": [], "control": []}
-    for seed in range(1, options.seeds + 1):
-        for role, cfg in configs.items():
-            cfg = dataclasses.replace(cfg, seed=cfg.seed + seed)
-            tags = {"study": study.study_name, "role": "confirmation", "confirm_of": role, "seed": cfg.seed,
-                    "source_trial": best.number if role == "best" else "control"}
-            result = tracked_run(cfg, tracker, name=f"confirm-{role}-seed{cfg.seed}", out_dir=options.out_dir,
-                                 parent_run_id=parent_run_id, tags=tags, progress=False, data=ctx.data(cfg))
-            values[role].append(result.metrics[spec.objective])
-            update()
-    record = {"best_trial": best.number, "seeds": [base.seed + s for s in range(1, options.seeds + 1)], **values}
+    seeds = confirmation_seeds(base, options)
+    values: dict[str, dict[int, float]] = {}
+    for role, cfg in configs.items():
+        pack = Pack.of_seeds(dataclasses.replace(cfg, seed=seeds[0]), len(seeds))
+        tags = {"study": study.study_name, "role": "confirmation", "confirm_of": role, "seeds": ",".join(map(str, seeds)),
+                "source_trial": best.number if role == "best" else "control"}
+        result = tracked_run(pack, tracker, name=f"confirm-{role}-seeds{seeds[0]}-{seeds[-1]}", out_dir=options.out_dir,
+                             parent_run_id=parent_run_id, tags=tags, progress=False, data=ctx.data(cfg),
+                             stop_on_divergence=False)
+        values[role] = seed_values(result.metrics, spec.objective) or {seeds[0]: result.metrics[spec.objective]}
+        update()
+    paired = [s for s in seeds if all(s in v for v in values.values())]
+    record = {"best_trial": best.number, "seeds": paired, "best": [values["best"][s] for s in paired],
+              "control": [values["control"][s] for s in paired], "dropped_seeds": sorted(set(seeds) - set(paired))}
     study.set_user_attr("confirmation", record)
     return record

@@ -75,6 +75,8 @@ def sweep_command(d: StudyData, seeds: int | None = None) -> str:
     words += config_flags(d.base_config, profile, skip=_study_fixed(variant))
     done = int(d.trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
     words += ["--trials", str(done)] if done else []
+    per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)
+    words += ["--seeds-per-trial", str(per_trial)] if per_trial > 1 else []
     words += ["--seeds", str(seeds)] if seeds else []
     words += ["--storage", shlex.quote(d.storage)] if d.storage != DEFAULT_STORAGE else []
     words += ["--study-name", shlex.quote(d.study.study_name)] if d.study.study_name != f"{variant}-{profile}" else []
@@ -93,7 +95,9 @@ def reproduce_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
               Block("code", sweep_command(d, len(confirmation["seeds"]) if confirmation else None))]
     config = None if is_seed_study(d.space) else best_config(d)  # the best seed is chance, not a finding
     if config is not None:
-        train = ["python", "cli.py", "train", "--profile", profile, *config_flags(config, profile)]
+        per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)
+        train = ["python", "cli.py", "train", "--profile", profile, *config_flags(config, profile),
+                 *(["--seeds", str(per_trial)] if per_trial > 1 else [])]
         blocks += [Block("p", f"The best trial ({best_row(d.trials)['number']}) as one tracked training run:"),
                    Block("code", shell_lines(train))]
     parent = d.attrs.get("last_parent_run_id")

@@ -27,8 +27,10 @@ def _ci_text(ci: dict[str, float]) -> str:
 
 
 def _summary_record(row: pd.Series, role: str, base: float, confirmation: dict | None) -> dict[str, str]:
+    half = row.get("val/map_ci95")
+    value = fmt(row["value"]) + ("" if missing(half) else f" ± {half:.4f}")  # a pack: mean ± 95% half-width
     record = {"trial": str(int(row["number"])), "role": role, "params": params_text(row),
-              "val/map": fmt(row["value"]), "Δ val/map": "" if role == "control" else signed(row["value"] - base)}
+              "val/map": value, "Δ val/map": "" if role == "control" else signed(row["value"] - base)}
     record.update({m.removeprefix("val/"): fmt(row[m]) for m in SUMMARY_METRICS[1:]})
     if confirmation:
         key = "control" if role == "control" else ("best" if row["number"] == confirmation["best_trial"] else None)
@@ -59,8 +61,16 @@ def headline(trials: pd.DataFrame) -> str:
                 "complete, so no delta to the chapter can be given.")
     delta = best["value"] - control["value"]
     verb = "scored higher than" if delta > 0 else "did not score higher than"
+    seeds = seeds_per_trial(trials)
+    each = "one seed each" if seeds == 1 else f"each the mean of the same {seeds} seeds"
     return (f"The best trial, {best['number']} ({params_text(best)}), {verb} the {control_label(trials)}: "
-            f"val/map {best['value']:.4f} against {control['value']:.4f} (Δ {delta:+.4f}), one seed each.")
+            f"val/map {best['value']:.4f} against {control['value']:.4f} (Δ {delta:+.4f}), {each}.")
+
+
+def seeds_per_trial(trials: pd.DataFrame) -> int:
+    """How many seeds each trial's value is the mean of (1 unless the sweep trained packs)."""
+    columns = [c for c in trials.columns if c.startswith("value/seed_")]
+    return max(1, int(trials[columns].notna().sum(axis=1).max())) if columns else 1
 
 
 def baseline_spread(storage: str, profile: str | None) -> dict[str, Any] | None:
@@ -140,11 +150,17 @@ def summary_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
     table = summary_table(d.trials, confirmation)
     if not table.empty:
         blocks.append(Block("table", table=table))
+        seeds = seeds_per_trial(d.trials)
+        packs = (f" Each val/map is the mean of the same {seeds} seeds ± the half-width of its 95% t-interval."
+                 if seeds > 1 else "")
         blocks.append(Block("p", f"Top {TOP_K} complete trials by val/map; Δ is against the control; n/a: COCO "
-                                 "gives no AP for a size with no object. Pruned and failed trials are left out."))
+                                 "gives no AP for a size with no object. Pruned and failed trials are left out." + packs))
     if confirmation is None and best_row(d.trials) is not None:
-        blocks.append(Block("p", "**Not tested against noise.** These differences come from one training seed "
-                                 "each. " + " ".join(noise_sentences(d)) + " Run the sweep command under Reproduce "
+        seeds = seeds_per_trial(d.trials)
+        source = ("one training seed each. " if seeds == 1 else f"the same {seeds} seeds each, and the best trial "
+                  "was picked for scoring highest on them, so its lead is biased upward. ")
+        blocks.append(Block("p", "**Not tested against noise.** These differences come from " + source
+                                 + " ".join(noise_sentences(d)) + " Run the sweep command under Reproduce "
                                  "again with `--seeds 3` (or more) to re-train the best trial and the control with "
                                  "new seeds and test the difference."))
     return blocks
