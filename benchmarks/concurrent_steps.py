@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.run import _sync, make_batch  # noqa: E402
+from benchmarks.common import make_batch, sync  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.model import TinySSD  # noqa: E402
 from pipeline.step import TrainStep, cudnn_benchmark  # noqa: E402
@@ -50,7 +50,7 @@ def build_steps(n: int, cfg: RunConfig, device: torch.device) -> tuple[list[Trai
         step.start_epoch()
         started = time.perf_counter()
         step.run(torch.arange(cfg.batch_size, device=device))
-        _sync(device)
+        sync(device)
         costs.append({"first_step_s": time.perf_counter() - started, **step.timings})
         steps.append(step)
     return steps, costs
@@ -85,10 +85,10 @@ def images_per_s(run, steps: list[TrainStep], n_steps: int, batch: int, device: 
     """The best of ``rounds`` timings of ``run``: N steps x n_steps batches each."""
     best = float("inf")
     for _ in range(rounds):
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         run()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - started)
     return len(steps) * n_steps * batch / best
 

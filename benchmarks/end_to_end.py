@@ -90,17 +90,15 @@ def trial_timings(folder: Path) -> dict[str, float]:
     read from its MLflow store: where a trial's time goes, once the process is warm."""
     import statistics
 
-    import mlflow
+    from pipeline.tracking import MlflowReader
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-            if "final/trial_seconds" in r.data.metrics]
-    keys = sorted({k for r in runs for k in r.data.metrics if k.startswith("timing/") or k == "final/trial_seconds"})
-    out = {k.split("/", 1)[1]: statistics.median(r.data.metrics[k] for r in runs if k in r.data.metrics)
-           for k in keys}
-    first = min(runs, key=lambda r: r.info.start_time, default=None)
+    store = MlflowReader(f"sqlite:///{folder / 'mlflow.db'}")
+    runs = [r for r in store.all_runs() if "final/trial_seconds" in r.metrics]
+    keys = sorted({k for r in runs for k in r.metrics if k.startswith("timing/") or k == "final/trial_seconds"})
+    out = {k.split("/", 1)[1]: statistics.median(r.metrics[k] for r in runs if k in r.metrics) for k in keys}
+    first = min(runs, key=lambda r: r.start_time_ms, default=None)
     if first is not None:
-        out["first_trial_seconds"] = first.data.metrics["final/trial_seconds"]
+        out["first_trial_seconds"] = first.metrics["final/trial_seconds"]
     return out
 
 

@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from benchmarks.run import _sync, check_size_and_device, gpu_name, make_batch  # noqa: E402
+from benchmarks.common import check_size_and_device, gpu_name, make_batch, sync  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.model import TinySSD  # noqa: E402
 from pipeline.step import TrainStep  # noqa: E402
@@ -63,13 +63,13 @@ def profile_eager(cfg: RunConfig, device: torch.device, steps: int) -> dict:
     step, idx = build_step(dataclasses.replace(cfg, cuda_graph=False), device)
     for _ in range(2):  # warm-up: lazy init, allocator, first-call costs
         step.run(idx)
-    _sync(device)
+    sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     started = time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(steps):
             step.run(idx)
-        _sync(device)
+        sync(device)
     wall_ms = 1000 * (time.perf_counter() - started) / steps
     ops = []
     for event in prof.key_averages():
@@ -92,11 +92,11 @@ def graph_step_ms(cfg: RunConfig, device: torch.device, steps: int) -> float | N
     step.run(idx)  # warm-up and capture
     if step.graph is None:
         return None
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     for _ in range(steps):
         step.run(idx)
-    _sync(device)
+    sync(device)
     return 1000 * (time.perf_counter() - started) / steps
 
 

@@ -48,7 +48,7 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.kernel_profile import CATEGORIES, build_step, category  # noqa: E402
-from benchmarks.run import check_size_and_device, gpu_name  # noqa: E402
+from benchmarks.common import check_size_and_device, gpu_name  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 
 # NVIDIA data sheets, dense (no sparsity): memory bandwidth in TB/s, tensor-core TFLOP/s for bf16 and

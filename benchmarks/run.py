@@ -42,6 +42,10 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` from anywhere finds 
 
 import torch  # noqa: E402
 
+from benchmarks.common import check_size_and_device, gpu_name, make_batch, sync, whole_numbers  # noqa: E402
+
+_sync = sync  # benchmarks/model_batching.py imports these five from here until it imports benchmarks.common
+
 NUM_CLASSES = 1
 CHAPTER_TRAIN_IMAGES = 1000  # the banana data set's training split, whose size the chapter divides by
 VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "eager", "compile", "autotune")
@@ -69,10 +73,6 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def gpu_name(device: str) -> str | None:
-    return torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None
-
-
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers
 THP_ENV = "THP_MEM_ALLOC_ENABLE"  # torch: madvise(MADV_HUGEPAGE) on CPU allocations of 2 MiB and more
 
@@ -97,16 +97,6 @@ def tune_c_allocator() -> bool:
 # ----------------------------------------------------------------------------------------------
 # Inputs: the same on every side, from a seed
 # ----------------------------------------------------------------------------------------------
-
-
-def make_batch(batch: int, size: int, boxes: int, seed: int = 0):
-    """Random uint8 images [B, 3, S, S] and targets [B, boxes, 5]: class 0, xyxy relative, all real boxes."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
-    wh = 0.1 + 0.3 * torch.rand(batch, boxes, 2, generator=g)
-    xy = torch.rand(batch, boxes, 2, generator=g) * (1 - wh)
-    targets = torch.cat([torch.zeros(batch, boxes, 1), xy, xy + wh], dim=-1)
-    return images, targets
 
 
 def make_outputs(batch: int, num_anchors: int, seed: int = 1, logit_mean: float = -3.0):
@@ -169,11 +159,6 @@ def parse_variant(spec: str, base: ProjectOptions) -> ProjectOptions:
     return opts
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class ReferenceSide:
     """The chapter's code: fp32, contiguous, per-image matching, Python-loop NMS."""
 
@@ -230,7 +215,7 @@ class ProjectSide:
 
     def __init__(self, device: torch.device, args, opts: ProjectOptions):
         from pipeline import train as train_module
-        from pipeline.boxes import multibox_target, tinyssd_anchors
+        from pipeline.boxes import multibox_target
         from pipeline.config import RunConfig
         from pipeline.evaluate import postprocess
         from pipeline.model import TinySSD
@@ -246,6 +231,8 @@ class ProjectSide:
             (adopted or tune_c_allocator)()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = opts.cudnn_benchmark  # as pipeline.train.fit sets it on CUDA
+        # from a model of their own, before the seed: the trained model's anchor cache fills in its first step
+        self.anchors = TinySSD(NUM_CLASSES).anchors_for_size(args.image_size, device)
         torch.manual_seed(0)
         model = TinySSD(NUM_CLASSES).to(device)
         if opts.channels_last:
@@ -264,7 +251,6 @@ class ProjectSide:
                       "cuda_graph": self.step.use_graph,
                       "channels_last": opts.channels_last, "precision": opts.precision, "compile": opts.compile}
         self.match_targets = {m: make_batch(args.batch_size, args.image_size, m)[1].to(device) for m in (1, 10)}
-        self.anchors = tinyssd_anchors(args.image_size, device)
         self.logits, self.offsets = (t.to(device) for t in make_outputs(args.batch_size, self.anchors.shape[0],
                                                                                logit_mean=args.decode_logit_mean))
 
@@ -300,10 +286,10 @@ def _worker(conn, kind: str, args, opts) -> None:
             calls = [("train", 1)] * arg if step_by_step else [(task, arg)]
             timings = []
             for name, value in calls:
-                _sync(device)
+                sync(device)
                 started, cpu_started = time.perf_counter(), time.process_time()
                 units = getattr(side, name)(value)
-                _sync(device)
+                sync(device)
                 timings.append((units, time.perf_counter() - started, time.process_time() - cpu_started))
             conn.send(("ok", timings))
     except Exception:  # noqa: BLE001  (reported to the parent, which raises it)
@@ -505,22 +491,6 @@ def print_table(info: dict, res: dict) -> None:
     if res["project_warmup_s"] > 10 or any(v["warmup_s"] > 10 for v in res["variants"].values()):
         warm = {"project": res["project_warmup_s"], **{k: v["warmup_s"] for k, v in res["variants"].items()}}
         print("warm-up (incl. any compile), s: " + ", ".join(f"{k} {v:.1f}" for k, v in warm.items()))
-
-
-def whole_numbers(p: argparse.ArgumentParser, text: str, flag: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4], or the parser's usage error naming ``flag``."""
-    try:
-        return [int(k) for k in text.split(",") if k.strip()]
-    except ValueError:
-        p.error(f"{flag} takes comma-separated whole numbers, e.g. 1,2,4")
-
-
-def check_size_and_device(p: argparse.ArgumentParser, args) -> None:
-    """Usage errors every benchmark script shares: an input TinySSD cannot take, a CUDA device torch cannot see."""
-    if args.image_size % 64 or args.image_size < 64:
-        p.error("--image-size must be a positive multiple of 64")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch sees no CUDA device")
 
 
 def parse_args(argv=None):

@@ -260,7 +260,16 @@ class MlflowReader:
         if experiment_id is None:
             return []
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tag_filter or {}).items())
-        runs = self.client.search_runs([experiment_id], filter_string=query, max_results=50_000)
+        return self._records([experiment_id], query)
+
+    def all_runs(self) -> list[RunRecord]:
+        """Every run of every (active) experiment in the store."""
+        return self._records([e.experiment_id for e in self.client.search_experiments()])
+
+    def _records(self, experiment_ids: list[str], query: str = "") -> list[RunRecord]:
+        if not experiment_ids:
+            return []
+        runs = self.client.search_runs(experiment_ids, filter_string=query, max_results=50_000)
         return [RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.info.start_time, dict(r.data.tags),
                           dict(r.data.params), dict(r.data.metrics)) for r in runs]
 

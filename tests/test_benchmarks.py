@@ -17,8 +17,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import reference as ref  # noqa: E402
-from benchmarks.run import make_batch  # noqa: E402
-from pipeline.boxes import multibox_target, tinyssd_anchors  # noqa: E402
+from benchmarks.common import make_batch  # noqa: E402
+from pipeline.boxes import multibox_target  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.evaluate import postprocess  # noqa: E402
 from pipeline.losses import detection_loss  # noqa: E402
@@ -40,11 +40,11 @@ def reference_anchors(size):
 
 
 def test_reference_anchors_are_the_projects():
-    torch.testing.assert_close(reference_anchors(128)[0], tinyssd_anchors(128))
+    torch.testing.assert_close(reference_anchors(128)[0], TinySSD(1).anchors_for_size(128))
 
 
 def test_reference_and_project_targets_agree():
-    anchors = tinyssd_anchors(128)
+    anchors = TinySSD(1).anchors_for_size(128)
     targets = random_targets(5, 3, seed=0)
     r_off, r_mask, r_cls = ref.multibox_target(anchors[None], targets)
     p_off, p_mask, p_cls = multibox_target(anchors, targets)
@@ -55,7 +55,7 @@ def test_reference_and_project_targets_agree():
 
 
 def test_padding_rows_match_the_reference_run_on_the_real_boxes_only():
-    anchors = tinyssd_anchors(128)
+    anchors = TinySSD(1).anchors_for_size(128)
     targets = random_targets(3, 4, seed=1)
     n_valid = [4, 1, 2]
     for b, n in enumerate(n_valid):
@@ -90,7 +90,7 @@ def test_same_weights_give_the_same_outputs_and_loss():
 
 
 def test_reference_detection_and_project_postprocess_keep_the_same_boxes():
-    anchors = tinyssd_anchors(64)
+    anchors = TinySSD(1).anchors_for_size(64)
     A = anchors.shape[0]
     cls = torch.full((1, A), -10.0)  # background everywhere (p ~ 5e-5, under the 0.01 threshold) ...
     cls[0, [100, 101, 200, 7]] = torch.tensor([3.0, 2.0, 1.0, 0.5])  # ... but for four anchors

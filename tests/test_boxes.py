@@ -3,7 +3,8 @@ import math
 import torch
 from torchvision.ops import box_iou
 
-from pipeline.boxes import decode, encode, match_anchors, multibox_prior, multibox_target, tinyssd_anchors
+from pipeline.boxes import decode, encode, match_anchors, multibox_prior, multibox_target
+from pipeline.model import TinySSD
 
 S2 = math.sqrt(2)
 
@@ -26,16 +27,17 @@ def test_anchors_of_a_2x2_map_go_row_by_row():
 
 
 def test_anchor_counts_follow_the_feature_maps():
-    assert tinyssd_anchors(256).shape == (5444, 4)
-    assert tinyssd_anchors(512).shape == ((64 ** 2 + 32 ** 2 + 16 ** 2 + 8 ** 2 + 1) * 4, 4) == (21764, 4)
-    assert tinyssd_anchors(320).shape == (8504, 4)
+    model = TinySSD(1)
+    assert model.anchors_for_size(256).shape == (5444, 4)
+    assert model.anchors_for_size(512).shape == ((64 ** 2 + 32 ** 2 + 16 ** 2 + 8 ** 2 + 1) * 4, 4) == (21764, 4)
+    assert model.anchors_for_size(320).shape == (8504, 4)
 
 
 def test_decode_inverts_encode():
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(50, 2, generator=g) * 0.7
     boxes = torch.cat([xy, xy + 0.05 + torch.rand(50, 2, generator=g) * 0.25], dim=1)
-    anchors = tinyssd_anchors(256)[:50]
+    anchors = TinySSD(1).anchors_for_size(256)[:50]
     torch.testing.assert_close(decode(encode(boxes, anchors), anchors), boxes, atol=1e-5, rtol=1e-5)
 
 
@@ -75,7 +77,7 @@ def chapter_assign_anchor_to_bbox(ground_truth, anchors, iou_threshold=0.5):
 
 def test_batched_matching_equals_the_chapters_per_image_loop():
     g = torch.Generator().manual_seed(1)
-    anchors = tinyssd_anchors(128)
+    anchors = TinySSD(1).anchors_for_size(128)
     B, M = 6, 5
     xy = torch.rand(B, M, 2, generator=g) * 0.8
     boxes = torch.cat([xy, xy + 0.02 + torch.rand(B, M, 2, generator=g) * 0.2], dim=-1).clamp(max=1)
@@ -90,7 +92,7 @@ def test_batched_matching_equals_the_chapters_per_image_loop():
 
 
 def test_targets_are_masked_offsets_and_shifted_classes():
-    anchors = tinyssd_anchors(64)
+    anchors = TinySSD(1).anchors_for_size(64)
     targets = torch.tensor([[[2, .1, .1, .5, .6], [-1, 0, 0, 0, 0]]])
     offsets, mask, cls = multibox_target(anchors, targets)
     positive = cls[0] > 0

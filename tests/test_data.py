@@ -94,7 +94,7 @@ def test_generators_are_deterministic(tmp_path):
 
 def test_generating_on_several_cores_writes_the_same_files(tmp_path, monkeypatch):
     one = D.generate_shapes(tmp_path / "one", n_train=4, n_val=1, size=64, progress=False)
-    monkeypatch.setattr(D, "PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(D.synthetic, "PARALLEL_MIN_IMAGES", 1)
     monkeypatch.setattr(D.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # two workers, even on 1 core
     many = D.generate_shapes(tmp_path / "many", n_train=4, n_val=1, size=64, progress=False)
     files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
