@@ -25,13 +25,14 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TINYSSD_CACHE=${TINYSSD_C
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 work=$(mktemp -d); logs=$work/logs; mkdir -p "$logs"
 export MLFLOW_TRACKING_URI=sqlite:///$logs/mlflow.db
-tiny=(); e2e_tiny=(); bench_tiny=(); conc_tiny=(); kernel_tiny=(); roofline_tiny=()
+tiny=(); e2e_tiny=(); bench_tiny=(); conc_tiny=(); kernel_tiny=(); roofline_tiny=(); packfit_tiny=()
 if [ "${SMOKE:-0}" = 1 ]; then
   tiny=(--set image_size=64 --set train_images=16 --set val_images=8 --set epochs=2 --set batch_size=8)
   e2e_tiny=(--e2e-set image_size=64 --e2e-set train_images=16 --e2e-set val_images=8 --e2e-set epochs=2
             --e2e-set batch_size=8 --sweep-trials-per-worker 1)
   conc_tiny=(--image-size 64 --batch-size 4 --steps 2 --rounds 1)
   kernel_tiny=(--image-size 64 --batch-size 4 --steps 2)
+  packfit_tiny=(--image-size 64 --batch-size 4 --steps 1 --fit-images 16 --fit-epochs 1)
   roofline_tiny=(--image-size 64 --batch-size 4)
   bench_tiny=(--image-size 64 --batch-size 4 --steps 1 --rounds 1 --decode-rounds 1 --match-rounds 1 --threads 1)
 fi
@@ -59,7 +60,7 @@ if lines:
     print("    " + json.dumps({k: round(d[k], 4) if isinstance(d[k], float) else d[k] for k in keys if k in d}))
     for name, v in d.get("variants", {}).items():
         print(f"    variant {name}: {v['images_per_s']:.0f} images/s, {v['train_speedup']:.2f}x, warm-up {v['warmup_s']:.1f} s")
-    for row in d.get("rows", []):
+    for row in d.get("rows", []) + d.get("fit", []):
         print("    " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}))
     e2e = d.get("end_to_end", {})
     for part in [e2e.get("trial")] + e2e.get("sweeps", []):
@@ -107,11 +108,14 @@ part_kernels() {  # where a step's GPU time goes, by kind of kernel (eager), aga
     step "kernels_$precision" 45 python3 benchmarks/kernel_profile.py --device "$DEVICE" --precision "$precision" \
       "${kernel_tiny[@]}" --json
   done; }
-part_batching() {  # K trials trained as one grouped network: summed images/s against the fast path
+part_packs() {  # seed packs of K (grouped and loop) against the fast path: summed images/s = seeds/h of training
   for precision in ${KERNEL_PRECISIONS:-bf16 fp32}; do
-    step "batching_$precision" 60 python3 benchmarks/model_batching.py --device "$DEVICE" --precision "$precision" \
-      --k "${BATCHING_K:-1,2,4,8}" "${kernel_tiny[@]}" --json
+    step "packs_$precision" 75 python3 benchmarks/seed_packs.py --device "$DEVICE" --precision "$precision" \
+      --k "${PACK_K:-1,2,4,8,16}" --steps 20 --rounds 3 "${kernel_tiny[@]}" --json
   done; }
+part_packfit() {  # whole fits (validation included) of a pack of K against K single-seed fits, chapter size
+  step packfit 150 python3 benchmarks/seed_packs.py --device "$DEVICE" --precision bf16 --k "${PACK_K:-1,8}" \
+    --layouts grouped --steps 5 --rounds 1 --fit-images 1000 --fit-epochs "${PACK_FIT_EPOCHS:-5}" "${packfit_tiny[@]}" --json; }
 part_compile() {  # what torch.compile adds on top of the graph (bf16), and what compiling costs
   step bench_compile 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 2 --steps 30 --precision bf16 \
     --variants compile "${bench_tiny[@]}" --json; }
@@ -120,5 +124,5 @@ part_roofline() {  # the step's FLOPs and bytes counted on the GPU, and the GPU'
     step "roofline_$precision" 45 python3 benchmarks/roofline.py --device "$DEVICE" --precision "$precision" \
       "${roofline_tiny[@]}" --json
   done; }
-for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels batching roofline}; do "part_$part"; done
+for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels packs packfit roofline}; do "part_$part"; done
 log "done"

@@ -44,7 +44,6 @@ import torch  # noqa: E402
 
 from benchmarks.common import check_size_and_device, gpu_name, make_batch, sync, whole_numbers  # noqa: E402
 
-_sync = sync  # benchmarks/model_batching.py imports these five from here until it imports benchmarks.common
 
 NUM_CLASSES = 1
 CHAPTER_TRAIN_IMAGES = 1000  # the banana data set's training split, whose size the chapter divides by

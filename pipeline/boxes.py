@@ -48,12 +48,6 @@ def feature_map_sizes(image_size: int) -> list[int]:
     return [image_size // 8, image_size // 16, image_size // 32, image_size // 64, 1]
 
 
-def tinyssd_anchors(image_size: int, device=None) -> torch.Tensor:
-    """All TinySSD anchors for a square input: Tensor[A, 4], xyxy relative (A = 5444 at 256)."""
-    maps = feature_map_sizes(image_size)
-    return torch.cat([multibox_prior(s, s, sz, r, device) for s, sz, r in zip(maps, ANCHOR_SIZES, ANCHOR_RATIOS)])
-
-
 def encode(boxes_xyxy: torch.Tensor, anchors_xyxy: torch.Tensor) -> torch.Tensor:
     """Offsets of boxes from anchors with factors (10, 10, 5, 5), as the chapter's ``offset_boxes``.
 

@@ -188,45 +188,13 @@ def test_kernel_profile_accounts_for_every_layer_once_per_step(capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["busy_ms"] == out["busy_ms"]
 
 
-def test_k_models_as_one_grouped_network_are_k_separate_models():
-    """model_batching's K-in-one network computes what K TinySSDs compute: outputs, losses and gradients.
+def test_seed_packs_smoke_reports_every_pack_against_the_fast_path(capsys):
+    from benchmarks import seed_packs
 
-    In float64: in float32 the two sum in different orders, and an activation a rounding error away
-    from 0 can land on the other side of a ReLU, which changes its gradient outright."""
-    from benchmarks.model_batching import GroupedStep, GroupedTinySSD
-
-    k, cfg = 3, RunConfig(image_size=64, batch_size=2, channels_last=False)
-    models = []
-    for seed in range(k):
-        torch.manual_seed(seed)
-        models.append(TinySSD(1).double())
-    grouped = GroupedTinySSD(k, 1).double()
-    grouped.load_models(models)
-    batches = [make_batch(2, 64, 1, seed=10 + i) for i in range(k)]
-    images, targets = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-    step = GroupedStep(grouped, images, targets, cfg, torch.device("cpu"))
-    losses = step.losses()
-    losses.sum().backward()
-    for i, model in enumerate(models):
-        anchors, cls, box = model(images[i].double() / 255)
-        box_target, mask, labels = multibox_target(anchors, targets[i])
-        loss = detection_loss(cls, box, labels, box_target, mask, cfg)["loss"]
-        torch.testing.assert_close(losses[i], loss, rtol=1e-6, atol=1e-7)
-        loss.backward()
-        grads = dict(model.named_parameters())
-        for name, param in grouped.named_parameters():  # group i is the i-th slice along dim 0
-            n = param.shape[0] // k
-            torch.testing.assert_close(param.grad[i * n:(i + 1) * n], grads[name].grad, rtol=1e-5, atol=1e-7,
-                                       msg=f"model {i}: {name}")
-
-
-def test_model_batching_smoke_reports_every_k_against_the_fast_path(capsys):
-    from benchmarks import model_batching
-
-    out = model_batching.main(["--k", "1,2", "--image-size", "64", "--batch-size", "2", "--steps", "1", "--rounds", "1",
-                               "--json"])
-    assert [row["k"] for row in out["rows"]] == ["fast path (one TrainStep)", 1, 2]
-    assert out["rows"][0]["vs_fast_path"] == 1.0 and all(row["images_per_s"] > 0 for row in out["rows"])
+    out = seed_packs.main(["--k", "1,2", "--image-size", "64", "--batch-size", "2", "--steps", "1", "--rounds", "1",
+                           "--json"])
+    assert [(row["layout"], row["k"]) for row in out["rows"]] == [("fast path", 1), ("grouped", 2), ("loop", 2)]
+    assert out["rows"][0]["seeds_per_hour_vs_single"] == 1.0 and all(row["images_per_s"] > 0 for row in out["rows"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == out["rows"]
 
 

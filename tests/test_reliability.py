@@ -171,7 +171,7 @@ def test_truncated_epoch_state_falls_back_to_the_previous_one(tmp_path):
 
 
 def test_nan_loss_fails_the_trial_with_its_step_and_the_sweep_goes_on(workdir, tiny_bananas, monkeypatch):
-    real = pipeline.step.detection_loss
+    real = pipeline.step.pack_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -181,7 +181,7 @@ def test_nan_loss_fails_the_trial_with_its_step_and_the_sweep_goes_on(workdir, t
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(pipeline.step, "detection_loss", poisoned)
+    monkeypatch.setattr(pipeline.step, "pack_loss", poisoned)
     result = runner.invoke(app, sweep_args(tiny_bananas, "--trials", "3", "--json"))
     assert result.exit_code == 0, result.output
     trials = load().trials

@@ -175,6 +175,8 @@ def test_a_knob_added_since_the_study_was_created_is_no_change_at_its_default():
     _check_unchanged(older, {"space": {}, "objective": "val/map", "base_config": base}, "s")  # resumes
     with pytest.raises(SweepError, match="anchor_scale: stored None != now 0.5"):
         _check_unchanged(older, {"space": {}, "objective": "val/map", "base_config": {**base, "anchor_scale": 0.5}}, "s")
+    with pytest.raises(SweepError, match="seeds_per_trial: stored 1 != now 3"):  # one seed per trial before packs
+        _check_unchanged(older, {"space": {}, "objective": "val/map", "base_config": base, "seeds_per_trial": 3}, "s")
 
 
 def test_grid_studies_never_prune_and_the_median_rule_waits_for_half_the_epochs():

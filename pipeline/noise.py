@@ -1,0 +1,112 @@
+"""The noise budget of val/map: how much of its spread comes from the seed, from which validation images there
+happen to be, and from where in its last epochs training stopped; and the smallest effect that a number of
+paired seeds can detect.
+
+- **seed**: the sd over seeds of the final score (a seed pack of the control).
+- **validation sampling**: the sd of the score over bootstrap resamples of the validation images, on the same
+  predictions (pycocotools matches each image once; each resample only re-accumulates those matches).
+- **end of training**: within a seed, the sd of the score over its last validated epochs: how far a
+  one-epoch-later stop would have moved it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline.evaluate import silence_stdout_in_this_thread
+from pipeline.verdict import minimum_detectable_effect
+
+LAST_EPOCHS = 3  # the end-of-training swing is measured over this many last validated epochs
+
+
+def evaluated(gt: dict, results: list[dict]) -> COCOeval:
+    """COCOeval (bbox) after evaluate(): each image matched once, ready to accumulate over any image sample."""
+    with silence_stdout_in_this_thread():
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+    return evaluator
+
+
+def map_of_sample(evaluator: COCOeval, sample: list[int]) -> float:
+    """COCO mAP@[.5:.95] of the images at positions ``sample`` (repeats allowed) of the evaluated ones: the
+    per-image matches are reused, in the order of ``sample``, as if those images were the whole set."""
+    ev = copy.copy(evaluator)
+    ev.params, ev._paramsEval = copy.deepcopy(evaluator.params), copy.deepcopy(evaluator._paramsEval)
+    ids = list(evaluator._paramsEval.imgIds)
+    n_images = len(ids)
+    blocks = len(evaluator.evalImgs) // n_images  # categories x area ranges, each a run of n_images entries
+    ev.evalImgs = [evaluator.evalImgs[block * n_images + i] for block in range(blocks) for i in sample]
+    ev.params.imgIds = ev._paramsEval.imgIds = [ids[i] for i in sample]
+    with silence_stdout_in_this_thread():
+        ev.accumulate()
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # all IoUs, recalls, classes; area all; 100 detections
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else math.nan
+
+
+def bootstrap_maps(gt: dict, results: list[dict], resamples: int = 200, seed: int = 0) -> np.ndarray:
+    """mAP over ``resamples`` bootstrap resamples of the images (with replacement, same size)."""
+    evaluator = evaluated(gt, results)
+    n = len(evaluator._paramsEval.imgIds)
+    rng = np.random.default_rng(seed)
+    return np.array([map_of_sample(evaluator, list(rng.integers(0, n, n))) for _ in range(resamples)])
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The parts of val/map's spread, each an sd in mAP, and what they mean for paired comparisons."""
+    seeds: int
+    mean: float
+    seed_sd: float
+    validation_sd: float  # bootstrap over validation images, mean over the seeds
+    end_of_training_sd: float  # over the last LAST_EPOCHS validated epochs, root-mean-square over the seeds
+    validation_images: int
+
+    @property
+    def paired_sd(self) -> float:
+        """The sd of a difference between two settings on one seed, if their seed noise is independent (an upper
+        bound: paired seeds share their batch orders and initial weights, which can only cancel)."""
+        return math.sqrt(2) * self.seed_sd
+
+    def minimum_detectable_effects(self, seeds=(1, 3, 5, 10, 20)) -> dict[int, float]:
+        """The paired difference detectable with 80% power at 95% confidence, by number of paired seeds."""
+        return {n: minimum_detectable_effect(self.paired_sd, n) for n in seeds}
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "paired_sd": self.paired_sd,
+                "minimum_detectable_effect": {str(n): v for n, v in self.minimum_detectable_effects().items()}}
+
+
+def end_of_training_sd(histories: list[list[float]], last: int = LAST_EPOCHS) -> float:
+    """Root-mean-square over seeds of the sd of each seed's last ``last`` validated scores."""
+    parts = [np.std(h[-last:], ddof=1) for h in histories if len(h[-last:]) >= 2]
+    return float(math.sqrt(np.mean(np.square(parts)))) if parts else math.nan
+
+
+def budget_of(result, val, resamples: int = 200) -> Budget:
+    """The budget of a fit of a seed pack (pipeline.train.FitResult) validated on ``val`` (its DetectionData)."""
+    from pipeline.data import to_coco_dict
+    from pipeline.evaluate import to_coco_results
+    from pipeline.seeds import seed_key
+
+    live = result.live
+    finals = [r.metrics["val/map"] for r in live]
+    gt = to_coco_dict(val)
+    boot = [np.std(bootstrap_maps(gt, to_coco_results(r.detections, val.orig_sizes), resamples, seed=r.seed), ddof=1)
+            for r in live]
+    key = "val/map" if result.pack.k == 1 else None
+    histories = [[epoch[key or seed_key("val/map", r.seed)] for epoch in result.history
+                  if (key or seed_key("val/map", r.seed)) in epoch] for r in live]
+    return Budget(seeds=len(live), mean=float(np.mean(finals)),
+                  seed_sd=float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan,
+                  validation_sd=float(np.mean(boot)), end_of_training_sd=end_of_training_sd(histories),
+                  validation_images=len(val))

@@ -1,0 +1,149 @@
+"""Verdicts over paired seeds: is a setting better than the control, worse, equivalent within ±delta, or undecided?
+
+The difference is paired: the setting and the control train on the same seeds, and d_i = setting_i −
+control_i. Seeds come in looks (one pack of seeds per look), and after each look the rule may stop. Looking
+after every pack and stopping when an ordinary 95% interval excludes 0 would declare a difference that is
+not there in more than 5% of studies (tests/test_verdict.py measures how much more). So each look's interval
+is a repeated confidence interval: a t-interval at level 1 − alpha / L, where L is the number of looks
+planned (max seeds / seeds per look). By the union bound, the chance that any of the L intervals misses
+the true difference is at most alpha, whatever the rule does with them, so every decision below holds its
+error rate under repeated looks. (Pocock's or O'Brien-Fleming's boundaries are a little tighter, but need
+the normal approximation that a handful of seeds does not justify; the test measures how conservative this is.)
+
+At a look with interval [lo, hi]:
+- **better** when lo > 0, **worse** when hi < 0;
+- **equivalent** when −delta < lo and hi < delta (two one-sided tests, each at alpha / L: conservative);
+- otherwise more seeds, or **undecided** once max seeds are in, with an estimate of the seeds that would
+  likely decide it.
+
+Several settings against one control: Holm's step-down correction over their final p-values (each the
+smallest Bonferroni-adjusted p over its looks, which is a valid p-value); a setting that loses its
+decision there is undecided.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+POWER = 0.80
+OUTCOMES = ("better", "worse", "equivalent", "undecided")
+
+
+@dataclass(frozen=True)
+class Look:
+    """The state of the evidence after some seeds: the paired differences' mean and repeated interval."""
+    n: int  # paired seeds so far
+    mean: float
+    sd: float  # of the paired differences (NaN with one seed)
+    lo: float
+    hi: float
+    p: float  # two-sided paired t-test p, Bonferroni-adjusted for the looks (capped at 1)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # one of OUTCOMES
+    delta: float  # the equivalence margin, in the objective's units
+    look: Look  # the evidence at the look that decided (the last one)
+    looks: int  # looks taken
+    planned_looks: int
+    seeds_needed: int | None  # for undecided: the paired seeds likely to decide it, where an estimate exists
+
+    def as_dict(self) -> dict:
+        return {"verdict": self.outcome, "delta_margin": self.delta, "delta": self.look.mean,
+                "delta_ci95": [self.look.lo, self.look.hi], "seeds": self.look.n, "p": self.look.p,
+                "looks": self.looks, "planned_looks": self.planned_looks, "seeds_needed": self.seeds_needed}
+
+
+def look(diffs: list[float], planned_looks: int, alpha: float = ALPHA) -> Look:
+    """The repeated confidence interval of the mean paired difference: t at level 1 − alpha / planned_looks."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    mean = float(d.mean()) if n else math.nan
+    if n < 2:
+        return Look(n, mean, math.nan, -math.inf, math.inf, 1.0)
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    t = stats.t.ppf(1 - alpha / (2 * planned_looks), n - 1)
+    if se == 0:  # every seed gave the same difference: no spread to test with
+        return Look(n, mean, sd, mean, mean, 0.0 if mean else 1.0)
+    p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+    return Look(n, mean, sd, mean - t * se, mean + t * se, min(1.0, p * planned_looks))
+
+
+def decide(current: Look, delta: float) -> str | None:
+    """better, worse or equivalent when the interval says so; None: not decided yet."""
+    if current.lo > 0:
+        return "better"
+    if current.hi < 0:
+        return "worse"
+    if -delta < current.lo and current.hi < delta:
+        return "equivalent"
+    return None
+
+
+def seeds_to_decide(current: Look, delta: float, planned_looks: int, alpha: float = ALPHA,
+                    power: float = POWER) -> int | None:
+    """Paired seeds that would likely decide it, if the observed mean and sd are the truth: the fewer of
+    those needed to exclude 0 and those needed to fit inside ±delta (normal approximation)."""
+    if current.n < 2 or not current.sd > 0:
+        return None
+    z = stats.norm.ppf(1 - alpha / (2 * planned_looks)) + stats.norm.ppf(power)
+    needs = []
+    if current.mean != 0:
+        needs.append((z * current.sd / abs(current.mean)) ** 2)
+    if abs(current.mean) < delta:
+        needs.append((z * current.sd / (delta - abs(current.mean))) ** 2)
+    return int(math.ceil(min(needs))) if needs else None
+
+
+def verdict(diffs: list[float], seeds_per_look: int, max_seeds: int, delta: float,
+            alpha: float = ALPHA) -> Verdict:
+    """Apply the rule to paired differences as they came in, ``seeds_per_look`` at a time: the first look that
+    decides stops it. With all ``max_seeds`` in and nothing decided: undecided."""
+    planned = planned_looks(seeds_per_look, max_seeds)
+    current, taken = look([], planned, alpha), 0
+    for end in range(seeds_per_look, len(diffs) + seeds_per_look, seeds_per_look):
+        current, taken = look(diffs[:end], planned, alpha), taken + 1
+        outcome = decide(current, delta)
+        if outcome is not None:
+            return Verdict(outcome, delta, current, taken, planned, None)
+    return Verdict("undecided", delta, current, taken, planned, seeds_to_decide(current, delta, planned, alpha))
+
+
+def planned_looks(seeds_per_look: int, max_seeds: int) -> int:
+    return max(1, math.ceil(max_seeds / seeds_per_look))
+
+
+def holm(verdicts: list[Verdict], alpha: float = ALPHA) -> list[Verdict]:
+    """Holm's step-down over several settings' verdicts against one control: in order of their adjusted p,
+    the i-th smallest must be below alpha / (m − i); from the first that is not, better and worse become
+    undecided. (Equivalence is a different family of claims and keeps its own decision.)"""
+    m = len(verdicts)
+    order = sorted(range(m), key=lambda i: verdicts[i].look.p)
+    out, failed = list(verdicts), False
+    for rank, i in enumerate(order):
+        failed = failed or verdicts[i].look.p >= alpha / (m - rank)
+        if failed and verdicts[i].outcome in ("better", "worse"):
+            out[i] = Verdict("undecided", verdicts[i].delta, verdicts[i].look, verdicts[i].looks,
+                             verdicts[i].planned_looks, None)
+    return out
+
+
+def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The true paired difference that n paired seeds detect with the given power by a two-sided t-test at
+    alpha (iterated from the normal approximation to the t's n − 1 degrees of freedom)."""
+    if n < 2 or not sd_diff > 0:
+        return math.nan
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd_diff / math.sqrt(n))
+
+
+def to_record(v: Verdict) -> dict:
+    """JSON-ready (Optuna user attrs, --json): the verdict and its evidence."""
+    return {**v.as_dict(), "look": asdict(v.look)}
