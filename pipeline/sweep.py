@@ -157,6 +157,7 @@ def _check_unchanged(stored: dict[str, Any], current: dict[str, Any], name: str)
     """Refuse to mix trials of two different experiments in one study."""
     diffs = []
     stored = {"seeds_per_trial": 1, **stored}  # a study from before packs trained one seed per trial
+    current = {"seeds_per_trial": 1, **current}
     for part in ("space", "objective", "seeds_per_trial"):
         if json.dumps(stored.get(part), sort_keys=True) != json.dumps(current[part], sort_keys=True):
             diffs.append(f"{part}: stored {json.dumps(stored.get(part))} != now {json.dumps(current[part])}")
