@@ -37,6 +37,7 @@ class Device(str, Enum):
 class Split(str, Enum):
     train = "train"
     val = "val"
+    test = "test"  # the generated sets' held-out split, which verdicts are scored on
 
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a knob: key=value (repeatable); see `knobs`")]

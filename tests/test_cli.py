@@ -72,7 +72,7 @@ def test_train_logs_one_complete_mlflow_run(workdir, tiny_bananas):
 
 
 @pytest.mark.parametrize("args, problem", [
-    (["data", "bananas", "--split", "test"], "'test' is not one of 'train', 'val'"),
+    (["data", "bananas", "--split", "holdout"], "'holdout' is not one of 'train', 'val', 'test'"),
     (["data", "bananas", "--image-size", "0"], "greater than or equal to 1"),
     (["data", "bananas", "--preview", "grid.txt"], "grid.txt: give a file name ending in .png"),
     (["train", "--set", "seed=99999999999999999999999"], "seed: must be in [0, 4294967295]"),

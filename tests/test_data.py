@@ -350,3 +350,20 @@ def test_shapes_generator(tmp_path):
     again = D.generate_shapes(tmp_path / "again", n_train=6, n_val=2, progress=False)
     assert (again / "train.json").read_bytes() == (root / "train.json").read_bytes()
     assert (again / "train/000005.png").read_bytes() == (root / "train/000005.png").read_bytes()
+
+
+def test_a_test_split_is_held_out_and_leaves_train_and_val_as_they_were(tmp_path):
+    """The third split's images come from streams of their own: adding it changes no train or val image."""
+    without = D.generate_bananas(tmp_path / "a", n_train=3, n_val=2, size=64, progress=False)
+    with_test = D.generate_bananas(tmp_path / "b", n_train=3, n_val=2, n_test=4, size=64, progress=False)
+    for split in ("train", "val"):
+        for name in ("label.csv", "images/0.png", "images/1.png"):
+            assert (without / f"bananas_{split}" / name).read_bytes() == (with_test / f"bananas_{split}" / name).read_bytes()
+    assert not (without / "bananas_test").exists() and not D.has_split(str(without), "test")
+    assert D.has_split(str(with_test), "test")
+    test = D.load_split(str(with_test), "test", 64, progress=False)
+    val = D.load_split(str(with_test), "val", 64, progress=False)
+    assert len(test) == 4 and test.class_names == val.class_names
+    assert not torch.equal(test.images[:2], val.images)  # other images, not the val split again
+    coco = D.generate_shapes(tmp_path / "c", n_train=2, n_val=2, n_test=3, size=64, progress=False)
+    assert D.has_split(str(coco), "test") and len(D.load_split(str(coco), "test", 64, progress=False)) == 3

@@ -10,6 +10,8 @@ On-disk formats
   ``img_name,label,xmin,ymin,xmax,ymax`` (pixels). Several rows may name one image.
 - COCO folder: ``train.json`` and ``val.json`` (COCO instances), ``file_name``
   relative to the folder. Images without annotations are negative-only images.
+- Either may have a third split, ``bananas_test/`` or ``test.json``, that no search sees: verdicts are
+  scored on it (the generated sets have one of 500 images).
 
 Errors name the place: ``FILE:LINE: problem`` for CSV and JSON syntax,
 ``FILE: record N (image id X): problem`` for JSON records, where N is the 0-based
@@ -42,7 +44,7 @@ from pipeline.data.synthetic import _banana_image, _image_rng, _mask_box  # noqa
 
 __all__ = ["BANANA_COLUMNS", "BOX_TOLERANCE_PX", "DECODE_VERSION", "GENERATOR_VERSION", "MAX_CLASSES", "MIN_BOX_SIDE",
            "SHAPE_CLASSES", "SPLITS", "DataError", "DetectionData", "default_cache_dir", "generate_bananas",
-           "generate_shapes", "load_split", "resolve_dataset", "to_coco_dict"]
+           "generate_shapes", "has_split", "load_split", "resolve_dataset", "to_coco_dict"]
 
 
 def default_cache_dir() -> Path:
@@ -53,8 +55,8 @@ def default_cache_dir() -> Path:
 
 # name -> (generator, on-disk format, the generator's arguments; they are part of the cache key)
 _GENERATORS = {
-    "bananas": (generate_bananas, "bananas", {"n_train": 1000, "n_val": 100, "size": 256, "seed": 0}),
-    "shapes": (generate_shapes, "coco", {"n_train": 1000, "n_val": 200, "size": 256, "seed": 0}),
+    "bananas": (generate_bananas, "bananas", {"n_train": 1000, "n_val": 100, "size": 256, "seed": 0, "n_test": 500}),
+    "shapes": (generate_shapes, "coco", {"n_train": 1000, "n_val": 200, "size": 256, "seed": 0, "n_test": 500}),
 }
 
 
@@ -101,9 +103,16 @@ def resolve_dataset(name_or_path: str, cache_dir: Path | None = None, progress: 
                     f"bananas_val/label.csv (banana format) or train.json and val.json (COCO format)")
 
 
+def has_split(dataset: str, split: str, cache_dir: Path | None = None) -> bool:
+    """Whether the data set has ``split``: the generated ones have a test split; a folder has one when it
+    holds bananas_test/label.csv or test.json."""
+    folder, fmt = resolve_dataset(dataset, cache_dir, progress=False)
+    return (folder / (f"bananas_{split}/label.csv" if fmt == "bananas" else f"{split}.json")).is_file()
+
+
 def load_split(dataset: str, split: str, image_size: int, *, cache_dir: Path | None = None,
                skip_invalid: bool = False, progress: bool = True) -> DetectionData:
-    """Load split 'train' or 'val' of a data set name ('bananas', 'shapes') or folder.
+    """Load split 'train', 'val' or 'test' of a data set name ('bananas', 'shapes') or folder.
 
     Images are resized to image_size x image_size (PIL bilinear); boxes stay relative.
     Raises DataError naming the file and line or record of the first problem; with

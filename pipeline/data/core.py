@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 BANANA_COLUMNS = ["img_name", "label", "xmin", "ymin", "xmax", "ymax"]
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # test: optional; what verdicts are scored on, never searched
 
 
 class DataError(ValueError):

@@ -319,15 +319,18 @@ def _render(jobs: list[tuple], description: str, progress: bool) -> list:
 
 
 def generate_bananas(root: Path, n_train: int = 1000, n_val: int = 100, size: int = 256, seed: int = 0,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, n_test: int = 0) -> Path:
     """Write a synthetic banana folder in the chapter's layout under root; returns root.
 
     One banana per image (label 0), ``{i}.png`` named like the chapter's, box = the tight
     bounding box of the drawn banana pixels with xmax, ymax as exclusive pixel edges.
-    Deterministic: the same arguments give byte-identical files.
+    Deterministic: the same arguments give byte-identical files. With ``n_test``, a third split
+    ``bananas_test/`` that no search sees (each split's images come from streams of their own).
     """
     root = Path(root)
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if not n and split == "test":
+            continue
         folder = root / f"bananas_{split}"
         (folder / "images").mkdir(parents=True, exist_ok=True)
         rows = [",".join(BANANA_COLUMNS)]
@@ -339,17 +342,20 @@ def generate_bananas(root: Path, n_train: int = 1000, n_val: int = 100, size: in
 
 
 def generate_shapes(root: Path, n_train: int = 1000, n_val: int = 200, size: int = 256, seed: int = 0,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, n_test: int = 0) -> Path:
     """Write a synthetic COCO folder under root (``train.json``, ``val.json``, ``train/``, ``val/``).
 
     Classes circle, triangle, square (category ids 1, 2, 3); 1 to 8 objects per image with
     sides from 9 to 220 px (for size 256; they scale with size), so about half are COCO "small" (area < 32^2) and some "large"
     (> 96^2); unlabelled lines, crosses, stars and arcs as distractors. Boxes are tight,
-    from the drawn pixels. Deterministic: the same arguments give byte-identical files.
+    from the drawn pixels. Deterministic: the same arguments give byte-identical files. With ``n_test``,
+    a third split (``test.json``, ``test/``) that no search sees.
     """
     root = Path(root)
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(SHAPE_CLASSES)]
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if not n and split == "test":
+            continue
         (root / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         jobs = [("shapes", seed, split, i, size, root / f"{split}/{i:06d}.png") for i in range(n)]
