@@ -398,7 +398,7 @@ def data(dataset: Annotated[str, typer.Argument(help="'bananas', 'shapes', or a 
 def variants(json_out: JsonOpt = False):
     """List the studies: the question each answers, its search space, sampler and default trials."""
     import experiments
-    from pipeline.sweep import describe_space
+    from pipeline.space import describe_space
 
     rows = []
     for name in experiments.names():
@@ -450,7 +450,17 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
           no_prune: Annotated[bool, typer.Option(
               "--no-prune", help="turn off MedianPruner (TPE studies only; grid studies never prune)")] = False,
           seeds: Annotated[int, typer.Option(min=0, max=64, help="afterwards, re-train the best and the control with N new "
-                                             "seeds (each as one pack) and test their paired difference")] = 0,
+                                             "seeds (each as one pack, scored on the test split) for a verdict; "
+                                             "with --decide: the seeds added per look")] = 0,
+          decide: Annotated[bool, typer.Option("--decide", help="afterwards, add seeds (packs of --seeds, default 3) to "
+                                               "the best and the control until the verdict is better, worse or "
+                                               "equivalent within ±--delta, or --max-seeds run out")] = False,
+          delta: Annotated[float, typer.Option(min=1e-4, max=1.0, callback=_finite,
+                                               help="the verdict's equivalence margin, in mAP")] = 0.01,
+          max_seeds: Annotated[int, typer.Option(min=2, max=256, help="the most new seeds --decide spends per "
+                                                 "setting")] = 12,
+          candidates: Annotated[int, typer.Option(min=1, max=10, help="how many of the best trials get a verdict "
+                                                  "(Holm-corrected together)")] = 1,
           seeds_per_trial: Annotated[int, typer.Option(min=1, max=64, help="train every trial as a pack of K seeds "
                                                        "(the same K seeds for every trial): its value is their mean, "
                                                        "with a 95% interval")] = 1,
@@ -466,7 +476,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
     """
     import optuna
     from pipeline.data import DataError
-    from pipeline.sweep import SweepError, SweepOptions, run_sweep
+    from pipeline.study import SweepError, SweepOptions
+    from pipeline.sweep import run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it better
 
@@ -477,7 +488,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
     _check_tracking_store()
     options = SweepOptions(variant=variant, trials=trials, profile=cfg_profile, overrides=overrides, storage=storage,
                            study_name=study_name, workers=workers, seed=seed, timeout=timeout, prune=not no_prune,
-                           seeds=seeds, seeds_per_trial=seeds_per_trial, out_dir=out_dir, trial_timeout=trial_timeout,
+                           seeds=seeds, seeds_per_trial=seeds_per_trial, decide=decide, delta=delta,
+                           max_seeds=max_seeds, candidates=candidates, out_dir=out_dir, trial_timeout=trial_timeout,
                            skip_invalid=skip_invalid)
     try:
         with _SweepProgress(options) as view:
@@ -485,6 +497,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
     except (SweepError, DataError) as exc:
         _usage_error(str(exc))
     console.print(_sweep_table(result, options))
+    _print_verdict(result, options)
     if json_out:
         _json_line(result)
 
@@ -507,7 +520,7 @@ class _SweepProgress:
         return self.bar.__exit__(*exc)
 
     def update(self, study, target: int):
-        from pipeline.sweep import best_trial, counts
+        from pipeline.study import best_trial, counts
         n = counts(study)
         leader = best_trial(study.get_trials(deepcopy=False))
         best = f"best {leader.value:.4f}" if leader else "best -"
@@ -538,6 +551,33 @@ def _sweep_table(result: dict, options) -> Table:
     table.caption = (f"{result['n_complete']} complete, {result['n_pruned']} pruned, {result['n_failed']} failed; "
                      f"MLflow experiment {result['mlflow_experiment_id']}, parent run {result['parent_run_id']}")
     return table
+
+
+def _print_verdict(result: dict, options) -> None:
+    """The sweep's last lines: the verdict, or why there is none, and what to run next."""
+    from pipeline.noise import noise_sd_text
+    from pipeline.tracking import experiment_url
+
+    verdict, trial = result["verdict"], result["verdict_trial"]
+    if verdict == "not decided":
+        note = noise_sd_text(result["dataset"], options.profile)
+        each = "one seed each" if result["seeds"] == 1 else f"the same {result['seeds']} seeds each, on the split the search used"
+        console.print(f"[bold]Verdict: not decided[/] ({each}). {note}")
+    else:
+        lo, hi = result["delta_ci95"]
+        claim = {"better": "better than the control", "worse": "worse than the control",
+                 "equivalent": f"equivalent to the control within ±{result['delta_margin']:g}",
+                 "undecided": "undecided"}[verdict]
+        needed = f"; about {result['seeds_needed']} paired seeds would likely decide it" if result["seeds_needed"] else ""
+        console.print(f"[bold]Verdict: trial {trial} is {claim}[/]")
+        console.print(f"  Δ mAP {result['delta']:+.4f}, repeated 95% interval [{lo:+.4f}, {hi:+.4f}], {result['seeds']} "
+                      f"paired new seeds, scored on the {result['scored_on']} split{needed}")
+    name = options.study_name or f"{options.variant}-{options.profile}"
+    console.print("Next:")
+    if verdict == "not decided" and trial is not None:
+        console.print(f"  python cli.py sweep {options.variant} --decide   # seeds for the best and the control until decided")
+    console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")
+    console.print(f"  python cli.py ui   # then {experiment_url('http://127.0.0.1:5000', result['mlflow_experiment_id'])}")
 
 
 @app.command()

@@ -37,6 +37,7 @@ from benchmarks.common import check_size_and_device, gpu_name, make_batch, sync,
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.pack import Pack, build_model  # noqa: E402
 from pipeline.step import TrainStep  # noqa: E402
+from pipeline.train import tune_cpu_allocator  # noqa: E402
 
 LAYOUTS = ("grouped", "loop")
 
@@ -137,6 +138,8 @@ def main(argv=None) -> dict:
     check_size_and_device(p, args)
     args.steps = args.steps or (20 if args.device == "cuda" else 2)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # as fit does: every side keeps its freed activations for reuse
     cfg = RunConfig(precision=args.precision, image_size=args.image_size, batch_size=args.batch_size,
                     device=args.device)
     out = {"device": args.device, "gpu": gpu_name(args.device), "cpu": cpu_model(), "threads": torch.get_num_threads(),

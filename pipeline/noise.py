@@ -110,3 +110,19 @@ def budget_of(result, val, resamples: int = 200) -> Budget:
                   seed_sd=float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan,
                   validation_sd=float(np.mean(boot)), end_of_training_sd=end_of_training_sd(histories),
                   validation_images=len(val))
+
+
+# Seed noise of the control's val/map, measured with `python cli.py noise` on the 2-core development machines
+# (docs/noise-budget.md): (data set, profile) -> (sd, seeds).
+MEASURED_SEED_SD = {("bananas", "quick"): (0.029, 5)}
+
+
+def noise_sd_text(dataset: str, profile: str) -> str:
+    """One sentence on how big seed noise is for this data and profile, to read a one-seed Δ against."""
+    measured = MEASURED_SEED_SD.get((dataset, profile))
+    if measured is None:
+        return (f"The seed noise of {dataset} at the {profile} profile is not measured yet: "
+                f"python cli.py noise --dataset {dataset} --profile {profile}.")
+    sd, seeds = measured
+    return (f"Seed noise on {dataset} ({profile} profile) is sd ≈ {sd:.3f} mAP ({seeds} seeds): two one-seed runs "
+            f"of one setting differ by up to about ±{2.8 * sd:.3f} (95%).")

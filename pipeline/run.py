@@ -136,7 +136,7 @@ def tracked_run(setting: RunConfig | Pack, tracker, *, name: str, out_dir: Path,
                 tags: dict | None = None, on_epoch: EpochCallback | None = None, progress: bool = True,
                 data: tuple[DetectionData, DetectionData] | None = None,
                 on_start: Callable[[RunHandle], None] | None = None, state_dir: Path | None = None,
-                stop_on_divergence: bool = True) -> RunResult:
+                stop_on_divergence: bool = True, score_split: str = "val") -> RunResult:
     """Train a config, or a pack of seeds of one config, inside one tracked run and log everything a reader
     needs to trust it.
 
@@ -150,7 +150,7 @@ def tracked_run(setting: RunConfig | Pack, tracker, *, name: str, out_dir: Path,
             on_start(run)
         with _outcome_tagged(run):  # the checkpoint and artifacts too: a failure there is the run's failure
             result = fit(pack, train, val, run=run, on_epoch=on_epoch, progress=progress, state_dir=state_dir,
-                         stop_on_divergence=stop_on_divergence)
+                         stop_on_divergence=stop_on_divergence, score_split=score_split)
             return _log_results(result, train, val, run, out_dir, started)
 
 

@@ -17,7 +17,6 @@ import warnings
 import torch
 
 from pipeline.boxes import multibox_target
-from pipeline.config import RunConfig
 from pipeline.losses import LossKnobs, pack_loss
 from pipeline.model import autocast
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-from pathlib import Path
 from typing import Iterator
 
 from pipeline.sqlite_files import sqlite_path

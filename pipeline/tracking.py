@@ -21,6 +21,25 @@ from typing import Any, Iterator
 from pipeline.sqlite_files import DEFAULT_TRACKING_URI, sqlite_path
 
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI reads to nest a run under its parent
+# MLflow 3's UI opens an experiment without a kind in its GenAI view (traces, judges, prompts), where a new user
+# sees none of the runs; this kind opens the model-training view, with the runs table.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+UI_VIEW = "workflowType=machine_learning"  # the same view asked for in a link, for stores made before the tag
+
+
+def quiet_store_setup() -> None:
+    """MLflow logs 'Creating initial MLflow database tables...' and alembic's migrations at INFO when it makes a
+    store: setup noise between the user and the sweep's own lines."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def experiment_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link that opens the runs view of an experiment (or one of its runs) in the MLflow UI at ``base``."""
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}/{page}?{UI_VIEW}"
 
 
 def tracking_uri() -> str:
@@ -109,6 +128,7 @@ class MlflowTracker:
 
     def __init__(self, experiment: str = "tinyssd", uri: str | None = None):
         from mlflow.tracking import MlflowClient
+        quiet_store_setup()
         self.uri = uri or tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = self._experiment_id(experiment)
@@ -116,9 +136,12 @@ class MlflowTracker:
     def _experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the project tagged its experiments
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri, name))
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri, name),
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # another worker created it between our two calls
             found = self.client.get_experiment_by_name(name)
             if found is None:

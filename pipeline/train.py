@@ -143,7 +143,7 @@ def _check_divergence(step: TrainStep, pack: Pack, epoch: int, diverged: dict[in
 
 def fit(setting: RunConfig | Pack, train: DetectionData, val: DetectionData, run: RunHandle | None = None,
         on_epoch: EpochCallback | None = None, progress: bool = True, state_dir: Path | None = None,
-        stop_on_divergence: bool = True) -> FitResult:
+        stop_on_divergence: bool = True, score_split: str = "val") -> FitResult:
     """Train TinySSD with a config, or a pack of replicas; validate with COCO mAP (see RunConfig.val_every);
     log each epoch to ``run``, a pack's replicas combined (pipeline.seeds).
 
@@ -155,16 +155,18 @@ def fit(setting: RunConfig | Pack, train: DetectionData, val: DetectionData, run
     the newest good one: a retried trial goes on where the killed one stopped. A replica whose loss turns
     NaN or inf raises NonFiniteLossError, or without ``stop_on_divergence`` is dropped and recorded while
     the others train on (they are untouched by it); a run whose every replica diverged always raises.
+    ``score_split`` names the split ``val`` is (its metrics are ``val/*``, or ``test/*`` for the test split).
     """
     pack = setting if isinstance(setting, Pack) else Pack((setting,))
-    return _Training(pack, train, val, run, on_epoch, progress, state_dir, stop_on_divergence).run()
+    return _Training(pack, train, val, run, on_epoch, progress, state_dir, stop_on_divergence, score_split).run()
 
 
 class _Training:
     """The moving parts of one fit: the pack's network and step, its generators, validator and reporter."""
 
     def __init__(self, pack: Pack, train: DetectionData, val: DetectionData, run: RunHandle | None,
-                 on_epoch: EpochCallback | None, progress: bool, state_dir: Path | None, stop_on_divergence: bool):
+                 on_epoch: EpochCallback | None, progress: bool, state_dir: Path | None, stop_on_divergence: bool,
+                 score_split: str):
         started = time.perf_counter()
         self.pack, self.cfg, self.state_dir, self.stop = pack, pack.shared, state_dir, stop_on_divergence
         self.device = resolve_device(self.cfg.device)
@@ -181,7 +183,7 @@ class _Training:
         self.timings = {"setup_s": 0.0, "train_s": 0.0, "validate_s": 0.0, "scoring_s": 0.0, "epoch_state_s": 0.0}
         self.view = ProgressView(progress, self.cfg.epochs, -(-len(train) // self.cfg.batch_size), self.start)
         self.reporter = EpochReporter(pack, history, self.timings, run, on_epoch, self.view, state_dir)
-        self.validator = Validator(val, self.cfg, self.device)
+        self.validator = Validator(val, self.cfg, self.device, score_split)
         self.last_metrics: list[dict[str, float]] = [{} for _ in pack.replicas]
         self.timings["setup_s"] = time.perf_counter() - started
 

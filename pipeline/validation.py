@@ -44,8 +44,8 @@ class Validator:
     """``start(model)`` predicts now and returns a Future of :class:`Scored`. Use it as a context
     manager: on exit it waits for the scoring still running."""
 
-    def __init__(self, val: DetectionData, cfg: RunConfig, device: torch.device):
-        self.val, self.cfg, self.device = val, cfg, device
+    def __init__(self, val: DetectionData, cfg: RunConfig, device: torch.device, split: str = "val"):
+        self.val, self.cfg, self.device, self.split = val, cfg, device, split  # split names the metrics: val/map
         self.ground_truth = to_coco_dict(val)  # once per run, not once per validation
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco-scoring")
 
@@ -74,5 +74,5 @@ class Validator:
         """COCOeval on ``columns``: plain Python and numpy, no torch op (see the module's docstring)."""
         started = time.perf_counter()
         coco = coco_evaluate(self.ground_truth, columns.results())
-        metrics = {f"val/{k}": v for k, v in coco.metrics.items()}
+        metrics = {f"{self.split}/{k}": v for k, v in coco.metrics.items()}
         return Scored(metrics, coco, detections, time.perf_counter() - started)

@@ -56,7 +56,7 @@ class Verdict:
 
     def as_dict(self) -> dict:
         return {"verdict": self.outcome, "delta_margin": self.delta, "delta": self.look.mean,
-                "delta_ci95": [self.look.lo, self.look.hi], "seeds": self.look.n, "p": self.look.p,
+                "delta_ci95": [self.look.lo, self.look.hi], "n_seeds": self.look.n, "p": self.look.p,
                 "looks": self.looks, "planned_looks": self.planned_looks, "seeds_needed": self.seeds_needed}
 
 

@@ -13,7 +13,8 @@ import experiments
 from cli import app
 from conftest import tiny_args
 from pipeline.config import RunConfig, make_config, parse_overrides
-from pipeline.sweep import describe_space, ensure_control
+from pipeline.space import describe_space
+from pipeline.study import ensure_control
 
 runner = CliRunner()
 
@@ -168,7 +169,7 @@ def test_a_failed_control_is_queued_again_and_a_finished_one_is_not(tmp_path):
 
 
 def test_a_knob_added_since_the_study_was_created_is_no_change_at_its_default():
-    from pipeline.sweep import SweepError, _check_unchanged
+    from pipeline.study import SweepError, _check_unchanged
 
     base = dataclasses.asdict(RunConfig())
     older = {"space": {}, "objective": "val/map", "base_config": {k: v for k, v in base.items() if k != "anchor_scale"}}
@@ -180,7 +181,7 @@ def test_a_knob_added_since_the_study_was_created_is_no_change_at_its_default():
 
 
 def test_grid_studies_never_prune_and_the_median_rule_waits_for_half_the_epochs():
-    from pipeline.sweep import pruner
+    from pipeline.trial import pruner
 
     assert {n for n in experiments.names() if experiments.load(n).prune} == {"focal-loss", "combined"}
     study = optuna.create_study(direction="maximize", pruner=pruner(RunConfig(epochs=10)))
@@ -200,7 +201,7 @@ def test_grid_studies_never_prune_and_the_median_rule_waits_for_half_the_epochs(
 def test_workers_of_a_grid_study_share_one_grid(variant):
     """A GridSampler's seed shuffles its grid: with a seed per worker, grid_id 2 meant box_weight 0.5 to
     one worker and 0.25 to another, so a two-worker sweep measured some points twice and others never."""
-    from pipeline.sweep import worker_sampler
+    from pipeline.workers import worker_sampler
 
     spec = experiments.load(variant)
     base = make_config("quick", spec.fixed)
@@ -220,7 +221,7 @@ def test_workers_of_a_grid_study_share_one_grid(variant):
 
 
 def test_tpe_workers_get_seeds_of_their_own():
-    from pipeline.sweep import worker_sampler
+    from pipeline.workers import worker_sampler
 
     spec = experiments.load("focal-loss")
     first, second = (worker_sampler(spec, 0, i) for i in range(2))

@@ -69,7 +69,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial, run: RunRecord | None) -> dict[s
         "value": trial.value if trial.state == TrialState.COMPLETE else None}
     row.update({f"params_{k}": _param_value(v) for k, v in trial.params.items()})
     row.update(trial.user_attrs.get("metrics") or {})
-    # a pack's seeds, each with its own value (pipeline.sweep keeps them on the trial)
+    # a pack's seeds, each with its own value (pipeline.trial keeps them on the trial)
     row.update({f"value/seed_{seed}": v for seed, v in (trial.user_attrs.get("seed_values") or {}).items()})
     row.update({"epochs_reported": len(steps),
                 "last_reported": trial.intermediate_values[steps[-1]] if steps else None,

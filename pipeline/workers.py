@@ -1,0 +1,113 @@
+"""The processes that run a sweep's trials: each claims trial slots under a lock, so any number of workers on
+any number of machines create exactly the trials asked for; a killed worker's trial is run again."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+import experiments
+from pipeline.faults import fail_dead_local_trials, stale_callback
+from pipeline.run import sigterm_as_interrupt
+from pipeline.storage_lock import StorageLock
+from pipeline.study import DONE, SweepOptions, open_storage
+from pipeline.trial import objective, pruner, trial_context
+
+
+_log = logging.getLogger(__name__)
+
+
+class StudyFull(Exception):
+    """Every trial slot of the study is done or taken: this worker stops."""
+
+
+def claim_slots(study: optuna.Study, lock: StorageLock, target: int) -> None:
+    """Make ``study.ask`` take a slot under the storage lock, so any number of workers, started
+    at once or on several machines, create exactly ``target`` trials that are not failures.
+
+    Study.ask is the one public hook that Study.optimize calls before creating a trial.
+    """
+    ask = study.ask
+
+    def ask_for_a_slot(*args, **kwargs):
+        with lock.hold():
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial frees its slot
+            fail_dead_local_trials(study)  # at once when the worker was on this host
+            taken = study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
+            if len(taken) >= target:
+                raise StudyFull()
+            return ask(*args, **kwargs)
+    study.ask = ask_for_a_slot
+
+
+def worker_sampler(spec: experiments.Study, seed: int, index: int) -> optuna.samplers.BaseSampler:
+    """Worker ``index``'s sampler. TPE workers get seeds of their own, so that two of them starting at
+    once do not propose the same point. A GridSampler's seed shuffles the grid itself, so its grid_id
+    means the same point in every worker only with one seed for all of them."""
+    sampler = spec.sampler(seed + index)
+    return spec.sampler(seed) if isinstance(sampler, optuna.samplers.GridSampler) else sampler
+
+
+def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: int = 0,
+               callbacks: list | None = None) -> None:
+    """Run trials of the study in this process until its slots are taken (at most n_trials attempts)."""
+    import torch
+
+    if options.workers > 1:  # the cores are shared between the workers
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
+    ctx = trial_context(options, parent_run_id)
+    storage = open_storage(options.storage, stale_callback(ctx.tracker, ctx.study_name))
+    study = optuna.load_study(study_name=ctx.study_name, storage=storage, pruner=pruner(ctx.base),
+                              sampler=worker_sampler(ctx.spec, options.seed, index))
+    claim_slots(study, StorageLock(options.storage), options.trials or ctx.spec.trials[options.profile])
+    with sigterm_as_interrupt(), contextlib.suppress(StudyFull):  # SIGTERM: the trial ends FAIL, its run KILLED
+        study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),
+                       callbacks=callbacks)
+
+
+def _worker_process(*args) -> None:
+    """A worker process: run_worker, ending quietly on an interrupt (its trial and run are closed by then)."""
+    try:
+        run_worker(*args)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_poll: Callable) -> None:
+    mp = multiprocessing.get_context("spawn")
+    procs = [mp.Process(target=_worker_process, args=(options, parent_run_id, n_trials, i), daemon=False)
+             for i in range(options.workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            on_poll()
+            time.sleep(1.0)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the terminal interrupted the workers too
+            deadline = time.time() + 15
+            while any(p.is_alive() for p in procs) and time.time() < deadline:
+                time.sleep(0.2)  # let them close their trials, rather than interrupt them again mid-cleanup
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: each worker fails its trial and closes its run
+        for p in procs:
+            p.join(30)
+        raise
+    on_poll()
+    crashed = [p.exitcode for p in procs if p.exitcode and p.exitcode > 0]
+    if crashed:
+        raise RuntimeError(f"{len(crashed)} of {len(procs)} workers exited with an error (exit codes {crashed})")
+    killed = [(i, -p.exitcode) for i, p in enumerate(procs) if p.exitcode and p.exitcode < 0]
+    if killed:  # by a signal, from outside: their trials were failed and queued again; finish them here
+        for i, signum in killed:
+            _log.warning("worker %d was killed (%s); its trial is run again", i, signal.Signals(signum).name)
+        run_worker(options, parent_run_id, n_trials, index=len(procs))
