@@ -242,6 +242,49 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
                     "device": next(result.fit.model.parameters()).device.type, **_seed_summary(result)})
 
 
+@app.command()
+def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt = None,
+          epochs: Annotated[Optional[int], typer.Option(help="training epochs")] = None,
+          seeds: Annotated[int, typer.Option(min=2, max=64, help="seeds of the control trained as one pack")] = 5,
+          resamples: Annotated[int, typer.Option(min=20, max=10_000, help="bootstrap resamples of the "
+                                                 "validation images")] = 200,
+          device: DeviceOpt = Device.auto, json_out: JsonOpt = False):
+    """Measure the noise budget of val/map for a data set and profile: the spread from seeds, from the sample of
+    validation images (bootstrap), and from the end of training; and the smallest effect N paired seeds detect.
+
+    Trains the control (the chapter's settings under the profile, and any --set) as a pack of --seeds seeds in one
+    MLflow run of the experiment tinyssd-noise. See docs/noise-budget.md for measured budgets.
+    """
+    from pipeline.noise import budget_of
+    from pipeline.run import sigterm_as_interrupt, tracked_run
+    from pipeline.tracking import MlflowTracker
+
+    cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset, epochs=epochs))
+    _check_tracking_store()
+    data = _load_or_exit(cfg, skip_invalid=False)
+    pack = _seed_pack(cfg, seeds, len(data[0].class_names), "--seeds")
+    tracker = MlflowTracker("tinyssd-noise")
+    tracker.close_orphans()
+    with sigterm_as_interrupt():
+        result = tracked_run(pack, tracker, name=f"noise-{cfg.dataset}", out_dir=Path("outputs"), progress=True,
+                             data=data, stop_on_divergence=False)
+    budget = budget_of(result.fit, data[1], resamples)
+    table = Table(title=f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} profile, "
+                        f"{budget.seeds} seeds, {budget.validation_images} validation images")
+    for col in ("part", "sd (mAP)"):
+        table.add_column(col, justify="left" if col == "part" else "right")
+    for name, value in (("seed", budget.seed_sd), ("validation sampling (bootstrap)", budget.validation_sd),
+                        ("end of training (last 3 epochs)", budget.end_of_training_sd),
+                        ("a paired difference, one seed", budget.paired_sd)):
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    effects = ", ".join(f"{n} seeds: {v:.4f}" for n, v in budget.minimum_detectable_effects().items())
+    console.print(f"mean val/map {budget.mean:.4f}; smallest paired Δ detectable (80% power, 95%): {effects}")
+    if json_out:
+        _json_line({"dataset": cfg.dataset, "profile": chosen_profile(profile, device), "run_id": result.run_id,
+                    **budget.as_dict()})
+
+
 def _seed_pack(cfg: RunConfig, k: int, num_classes: int, flag: str):
     """K seeds of cfg as one pack, refused as a usage error naming ``flag`` when it will not fit in memory."""
     from pipeline.pack import Pack, PackError, check_fits

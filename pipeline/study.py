@@ -127,6 +127,8 @@ def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Study, Run
         study.set_user_attr("variant", spec.name)
         study.set_user_attr("question", spec.question)
         study.set_user_attr("profile", options.profile)
+    if study.metric_names != [spec.objective]:  # Optuna Dashboard shows this name instead of "Objective 0"
+        study.set_metric_names([spec.objective])
     ensure_control(study)
     return study, spec, base
 
