@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.config import RunConfig
-from pipeline.verdict import Verdict, holm, planned_looks, to_record, verdict
+from pipeline.verdict import ALPHA, Verdict, holm, planned_looks, to_record, verdict
 
 DEFAULT_SEEDS_PER_LOOK = 3  # a pack per look: enough seeds for a first interval, few enough to stop early
 DEFAULT_MAX_SEEDS = 12
@@ -61,6 +61,7 @@ def settle(candidates: list[Candidate], control: RunConfig, plan: Plan, train_pa
     """Run the looks until every candidate is decided or the seeds run out; returns the record (JSON-ready),
     which ``on_look`` also gets after every look, so a killed decision leaves what it had."""
     control_scores: dict[int, float] = {}
+    alpha = ALPHA / len(candidates)  # Bonferroni while seeds come in: Holm at the end can only add decisions
     for look in range(plan.looks):
         open_ = [c for c in candidates if c.verdict is None]
         if not open_:
@@ -69,17 +70,14 @@ def settle(candidates: list[Candidate], control: RunConfig, plan: Plan, train_pa
         control_scores.update(train_pack("control", control, seeds))
         for candidate in open_:
             candidate.scores.update(train_pack(f"trial {candidate.trial}", candidate.config, seeds))
-            current = verdict(candidate.diffs(control_scores)[1], plan.seeds_per_look, plan.max_seeds, plan.delta)
+            current = verdict(candidate.diffs(control_scores)[1], plan.seeds_per_look, plan.max_seeds, plan.delta,
+                              alpha)
             if current.outcome != "undecided" or look == plan.looks - 1:
                 candidate.verdict = current
         on_look(record(candidates, control_scores, plan, final=False))
-    for candidate in candidates:  # a candidate still open when the seeds ran out
-        if candidate.verdict is None:
-            candidate.verdict = verdict(candidate.diffs(control_scores)[1], plan.seeds_per_look, plan.max_seeds,
-                                        plan.delta)
-    if len(candidates) > 1:
-        for candidate, corrected in zip(candidates, holm([c.verdict for c in candidates])):
-            candidate.verdict = corrected
+    diffs = [c.diffs(control_scores)[1] for c in candidates]
+    for candidate, final in zip(candidates, holm(diffs, plan.seeds_per_look, plan.max_seeds, plan.delta)):
+        candidate.verdict = final  # one candidate: Holm is its own rule at alpha
     return record(candidates, control_scores, plan, final=True)
 
 

@@ -16,9 +16,9 @@ At a look with interval [lo, hi]:
 - otherwise more seeds, or **undecided** once max seeds are in, with an estimate of the seeds that would
   likely decide it.
 
-Several settings against one control: Holm's step-down correction over their final p-values (each the
-smallest Bonferroni-adjusted p over its looks, which is a valid p-value); a setting that loses its
-decision there is undecided.
+Several settings against one control: while seeds come in, each setting's rule runs at alpha / m (m
+settings), so a setting that stops early stays decided; at the end, Holm's step-down (see holm) may decide
+more of the others.
 """
 
 from __future__ import annotations
@@ -120,19 +120,22 @@ def planned_looks(seeds_per_look: int, max_seeds: int) -> int:
     return max(1, math.ceil(max_seeds / seeds_per_look))
 
 
-def holm(verdicts: list[Verdict], alpha: float = ALPHA) -> list[Verdict]:
-    """Holm's step-down over several settings' verdicts against one control: in order of their adjusted p,
-    the i-th smallest must be below alpha / (m − i); from the first that is not, better and worse become
-    undecided. (Equivalence is a different family of claims and keeps its own decision.)"""
-    m = len(verdicts)
-    order = sorted(range(m), key=lambda i: verdicts[i].look.p)
-    out, failed = list(verdicts), False
-    for rank, i in enumerate(order):
-        failed = failed or verdicts[i].look.p >= alpha / (m - rank)
-        if failed and verdicts[i].outcome in ("better", "worse"):
-            out[i] = Verdict("undecided", verdicts[i].delta, verdicts[i].look, verdicts[i].looks,
-                             verdicts[i].planned_looks, None)
-    return out
+def holm(diffs: list[list[float]], seeds_per_look: int, max_seeds: int, delta: float,
+         alpha: float = ALPHA) -> list[Verdict]:
+    """Several settings' verdicts against one control, Holm-corrected: in rounds, every setting whose rule at
+    level alpha / (settings left) declares better or worse is decided and leaves; the rest are tried again at the
+    larger level, until a round decides none. That is Holm's step-down, applied to the sequential rule (valid for
+    any tests with levels). Those left take their verdict at the last round's level (equivalent or undecided)."""
+    remaining, out = set(range(len(diffs))), {}
+    while remaining:
+        level = alpha / len(remaining)
+        this_round = {i: verdict(diffs[i], seeds_per_look, max_seeds, delta, level) for i in remaining}
+        decided = {i for i, v in this_round.items() if v.outcome in ("better", "worse")}
+        out.update({i: this_round[i] for i in (decided or remaining)})
+        if not decided:
+            break
+        remaining -= decided
+    return [out[i] for i in range(len(diffs))]
 
 
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:

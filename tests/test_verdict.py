@@ -49,8 +49,8 @@ def test_a_real_difference_is_found():
 def test_holm_keeps_the_family_wise_rate_of_three_null_settings():
     rng, any_declared = np.random.default_rng(2), 0
     for _ in range(2000):
-        verdicts = [verdict(list(rng.normal(0.0, SD, 12)), 3, 12, 0.01) for _ in range(3)]
-        any_declared += any(v.outcome in ("better", "worse") for v in holm(verdicts))
+        diffs = [list(rng.normal(0.0, SD, 12)) for _ in range(3)]
+        any_declared += any(v.outcome in ("better", "worse") for v in holm(diffs, 3, 12, 0.01))
     assert any_declared / 2000 <= 0.05
 
 
@@ -87,3 +87,13 @@ def test_the_minimum_detectable_effect_has_80_percent_power():
     rng = np.random.default_rng(5)
     rejected = sum(stats.ttest_1samp(rng.normal(mde, SD, n), 0.0).pvalue < 0.05 for _ in range(4000)) / 4000
     assert rejected == pytest.approx(0.80, abs=0.03)
+
+
+def test_holm_decides_in_rounds_at_growing_levels():
+    """A clear effect is decided at alpha/2 in the first round; the second setting then gets alpha itself."""
+    rng = np.random.default_rng(7)
+    strong, weak = list(rng.normal(0.05, SD, 12)), list(rng.normal(0.025, SD, 12))
+    alone = verdict(weak, 12, 12, 0.01, alpha=0.05)
+    corrected = holm([strong, weak], 12, 12, 0.01)
+    assert corrected[0].outcome == "better"
+    assert corrected[1].outcome == alone.outcome and corrected[1].look.lo == pytest.approx(alone.look.lo)

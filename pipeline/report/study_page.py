@@ -22,6 +22,7 @@ from pipeline.report.stats import confirmation_stats
 from pipeline.report.study_summary import confirmation_blocks, summary_blocks
 from pipeline.report.text import counted
 from pipeline.report.trials import pr_picks, ranked, state_counts
+from pipeline.report.verdict_section import verdict_blocks
 from pipeline.tracking import MlflowReader
 
 MIN_TRIALS_FOR_IMPORTANCES = 10  # below this, fANOVA attributes mostly which values the sampler happened to pair
@@ -162,9 +163,9 @@ def _log_to_parent_run(d: StudyData, folder: Path) -> None:
 
 def study_blocks(d: StudyData, figures: list[FigureOut]) -> list[Block]:
     confirmation = confirmation_stats(d.attrs)
-    blocks = header_blocks(d) + summary_blocks(d, confirmation)
+    blocks = header_blocks(d) + verdict_blocks(d) + summary_blocks(d, confirmation)
     if confirmation:
-        blocks += confirmation_blocks(confirmation, d.trials)
+        blocks += confirmation_blocks(confirmation, d.trials, d.attrs.get("verdict"))
     return (blocks + left_out_blocks(d.trials) + figure_blocks(figures) + reproduce_blocks(d, confirmation)
             + [Block("p", "The data behind every figure and table: `trials.csv`, one row per trial.")])
 

@@ -161,12 +161,12 @@ def summary_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
                   "was picked for scoring highest on them, so its lead is biased upward. ")
         blocks.append(Block("p", "**Not tested against noise.** These differences come from " + source
                                  + " ".join(noise_sentences(d)) + " Run the sweep command under Reproduce "
-                                 "again with `--seeds 3` (or more) to re-train the best trial and the control with "
-                                 "new seeds and test the difference."))
+                                 "again with `--decide` to re-train the best trial and the control with new seeds "
+                                 "until the difference is decided."))
     return blocks
 
 
-def confirmation_blocks(c: dict[str, Any], trials: pd.DataFrame) -> list[Block]:
+def confirmation_blocks(c: dict[str, Any], trials: pd.DataFrame, record: dict | None = None) -> list[Block]:
     rows = [{"run": role, "trial": str(c["best_trial"]) if role == "best" else "control",
              "seeds": ", ".join(map(str, c["seeds"])),
              "val/map per seed": ", ".join(f"{v:.4f}" for v in c["values"][role]),
@@ -181,7 +181,13 @@ def confirmation_blocks(c: dict[str, Any], trials: pd.DataFrame) -> list[Block]:
               Block("p", "The best trial's configuration and the control, re-trained with new seeds (not the "
                          "search's own, so the best trial's lucky draw does not count twice). Intervals are "
                          "t-intervals (scipy.stats.t); the comparison is a paired t-test, seed by seed."),
-              Block("table", table=pd.DataFrame(rows)), Block("table", table=paired), Block("p", verdict(p))]
+              Block("table", table=pd.DataFrame(rows)), Block("table", table=paired)]
+    if record and record.get("planned_looks", 1) > 1:  # --decide: the ordinary test is not the verdict's
+        blocks.append(Block("p", "The paired t-test here is the ordinary one, as if these seeds had been planned in "
+                                 "one go; the verdict at the top widens its interval for the looks taken after "
+                                 "every pack, which keeps its error rate at 5%."))
+    else:
+        blocks.append(Block("p", verdict(p)))
     best = best_row(trials)
     if best is not None and int(best["number"]) != c["best_trial"]:
         blocks.append(Block("p", f"The confirmation re-trained trial {c['best_trial']}, the best when it ran; the "

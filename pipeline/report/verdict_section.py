@@ -1,0 +1,90 @@
+"""The block a study page leads with: the verdict of its best setting against the control, the interval of
+the difference, and the smallest difference the seeds used could have detected."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pipeline.noise import MEASURED_SEED_SD
+from pipeline.report.document import Block
+from pipeline.report.gather import StudyData
+from pipeline.report.trials import best_row, control_row, is_seed_study
+from pipeline.report.text import params_text
+from pipeline.verdict import minimum_detectable_effect, verdict
+
+CLAIMS = {"better": "**Better** than the control", "worse": "**Worse** than the control",
+          "equivalent": "**Equivalent** to the control", "undecided": "**Undecided**"}
+
+
+def stored_verdict(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The study's verdict record (pipeline.decide), or one made from a confirmation of before verdicts: a
+    single look of its seeds, with the default margin."""
+    record = attrs.get("verdict")
+    if record and record.get("candidates"):
+        return record
+    c = attrs.get("confirmation")
+    if not c or len(c.get("best") or []) < 1:
+        return None
+    diffs = list(np.subtract(c["best"], c["control"]))
+    v = verdict(diffs, len(diffs), len(diffs), 0.01)
+    row = {"trial": c["best_trial"], "seeds": c["seeds"], "scores": c["best"], "control": c["control"],
+           "diffs": diffs, **v.as_dict(), "look": {"sd": v.look.sd}}
+    return {"final": True, "delta_margin": 0.01, "max_seeds": len(diffs), "seeds_per_look": len(diffs),
+            "planned_looks": 1, "candidates": [row], "split": c.get("split", "val"), "holm": False}
+
+
+def _mde_sentence(sd: float, n: int, source: str) -> str:
+    mde = minimum_detectable_effect(sd, n) if n > 1 else 2.8 * sd  # one seed: the normal approximation
+    return (f"With {n} paired seed{'s' if n > 1 else ''}, the smallest difference this could detect (80% power, "
+            f"95% confidence) is about **{mde:.4f} mAP** ({source}); a smaller true effect would most likely come "
+            "out undecided or within noise.")
+
+
+def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
+    row = record["candidates"][0]
+    lo, hi = row["delta_ci95"]
+    claim = CLAIMS[row["verdict"]] + (f" within ±{record['delta_margin']:g}" if row["verdict"] == "equivalent" else "")
+    best = d.trials[d.trials["number"] == row["trial"]]
+    setting = f"trial {row['trial']}" + (f" ({params_text(best.iloc[0])})" if not best.empty else "")
+    looks = ("one look" if record["planned_looks"] == 1 else
+             f"look {row.get('looks', '?')} of at most {record['planned_looks']}, each interval widened for the looks")
+    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}], over "
+            f"{len(row['seeds'])} paired new seeds ({looks}), scored on the {record.get('split', 'val')} split.")
+    if row.get("seeds_needed"):
+        text += f" About {row['seeds_needed']} paired seeds would likely decide it."
+    sd = (row.get("look") or {}).get("sd", math.nan)
+    blocks = [Block("p", text)]
+    if sd == sd and sd > 0:
+        blocks.append(Block("p", _mde_sentence(sd, len(row["seeds"]), f"the sd of the paired differences, {sd:.4f}")))
+    if record.get("split") == "val":
+        blocks.append(Block("p", "Scored on the validation split the search used: this data set has no test split, "
+                                 "so the best setting's lead is biased upward (it was picked for scoring well there)."))
+    if len(record["candidates"]) > 1:
+        others = "; ".join(f"trial {r['trial']}: {r['verdict']}" for r in record["candidates"][1:])
+        blocks.append(Block("p", f"Other settings tested, Holm-corrected together: {others}."))
+    return blocks
+
+
+def _undecided_blocks(d: StudyData) -> list[Block]:
+    dataset, profile = d.base_config.get("dataset"), d.attrs.get("profile")
+    measured = MEASURED_SEED_SD.get((dataset, profile))
+    text = ("**Not decided**: the search scores each setting on one seed (or the mean of a few), on the "
+            "validation split it searched on. Run the sweep again with `--decide` to add seeds to the best setting "
+            "and the control until the difference is decided.")
+    blocks = [Block("p", text)]
+    if measured is not None:
+        sd, seeds = measured
+        blocks.append(Block("p", _mde_sentence(sd * math.sqrt(2), 1, f"seed noise on {dataset} at the {profile} "
+                                                                      f"profile, sd {sd:.3f} over {seeds} seeds")))
+    return blocks
+
+
+def verdict_blocks(d: StudyData) -> list[Block]:
+    """'Verdict', first on the page: the stored verdict, or why there is none yet."""
+    if is_seed_study(d.space) or best_row(d.trials) is None or control_row(d.trials) is None:
+        return []
+    record = stored_verdict(d.attrs)
+    return [Block("h2", "Verdict"), *(_decided_blocks(record, d) if record else _undecided_blocks(d))]
