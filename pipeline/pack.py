@@ -9,8 +9,9 @@ separate run of ``replicas[k]`` computes (tests/test_pack.py checks it in float6
 Two layouts compute the same thing, and the faster one depends on the device:
 - ``grouped``: one network, every convolution with groups=K (HFTA's horizontal fusion, MLSys 2021): one
   kernel does K replicas' work, which is what a GPU needs, as TinySSD alone keeps it mostly idle;
-- ``loop``: K dense networks, one after another inside the same step: on the 2-core CPUs grouped
-  convolutions are slower than dense ones (benchmarks/README.md, "Seed packs").
+- ``loop``: K dense networks, one after another inside the same step, each replica's forward and backward
+  in turn (so only one replica's activations are alive at a time): on the 2-core CPUs grouped convolutions
+  are slower than dense ones (benchmarks/README.md, "Seed packs").
 """
 
 from __future__ import annotations
@@ -180,11 +181,14 @@ def available_bytes(device: torch.device) -> int:
 
 
 def check_fits(cfg: RunConfig, k: int, num_classes: int, device: torch.device) -> None:
-    """Refuse, before training, a pack of K whose activations will not fit in the device's free memory."""
-    need = HEADROOM * k * cfg.batch_size * activation_bytes_per_image(cfg, num_classes)
+    """Refuse, before training, a pack of K whose activations will not fit in the device's free memory. A grouped
+    pack holds all K replicas' activations at once; the loop layout one replica's at a time."""
+    at_once = k if k > 1 and layout_for(cfg, device) == "grouped" else min(k, 1)
+    need = HEADROOM * at_once * cfg.batch_size * activation_bytes_per_image(cfg, num_classes)
     free = available_bytes(device)
     if need > free:
-        per_replica = need / k
+        per_replica = need / at_once
+        most = f"at most {int(free // per_replica)} replicas fit" if at_once > 1 else "use a smaller batch_size"
         raise PackError(f"a pack of {k} replicas at batch {cfg.batch_size} and {cfg.image_size}x{cfg.image_size} "
                         f"needs about {need / 2**30:.1f} GiB for its activations, and the {device.type} has "
-                        f"{free / 2**30:.1f} GiB free: at most {int(free // per_replica)} replicas fit")
+                        f"{free / 2**30:.1f} GiB free: {most}")

@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from pipeline.boxes import multibox_target
 from pipeline.losses import LossKnobs, pack_loss
 from pipeline.model import autocast
+from pipeline.pack import ReplicaLoop
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN autotuning and lazy buffers happen here
 
@@ -75,12 +77,11 @@ class TrainStep:
         cfg = replicas[0]
         self.model, self.images, self.targets, self.cfg, self.device = model, images, targets, cfg, device
         self.k = len(replicas)
-        self.knobs = LossKnobs.of(list(replicas), device)
-        self.forward = torch.compile(model.forward_pack) if cfg.torch_compile else model.forward_pack
         self.params = [p for p in model.parameters() if p.requires_grad]
         if isinstance(generators, torch.Generator):
             generators = [generators]
         self.generators = generators if device.type == "cpu" and generators is not None else None
+        self.parts = self._parts(list(replicas))
         self.lr = torch.tensor(float(cfg.lr), device=device)
         self.sums = torch.zeros(self.k, 5, device=device, dtype=torch.float64)  # per replica: loss, loss_cls,
         # loss_box, correct, abs err
@@ -93,6 +94,18 @@ class TrainStep:
         self.timings: dict[str, float] = {}  # seconds of the one-time graph work: warm-up, capture
         self.num_anchors = 0
         self.batches = self.images_seen = 0
+
+    def _parts(self, replicas: list) -> list["_Part"]:
+        """What one forward-backward covers: the whole pack at once (a grouped network), or each replica in turn
+        (the loop layout: one replica's activations alive at a time, as in its own run)."""
+        def compiled(model):
+            return torch.compile(model.forward_pack) if self.cfg.torch_compile else model.forward_pack
+        if not isinstance(self.model, ReplicaLoop):
+            return [_Part(self.model, compiled(self.model), LossKnobs.of(replicas, self.device), self.generators,
+                          slice(None))]
+        return [_Part(model, compiled(model), LossKnobs.of([cfg], self.device),
+                      None if self.generators is None else [self.generators[k]], slice(k, k + 1))
+                for k, (model, cfg) in enumerate(zip(self.model.models, replicas))]
 
     # -- the step ------------------------------------------------------------------------------
 
@@ -140,25 +153,32 @@ class TrainStep:
         if cfg.hflip:
             flipped = hflip_batch(images.flatten(0, 1), targets.flatten(0, 1), self._flip_coins(B).flatten() < 0.5)
             images, targets = flipped[0].unflatten(0, (K, B)), flipped[1].unflatten(0, (K, B))
-        x = self.model.pack_input(images, cfg.channels_last)
-        with autocast(cfg.precision, self.device, cache=not capturing):
-            anchors, cls_logits, box_pred = self.forward(x)  # [K, B, A, ...]
-        box_target, mask, labels = (t.unflatten(0, (K, B)) for t in multibox_target(anchors, targets.flatten(0, 1)))
-        losses = pack_loss(cls_logits, box_pred, labels, box_target, mask, self.knobs, self.generators)
-        losses["loss"].sum().backward()  # the replicas' parameters are disjoint: each gets its own loss's gradient
+        for part in self.parts:
+            self._forward_backward(part, images[part.rows], targets[part.rows], capturing)
         with torch.no_grad():
             sgd_update(self.params, self.lr, cfg.weight_decay)
-            self._add_stats(losses, cls_logits, labels, box_pred, box_target, mask)
+        self.step_index += 1
+
+    def _forward_backward(self, part: "_Part", images: torch.Tensor, targets: torch.Tensor, capturing: bool) -> None:
+        """Loss and gradients of the replicas in ``part`` on their batches, images [k, B, 3, S, S]."""
+        cfg, (K, B) = self.cfg, images.shape[:2]
+        x = part.model.pack_input(images, cfg.channels_last)
+        with autocast(cfg.precision, self.device, cache=not capturing):
+            anchors, cls_logits, box_pred = part.forward(x)  # [k, B, A, ...]
+        box_target, mask, labels = (t.unflatten(0, (K, B)) for t in multibox_target(anchors, targets.flatten(0, 1)))
+        losses = pack_loss(cls_logits, box_pred, labels, box_target, mask, part.knobs, part.generators)
+        losses["loss"].sum().backward()  # the replicas' parameters are disjoint: each gets its own loss's gradient
+        with torch.no_grad():
+            self._add_stats(part.rows, losses, cls_logits, labels, box_pred, box_target, mask)
         self.num_anchors = anchors.shape[0]
 
-    def _add_stats(self, losses, cls_logits, labels, box_pred, box_target, mask) -> None:
-        loss = losses["loss"].detach()  # [K]
-        bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
-        self.first_bad_step.copy_(torch.where(bad, self.step_index, self.first_bad_step))
+    def _add_stats(self, rows: slice, losses, cls_logits, labels, box_pred, box_target, mask) -> None:
+        loss = losses["loss"].detach()  # [k]
+        first_bad = self.first_bad_step[rows]
+        first_bad.copy_(torch.where((first_bad < 0) & ~torch.isfinite(loss), self.step_index, first_bad))
         correct = (cls_logits.argmax(dim=-1) == labels).flatten(1).sum(dim=1)
         abs_err = ((box_target - box_pred.float()) * mask).abs().flatten(1).sum(dim=1)
-        self.sums += torch.stack([loss, losses["loss_cls"], losses["loss_box"], correct, abs_err], dim=1).double()
-        self.step_index += 1
+        self.sums[rows] += torch.stack([loss, losses["loss_cls"], losses["loss_box"], correct, abs_err], dim=1).double()
 
     # -- CUDA graph ----------------------------------------------------------------------------
 
@@ -223,6 +243,17 @@ class TrainStep:
             if bad_step >= 0:
                 raise NonFiniteLossError(epoch, bad_step, sums[0])
         return self.replica_summaries()[0]
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Replicas that run one forward-backward together: their network, its forward, their knobs and generators,
+    and their rows in the step's per-replica metric sums."""
+    model: object
+    forward: object
+    knobs: LossKnobs
+    generators: list | None
+    rows: slice
 
 
 @contextlib.contextmanager

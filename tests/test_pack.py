@@ -132,24 +132,29 @@ def test_fit_of_a_loop_pack_is_the_separate_fits_to_the_bit(splits):
 
 
 @pytest.mark.slow
-def test_a_diverged_seed_is_dropped_and_recorded_or_fails_the_fit(splits, monkeypatch):
+@pytest.mark.parametrize("layout", ["grouped", "loop"])
+def test_a_diverged_seed_is_dropped_and_recorded_or_fails_the_fit(splits, monkeypatch, layout):
     from pipeline import step as step_module
     from pipeline.step import NonFiniteLossError
 
-    real = step_module.pack_loss
+    real, calls = step_module.pack_loss, []
 
-    def seed_1_diverges(*args, **kwargs):
+    def seed_1_diverges(*args, **kwargs):  # a grouped pack scores its 3 replicas at once; a loop, one at a time
         out = real(*args, **kwargs)
-        return {**out, "loss": out["loss"] * torch.tensor([1.0, float("nan"), 1.0])}
+        calls.append(len(calls))
+        poison = (torch.tensor([1.0, float("nan"), 1.0]) if out["loss"].shape[0] == 3
+                  else torch.tensor([float("nan") if calls[-1] % 3 == 1 else 1.0]))
+        return {**out, "loss": out["loss"] * poison}
 
     monkeypatch.setattr(step_module, "pack_loss", seed_1_diverges)
     train, val = splits
-    pack = Pack.of_seeds(tiny(), 3)
+    pack = Pack.of_seeds(tiny(pack_layout=layout), 3)
     result = fit(pack, train, val, progress=False, stop_on_divergence=False)
     assert [r.diverged for r in result.replicas] == [None, (0, 0), None]
     assert "val/map/seed_1" not in result.metrics and {"val/map/seed_0", "val/map/seed_2"} <= set(result.metrics)
     assert result.metrics["val/map"] == pytest.approx((result.replicas[0].metrics["val/map"]
                                                        + result.replicas[2].metrics["val/map"]) / 2)
+    calls.clear()
     with pytest.raises(NonFiniteLossError, match=r"\(seed 1\) at epoch 0, step 0"):
         fit(pack, train, val, progress=False)
 
@@ -171,10 +176,12 @@ def test_a_pack_that_does_not_fit_is_refused_before_it_starts(monkeypatch):
     from pipeline import pack as pack_module
 
     monkeypatch.setattr(pack_module, "available_bytes", lambda device: 2 ** 30)  # 1 GiB free
-    check_fits(RunConfig(image_size=128, batch_size=16), 2, 1, CPU)  # 2 x 16 x ~9 MiB x 2: fits
+    grouped = RunConfig(pack_layout="grouped")
+    check_fits(RunConfig(image_size=128, batch_size=16, pack_layout="grouped"), 2, 1, CPU)  # 2 x 16 x ~9 MiB x 2
     with pytest.raises(PackError, match=r"a pack of 8 replicas at batch 32 and 256x256 needs about .* GiB .* "
                                         r"1\.0 GiB free: at most \d replicas fit"):
-        check_fits(RunConfig(), 8, 1, CPU)
+        check_fits(grouped, 8, 1, CPU)
+    check_fits(RunConfig(batch_size=4, pack_layout="loop"), 8, 1, CPU)  # one replica's activations at a time
 
 
 def test_replicas_of_one_pack_must_share_what_shapes_the_computation():
