@@ -255,6 +255,7 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     Trains the control (the chapter's settings under the profile, and any --set) as a pack of --seeds seeds in one
     MLflow run of the experiment tinyssd-noise. See docs/noise-budget.md for measured budgets.
     """
+    from pipeline.data import has_split, load_split
     from pipeline.noise import budget_of
     from pipeline.run import sigterm_as_interrupt, tracked_run
     from pipeline.tracking import MlflowTracker
@@ -268,13 +269,16 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     with sigterm_as_interrupt():
         result = tracked_run(pack, tracker, name=f"noise-{cfg.dataset}", out_dir=Path("outputs"), progress=True,
                              data=data, stop_on_divergence=False)
-    budget = budget_of(result.fit, data[1], resamples)
+    test = load_split(cfg.dataset, "test", cfg.image_size, progress=False) if has_split(cfg.dataset, "test") else None
+    budget = budget_of(result.fit, data[1], resamples, test)
     table = Table(title=f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} profile, "
                         f"{budget.seeds} seeds, {budget.validation_images} validation images")
     for col in ("part", "sd (mAP)"):
         table.add_column(col, justify="left" if col == "part" else "right")
     for name, value in (("seed", budget.seed_sd), ("validation sampling (bootstrap)", budget.validation_sd),
                         ("end of training (last 3 epochs)", budget.end_of_training_sd),
+                        *([(f"test split sampling (bootstrap, {budget.test_images} images)", budget.test_sd)]
+                          if budget.test_images else []),
                         ("a paired difference, one seed", budget.paired_sd)):
         table.add_row(name, f"{value:.4f}")
     console.print(table)
@@ -439,21 +443,21 @@ def data(dataset: Annotated[str, typer.Argument(help="'bananas', 'shapes', or a 
 
 @app.command()
 def variants(json_out: JsonOpt = False):
-    """List the studies: the question each answers, its search space, sampler and default trials."""
+    """List the variants: the question each answers, its search space, sampler and default trials."""
     import experiments
     from pipeline.space import describe_space
 
     rows = []
     for name in experiments.names():
-        spec = experiments.load(name)
-        base = make_config("chapter", spec.fixed)
-        rows.append({"name": name, "question": spec.question.splitlines()[0], "fixed": spec.fixed,
-                     "space": describe_space(spec, base), "sampler": type(spec.sampler(0)).__name__,
-                     "trials": spec.trials, "objective": spec.objective})
+        variant = experiments.load(name)
+        base = make_config("chapter", variant.fixed)
+        rows.append({"name": name, "question": variant.question.splitlines()[0], "fixed": variant.fixed,
+                     "space": describe_space(variant, base), "sampler": type(variant.sampler(0)).__name__,
+                     "trials": variant.trials, "objective": variant.objective})
     if json_out:
         typer.echo(json.dumps(rows))
         return
-    table = Table(title="studies (python cli.py sweep NAME)", show_lines=True)
+    table = Table(title="variants (python cli.py sweep VARIANT)", show_lines=True)
     for col in ("name", "question", "search space", "sampler", "trials"):
         table.add_column(col, overflow="fold")
     for row in rows:
@@ -478,8 +482,8 @@ def _variant_name(value: str) -> str:
 
 
 @app.command()
-def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.py variants`", callback=_variant_name)],
-          trials: Annotated[Optional[int], typer.Option(min=1, help="finished trials wanted in the study (default: the study's)")] = None,
+def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cli.py variants`", callback=_variant_name)],
+          trials: Annotated[Optional[int], typer.Option(min=1, help="finished trials wanted in the study (default: the variant's)")] = None,
           epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs per trial")] = None,
           profile: ProfileOpt = None, dataset: DatasetOpt = None, sets: SetOpt = None,
           storage: Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///… or postgresql://…)",
@@ -491,7 +495,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a study from `python cli.
           timeout: Annotated[Optional[float], typer.Option(min=1, help="stop starting trials after SEC seconds",
                                                            callback=_finite)] = None,
           no_prune: Annotated[bool, typer.Option(
-              "--no-prune", help="turn off MedianPruner (TPE studies only; grid studies never prune)")] = False,
+              "--no-prune", help="turn off MedianPruner (TPE variants only; grid variants never prune)")] = False,
           seeds: Annotated[int, typer.Option(min=0, max=64, help="afterwards, re-train the best and the control with N new "
                                              "seeds (each as one pack, scored on the test split) for a verdict; "
                                              "with --decide: the seeds added per look")] = 0,

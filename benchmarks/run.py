@@ -140,10 +140,10 @@ class ProjectOptions:
         return "+".join(parts)
 
 
-def parse_variant(spec: str, base: ProjectOptions) -> ProjectOptions:
+def parse_variant(text: str, base: ProjectOptions) -> ProjectOptions:
     """'malloc+inplace+bf16' -> the base options with those switched on."""
     opts = base
-    for token in filter(None, spec.split("+")):
+    for token in filter(None, text.split("+")):
         if token not in VARIANT_TOKENS:
             raise SystemExit(f"unknown variant token {token!r}; known: {', '.join(VARIANT_TOKENS)}")
         opts = {"default": opts,

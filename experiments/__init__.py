@@ -1,7 +1,7 @@
-"""One small declarative file per study. Each module defines:
+"""One small declarative file per variant. Each module defines:
 
 - a docstring: the question, and what it is compared against (trial 0, the control);
-- FIXED: overrides every trial of the study uses, the control included;
+- FIXED: overrides every trial of the variant uses, the control included;
 - TRIALS: default trial count per profile;
 - OBJECTIVE: the metric maximised;
 - space(trial, base): the trial.suggest_* calls, returning RunConfig overrides;
@@ -9,7 +9,7 @@
 
 Any other upper-case name must be a constant that ``space`` or ``sampler`` uses (a grid's values, say):
 a typo such as ``OBJECTVE`` would otherwise be ignored in silence, so it is refused, naming the file.
-Whether the median pruner may stop a study's trials follows from its sampler: a grid never prunes,
+Whether the median pruner may stop a variant's trials follows from its sampler: a grid never prunes,
 because every configuration is part of the answer and a pruned one would be a missing answer.
 """
 
@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message=".*experimental.*")
 
 
 @dataclass(frozen=True)
-class Study:
+class Variant:
     name: str  # user-facing, e.g. "focal-loss"
     question: str  # the module docstring
     fixed: dict[str, Any]
@@ -38,10 +38,10 @@ class Study:
     objective: str
     space: Callable  # (trial, base RunConfig) -> dict of overrides
     sampler: Callable  # (seed) -> optuna sampler
-    prune: bool = True  # whether the median pruner may stop this study's trials early
+    prune: bool = True  # whether the median pruner may stop this variant's trials early
 
     @classmethod
-    def from_module(cls, module: ModuleType) -> "Study":
+    def from_module(cls, module: ModuleType) -> "Variant":
         check_names(module)
         sampler = module.sampler
         return cls(name=module.__name__.rsplit(".", 1)[-1].replace("_", "-"), question=(module.__doc__ or "").strip(),
@@ -50,12 +50,12 @@ class Study:
                    prune=not isinstance(sampler(0), optuna.samplers.GridSampler))
 
 
-SETTINGS = {"FIXED", "TRIALS", "OBJECTIVE"}  # the upper-case names a study module may set
+SETTINGS = {"FIXED", "TRIALS", "OBJECTIVE"}  # the upper-case names a variant's module may set
 REQUIRED = {"TRIALS", "space", "sampler"}
 
 
-class StudyFileError(ValueError):
-    """A study file that does not follow the format above: names the file and the name."""
+class VariantFileError(ValueError):
+    """A variant's file that does not follow the format above: names the file and the name."""
 
 
 def _names_used(code: CodeType) -> set[str]:
@@ -68,24 +68,24 @@ def _names_used(code: CodeType) -> set[str]:
 
 
 def check_names(module: ModuleType) -> None:
-    """Refuse a study module with a missing part, or an upper-case name that is neither a setting nor used."""
+    """Refuse a variant's module with a missing part, or an upper-case name that is neither a setting nor used."""
     where = getattr(module, "__file__", module.__name__)
     missing = sorted(name for name in REQUIRED if not hasattr(module, name))
     if missing:
-        raise StudyFileError(f"{where}: missing {', '.join(missing)}")
+        raise VariantFileError(f"{where}: missing {', '.join(missing)}")
     used = _names_used(module.space.__code__) | _names_used(module.sampler.__code__)
     for name in vars(module):
         if name.isupper() and name not in SETTINGS and name not in used:
-            raise StudyFileError(f"{where}: unknown setting {name}; a study sets {', '.join(sorted(SETTINGS))}, "
-                                 "and any other upper-case constant must be used by space() or sampler()")
+            raise VariantFileError(f"{where}: unknown setting {name}; a variant sets {', '.join(sorted(SETTINGS))}, "
+                                   "and any other upper-case constant must be used by space() or sampler()")
 
 
 def names() -> list[str]:
     return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def load(name: str) -> Study:
-    """The study called ``name``; KeyError lists the valid names."""
+def load(name: str) -> Variant:
+    """The variant called ``name``; KeyError lists the valid names."""
     if name not in names():
         raise KeyError(f"unknown variant {name!r}; valid variants: {', '.join(names())}")
-    return Study.from_module(importlib.import_module(f"{__name__}.{name.replace('-', '_')}"))
+    return Variant.from_module(importlib.import_module(f"{__name__}.{name.replace('-', '_')}"))

@@ -1,7 +1,7 @@
 """How noisy is the chapter's own result? The chapter's configuration, re-run with other seeds.
 
 Compared against: trial 0, the chapter with seed 0. The spread of these trials is the
-seed noise that every other study's differences must beat. Grid sampling: the only
+seed noise that every other variant's differences must beat. Grid sampling: the only
 knob is the seed, and each seed should run exactly once.
 """
 

@@ -1,6 +1,6 @@
 """Which combination of the chapter's exercises is best when searched jointly?
 
-Compared against: trial 0, the chapter. Every knob of the other studies, searched
+Compared against: trial 0, the chapter. Every knob of the other variants, searched
 together by TPE, which handles the conditional and mixed space (multivariate,
 grouped) far better than a grid of this size could. The box weight is searched as a
 continuous ratio here (the class weight stays 1).

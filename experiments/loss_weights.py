@@ -3,7 +3,7 @@
 Compared against: trial 0, the chapter's equal weights. Only the ratio is searched (box_weight,
 with the class weight left at 1): scaling both weights by c is plain SGD at c times the learning
 rate (no momentum), which is another question. SSD's normalisation by the number of positives
-is not part of this study: with every negative anchor in the class sum it multiplies the loss a few
+is not part of this variant: with every negative anchor in the class sum it multiplies the loss a few
 hundred times, which at the profile's learning rate diverges (docs/knob-results.md); it is the
 knob loss_normalization, for runs of its own. Grid sampling: four ratios, a factor 2 and 4 either
 side of 1, each measured once.

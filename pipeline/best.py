@@ -1,6 +1,6 @@
 """The one rule for "the best trial" of a study, used by the sweep's summary, its confirmation and the report.
 
-A study asks whether some setting beats the chapter's. So the best trial is the COMPLETE trial with the
+A variant asks whether some setting beats the chapter's. So the best trial is the COMPLETE trial with the
 highest value **other than the control**: the control is what every candidate is compared with, never a
 candidate itself. When the control scores highest, the best trial is still the best searched setting, and
 its difference to the control is negative: that is the answer (no setting beat the chapter).

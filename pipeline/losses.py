@@ -1,4 +1,4 @@
-"""The chapter's loss and its exercise variants, each a separate small piece.
+"""The chapter's loss and the alternatives its exercises ask about, each a separate small piece.
 
 Matching and encoding live in boxes.py; here we only turn predictions and targets
 into a number: per-anchor class loss (CE or focal), per-coordinate box loss (L1 or

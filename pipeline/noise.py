@@ -70,6 +70,8 @@ class Budget:
     validation_sd: float  # bootstrap over validation images, mean over the seeds
     end_of_training_sd: float  # over the last LAST_EPOCHS validated epochs, root-mean-square over the seeds
     validation_images: int
+    test_sd: float = math.nan  # the same bootstrap on the test split, where the data set has one
+    test_images: int = 0
 
     @property
     def paired_sd(self) -> float:
@@ -92,8 +94,25 @@ def end_of_training_sd(histories: list[list[float]], last: int = LAST_EPOCHS) ->
     return float(math.sqrt(np.mean(np.square(parts)))) if parts else math.nan
 
 
-def budget_of(result, val, resamples: int = 200) -> Budget:
-    """The budget of a fit of a seed pack (pipeline.train.FitResult) validated on ``val`` (its DetectionData)."""
+def split_sampling_sd(result, data, resamples: int = 200) -> float:
+    """The bootstrap sd of each live replica's mAP on another split (``data``: the test split), mean over them."""
+    from pipeline.data import to_coco_dict
+    from pipeline.evaluate import predict_with_config, to_coco_results
+    from pipeline.pack import replica_model
+
+    gt, sds = to_coco_dict(data), []
+    device = next(result.model.parameters()).device
+    for k, replica in enumerate(result.replicas):
+        if replica.diverged is None:
+            found = predict_with_config(replica_model(result.model, k), data.images, device, replica.config)
+            sds.append(np.std(bootstrap_maps(gt, to_coco_results(found, data.orig_sizes), resamples, replica.seed),
+                              ddof=1))
+    return float(np.mean(sds)) if sds else math.nan
+
+
+def budget_of(result, val, resamples: int = 200, test=None) -> Budget:
+    """The budget of a fit of a seed pack (pipeline.train.FitResult) validated on ``val`` (its DetectionData);
+    with ``test`` (the test split), the validation-sampling part on it too."""
     from pipeline.data import to_coco_dict
     from pipeline.evaluate import to_coco_results
     from pipeline.seeds import seed_key
@@ -109,7 +128,9 @@ def budget_of(result, val, resamples: int = 200) -> Budget:
     return Budget(seeds=len(live), mean=float(np.mean(finals)),
                   seed_sd=float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan,
                   validation_sd=float(np.mean(boot)), end_of_training_sd=end_of_training_sd(histories),
-                  validation_images=len(val))
+                  validation_images=len(val),
+                  test_sd=split_sampling_sd(result, test, resamples) if test is not None else math.nan,
+                  test_images=len(test) if test is not None else 0)
 
 
 # Seed noise of the control's val/map, measured with `python cli.py noise` on the 2-core development machines

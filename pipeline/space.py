@@ -1,4 +1,4 @@
-"""A study's search space, described: every parameter its space function can suggest, with its distribution."""
+"""A variant's search space, described: every parameter its space function can suggest, with its distribution."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pipeline.config import RunConfig
 
 
 class SpaceRecorder:
-    """A stand-in trial that records the suggest_* calls of a space: the study's search space, described.
+    """A stand-in trial that records the suggest_* calls of a space: the variant's search space, described.
 
     A categorical returns the choice that ``plan`` names for it (by index; the first otherwise), so
     that :func:`describe_space` can walk the branches of a conditional space."""
@@ -33,10 +33,10 @@ class SpaceRecorder:
         return choices[self.plan.get(name, 0)]
 
 
-MAX_SPACE_BRANCHES = 10_000  # combinations of categorical choices walked; the largest study here has 60
+MAX_SPACE_BRANCHES = 10_000  # combinations of categorical choices walked; the largest variant here has 60
 
 
-def describe_space(study: experiments.Study, base: RunConfig) -> dict[str, dict[str, Any]]:
+def describe_space(variant: experiments.Variant, base: RunConfig) -> dict[str, dict[str, Any]]:
     """Every parameter the space can suggest, with its distribution: each combination of categorical
     choices is tried, so a parameter that only one branch suggests (focal_gamma when cls_loss is
     focal) is recorded too. A branch chosen by the value of a float or int is not walked."""
@@ -48,8 +48,8 @@ def describe_space(study: experiments.Study, base: RunConfig) -> dict[str, dict[
             continue
         seen.add(frozenset(plan.items()))
         recorder = SpaceRecorder(plan)
-        study.space(recorder, base)
-        for name, spec in recorder.calls.items():
-            calls.setdefault(name, spec)
+        variant.space(recorder, base)
+        for name, distribution in recorder.calls.items():
+            calls.setdefault(name, distribution)
         pending += [{**plan, name: i} for name, n in recorder.categoricals if name not in plan for i in range(1, n)]
     return dict(sorted(calls.items()))

@@ -41,7 +41,7 @@ class SweepError(ValueError):
 @dataclass(frozen=True)
 class SweepOptions:
     variant: str
-    trials: int | None = None  # None: the study's default for the profile
+    trials: int | None = None  # None: the variant's default for the profile
     profile: str = "quick"
     overrides: dict[str, Any] = field(default_factory=dict)  # --epochs, --dataset, --set ...
     storage: str = DEFAULT_STORAGE
@@ -61,9 +61,9 @@ class SweepOptions:
     skip_invalid: bool = False  # skip and count bad data records instead of refusing the data set
 
 
-def base_config(study: experiments.Study, options: SweepOptions) -> RunConfig:
-    """The control's configuration: defaults, profile, the study's fixed overrides, then the user's flags."""
-    return make_config(options.profile, {**study.fixed, **options.overrides})
+def base_config(variant: experiments.Variant, options: SweepOptions) -> RunConfig:
+    """The control's configuration: defaults, profile, the variant's fixed overrides, then the user's flags."""
+    return make_config(options.profile, {**variant.fixed, **options.overrides})
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -82,13 +82,13 @@ def study_name_for(options: SweepOptions) -> str:
     return options.study_name or f"{options.variant}-{options.profile}"
 
 
-def _signature(study: experiments.Study, base: RunConfig, seeds_per_trial: int) -> dict[str, Any]:
-    return {"space": describe_space(study, base), "base_config": dataclasses.asdict(base), "objective": study.objective,
-            "seeds_per_trial": seeds_per_trial}
+def _signature(variant: experiments.Variant, base: RunConfig, seeds_per_trial: int) -> dict[str, Any]:
+    return {"space": describe_space(variant, base), "base_config": dataclasses.asdict(base),
+            "objective": variant.objective, "seeds_per_trial": seeds_per_trial}
 
 
 def _check_unchanged(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
-    """Refuse to mix trials of two different experiments in one study."""
+    """Refuse to mix trials of two different searches in one study."""
     diffs = []
     stored = {"seeds_per_trial": 1, **stored}  # a study from before packs trained one seed per trial
     current = {"seeds_per_trial": 1, **current}
@@ -104,33 +104,34 @@ def _check_unchanged(stored: dict[str, Any], current: dict[str, Any], name: str)
                          + "\n  ".join(diffs) + "\nUse --study-name to start a new study, or the original options.")
 
 
-def load_spec(variant: str) -> experiments.Study:
+def load_variant(variant_name: str) -> experiments.Variant:
+    """The variant called ``variant_name``, or a SweepError that lists the valid names."""
     try:
-        return experiments.load(variant)
+        return experiments.load(variant_name)
     except KeyError as exc:
         raise SweepError(exc.args[0]) from None
 
 
-def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Study, RunConfig]:
+def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Variant, RunConfig]:
     """Create or resume the study, refusing a changed space; enqueue the control in a new study."""
-    spec = load_spec(options.variant)
-    base = base_config(spec, options)
+    variant = load_variant(options.variant)
+    base = base_config(variant, options)
     name = study_name_for(options)
     storage = open_storage(options.storage)
-    signature = _signature(spec, base, options.seeds_per_trial)
+    signature = _signature(variant, base, options.seeds_per_trial)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                sampler=spec.sampler(options.seed), load_if_exists=True)
+                                sampler=variant.sampler(options.seed), load_if_exists=True)
     if "signature" in study.user_attrs:
         _check_unchanged(study.user_attrs["signature"], signature, name)
     else:
         study.set_user_attr("signature", signature)
-        study.set_user_attr("variant", spec.name)
-        study.set_user_attr("question", spec.question)
+        study.set_user_attr("variant", variant.name)
+        study.set_user_attr("question", variant.question)
         study.set_user_attr("profile", options.profile)
-    if study.metric_names != [spec.objective]:  # Optuna Dashboard shows this name instead of "Objective 0"
-        study.set_metric_names([spec.objective])
+    if study.metric_names != [variant.objective]:  # Optuna Dashboard shows this name instead of "Objective 0"
+        study.set_metric_names([variant.objective])
     ensure_control(study)
-    return study, spec, base
+    return study, variant, base
 
 
 def ensure_control(study: optuna.Study) -> bool:

@@ -1,4 +1,4 @@
-"""A sweep: run or resume the study of one exercise, every trial a nested MLflow run, then (when asked)
+"""A sweep: run or resume the study of one variant, every trial a nested MLflow run, then (when asked)
 re-train the best setting and the control with new seeds for a verdict."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pipeline.run import load_data, sigterm_as_interrupt, tracked_run
 from pipeline.seeds import seed_values
 from pipeline.space import describe_space
 from pipeline.storage_lock import StorageLock
-from pipeline.study import (SweepError, SweepOptions, base_config, best_trial, counts, load_spec, prepare,
+from pipeline.study import (SweepError, SweepOptions, base_config, best_trial, counts, load_variant, prepare,
                             remaining_trials, study_objective)
 from pipeline.tracking import MlflowTracker
 from pipeline.train import resolve_device
@@ -74,11 +74,11 @@ def _device_description(device: str) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def check_packs(spec: experiments.Study, base: RunConfig, options: SweepOptions, num_classes: int) -> None:
-    """Refuse, before anything is stored, packs that cannot work: seeds per trial for a study that searches the
+def check_packs(variant: experiments.Variant, base: RunConfig, options: SweepOptions, num_classes: int) -> None:
+    """Refuse, before anything is stored, packs that cannot work: seeds per trial for a variant that searches the
     seed itself, or a pack of the control's size that will not fit in memory."""
-    if options.seeds_per_trial > 1 and "seed" in describe_space(spec, base):
-        raise SweepError(f"--seeds-per-trial: the {spec.name} study searches the seed itself; use 1")
+    if options.seeds_per_trial > 1 and "seed" in describe_space(variant, base):
+        raise SweepError(f"--seeds-per-trial: the {variant.name} variant searches the seed itself; use 1")
     device = resolve_device(base.device)
     for flag, k in (("--seeds-per-trial", options.seeds_per_trial), ("--seeds", options.seeds)):
         try:
@@ -89,20 +89,20 @@ def check_packs(spec: experiments.Study, base: RunConfig, options: SweepOptions,
 
 def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], None] | None = None) -> dict[str, Any]:
     """Run or resume the study up to ``trials`` finished trials; returns the summary."""
-    spec = load_spec(options.variant)
+    variant = load_variant(options.variant)
     # data first: bad data must be refused before any store is created, and generated once, before workers race
-    train, _ = load_data(base_config(spec, options), progress=True, skip_invalid=options.skip_invalid)
-    check_packs(spec, base_config(spec, options), options, len(train.class_names))
+    train, _ = load_data(base_config(variant, options), progress=True, skip_invalid=options.skip_invalid)
+    check_packs(variant, base_config(variant, options), options, len(train.class_names))
     with StorageLock(options.storage).hold():  # schemas are created by one process at a time
-        study, spec, base = prepare(options)
+        study, variant, base = prepare(options)
         tracker = MlflowTracker(study.study_name)
         reconcile_runs(study, tracker)
-    target = options.trials or spec.trials[options.profile]
+    target = options.trials or variant.trials[options.profile]
     update = (lambda: on_update(study, target)) if on_update else (lambda: None)
     with sigterm_as_interrupt():
         update()
         with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
-                         tags={"study": study.study_name, "variant": spec.name, "role": "sweep",
+                         tags={"study": study.study_name, "variant": variant.name, "role": "sweep",
                                "profile": options.profile, "workers": options.workers}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
             study.set_user_attr("device_used", _device_description(base.device))

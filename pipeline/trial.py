@@ -28,7 +28,7 @@ from pipeline.train import Pruned, resolve_device
 class _TrialContext:
     """What a worker needs to run trials: rebuilt in each worker process from the options."""
     options: SweepOptions
-    spec: experiments.Study
+    variant: experiments.Variant
     base: RunConfig
     tracker: MlflowTracker
     parent_run_id: str
@@ -37,7 +37,7 @@ class _TrialContext:
 
     def data(self, cfg: RunConfig):
         key = (cfg.dataset, cfg.image_size, cfg.train_images, cfg.val_images)
-        if key not in self.data_cache:  # the input-size study needs the data at several sizes
+        if key not in self.data_cache:  # the input-size variant needs the data at several sizes
             self.data_cache[key] = load_data(cfg, progress=False, skip_invalid=self.options.skip_invalid)
         return self.data_cache[key]
 
@@ -53,10 +53,10 @@ class _TrialContext:
 
 
 def trial_config(trial, ctx: _TrialContext) -> RunConfig:
-    """The control runs the base config untouched; every other trial applies the study's space."""
+    """The control runs the base config untouched; every other trial applies the variant's space."""
     if trial.user_attrs.get("control"):
         return ctx.base
-    return dataclasses.replace(ctx.base, **ctx.spec.space(trial, ctx.base))
+    return dataclasses.replace(ctx.base, **ctx.variant.space(trial, ctx.base))
 
 
 def pruner(base: RunConfig) -> optuna.pruners.BasePruner:
@@ -108,7 +108,7 @@ def _train_trial(trial: optuna.Trial, ctx: _TrialContext) -> float:
     cfg = trial_config(trial, ctx)
     pack = trial_pack(cfg, ctx.options)
     state_dir = _state_dir(trial, ctx)
-    tags = {"study": ctx.study_name, "trial_number": trial.number, "variant": ctx.spec.name,
+    tags = {"study": ctx.study_name, "trial_number": trial.number, "variant": ctx.variant.name,
             "control": bool(trial.user_attrs.get("control")), "trial_state": "RUNNING"}
     if pack.k > 1:
         tags["seeds"] = ",".join(map(str, pack.seeds))
@@ -117,26 +117,26 @@ def _train_trial(trial: optuna.Trial, ctx: _TrialContext) -> float:
     try:
         result = tracked_run(pack, ctx.tracker, name=f"trial-{trial.number}", out_dir=ctx.options.out_dir,
                              parent_run_id=ctx.parent_run_id, tags=tags, progress=False, data=data,
-                             on_epoch=_pruning_callback(trial, ctx.spec.objective,
-                                                        ctx.options.prune and ctx.spec.prune),
+                             on_epoch=_pruning_callback(trial, ctx.variant.objective,
+                                                        ctx.options.prune and ctx.variant.prune),
                              on_start=lambda run: trial.set_user_attr("mlflow_run_id", run.run_id),
                              state_dir=state_dir)
     except Pruned:
         raise optuna.TrialPruned() from None
     finally:  # only a killed process's trial is retried from its epoch states; this one ended here, in any state
         shutil.rmtree(state_dir, ignore_errors=True)
-    value = result.metrics[ctx.spec.objective]
+    value = result.metrics[ctx.variant.objective]
     if not math.isfinite(value):  # Optuna would keep an inf as the best value
-        raise FloatingPointError(f"final {ctx.spec.objective} is {value}")
+        raise FloatingPointError(f"final {ctx.variant.objective} is {value}")
     trial.set_user_attr("metrics", {k: (None if math.isnan(v) else v) for k, v in result.metrics.items()
                                     if "/seed_" not in k})
     if pack.k > 1:
         trial.set_user_attr("seed_values", {str(seed): v for seed, v in
-                                            seed_values(result.metrics, ctx.spec.objective).items()})
+                                            seed_values(result.metrics, ctx.variant.objective).items()})
     return value
 
 
 def trial_context(options: SweepOptions, parent_run_id: str) -> _TrialContext:
-    spec = experiments.load(options.variant)
+    variant = experiments.load(options.variant)
     name = study_name_for(options)
-    return _TrialContext(options, spec, base_config(spec, options), MlflowTracker(name), parent_run_id, name)
+    return _TrialContext(options, variant, base_config(variant, options), MlflowTracker(name), parent_run_id, name)

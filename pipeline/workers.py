@@ -48,12 +48,12 @@ def claim_slots(study: optuna.Study, lock: StorageLock, target: int) -> None:
     study.ask = ask_for_a_slot
 
 
-def worker_sampler(spec: experiments.Study, seed: int, index: int) -> optuna.samplers.BaseSampler:
+def worker_sampler(variant: experiments.Variant, seed: int, index: int) -> optuna.samplers.BaseSampler:
     """Worker ``index``'s sampler. TPE workers get seeds of their own, so that two of them starting at
     once do not propose the same point. A GridSampler's seed shuffles the grid itself, so its grid_id
     means the same point in every worker only with one seed for all of them."""
-    sampler = spec.sampler(seed + index)
-    return spec.sampler(seed) if isinstance(sampler, optuna.samplers.GridSampler) else sampler
+    sampler = variant.sampler(seed + index)
+    return variant.sampler(seed) if isinstance(sampler, optuna.samplers.GridSampler) else sampler
 
 
 def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: int = 0,
@@ -66,8 +66,8 @@ def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: 
     ctx = trial_context(options, parent_run_id)
     storage = open_storage(options.storage, stale_callback(ctx.tracker, ctx.study_name))
     study = optuna.load_study(study_name=ctx.study_name, storage=storage, pruner=pruner(ctx.base),
-                              sampler=worker_sampler(ctx.spec, options.seed, index))
-    claim_slots(study, StorageLock(options.storage), options.trials or ctx.spec.trials[options.profile])
+                              sampler=worker_sampler(ctx.variant, options.seed, index))
+    claim_slots(study, StorageLock(options.storage), options.trials or ctx.variant.trials[options.profile])
     with sigterm_as_interrupt(), contextlib.suppress(StudyFull):  # SIGTERM: the trial ends FAIL, its run KILLED
         study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),
                        callbacks=callbacks)

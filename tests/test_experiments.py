@@ -1,4 +1,4 @@
-"""Study files: every one loads; a typo in a setting, or a missing part, is refused with the file and the name."""
+"""Variant files: every one loads; a typo in a setting, or a missing part, is refused with the file and the name."""
 
 import types
 
@@ -6,12 +6,12 @@ import pytest
 from optuna.samplers import GridSampler, TPESampler
 
 import experiments
-from experiments import StudyFileError, Study
+from experiments import Variant, VariantFileError
 
 
-def study_module(source: str) -> types.ModuleType:
-    module = types.ModuleType("experiments.typo_study")
-    module.__file__ = "experiments/typo_study.py"
+def variant_module(source: str) -> types.ModuleType:
+    module = types.ModuleType("experiments.typo_variant")
+    module.__file__ = "experiments/typo_variant.py"
     exec(source, module.__dict__)
     return module
 
@@ -28,24 +28,24 @@ def sampler(seed):
 """
 
 
-def test_a_well_formed_study_loads_and_a_grid_never_prunes():
-    study = Study.from_module(study_module(GOOD))
-    assert study.name == "typo-study" and study.objective == "val/map" and not study.prune
+def test_a_well_formed_variant_loads_and_a_grid_never_prunes():
+    variant = Variant.from_module(variant_module(GOOD))
+    assert variant.name == "typo-variant" and variant.objective == "val/map" and not variant.prune
 
 
 @pytest.mark.parametrize("typo", ["PRUNED = False", "OBJECTVE = 'val/map50'", "FIXD = {'dataset': 'shapes'}"])
 def test_an_unknown_upper_case_name_is_refused_naming_the_file_and_the_name(typo):
     name = typo.split()[0]
-    with pytest.raises(StudyFileError, match=rf"experiments/typo_study.py: unknown setting {name}\b"):
-        Study.from_module(study_module(GOOD + typo + "\n"))
+    with pytest.raises(VariantFileError, match=rf"experiments/typo_variant.py: unknown setting {name}\b"):
+        Variant.from_module(variant_module(GOOD + typo + "\n"))
 
 
 def test_a_missing_part_is_refused():
-    with pytest.raises(StudyFileError, match="typo_study.py: missing sampler"):
-        Study.from_module(study_module(GOOD.split("def sampler")[0]))
+    with pytest.raises(VariantFileError, match="typo_variant.py: missing sampler"):
+        Variant.from_module(variant_module(GOOD.split("def sampler")[0]))
 
 
 def test_pruning_follows_the_sampler():
     for name in experiments.names():
-        study = experiments.load(name)
-        assert study.prune == isinstance(study.sampler(0), TPESampler) != isinstance(study.sampler(0), GridSampler)
+        variant = experiments.load(name)
+        assert variant.prune == isinstance(variant.sampler(0), TPESampler) != isinstance(variant.sampler(0), GridSampler)

@@ -1,4 +1,4 @@
-"""The report's blocks: a study's docstring becomes paragraphs and bullet lists, in Markdown and in HTML."""
+"""The report's blocks: a variant's docstring becomes paragraphs and bullet lists, in Markdown and in HTML."""
 
 from pathlib import Path
 

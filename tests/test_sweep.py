@@ -1,4 +1,4 @@
-"""Studies and sweeps on tiny configs: trial counts, the control, MLflow nesting, resume, workers, refusals."""
+"""Variants, studies and sweeps on tiny configs: trial counts, the control, MLflow nesting, resume, workers, refusals."""
 
 import dataclasses
 import json
@@ -34,33 +34,33 @@ def child_runs(study_name):
 
 
 @pytest.mark.parametrize("name", experiments.names())
-def test_every_study_samples_valid_configs(name):
-    spec = experiments.load(name)
-    assert spec.question and spec.objective == "val/map" and set(spec.trials) == {"chapter", "quick"}
-    base = make_config("quick", spec.fixed)
+def test_every_variant_samples_valid_configs(name):
+    variant = experiments.load(name)
+    assert variant.question and variant.objective == "val/map" and set(variant.trials) == {"chapter", "quick"}
+    base = make_config("quick", variant.fixed)
     configs = []
 
     def objective(trial):
-        configs.append(dataclasses.replace(base, **spec.space(trial, base)))  # validated by RunConfig
+        configs.append(dataclasses.replace(base, **variant.space(trial, base)))  # validated by RunConfig
         return 0.0
 
-    optuna.create_study(direction="maximize", sampler=spec.sampler(0)).optimize(objective, n_trials=3)
+    optuna.create_study(direction="maximize", sampler=variant.sampler(0)).optimize(objective, n_trials=3)
     assert len(configs) == 3 and all(isinstance(c, RunConfig) and c != base for c in configs)
-    assert describe_space(spec, base)
+    assert describe_space(variant, base)
 
 
 def test_input_size_scales_the_input_the_anchors_or_both():
-    spec = experiments.load("input-size")
-    base = make_config("quick", spec.fixed)  # 128 px
+    variant = experiments.load("input-size")
+    base = make_config("quick", variant.fixed)  # 128 px
 
     def overrides(scale, changed):
-        return spec.space(optuna.trial.FixedTrial({"scale": scale, "changed": changed}), base)
+        return variant.space(optuna.trial.FixedTrial({"scale": scale, "changed": changed}), base)
 
     assert overrides(2.0, "input") == {"image_size": 256}  # the chapter's anchors: relative to the side
     assert overrides(1.5, "input+anchors") == {"image_size": 192, "anchor_scale": pytest.approx(1 / 1.5)}
     assert overrides(1.5, "anchors") == {"anchor_scale": pytest.approx(1 / 1.5)}  # 128 px, anchors in pixels at 192
     assert overrides(1.25, "input+anchors") == {"image_size": 160, "anchor_scale": pytest.approx(0.8)}
-    assert spec.trials == {"chapter": 10, "quick": 10}  # the control and the 3 x 3 grid
+    assert variant.trials == {"chapter": 10, "quick": 10}  # the control and the 3 x 3 grid
 
 
 def test_describe_space_walks_conditional_branches():
@@ -93,7 +93,7 @@ def test_every_study_runs_a_trial(name, workdir, tiny_bananas):
     out = json.loads(result.output.strip().splitlines()[-1])
     assert out["n_complete"] == 2 and out["control_value"] is not None
     trials = optuna.load_study(study_name=out["study"], storage="sqlite:///optuna.db").trials
-    assert trials[0].params == {} and trials[1].params  # the control, then a trial of the study's space
+    assert trials[0].params == {} and trials[1].params  # the control, then a trial of the variant's space
 
 
 @pytest.mark.slow
@@ -180,7 +180,7 @@ def test_a_knob_added_since_the_study_was_created_is_no_change_at_its_default():
         _check_unchanged(older, {"space": {}, "objective": "val/map", "base_config": base, "seeds_per_trial": 3}, "s")
 
 
-def test_grid_studies_never_prune_and_the_median_rule_waits_for_half_the_epochs():
+def test_grid_variants_never_prune_and_the_median_rule_waits_for_half_the_epochs():
     from pipeline.trial import pruner
 
     assert {n for n in experiments.names() if experiments.load(n).prune} == {"focal-loss", "combined"}
@@ -197,34 +197,34 @@ def test_grid_studies_never_prune_and_the_median_rule_waits_for_half_the_epochs(
     assert slow.should_prune()
 
 
-@pytest.mark.parametrize("variant", ["input-size", "loss-weights"])
-def test_workers_of_a_grid_study_share_one_grid(variant):
+@pytest.mark.parametrize("variant_name", ["input-size", "loss-weights"])
+def test_workers_of_a_grid_study_share_one_grid(variant_name):
     """A GridSampler's seed shuffles its grid: with a seed per worker, grid_id 2 meant box_weight 0.5 to
     one worker and 0.25 to another, so a two-worker sweep measured some points twice and others never."""
     from pipeline.workers import worker_sampler
 
-    spec = experiments.load(variant)
-    base = make_config("quick", spec.fixed)
+    variant = experiments.load(variant_name)
+    base = make_config("quick", variant.fixed)
     storage = optuna.storages.InMemoryStorage()
     optuna.create_study(storage=storage, study_name="s", direction="maximize")
-    workers = [optuna.load_study(study_name="s", storage=storage, sampler=worker_sampler(spec, 0, i))
+    workers = [optuna.load_study(study_name="s", storage=storage, sampler=worker_sampler(variant, 0, i))
                for i in range(2)]
     points = []
 
     def objective(trial):
-        points.append(json.dumps(spec.space(trial, base), sort_keys=True))
+        points.append(json.dumps(variant.space(trial, base), sort_keys=True))
         return 0.0
 
-    for n in range(spec.trials["quick"] - 1):  # the grid, without the control
+    for n in range(variant.trials["quick"] - 1):  # the grid, without the control
         workers[n % 2].optimize(objective, n_trials=1)  # the workers take turns, as two processes sharing it do
-    assert len(set(points)) == len(points) == spec.trials["quick"] - 1, points
+    assert len(set(points)) == len(points) == variant.trials["quick"] - 1, points
 
 
 def test_tpe_workers_get_seeds_of_their_own():
     from pipeline.workers import worker_sampler
 
-    spec = experiments.load("focal-loss")
-    first, second = (worker_sampler(spec, 0, i) for i in range(2))
+    variant = experiments.load("focal-loss")
+    first, second = (worker_sampler(variant, 0, i) for i in range(2))
     study = optuna.create_study()
     assert first.sample_independent(study, optuna.trial.create_trial(value=0.0), "x",
                                     optuna.distributions.FloatDistribution(0, 1)) != \

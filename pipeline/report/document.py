@@ -26,7 +26,7 @@ class Block:
 
 
 def question_blocks(question: str) -> tuple[str, list[Block]]:
-    """A study's docstring: its first line (the title), then the rest as paragraphs and bullet lists.
+    """A variant's docstring: its first line (the title), then the rest as paragraphs and bullet lists.
 
     A line that starts with "* " or "- " opens a list item; the indented lines after it continue it."""
     lines = inspect.cleandoc(question).splitlines() or [""]

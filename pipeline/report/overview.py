@@ -92,7 +92,7 @@ def write_summary(storage: str, folder: Path) -> Path:
     blocks = [Block("h1", "Which exercise helped? Every study against its control"),
               Block("p", f"{counted(len(frame), 'study')} in `{storage}`. Each study is compared with its own "
                          "control: the chapter's configuration under the study's profile and fixed settings (the "
-                         "input-size study, for one, uses a data set with small objects). Only complete trials count."),
+                         "input-size variant, for one, uses a data set with small objects). Only complete trials count."),
               *(Block("p", f"Seed noise, from `{r['study']}`: sd {r['seed_sd']:.4f}. Two one-seed runs of one setting "
                            f"differ by up to about ±{2.8 * r['seed_sd']:.4f} (95%); a one-seed Δ smaller than that "
                            "is within noise.")
@@ -106,7 +106,7 @@ def write_summary(storage: str, folder: Path) -> Path:
     reports = [f"[{name}](../{name}/report.html)" for name in frame["variant"].dropna().unique()
                if (folder.parent / name / "report.html").is_file()]
     if reports:
-        blocks.append(Block("p", "Each study's own report: " + ", ".join(reports) + "."))
+        blocks.append(Block("p", "Each variant's own report: " + ", ".join(reports) + "."))
     blocks += [Block("table", table=_summary_table(frame)),
                Block("p", "For a study's figures, trials and commands: `python cli.py report VARIANT`. The data "
                           "behind this page: `summary.csv`.")]

@@ -22,7 +22,7 @@ def _flag_value(value: Any) -> str:
 
 
 def config_flags(config: dict[str, Any], profile: str, skip: dict[str, Any] | None = None) -> list[str]:
-    """``--set key=value`` for every knob that differs from the profile (and from ``skip``, the study's FIXED)."""
+    """``--set key=value`` for every knob that differs from the profile (and from ``skip``, the variant's FIXED)."""
     reference = dataclasses.asdict(make_config(profile))
     flags = []
     for key, value in sorted(config.items(), key=lambda kv: list(reference).index(kv[0]) if kv[0] in reference else 0):
@@ -31,7 +31,7 @@ def config_flags(config: dict[str, Any], profile: str, skip: dict[str, Any] | No
     return flags
 
 
-def _study_fixed(variant: str | None) -> dict[str, Any]:
+def _variant_fixed(variant: str | None) -> dict[str, Any]:
     import experiments
     try:
         return experiments.load(variant).fixed if variant else {}
@@ -51,10 +51,10 @@ def best_config(d: StudyData) -> dict[str, Any] | None:
     import experiments
     trial = d.study.trials[int(best["number"])]
     try:
-        spec = experiments.load(d.attrs.get("variant"))
+        variant = experiments.load(d.attrs.get("variant"))
         base = RunConfig(**d.base_config)
-        return dataclasses.asdict(dataclasses.replace(base, **spec.space(optuna.trial.FixedTrial(trial.params), base)))
-    except Exception:  # the study's file changed or is gone: say so rather than guess
+        return dataclasses.asdict(dataclasses.replace(base, **variant.space(optuna.trial.FixedTrial(trial.params), base)))
+    except Exception:  # the variant's file changed or is gone: say so rather than guess
         return None
 
 
@@ -72,7 +72,7 @@ def shell_lines(words: list[str], width: int = 96) -> str:
 def sweep_command(d: StudyData, seeds: int | None = None) -> str:
     variant, profile = d.attrs.get("variant", "?"), d.attrs.get("profile", "quick")
     words = ["python", "cli.py", "sweep", variant, "--profile", profile]
-    words += config_flags(d.base_config, profile, skip=_study_fixed(variant))
+    words += config_flags(d.base_config, profile, skip=_variant_fixed(variant))
     done = int(d.trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
     words += ["--trials", str(done)] if done else []
     per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)

@@ -134,7 +134,7 @@ def state_counts(trials: pd.DataFrame) -> str:
 
 
 def is_seed_study(space: dict[str, Any]) -> bool:
-    """A study whose only searched knob is the seed (the baseline study) measures noise; it searches nothing."""
+    """A study whose only searched knob is the seed (the baseline variant's) measures noise; it searches nothing."""
     return set(space) == {"seed"}
 
 
