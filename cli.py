@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.sqlite_files import DEFAULT_STORAGE
 from pipeline.config import ConfigError, RunConfig, default_profile, knob_table, make_config, parse_overrides
+from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_train_result, print_verdict,
+                               sweep_table, train_summary)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-console = Console()
-err_console = Console(stderr=True)
 
 
 class Profile(str, Enum):
@@ -95,6 +94,23 @@ def _finite(value: float | None) -> float | None:
     if value is not None and not math.isfinite(value):
         raise typer.BadParameter(f"{value} is not a number of seconds")
     return value
+
+
+# sweep's seeds and verdicts (see the README's "Seeds, packs and verdicts")
+SeedsOpt = Annotated[int, typer.Option(min=0, max=64, help="afterwards, re-train the best and the control with N new "
+                                       "seeds (each as one pack, scored on the test split) for a verdict; with "
+                                       "--decide: the seeds added per look")]
+DecideOpt = Annotated[bool, typer.Option("--decide", help="afterwards, add seeds (packs of --seeds, default 3) to the "
+                                         "best and the control until the verdict is better, worse or equivalent "
+                                         "within ±--delta, or --max-seeds run out")]
+DeltaOpt = Annotated[float, typer.Option(min=1e-4, max=1.0, callback=_finite,
+                                         help="the verdict's equivalence margin, in mAP")]
+MaxSeedsOpt = Annotated[int, typer.Option(min=2, max=256, help="the most new seeds --decide spends per setting")]
+CandidatesOpt = Annotated[int, typer.Option(min=1, max=10, help="how many of the best trials get a verdict "
+                                            "(Holm-corrected together)")]
+SeedsPerTrialOpt = Annotated[int, typer.Option(min=1, max=64, help="train every trial as a pack of K seeds (the same "
+                                               "K seeds for every trial): its value is their mean, with a 95% "
+                                               "interval")]
 
 
 def _check_device(device: str) -> None:
@@ -177,15 +193,6 @@ def _json_line(obj: dict) -> None:
     typer.echo(json.dumps(clean))
 
 
-def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}")
-    return table
-
-
 @app.command()
 def knobs(json_out: JsonOpt = False):
     """List every RunConfig knob: type, default, allowed values and meaning."""
@@ -234,12 +241,12 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     with sigterm_as_interrupt():
         result = tracked_run(pack, tracker, name="train", out_dir=out_dir, progress=True, data=data,
                              stop_on_divergence=seeds == 1)
-    _print_train_result(result)
+    print_train_result(result)
     if json_out:
         _json_line({**result.metrics, "train_images_per_s": result.train_images_per_s, "run_id": result.run_id,
                     "checkpoint": str(result.checkpoint), "trial_seconds": result.seconds,
                     "timings": result.fit.timings, "startup": startup,
-                    "device": next(result.fit.model.parameters()).device.type, **_seed_summary(result)})
+                    "device": next(result.fit.model.parameters()).device.type, **train_summary(result)})
 
 
 @app.command()
@@ -301,48 +308,6 @@ def _seed_pack(cfg: RunConfig, k: int, num_classes: int, flag: str):
     return Pack.of_seeds(cfg, k)
 
 
-def _seed_summary(result) -> dict:
-    """--json's per-seed part: the seeds, each one's val/map, the mean and its 95% interval."""
-    from pipeline.seeds import seed_values
-
-    per_seed = seed_values(result.metrics, "val/map") or {result.fit.pack.seeds[0]: result.metrics["val/map"]}
-    half = result.metrics.get("val/map_ci95", math.nan)
-    mean = result.metrics["val/map"]
-    return {"seeds": result.fit.pack.seeds, "val/map_per_seed": {str(s): v for s, v in per_seed.items()},
-            "val/map_mean": mean, "val/map_ci95_interval": [mean - half, mean + half],
-            "diverged_seeds": [r.seed for r in result.fit.replicas if r.diverged is not None],
-            "checkpoints": [str(p) for p in result.checkpoints]}
-
-
-def _print_train_result(result) -> None:
-    metrics = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
-    console.print(_metrics_table("validation (COCO)", metrics) if result.fit.pack.k == 1
-                  else _pack_table(result.fit, metrics))
-    for replica in result.fit.replicas:
-        if replica.diverged:
-            console.print(f"[yellow]seed {replica.seed} diverged at epoch {replica.diverged[0]}, step "
-                          f"{replica.diverged[1]}: left out of the mean[/]")
-    console.print(f"checkpoint: {result.checkpoint}   MLflow run: {result.run_id}   "
-                  f"training speed: {result.train_images_per_s:.1f} images/s")
-
-
-def _pack_table(fit, metrics: dict[str, float]) -> Table:
-    """One row per metric: the mean over the seeds, its 95% interval's half-width, and each seed's value."""
-    from pipeline.seeds import CI_SUFFIX, seed_key
-
-    seeds = [r.seed for r in fit.live]
-    table = Table(title=f"validation (COCO), {len(seeds)} seeds: mean ± half-width of its 95% t-interval")
-    for col in ("metric", "mean", "± 95%", *(f"seed {s}" for s in seeds)):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-
-    def cell(value) -> str:
-        return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
-    for key in (k for k in metrics if "/seed_" not in k and not k.endswith(CI_SUFFIX)):
-        table.add_row(key, cell(metrics[key]), cell(metrics.get(key + CI_SUFFIX)),
-                      *(cell(metrics.get(seed_key(key, s))) for s in seeds))
-    return table
-
-
 def _load_or_exit(cfg: RunConfig, skip_invalid: bool):
     """Both splits, checked before any store is touched; bad data is a usage error naming file and line."""
     from pipeline.data import DataError
@@ -389,7 +354,7 @@ def evaluate(checkpoint: Path, dataset: DatasetOpt = None,
     except (CheckpointError, DataError) as exc:
         _usage_error(str(exc))
     metrics = {f"val/{k}": v for k, v in result.metrics.items()}
-    console.print(_metrics_table(f"COCO metrics of {checkpoint} on {split.value}", metrics))
+    console.print(metrics_table(f"COCO metrics of {checkpoint} on {split.value}", metrics))
     if json_out:
         _json_line(metrics)
 
@@ -496,21 +461,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                                                            callback=_finite)] = None,
           no_prune: Annotated[bool, typer.Option(
               "--no-prune", help="turn off MedianPruner (TPE variants only; grid variants never prune)")] = False,
-          seeds: Annotated[int, typer.Option(min=0, max=64, help="afterwards, re-train the best and the control with N new "
-                                             "seeds (each as one pack, scored on the test split) for a verdict; "
-                                             "with --decide: the seeds added per look")] = 0,
-          decide: Annotated[bool, typer.Option("--decide", help="afterwards, add seeds (packs of --seeds, default 3) to "
-                                               "the best and the control until the verdict is better, worse or "
-                                               "equivalent within ±--delta, or --max-seeds run out")] = False,
-          delta: Annotated[float, typer.Option(min=1e-4, max=1.0, callback=_finite,
-                                               help="the verdict's equivalence margin, in mAP")] = 0.01,
-          max_seeds: Annotated[int, typer.Option(min=2, max=256, help="the most new seeds --decide spends per "
-                                                 "setting")] = 12,
-          candidates: Annotated[int, typer.Option(min=1, max=10, help="how many of the best trials get a verdict "
-                                                  "(Holm-corrected together)")] = 1,
-          seeds_per_trial: Annotated[int, typer.Option(min=1, max=64, help="train every trial as a pack of K seeds "
-                                                       "(the same K seeds for every trial): its value is their mean, "
-                                                       "with a 95% interval")] = 1,
+          seeds: SeedsOpt = 0, decide: DecideOpt = False, delta: DeltaOpt = 0.01, max_seeds: MaxSeedsOpt = 12,
+          candidates: CandidatesOpt = 1, seeds_per_trial: SeedsPerTrialOpt = 1,
           device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
           trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="fail a trial that runs longer than SEC seconds",
@@ -539,92 +491,14 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                            max_seeds=max_seeds, candidates=candidates, out_dir=out_dir, trial_timeout=trial_timeout,
                            skip_invalid=skip_invalid)
     try:
-        with _SweepProgress(options) as view:
+        with SweepProgress(options) as view:
             result = run_sweep(options, on_update=view.update)
     except (SweepError, DataError) as exc:
         _usage_error(str(exc))
-    console.print(_sweep_table(result, options))
-    _print_verdict(result, options)
+    console.print(sweep_table(result, options))
+    print_verdict(result, options)
     if json_out:
         _json_line(result)
-
-
-class _SweepProgress:
-    """A rich progress bar over the study's finished trials: done, pruned, failed and best so far."""
-
-    def __init__(self, options):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        self.options = options
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.fields[status]}"), console=err_console)
-        self.task = None
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def update(self, study, target: int):
-        from pipeline.study import best_trial, counts
-        n = counts(study)
-        leader = best_trial(study.get_trials(deepcopy=False))
-        best = f"best {leader.value:.4f}" if leader else "best -"
-        status = f"done {n['COMPLETE']}  pruned {n['PRUNED']}  failed {n['FAIL']}  running {n['RUNNING']}  {best}"
-        if self.task is None:
-            self.task = self.bar.add_task(study.study_name, total=target, status=status)
-        self.bar.update(self.task, completed=n["COMPLETE"] + n["PRUNED"], status=status)
-
-
-def _sweep_table(result: dict, options) -> Table:
-    import optuna
-    study = optuna.load_study(study_name=result["study"], storage=options.storage)
-    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
-    control = [t for t in complete if t.user_attrs.get("control")]
-    shown = complete[:5] + [t for t in control if t not in complete[:5]]
-    seeds = result.get("seeds_per_trial", 1)
-    table = Table(title=f"{result['study']}: best trials and the control (val/map" + (
-        f", mean of {seeds} seeds ± half-width of its 95% interval)" if seeds > 1 else ")"))
-    for col in ("trial", "val/map", "delta vs control", "params"):
-        table.add_column(col)
-    for t in shown:
-        delta = "" if result["control_value"] is None else f"{t.value - result['control_value']:+.4f}"
-        params = "control (the chapter's settings)" if t.user_attrs.get("control") else ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        half = (t.user_attrs.get("metrics") or {}).get("val/map_ci95")
-        value = f"{t.value:.4f}" + (f" ± {half:.4f}" if half is not None else "")
-        table.add_row(str(t.number), value, delta, params)
-    table.caption = (f"{result['n_complete']} complete, {result['n_pruned']} pruned, {result['n_failed']} failed; "
-                     f"MLflow experiment {result['mlflow_experiment_id']}, parent run {result['parent_run_id']}")
-    return table
-
-
-def _print_verdict(result: dict, options) -> None:
-    """The sweep's last lines: the verdict, or why there is none, and what to run next."""
-    from pipeline.noise import noise_sd_text
-    from pipeline.tracking import experiment_url
-
-    verdict, trial = result["verdict"], result["verdict_trial"]
-    if verdict == "not decided":
-        note = noise_sd_text(result["dataset"], options.profile)
-        each = "one seed each" if result["seeds"] == 1 else f"the same {result['seeds']} seeds each, on the split the search used"
-        console.print(f"[bold]Verdict: not decided[/] ({each}). {note}")
-    else:
-        lo, hi = result["delta_ci95"]
-        claim = {"better": "better than the control", "worse": "worse than the control",
-                 "equivalent": f"equivalent to the control within ±{result['delta_margin']:g}",
-                 "undecided": "undecided"}[verdict]
-        needed = f"; about {result['seeds_needed']} paired seeds would likely decide it" if result["seeds_needed"] else ""
-        console.print(f"[bold]Verdict: trial {trial} is {claim}[/]")
-        console.print(f"  Δ mAP {result['delta']:+.4f}, repeated 95% interval [{lo:+.4f}, {hi:+.4f}], {result['seeds']} "
-                      f"paired new seeds, scored on the {result['scored_on']} split{needed}")
-    name = options.study_name or f"{options.variant}-{options.profile}"
-    console.print("Next:")
-    if verdict == "not decided" and trial is not None:
-        console.print(f"  python cli.py sweep {options.variant} --decide   # seeds for the best and the control until decided")
-    console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")
-    console.print(f"  python cli.py ui   # then {experiment_url('http://127.0.0.1:5000', result['mlflow_experiment_id'])}")
 
 
 @app.command()

@@ -1,0 +1,144 @@
+"""What the CLI prints: metric tables, a pack's per-seed table, the sweep's progress bar and table, and the
+verdict lines a sweep ends with. The commands in cli.py parse, call one pipeline function, and print with these."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}")
+    return table
+
+
+def pack_table(fit, metrics: dict[str, float]) -> Table:
+    """One row per metric: the mean over the seeds, its 95% interval's half-width, and each seed's value."""
+    from pipeline.seeds import CI_SUFFIX, seed_key
+
+    seeds = [r.seed for r in fit.live]
+    table = Table(title=f"validation (COCO), {len(seeds)} seeds: mean ± half-width of its 95% t-interval")
+    for col in ("metric", "mean", "± 95%", *(f"seed {s}" for s in seeds)):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+
+    def cell(value) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+    for key in (k for k in metrics if "/seed_" not in k and not k.endswith(CI_SUFFIX)):
+        table.add_row(key, cell(metrics[key]), cell(metrics.get(key + CI_SUFFIX)),
+                      *(cell(metrics.get(seed_key(key, s))) for s in seeds))
+    return table
+
+
+def print_train_result(result) -> None:
+    metrics = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
+    console.print(metrics_table("validation (COCO)", metrics) if result.fit.pack.k == 1
+                  else pack_table(result.fit, metrics))
+    for replica in result.fit.replicas:
+        if replica.diverged:
+            console.print(f"[yellow]seed {replica.seed} diverged at epoch {replica.diverged[0]}, step "
+                          f"{replica.diverged[1]}: left out of the mean[/]")
+    console.print(f"checkpoint: {result.checkpoint}   MLflow run: {result.run_id}   "
+                  f"training speed: {result.train_images_per_s:.1f} images/s")
+
+
+def train_summary(result) -> dict:
+    """--json's per-seed part: the seeds, each one's val/map, the mean and its 95% interval."""
+    from pipeline.seeds import seed_values
+
+    per_seed = seed_values(result.metrics, "val/map") or {result.fit.pack.seeds[0]: result.metrics["val/map"]}
+    half = result.metrics.get("val/map_ci95", math.nan)
+    mean = result.metrics["val/map"]
+    return {"seeds": result.fit.pack.seeds, "val/map_per_seed": {str(s): v for s, v in per_seed.items()},
+            "val/map_mean": mean, "val/map_ci95_interval": [mean - half, mean + half],
+            "diverged_seeds": [r.seed for r in result.fit.replicas if r.diverged is not None],
+            "checkpoints": [str(p) for p in result.checkpoints]}
+
+
+class SweepProgress:
+    """A rich progress bar over the study's finished trials: done, pruned, failed and best so far."""
+
+    def __init__(self, options):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.options = options
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[status]}"), console=err_console)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def update(self, study, target: int):
+        from pipeline.study import best_trial, counts
+        n = counts(study)
+        leader = best_trial(study.get_trials(deepcopy=False))
+        best = f"best {leader.value:.4f}" if leader else "best -"
+        status = f"done {n['COMPLETE']}  pruned {n['PRUNED']}  failed {n['FAIL']}  running {n['RUNNING']}  {best}"
+        if self.task is None:
+            self.task = self.bar.add_task(study.study_name, total=target, status=status)
+        self.bar.update(self.task, completed=n["COMPLETE"] + n["PRUNED"], status=status)
+
+
+def sweep_table(result: dict, options) -> Table:
+    import optuna
+    study = optuna.load_study(study_name=result["study"], storage=options.storage)
+    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
+    control = [t for t in complete if t.user_attrs.get("control")]
+    shown = complete[:5] + [t for t in control if t not in complete[:5]]
+    seeds = result.get("seeds_per_trial", 1)
+    table = Table(title=f"{result['study']}: best trials and the control (val/map" + (
+        f", mean of {seeds} seeds ± half-width of its 95% interval)" if seeds > 1 else ")"))
+    for col in ("trial", "val/map", "delta vs control", "params"):
+        table.add_column(col)
+    for t in shown:
+        delta = "" if result["control_value"] is None else f"{t.value - result['control_value']:+.4f}"
+        params = "control (the chapter's settings)" if t.user_attrs.get("control") else ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        half = (t.user_attrs.get("metrics") or {}).get("val/map_ci95")
+        value = f"{t.value:.4f}" + (f" ± {half:.4f}" if half is not None else "")
+        table.add_row(str(t.number), value, delta, params)
+    table.caption = (f"{result['n_complete']} complete, {result['n_pruned']} pruned, {result['n_failed']} failed; "
+                     f"MLflow experiment {result['mlflow_experiment_id']}, parent run {result['parent_run_id']}")
+    return table
+
+
+def print_verdict(result: dict, options) -> None:
+    """The sweep's last lines: the verdict, or why there is none, and what to run next."""
+    from pipeline.noise import noise_sd_text
+    from pipeline.tracking import experiment_url
+
+    verdict, trial = result["verdict"], result["verdict_trial"]
+    if verdict == "not decided":
+        note = noise_sd_text(result["dataset"], options.profile)
+        each = "one seed each" if result["seeds"] == 1 else f"the same {result['seeds']} seeds each, on the split the search used"
+        console.print(f"[bold]Verdict: not decided[/] ({each}). {note}")
+    else:
+        lo, hi = result["delta_ci95"]
+        claim = {"better": "better than the control", "worse": "worse than the control",
+                 "equivalent": f"equivalent to the control within ±{result['delta_margin']:g}",
+                 "undecided": "undecided"}[verdict]
+        needed = f"; about {result['seeds_needed']} paired seeds would likely decide it" if result["seeds_needed"] else ""
+        console.print(f"[bold]Verdict: trial {trial} is {claim}[/]")
+        console.print(f"  Δ mAP {result['delta']:+.4f}, repeated 95% interval [{lo:+.4f}, {hi:+.4f}], {result['seeds']} "
+                      f"paired new seeds, scored on the {result['scored_on']} split{needed}")
+    name = options.study_name or f"{options.variant}-{options.profile}"
+    console.print("Next:")
+    if verdict == "not decided" and trial is not None:
+        console.print(f"  python cli.py sweep {options.variant} --decide   # seeds for the best and the control until decided")
+    elif verdict == "undecided" and result.get("seeds_needed"):
+        console.print(f"  python cli.py sweep {options.variant} --decide --max-seeds {result['seeds_needed']}"
+                      "   # a verdict on that many seeds (trained again from the first new seed)")
+    console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")
+    console.print(f"  python cli.py ui   # then {experiment_url('http://127.0.0.1:5000', result['mlflow_experiment_id'])}")
