@@ -128,13 +128,18 @@ def _read_banana_split(root: Path, split: str, report: _Problems) -> list[_Recor
                 rec.bad |= box is None
                 if box is not None:
                     rec.boxes.append(box)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:  # unreadable: permissions, a folder of that name, an I/O error
-        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise _unreadable(path, e) from None
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
     return list(records.values())
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    """A file that cannot be read as text: not UTF-8, or the OS refused (permissions, a folder of that name, I/O)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    return DataError(f"{path}: cannot read it ({exc.strerror or exc})")
 
 
 def _banana_class_names(root: Path) -> list[str]:
@@ -159,10 +164,8 @@ def _load_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:  # unreadable: permissions, a folder of that name, an I/O error
-        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise _unreadable(path, e) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
     if not (isinstance(data, dict) and isinstance(data.get("images"), list)
