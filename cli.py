@@ -225,7 +225,8 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     cls_loss, focal_gamma, focal_alpha, cls_weight, box_weight, loss_normalization, neg_sampling,
     neg_pos_ratio, image_size, lr, epochs, ...
     """
-    from pipeline.run import sigterm_as_interrupt, tracked_run
+    from pipeline.interrupts import sigterm_as_interrupt
+    from pipeline.run import tracked_run
     from pipeline.tracking import MlflowTracker
 
     startup = {"imports_s": seconds_since_process_start()}  # seconds since the process started, at each point
@@ -264,7 +265,8 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     """
     from pipeline.data import has_split, load_split
     from pipeline.noise import budget_of
-    from pipeline.run import sigterm_as_interrupt, tracked_run
+    from pipeline.interrupts import sigterm_as_interrupt
+    from pipeline.run import tracked_run
     from pipeline.tracking import MlflowTracker
 
     cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset, epochs=epochs))

@@ -19,7 +19,11 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
-    """torch.save to a temp file beside ``path``, fsync, then os.replace: a crash leaves the old file or the new one."""
+    """torch.save to a temp file beside ``path``, fsync, then os.replace: a crash leaves the old file or the new one.
+
+    An interrupt (Ctrl-C, SIGTERM) that lands inside torch.save makes its zip writer fail on the way out with a
+    RuntimeError ("unexpected pos"); the interrupt is what happened, so it is what propagates, and the trial
+    ends as interrupted instead of failing with a traceback."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -29,10 +33,24 @@ def atomic_save(obj: Any, path: Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None and interrupt is not exc:
+            raise interrupt from None
         raise
     return path
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that ``exc`` is, or was raised while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
 
 
 def save_checkpoint(path: Path, model: TinySSD, cfg: RunConfig, class_names: list[str]) -> Path:

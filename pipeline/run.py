@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,26 +87,11 @@ def write_pr_curve(precision_iou50, class_names: list[str], path: Path) -> Path:
     return path
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
 def failure_reason(exc: BaseException) -> str:
     """What ended a run or a trial, in words: an interrupt says which one, anything else 'Type: message'."""
     if isinstance(exc, KeyboardInterrupt):
         return f"interrupted by {exc.args[0] if exc.args and exc.args[0] else 'Ctrl-C (SIGINT)'}"
     return f"{type(exc).__name__}: {exc}"
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Inside, SIGTERM raises KeyboardInterrupt, as Ctrl-C does: open MLflow runs end KILLED and a sweep's
-    trial FAIL with a reason, instead of the process dying with its runs left RUNNING."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ from pipeline.data import has_split
 from pipeline.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, Plan, settle
 from pipeline.faults import reconcile_runs
 from pipeline.pack import Pack, PackError, check_fits
-from pipeline.run import load_data, sigterm_as_interrupt, tracked_run
+from pipeline.interrupts import sigterm_as_interrupt
+from pipeline.run import load_data, tracked_run
 from pipeline.seeds import seed_values
 from pipeline.space import describe_space
 from pipeline.storage_lock import StorageLock

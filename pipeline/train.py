@@ -23,6 +23,7 @@ from pipeline.data import DetectionData
 from pipeline.epochs import (EpochCallback, EpochReporter, ProgressView, TrainedEpoch, epoch_state, resumable,
                              resume)
 from pipeline.evaluate import CocoResult, Detections
+from pipeline.interrupts import raise_if_interrupted
 from pipeline.pack import Pack, PackModel, build_model
 from pipeline.step import NonFiniteLossError, TrainStep, cudnn_benchmark
 from pipeline.tracking import RunHandle
@@ -123,6 +124,7 @@ def _train_epoch(step: TrainStep, n_images: int, cfg: RunConfig, generators: lis
     step.start_epoch()
     orders = torch.stack([torch.randperm(n_images, generator=g) for g in generators]).to(step.images.device)
     for start in range(0, n_images, cfg.batch_size):
+        raise_if_interrupted()  # a signal whose interrupt Python dropped (see pipeline/interrupts.py)
         step.run(orders[:, start:start + cfg.batch_size])
         view.batch_done()
     return step.replica_summaries()

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 import experiments
 from pipeline.faults import fail_dead_local_trials, stale_callback
-from pipeline.run import sigterm_as_interrupt
+from pipeline.interrupts import sigterm_as_interrupt
 from pipeline.storage_lock import StorageLock
 from pipeline.study import DONE, SweepOptions, open_storage
 from pipeline.trial import objective, pruner, trial_context

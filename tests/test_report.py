@@ -134,7 +134,8 @@ def test_summary_numbers_equal_optuna_and_mlflow(swept):
     conf = study.user_attrs["confirmation"]
     for role in ("best", "control"):
         assert f"| {np.mean(conf[role]):.4f} |" in text
-        [pack] = client.search_runs([run.info.experiment_id], f"tags.confirm_of = '{role}'")  # its seeds as one pack
+        tag = "control" if role == "control" else f"trial {conf['best_trial']}"
+        [pack] = client.search_runs([run.info.experiment_id], f"tags.verdict_of = '{tag}'")  # its seeds as one pack
         per_seed = [pack.data.metrics[f"final/val/map/seed_{seed}"] for seed in conf["seeds"]]
         assert per_seed == pytest.approx(conf[role])
     diff = np.subtract(conf["best"], conf["control"])
@@ -201,7 +202,9 @@ def test_report_all_and_the_cli(swept):
     conf = load("focal-loss-quick").user_attrs["confirmation"]
     assert focal["confirmed_delta"] == pytest.approx(np.mean(np.subtract(conf["best"], conf["control"])))
     assert_real_png(summary / "figures" / "delta_vs_control.png")
-    assert "within noise" in (summary / "report.md").read_text() or "beyond noise" in (summary / "report.md").read_text()
+    verdict = load("focal-loss-quick").user_attrs["verdict"]["candidates"][0]["verdict"]
+    assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
+    assert "not decided (one seed each; use --decide)" in set(table["verdict"])
     unknown = runner.invoke(app, ["report", "focal", "--out-root", str(root / "reports")])
     assert unknown.exit_code == 2 and "focal-loss-quick" in unknown.output
     blocked = root / "blocked"

@@ -12,27 +12,27 @@ import pandas as pd
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import Skipped, plot_summary
 from pipeline.report.select import ReportError, list_studies
-from pipeline.report.stats import confirmation_stats
 from pipeline.report.text import counted, fmt, params_text
 from pipeline.report.trials import best_row, control_row, is_seed_study, seed_spread, state_counts, trials_frame
+from pipeline.report.verdict_section import stored_verdict
 
 
-def _short_verdict(c: dict | None) -> str:
-    if c is None:
-        return "not tested (one seed; use --seeds)"
-    p = c["paired"]
-    if p["within_noise"] is None:
-        return "not testable (fewer than 2 seeds or identical differences)"
-    if p["within_noise"]:
-        return "within noise"
-    return "better beyond noise" if p["diff_mean"] > 0 else "worse beyond noise"
+def _verdict_columns(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The stored verdict of the study's best setting (pipeline.decide), as the summary's columns."""
+    record = stored_verdict(attrs)
+    if record is None:
+        return {"seeds": 0, "confirmed_delta": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p": math.nan,
+                "verdict": "not decided (one seed each; use --decide)"}
+    first = record["candidates"][0]
+    lo, hi = first["delta_ci95"]
+    return {"seeds": len(first["seeds"]), "confirmed_delta": first["delta"], "ci_lo": lo, "ci_hi": hi,
+            "p": first["p"], "verdict": first["verdict"] + f" (on {record.get('split', 'val')})"}
 
 
 def study_summary_row(study: optuna.Study) -> dict[str, Any]:
     """One study's control, best, single-seed delta and (where confirmed) the paired difference with its CI."""
     trials = trials_frame(study)
     control, best = control_row(trials), best_row(trials)
-    c = confirmation_stats(study.user_attrs)
     row = {"study": study.study_name, "variant": study.user_attrs.get("variant", "?"),
            "profile": study.user_attrs.get("profile", "?"), "trials": state_counts(trials).split(": ", 1)[-1],
            "control": control["value"] if control is not None else math.nan,
@@ -48,10 +48,7 @@ def study_summary_row(study: optuna.Study) -> dict[str, Any]:
                     "verdict": f"seed noise: sd {spread['sd']:.4f} over {spread['n']} seeds" if spread
                     else "seed noise: fewer than 2 seeds complete"})
         return row
-    paired = c["paired"] if c else {}
-    row.update({"seeds": paired.get("diff_n", 0), "confirmed_delta": paired.get("diff_mean", math.nan),
-                "ci_lo": paired.get("diff_lo", math.nan), "ci_hi": paired.get("diff_hi", math.nan),
-                "p": paired.get("p", math.nan), "verdict": _short_verdict(c)})
+    row.update(_verdict_columns(study.user_attrs))
     if control is None or best is None:
         row["verdict"] = "no comparison: " + ("no complete control" if control is None
                                               else "no complete trial besides the control")
