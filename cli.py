@@ -364,7 +364,8 @@ def evaluate(checkpoint: Path, dataset: DatasetOpt = None,
 @app.command()
 def predict(checkpoint: Path, image: Path,
             out: Annotated[Path, typer.Option(help="PNG to write")] = Path("prediction.png"),
-            threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="lowest score drawn")] = 0.5,
+            threshold: Annotated[str, typer.Option(help="lowest score drawn: auto (the threshold that maximised F1 "
+                                                   "on the run's validation split) or a number in [0, 1]")] = "auto",
             device: DeviceOpt = Device.auto, json_out: JsonOpt = False):
     """Draw the boxes CHECKPOINT predicts on IMAGE."""
     from pipeline.checkpoint import CheckpointError
@@ -373,13 +374,27 @@ def predict(checkpoint: Path, image: Path,
 
     _check_device(device.value)
     _check_image_out(out, "--out", source=image)
+    asked = _threshold_value(threshold)
     try:
-        found = predict_image(checkpoint, image, out, threshold, device.value)
+        found, used, source = predict_image(checkpoint, image, out, asked, device.value)
     except (CheckpointError, DataError) as exc:
         _usage_error(str(exc))
-    console.print(f"{len(found)} detections >= {threshold} written to {out}")
+    console.print(f"{len(found)} detections >= {used:.3f} ({source}) written to {out}")
     if json_out:
-        typer.echo(json.dumps({"out": str(out), "detections": found}))
+        typer.echo(json.dumps({"out": str(out), "threshold": used, "threshold_source": source, "detections": found}))
+
+
+def _threshold_value(text: str) -> float | None:
+    """--threshold: 'auto' (None) or a number in [0, 1]."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        _usage_error(f"{text!r}: give auto or a number in [0, 1]", "--threshold")
+    return value
 
 
 @app.command()

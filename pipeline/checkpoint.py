@@ -53,9 +53,12 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
-def save_checkpoint(path: Path, model: TinySSD, cfg: RunConfig, class_names: list[str]) -> Path:
-    """A one-replica TinySSD's weights, the config that trained it and its class names, written atomically."""
-    state = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "class_names": list(class_names)}
+def save_checkpoint(path: Path, model: TinySSD, cfg: RunConfig, class_names: list[str],
+                    display_threshold: float | None = None) -> Path:
+    """A one-replica TinySSD's weights, the config that trained it, its class names and the score threshold to
+    display its detections at (the one that maximised F1 on validation; None: unknown), written atomically."""
+    state = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "class_names": list(class_names),
+             "display_threshold": display_threshold}
     return atomic_save(state, path)
 
 

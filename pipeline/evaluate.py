@@ -21,6 +21,7 @@ from torchvision.ops import batched_nms
 
 from pipeline.boxes import decode
 from pipeline.model import autocast
+from pipeline.voc import voc_metrics
 
 STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
               "mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large")
@@ -38,7 +39,7 @@ class Detections:
 
 @dataclass
 class CocoResult:
-    metrics: dict[str, float]  # STAT_NAMES -> value; NaN where COCO has no ground truth (its -1)
+    metrics: dict[str, float]  # STAT_NAMES -> value, NaN where COCO has no ground truth (its -1); and VOC's AP50
     precision_iou50: np.ndarray = field(repr=False)  # [101 recall points, K classes], area all, 100 dets
 
 
@@ -216,12 +217,14 @@ def silence_stdout_in_this_thread():
 
 
 def coco_evaluate(gt: dict, results: list[dict]) -> CocoResult:
-    """Run COCOeval (bbox) on an in-memory ground-truth dict and results list."""
+    """Run COCOeval (bbox) on an in-memory ground-truth dict and results list; VOC's AP at IoU 0.5 comes with it
+    (pipeline.voc: voc07_ap50, the 11-point AP of VOC2007, and voc_ap50, the all-point AP of VOC2010+)."""
     if not gt.get("annotations"):
         raise ValueError("the evaluation set has no annotations: COCO mAP would be undefined (-1)")
     _check_results(results)
     if not results:  # pycocotools' loadRes crashes on an empty list
-        return _empty_result(gt)
+        empty = _empty_result(gt)
+        return CocoResult({**empty.metrics, **voc_metrics(gt, results)}, empty.precision_iou50)
     with silence_stdout_in_this_thread():  # pycocotools prints its progress
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -232,4 +235,5 @@ def coco_evaluate(gt: dict, results: list[dict]) -> CocoResult:
         evaluator.summarize()
     stats = [float(s) if s >= 0 else math.nan for s in evaluator.stats]
     precision = evaluator.eval["precision"][0, :, :, 0, 2]  # IoU .5, all recalls, all classes, area all, 100 dets
-    return CocoResult(dict(zip(STAT_NAMES, stats)), np.where(precision < 0, np.nan, precision))
+    metrics = {**dict(zip(STAT_NAMES, stats)), **voc_metrics(gt, results)}  # and the SSD paper's VOC AP50
+    return CocoResult(metrics, np.where(precision < 0, np.nan, precision))

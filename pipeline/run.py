@@ -142,9 +142,17 @@ def _checkpoints(result: FitResult, class_names: list[str], folder: Path) -> lis
     """checkpoint.pt for a single run; checkpoint-seed{S}.pt per live replica of a pack: plain TinySSD checkpoints
     that `evaluate` and `predict` read."""
     if result.pack.k == 1:
-        return [save_checkpoint(folder / "checkpoint.pt", result.model, result.pack.shared, class_names)]
+        return [save_checkpoint(folder / "checkpoint.pt", result.model, result.pack.shared, class_names,
+                                _threshold(result.replicas[0].metrics))]
     return [save_checkpoint(folder / f"checkpoint-seed{r.seed}.pt", replica_model(result.model, k), r.config,
-                            class_names) for k, r in enumerate(result.replicas) if r.diverged is None]
+                            class_names, _threshold(r.metrics))
+            for k, r in enumerate(result.replicas) if r.diverged is None]
+
+
+def _threshold(metrics: dict[str, float]) -> float | None:
+    """The display threshold a run chose on its validation split (F1's peak), if it is a number."""
+    value = next((v for k, v in metrics.items() if k.endswith("/f1_threshold")), None)
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def _divergence_tags(result: FitResult) -> dict[str, str]:

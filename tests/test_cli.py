@@ -56,7 +56,13 @@ def test_train_logs_one_complete_mlflow_run(workdir, tiny_bananas):
                                     "--detections-out", "dets.json", "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     assert last_json(evaluated.output)["val/map"] == out["val/map"]
+    assert last_json(evaluated.output)["val/voc_ap50"] == out["val/voc_ap50"]  # VOC's AP50 beside COCO's
     assert isinstance(json.loads((workdir / "dets.json").read_text()), list)
+    chosen = runner.invoke(app, ["predict", out["checkpoint"], str(next((tiny_bananas / "bananas_val" / "images")
+                                                                        .iterdir())), "--out", "auto.png", "--json"])
+    assert chosen.exit_code == 0, chosen.output
+    assert last_json(chosen.output)["threshold"] == pytest.approx(out["val/f1_threshold"])  # --threshold auto
+    assert last_json(chosen.output)["threshold_source"] == "chosen by F1 on its validation split"
 
     image = next((tiny_bananas / "bananas_val" / "images").iterdir())
     predicted = runner.invoke(app, ["predict", out["checkpoint"], str(image), "--out", "p.png", "--threshold", "0.0"])
@@ -73,6 +79,7 @@ def test_train_logs_one_complete_mlflow_run(workdir, tiny_bananas):
 
 @pytest.mark.parametrize("args, problem", [
     (["data", "bananas", "--split", "holdout"], "'holdout' is not one of 'train', 'val', 'test'"),
+    (["predict", "x.pt", "y.png", "--threshold", "high"], "'high': give auto or a number in [0, 1]"),
     (["data", "bananas", "--image-size", "0"], "greater than or equal to 1"),
     (["data", "bananas", "--preview", "grid.txt"], "grid.txt: give a file name ending in .png"),
     (["train", "--set", "seed=99999999999999999999999"], "seed: must be in [0, 4294967295]"),
