@@ -16,8 +16,8 @@ from rich.table import Table
 
 from pipeline.sqlite_files import DEFAULT_STORAGE
 from pipeline.config import ConfigError, RunConfig, default_profile, knob_table, make_config, parse_overrides
-from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_train_result, print_verdict,
-                               sweep_table, train_summary)
+from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_train_result,
+                               print_verdict, sweep_table, train_summary)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
@@ -421,6 +421,37 @@ def data(dataset: Annotated[str, typer.Argument(help="'bananas', 'shapes', or a 
         console.print(f"{key:>8}: {value}")
     if json_out:
         typer.echo(json.dumps(summary))
+
+
+@app.command()
+def anchors(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt = None,
+            split: Annotated[Split, typer.Option(help="the split whose objects are fitted")] = Split.train,
+            out: Annotated[Path, typer.Option(help="PNG to write")] = Path("outputs/anchors.png"),
+            device: DeviceOpt = Device.auto, json_out: JsonOpt = False):
+    """How well the anchors of a run (its image_size and anchor_scale) fit a data set's objects: each object's
+    best IoU with any anchor, the share some anchor matches at IoU >= 0.5 (best possible recall) by COCO size and
+    by feature map, and the anchor_scale that maximises it, to pass to train or a sweep with --set."""
+    from pipeline.anchor_fit import best_possible_recall, fit_objects, objects_of, suggest_scale, summary
+    from pipeline.data import DataError, load_split
+    from pipeline.report.anchor_figures import plot_anchor_fit
+
+    cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset))
+    _check_image_out(out, "--out")
+    try:
+        data = load_split(cfg.dataset, split.value, cfg.image_size)
+    except DataError as exc:
+        _usage_error(str(exc), "--dataset")
+    boxes, size = objects_of(data.targets, data.orig_sizes)
+    fit = fit_objects(boxes, size, cfg.image_size, cfg.anchor_scale)
+    suggested, curve = suggest_scale(boxes, size, cfg.image_size)
+    result = {"dataset": cfg.dataset, "split": split.value, "image_size": cfg.image_size,
+              "anchor_scale": cfg.anchor_scale, **summary(fit), "suggested_anchor_scale": suggested,
+              "suggested_best_possible_recall": dict(curve)[suggested], "figure": str(out)}
+    plot_anchor_fit(fit, curve, cfg.anchor_scale, suggested, f"anchors on {cfg.dataset} ({split.value}) at "
+                    f"{cfg.image_size} px", out)
+    print_anchor_fit(result, best_possible_recall(fit))
+    if json_out:
+        typer.echo(json.dumps(result))
 
 
 @app.command()

@@ -142,3 +142,25 @@ def print_verdict(result: dict, options) -> None:
                       "   # a verdict on that many seeds (trained again from the first new seed)")
     console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")
     console.print(f"  python cli.py ui   # then {experiment_url('http://127.0.0.1:5000', result['mlflow_experiment_id'])}")
+
+
+def print_anchor_fit(result: dict, recall: float) -> None:
+    """The anchors command's table: objects matched at IoU >= 0.5 and median best IoU, by COCO size and map."""
+    table = Table(title=f"anchors on {result['dataset']} ({result['split']}, {result['objects']} objects) at "
+                        f"{result['image_size']} px, anchor_scale {result['anchor_scale']:g}")
+    for col in ("objects", "n", "matched at IoU ≥ 0.5", "median best IoU"):
+        table.add_column(col, justify="left" if col == "objects" else "right")
+
+    def row(name: str, part: dict) -> None:
+        if part["objects"]:
+            table.add_row(name, str(part["objects"]), f"{part['best_possible_recall']:.1%}",
+                          f"{part['median_best_iou']:.3f}")
+    row("all", result)
+    for name, part in result["by_size"].items():
+        row(f"COCO {name}", part)
+    for level, part in result["by_feature_map"].items():
+        row(f"best anchor on feature map {level}", part)
+    console.print(table)
+    console.print(f"best possible recall {recall:.1%}; the anchor_scale that maximises it here: "
+                  f"{result['suggested_anchor_scale']:g} ({result['suggested_best_possible_recall']:.1%}): "
+                  f"--set anchor_scale={result['suggested_anchor_scale']:g}. Figure: {result['figure']}")

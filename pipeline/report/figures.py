@@ -36,7 +36,7 @@ class Skipped(Exception):
 
 
 @contextmanager
-def _figure(path: Path, n_axes: int = 1, ncols: int = 1, width: float = 6.4, height: float = 4.2,
+def new_figure(path: Path, n_axes: int = 1, ncols: int = 1, width: float = 6.4, height: float = 4.2,
             title: str | None = None, style: str = "whitegrid") -> Iterator[tuple[Figure, list]]:
     """A seaborn-themed figure with n_axes axes (the unused cells of the grid removed), saved on exit."""
     nrows = -(-n_axes // ncols)
@@ -104,7 +104,7 @@ def plot_objective_vs_params(trials: pd.DataFrame, space: dict[str, dict], path:
         raise Skipped("no complete trial has any of the searched parameters")
     control, best, label = control_row(trials), best_row(trials), control_label(trials)
     ncols = min(3, len(names))
-    with _figure(path, len(names), ncols, width=5.0 if ncols > 1 else 7.0,
+    with new_figure(path, len(names), ncols, width=5.0 if ncols > 1 else 7.0,
                  title=f"Objective vs each searched parameter ({counted(len(done), 'complete trial')})") as (fig, axes):
         for ax, name in zip(axes, names):
             _plot_param_axis(ax, _param_points(trials, name), name, space[name], int(best["number"]))
@@ -149,7 +149,7 @@ def plot_heatmap(trials: pd.DataFrame, space: dict[str, dict], path: Path) -> st
     mean = grid["mean"].reindex(index=y_order, columns=x_order)
     count = grid["count"].reindex(index=y_order, columns=x_order).fillna(0).astype(int)
     annot = np.where(count > 0, mean.map(lambda v: f"{v:.4f}") + "\nn=" + count.astype(str), "")
-    with _figure(path, width=7.2, height=4.8, style="white",
+    with new_figure(path, width=7.2, height=4.8, style="white",
                  title=f"Mean {OBJECTIVE_LABEL} over {x_name} × {y_name}") as (fig, (ax,)):
         sns.heatmap(mean.astype(float), annot=annot, fmt="", cmap="viridis", mask=mean.isna(), linewidths=0.5,
                     linecolor="white", cbar_kws={"label": OBJECTIVE_LABEL}, ax=ax)
@@ -173,7 +173,7 @@ def plot_epochs(epochs: pd.DataFrame, path: Path) -> str:
     others = [l for l in labels if not l.startswith("control") and not l.endswith("(best)")]
     palette.update({l: c for l, c in zip(others, [COLORS["trial"], *sns.color_palette("deep")[4:]])})
     who = "the control and the top trials" if len(labels) > 1 else labels[0].split(" (")[0]
-    with _figure(path, title=f"Validation mAP per epoch: {who}") as (fig, (ax,)):
+    with new_figure(path, title=f"Validation mAP per epoch: {who}") as (fig, (ax,)):
         sns.lineplot(data=epochs, x="epoch", y="value", hue="label", hue_order=labels, palette=palette,
                      style="label", style_order=labels, markers=True, dashes=False, markersize=8, ax=ax)
         ax.set_xlabel("epoch")
@@ -202,7 +202,7 @@ def plot_pr_curves(pr: pd.DataFrame, ap50: dict[str, float], path: Path) -> str:
     labels = list(dict.fromkeys(pr["label"]))
     names = {l: f"{l}, AP50 {ap50[l]:.3f}" if not math.isnan(ap50.get(l, math.nan)) else l for l in labels}
     palette = {names[l]: COLORS["control"] if l.startswith("control") else COLORS["best"] for l in labels}
-    with _figure(path, len(classes), min(2, len(classes)), width=5.6 if len(classes) > 1 else 6.4,
+    with new_figure(path, len(classes), min(2, len(classes)), width=5.6 if len(classes) > 1 else 6.4,
                  title="Precision–recall at IoU 0.5: control and best") as (fig, axes):
         for ax, name in zip(axes, classes):
             part = pr[pr["class"] == name].assign(run=lambda f: f["label"].map(names))
@@ -232,7 +232,7 @@ def plot_ap_by_size(sizes: pd.DataFrame, empty: list[str], path: Path) -> str:
     labels = list(dict.fromkeys(sizes["label"]))
     palette = {l: COLORS["control"] if l.startswith("control") else COLORS["best"] for l in labels}
     who = " and ".join(l.split(" (")[0] for l in labels)
-    with _figure(path, title=f"AP by object size: {who}") as (fig, (ax,)):
+    with new_figure(path, title=f"AP by object size: {who}") as (fig, (ax,)):
         sns.barplot(data=sizes, x="size", y="ap", hue="label", palette=palette, ax=ax,
                     order=[s for s in SIZES if s not in empty])
         for container in ax.containers:
@@ -260,7 +260,7 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
         raise Skipped("the study has no trial yet")
     if done.empty and pruned.empty:
         raise Skipped("no trial reported a value")
-    with _figure(path, width=7.2, title="Optimisation history") as (fig, (ax,)):
+    with new_figure(path, width=7.2, title="Optimisation history") as (fig, (ax,)):
         for rows, style in ((done[~done["control"]], dict(color=COLORS["trial"], s=40, label="complete trial")),
                             (done[done["control"]], dict(color=COLORS["control"], marker="D", s=50,
                                                          label=control_label(trials)))):
@@ -312,7 +312,7 @@ def param_importances(study: optuna.Study) -> pd.Series:
 def plot_importances(importances: pd.Series, n_trials: int, searched: list[str], path: Path) -> str:
     frame = importances.rename_axis("parameter").reset_index()
     conditional = [name for name in searched if name not in importances.index]
-    with _figure(path, height=1.2 + 0.5 * len(frame), title="Parameter importances") as (fig, (ax,)):
+    with new_figure(path, height=1.2 + 0.5 * len(frame), title="Parameter importances") as (fig, (ax,)):
         sns.barplot(data=frame, x="importance", y="parameter", color=COLORS["trial"], ax=ax)
         ax.bar_label(ax.containers[0], fmt="%.2f", padding=3, fontsize=8)
         ax.set(xlabel="importance (fANOVA share of the objective's variance)", ylabel="parameter", xlim=(0, 1.1))
@@ -334,7 +334,7 @@ def plot_summary(frame: pd.DataFrame, path: Path) -> str:
     err = np.array([(value - shown["ci_lo"]).where(confirmed, 0), (shown["ci_hi"] - value).where(confirmed, 0)])
     names = [f"{study}\n{v:+.4f} ({f'{n} seeds' if c else '1 seed'})"  # the number, even for a hair-thin bar
              for study, v, n, c in zip(shown["study"], value, shown["seeds"], confirmed)]
-    with _figure(path, width=7.6, height=2.0 + 0.6 * len(shown),
+    with new_figure(path, width=7.6, height=2.0 + 0.6 * len(shown),
                  title="Best setting minus control, per study") as (fig, (ax,)):
         colors = [COLORS["best"] if c else "#bbbbbb" for c in confirmed]
         ax.barh(names, value, color=colors, edgecolor="#333")
