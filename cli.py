@@ -550,12 +550,13 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
 
 
 @app.command()
-def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`) or 'all' for the one-page summary")],
+def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`) or 'all' for the answer sheet")],
            storage: Annotated[str, typer.Option(help="the Optuna storage the sweep used",
                                                 callback=_storage_url)] = DEFAULT_STORAGE,
            study_name: Annotated[Optional[str], typer.Option(help="default: the variant's study in the storage")] = None,
            out_root: Annotated[Path, typer.Option(help="reports are written to OUT_ROOT/<name>/")] = Path("reports")):
-    """Write reports/<name>/report.md and report.html with figures and trials.csv, from the study and its MLflow runs."""
+    """Write reports/<name>/report.md and report.html with figures and trials.csv, from the study and its MLflow runs;
+    for 'all', the answer sheet: reports/answers/, every exercise's verdict on one page."""
     from pipeline.report import ReportError, write_report
 
     _check_writable(out_root)

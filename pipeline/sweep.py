@@ -148,7 +148,10 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
     split = "test" if has_split(base.dataset, "test") else "val"
     key = f"{split}/{study_objective(study).split('/', 1)[1]}"
 
+    spent = {"seconds": 0.0}
+
     def train_pack(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
+        started = time.perf_counter()
         pack = Pack.of_seeds(dataclasses.replace(cfg, seed=seeds[0], val_every=cfg.epochs), len(seeds))
         tags = {"study": study.study_name, "role": "verdict", "verdict_of": role, "seeds": ",".join(map(str, seeds)),
                 "scored_on": split}
@@ -157,10 +160,11 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
                              data=(ctx.data(cfg)[0], ctx.split(cfg, split)), stop_on_divergence=False,
                              score_split=split)
         update()
+        spent["seconds"] += time.perf_counter() - started
         return seed_values(result.metrics, key) or {seeds[0]: result.metrics[key]}
 
     def keep(record: dict) -> None:
-        study.set_user_attr("verdict", {**record, "split": split, "metric": key})
+        study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": spent["seconds"]})
         best = record["candidates"][0]
         study.set_user_attr("confirmation", {"best_trial": best["trial"], "seeds": best["seeds"],
                                              "best": best["scores"], "control": best["control"], "split": split})

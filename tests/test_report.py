@@ -195,13 +195,17 @@ def test_report_all_and_the_cli(swept):
     root, reports = swept
     result = runner.invoke(app, ["report", "all", "--out-root", str(root / "reports")])
     assert result.exit_code == 0, result.output
-    summary = root / "reports" / "summary"
-    table = pd.read_csv(summary / "summary.csv")
+    summary = root / "reports" / "answers"
+    table = pd.read_csv(summary / "answers.csv")
     assert set(table["study"]) == {"focal-loss-quick", "smooth-l1-quick", "loss-weights-quick", "pruned-only"}
     focal = table.set_index("study").loc["focal-loss-quick"]
     conf = load("focal-loss-quick").user_attrs["confirmation"]
     assert focal["confirmed_delta"] == pytest.approx(np.mean(np.subtract(conf["best"], conf["control"])))
-    assert_real_png(summary / "figures" / "delta_vs_control.png")
+    assert_real_png(summary / "figures" / "forest.png")
+    page = (summary / "report.md").read_text()
+    for section in ("## The answers at a glance", "## Evaluating as the SSD paper does", "## How the anchors",
+                    "## Choosing the threshold", "## Not measured yet"):
+        assert section in page, section
     verdict = load("focal-loss-quick").user_attrs["verdict"]["candidates"][0]["verdict"]
     assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
     assert "not decided (one seed each; use --decide)" in set(table["verdict"])

@@ -9,8 +9,8 @@ Three layers, kept apart:
 - writing (``document``): the report is a list of blocks, rendered once as Markdown and once as HTML with the
   figures embedded as data URIs, so the HTML opens from disk with everything showing.
 
-The pages sit on top: ``study_page`` (with ``study_summary`` and ``reproduce``) for one study, ``overview`` for
-'all'. Imports run one way, from the pages down to ``document``, ``stats``, ``text`` and ``trials``.
+The pages sit on top: ``study_page`` (with ``study_summary``, ``verdict_section`` and ``reproduce``) for one
+study, ``answers`` for 'all' (the answer sheet, from ``overview``'s one row per study). Imports run one way, from the pages down to ``document``, ``stats``, ``text`` and ``trials``.
 
 Pruned and failed trials never count as best: only COMPLETE trials are compared. A single-seed
 difference is reported as untested; with confirmation runs (``sweep --seeds N``) the report gives
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.report.overview import write_summary
+from pipeline.report.answers import write_answers
 from pipeline.report.select import ReportError, pick_study
 from pipeline.report.study_page import write_study_report
 from pipeline.sqlite_files import DEFAULT_STORAGE
@@ -31,11 +31,12 @@ __all__ = ["ReportError", "write_report"]
 
 def write_report(target: str, *, storage: str = DEFAULT_STORAGE, out_root: Path = Path("reports"),
                  study_name: str | None = None) -> Path:
-    """Write out_root/<target>/ (report.md, report.html, trials.csv, figures/) or, for 'all', out_root/summary/.
+    """Write out_root/<target>/ (report.md, report.html, trials.csv, figures/) or, for 'all', the answer sheet in
+    out_root/answers/ (report.md, report.html, answers.csv, figures/).
 
     Returns the folder written. ReportError when there is no such study (the message lists those that exist).
     """
     if target == "all":
-        return write_summary(storage, Path(out_root) / "summary")
+        return write_answers(storage, Path(out_root) / "answers")
     study, note = pick_study(target, storage, study_name)
     return write_study_report(study, note, storage, Path(out_root) / (study_name or target))

@@ -16,7 +16,6 @@ import optuna
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.trial import TrialState
 
@@ -322,30 +321,3 @@ def plot_importances(importances: pd.Series, n_trials: int, searched: list[str],
     if conditional:  # optuna attributes only the parameters that every trial has
         caption += f" Left out, as not set in every trial (conditional): {', '.join(conditional)}."
     return caption
-
-
-def plot_summary(frame: pd.DataFrame, path: Path) -> str:
-    """Δ val/map (best − control) per study; the confirmed mean with its 95% CI where there is one."""
-    shown = frame[frame["delta"].notna()].iloc[::-1]
-    if shown.empty:
-        raise Skipped("no study has both a complete control and a complete trial besides it")
-    confirmed = shown["confirmed_delta"].notna()
-    value = shown["confirmed_delta"].where(confirmed, shown["delta"])
-    err = np.array([(value - shown["ci_lo"]).where(confirmed, 0), (shown["ci_hi"] - value).where(confirmed, 0)])
-    names = [f"{study}\n{v:+.4f} ({f'{n} seeds' if c else '1 seed'})"  # the number, even for a hair-thin bar
-             for study, v, n, c in zip(shown["study"], value, shown["seeds"], confirmed)]
-    with new_figure(path, width=7.6, height=2.0 + 0.6 * len(shown),
-                 title="Best setting minus control, per study") as (fig, (ax,)):
-        colors = [COLORS["best"] if c else "#bbbbbb" for c in confirmed]
-        ax.barh(names, value, color=colors, edgecolor="#333")
-        if confirmed.any():  # error bars on confirmed rows only: a zero-width bar would read as a tight interval
-            ax.errorbar(value[confirmed], np.flatnonzero(confirmed.to_numpy()), xerr=err[:, confirmed.to_numpy()],
-                        fmt="none", ecolor="#333", capsize=4)
-        ax.axvline(0, color=COLORS["control"], lw=1)
-        ax.set(xlabel="Δ val mAP@[.5:.95] (best − control)", ylabel="")
-        kinds = [(confirmed.any(), Patch(color=COLORS["best"], label="mean over seeds ± 95% CI")),
-                 ((~confirmed).any(), Patch(color="#bbbbbb", label="single seed (not tested)"))]
-        handles = [patch for shown_kind, patch in kinds if shown_kind]
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
-    return ("Bars right of 0: the study's best setting scored higher than its control. An error bar crossing 0 "
-            "means the difference is within seed noise; grey bars come from one seed and are not tested.")

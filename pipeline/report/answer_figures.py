@@ -1,0 +1,58 @@
+"""The answer sheet's forest plot: every exercise's difference against its control, with its interval, on one
+axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from pipeline.report.figures import COLORS, Skipped, new_figure
+
+OUTCOME_COLORS = {"better": COLORS["best"], "worse": COLORS["failed"], "equivalent": COLORS["trial"],
+                  "undecided": "#999999", "not decided": "#bbbbbb"}
+
+
+def _points(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per study with a comparison: Δ (the verdict's, else the search's one-seed Δ) and its interval."""
+    shown = frame[frame["delta"].notna() | frame["confirmed_delta"].notna()].copy()
+    decided = shown["confirmed_delta"].notna()
+    shown["value"] = shown["confirmed_delta"].where(decided, shown["delta"])
+    shown["lo"] = shown["ci_lo"].where(decided, np.nan)
+    shown["hi"] = shown["ci_hi"].where(decided, np.nan)
+    shown["label"] = [f"{v}  ({o}{', ' + str(n) + ' seeds' if n else ', 1 seed'})"
+                      for v, o, n in zip(shown["variant"], shown["outcome"], shown["seeds"])]
+    return shown.iloc[::-1]
+
+
+def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
+    """Each exercise's Δ val/map (best setting − control): a point with its 95% interval where a verdict has
+    seeds, a hollow point for the search's one-seed Δ; the band is the equivalence margin."""
+    points = _points(frame)
+    if points.empty:
+        raise Skipped("no study has both a complete control and a complete setting besides it")
+    y = np.arange(len(points))
+    with new_figure(path, width=7.8, height=1.6 + 0.5 * len(points),
+                    title="Each exercise: best setting minus the chapter's, val mAP") as (fig, (ax,)):
+        ax.axvspan(-delta, delta, color="#e8eef5", zorder=0)
+        ax.axvline(0, color=COLORS["control"], lw=1)
+        for yi, (_, p) in zip(y, points.iterrows()):
+            color = OUTCOME_COLORS.get(p["outcome"], "#bbbbbb")
+            if not np.isnan(p["lo"]):
+                ax.errorbar(p["value"], yi, xerr=[[p["value"] - p["lo"]], [p["hi"] - p["value"]]], fmt="o",
+                            color=color, ecolor=color, capsize=4, ms=6)
+            else:
+                ax.plot(p["value"], yi, "o", mfc="white", mec=color, ms=6)
+        ax.set_yticks(y, points["label"])
+        ax.xaxis.set_major_locator(MaxNLocator(6))
+        ax.set(xlabel="Δ val mAP@[.5:.95] (best − control)")
+        handles = [Line2D([], [], marker="o", ls="", color=c, label=o) for o, c in OUTCOME_COLORS.items()
+                   if o in set(points["outcome"])]
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
+    return (f"Right of 0: the exercise's best setting scored higher than the chapter's. A filled point with a bar is "
+            f"a verdict on new seeds (the bar: its 95% interval, widened for repeated looks); a hollow point is the "
+            f"search's own one-seed difference, not tested. The shaded band is ±{delta:g}, the margin within which "
+            "a difference counts as equivalent.")

@@ -1,0 +1,126 @@
+"""The answer sheet (`python cli.py report all` -> out_root/answers/): every exercise of the chapter on one page.
+
+For each variant: its question, the verdict on its best setting against the chapter's, the interval of the
+difference, and a link to its study's page; one forest plot of all of them; and the three exercises that need
+no study of their own: evaluating as the SSD paper does (VOC AP), how the anchors fit the data at each scale,
+and how to choose the threshold detections are displayed at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+import experiments
+from pipeline.report.anchor_section import anchor_blocks
+from pipeline.report.answer_figures import plot_forest
+from pipeline.report.document import Block, write_documents
+from pipeline.report.figures import Skipped
+from pipeline.report.overview import summary_frame
+from pipeline.report.text import counted, fmt
+
+DELTA = 0.01  # the equivalence margin the verdicts use by default (sweep --delta)
+
+
+def _interval(r: pd.Series) -> str:
+    if not r["seeds"]:
+        return "n/a" if pd.isna(r["delta"]) else f"{r['delta']:+.4f} (one seed, not tested)"
+    return f"{r['confirmed_delta']:+.4f} [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}]"
+
+
+def _hours(r: pd.Series) -> str:
+    parts = [r.get(k) for k in ("search_hours", "verdict_hours")]
+    known = [p for p in parts if p is not None and not pd.isna(p)]
+    return f"{sum(known):.2f}" if known else "n/a"
+
+
+def _link(variant: str, folder: Path) -> str:
+    page = folder.parent / variant / "report.html"
+    return f"[{variant}](../{variant}/report.html)" if page.is_file() else f"`{variant}`"
+
+
+def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    return pd.DataFrame({"exercise": [_link(v, folder) for v in frame["variant"]], "question": frame["question"],
+                         "verdict": frame["outcome"], "Δ val mAP [95% interval]": frame.apply(_interval, axis=1),
+                         "best setting": frame["best_params"], "new seeds": frame["seeds"].astype(str),
+                         "scored on": frame["split"], "hours (search + verdict)": frame.apply(_hours, axis=1)})
+
+
+def _glance_blocks(frame: pd.DataFrame, folder: Path) -> list[Block]:
+    blocks = [Block("h2", "The answers at a glance")]
+    try:
+        caption = plot_forest(frame[frame["outcome"] != "seed noise"], DELTA, folder / "figures" / "forest.png")
+        blocks.append(Block("figure", caption, path=Path("figures/forest.png")))
+    except Skipped as exc:
+        blocks.append(Block("p", f"The forest plot is left out: {exc}."))
+    answered = frame[frame["outcome"] != "seed noise"]
+    blocks += [Block("table", table=glance_table(answered, folder)),
+               Block("p", "A verdict is **better** or **worse** when the interval of the paired difference over new "
+                          "seeds excludes 0, **equivalent** when it lies within ±0.01 mAP, **undecided** when the "
+                          "seeds ran out first; **not decided** means only the search's one-seed trials exist "
+                          "(run the variant's sweep with `--decide`).")]
+    for _, r in frame[frame["outcome"] == "seed noise"].iterrows():
+        blocks.append(Block("p", f"Seed noise of the chapter itself (`{r['study']}`): {r['verdict']}."))
+    return blocks
+
+
+def _voc_blocks(frame: pd.DataFrame) -> list[Block]:
+    rows = []
+    for _, r in frame[frame["outcome"] != "seed noise"].iterrows():
+        for role, value in (("control", r["control"]), ("best", r["best"])):
+            rows.append({"exercise": r["variant"], "trial": role, "COCO mAP@[.5:.95]": fmt(value),
+                         "COCO AP50": fmt(r[f"{role}:val/map50"]), "VOC07 AP50 (11-point)": fmt(r[f"{role}:val/voc07_ap50"]),
+                         "VOC AP50 (all points)": fmt(r[f"{role}:val/voc_ap50"])})
+    return [Block("h2", "Evaluating as the SSD paper does: VOC AP at IoU 0.5"),
+            Block("p", "The SSD paper reports PASCAL VOC mAP at IoU 0.5. Beside COCO's mAP@[.5:.95] (the studies' "
+                       "objective), every run logs VOC2007's 11-point AP50 and VOC2010's all-point AP50 "
+                       "(`pipeline/voc.py`); a variant can name `val/voc_ap50` as its OBJECTIVE. VOC's AP50 rewards "
+                       "finding objects, COCO's average over stricter IoUs rewards placing the box well: a setting "
+                       "can move one and not the other. One seed each, on the validation split."),
+            Block("table", table=pd.DataFrame(rows)) if rows else Block("p", "No study to show yet.")]
+
+
+def _threshold_blocks(frame: pd.DataFrame) -> list[Block]:
+    rows = [{"exercise": r["variant"],
+             "control: threshold (F1)": f"{fmt(r['control:val/f1_threshold'], 3)} ({fmt(r['control:val/best_f1'], 3)})",
+             "best setting: threshold (F1)": f"{fmt(r['best:val/f1_threshold'], 3)} ({fmt(r['best:val/best_f1'], 3)})"}
+            for _, r in frame[frame["outcome"] != "seed noise"].iterrows()]
+    return [Block("h2", "Choosing the threshold detections are displayed at"),
+            Block("p", "The chapter draws detections scoring above 0.9, chosen by hand. Here every run records the "
+                       "score threshold at which F1 at IoU 0.5 peaks on its validation split, and `predict` draws at "
+                       "it (`--threshold auto`). The threshold is a property of a trained model, not a constant: "
+                       "it moves when the loss changes (focal loss flattens the scores), and with more epochs as the "
+                       "scores sharpen. The table shows how it moves between each exercise's control and its best "
+                       "setting."),
+            Block("table", table=pd.DataFrame(rows)) if rows else Block("p", "No study to show yet.")]
+
+
+def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
+    have = set(frame["variant"])
+    missing = [name for name in experiments.names() if name not in have]
+    if not missing:
+        return []
+    return [Block("h2", "Not measured yet"),
+            Block("p", "These variants have no study in the storage yet, so their exercises are not answered on this "
+                       "page: " + ", ".join(f"`{m}`" for m in missing) + ". Run `python cli.py sweep VARIANT --decide`, "
+                       "then `python cli.py report all` again.")]
+
+
+def write_answers(storage: str, folder: Path) -> Path:
+    """out_root/answers/: report.md and report.html, answers.csv and figures/."""
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    frame = summary_frame(storage)
+    frame.to_csv(folder / "answers.csv", index=False)
+    devices = sorted({str(d) for d in frame.get("device", pd.Series(dtype=str)).dropna()})
+    blocks = [Block("h1", "Answers to the exercises of “Single Shot Multibox Detection” (Dive into Deep Learning)"),
+              Block("p", f"Made by `python cli.py report all` from the {counted(len(frame), 'study')} in `{storage}`"
+                         + (f", trained on {', '.join(devices)}" if devices else "") + ". Each exercise is a variant "
+                         "(a file in `experiments/`), run as an Optuna study against its control, the chapter's own "
+                         "configuration under the same profile.")]
+    blocks += _glance_blocks(frame, folder) + _voc_blocks(frame) + anchor_blocks(frame, folder)
+    blocks += _threshold_blocks(frame) + _missing_blocks(frame)
+    blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study."))
+    write_documents(folder, blocks, "tinyssd-ablate: answers to the chapter's exercises")
+    return folder
+
