@@ -188,9 +188,18 @@ def seconds_since_process_start() -> float | None:
 
 
 def _json_line(obj: dict) -> None:
-    """One machine-readable line; NaN (no ground truth of that size) becomes null."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in obj.items()}
-    typer.echo(json.dumps(clean))
+    """One machine-readable line; NaN (no ground truth of that size) and infinities become null, at any depth."""
+    typer.echo(json.dumps(_finite_json(obj)))
+
+
+def _finite_json(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 @app.command()
@@ -451,7 +460,7 @@ def anchors(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt
                     f"{cfg.image_size} px", out)
     print_anchor_fit(result, best_possible_recall(fit))
     if json_out:
-        typer.echo(json.dumps(result))
+        _json_line(result)
 
 
 @app.command()

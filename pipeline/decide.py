@@ -48,6 +48,7 @@ class Candidate:
     trial: int
     config: RunConfig
     scores: dict[int, float] = field(default_factory=dict)
+    look_ends: list[int] = field(default_factory=list)  # paired seeds after each of its looks
     verdict: Verdict | None = None  # set once decided, or at the end
 
     def diffs(self, control: dict[int, float]) -> tuple[list[int], list[float]]:
@@ -70,25 +71,34 @@ def settle(candidates: list[Candidate], control: RunConfig, plan: Plan, train_pa
         control_scores.update(train_pack("control", control, seeds))
         for candidate in open_:
             candidate.scores.update(train_pack(f"trial {candidate.trial}", candidate.config, seeds))
-            current = verdict(candidate.diffs(control_scores)[1], plan.seeds_per_look, plan.max_seeds, plan.delta,
-                              alpha)
+            candidate.look_ends.append(len(candidate.diffs(control_scores)[0]))
+            current = _verdict_now(candidate, control_scores, plan, alpha)
             if current.outcome != "undecided" or look == plan.looks - 1:
                 candidate.verdict = current
         on_look(record(candidates, control_scores, plan, final=False))
     diffs = [c.diffs(control_scores)[1] for c in candidates]
-    for candidate, final in zip(candidates, holm(diffs, plan.seeds_per_look, plan.max_seeds, plan.delta)):
+    for candidate, final in zip(candidates, holm(diffs, plan.seeds_per_look, plan.max_seeds, plan.delta,
+                                                 look_ends=[c.look_ends for c in candidates])):
         candidate.verdict = final  # one candidate: Holm is its own rule at alpha
     return record(candidates, control_scores, plan, final=True)
 
 
+def _verdict_now(candidate: Candidate, control: dict[int, float], plan: Plan, alpha: float) -> Verdict:
+    return verdict(candidate.diffs(control)[1], plan.seeds_per_look, plan.max_seeds, plan.delta, alpha,
+                   candidate.look_ends)
+
+
 def record(candidates: list[Candidate], control: dict[int, float], plan: Plan, final: bool) -> dict:
-    """What the study keeps: the plan, each candidate's verdict and its paired seeds' scores."""
+    """What the study keeps: the plan, each candidate's verdict and its paired seeds' scores. Before the end
+    (``final`` False: kept after every look, so a killed decision leaves what it had) a candidate still open
+    carries its evidence so far, with the verdict 'pending'."""
     rows = []
     for c in candidates:
         seeds, diffs = c.diffs(control)
+        evidence = to_record(c.verdict if c.verdict is not None else _verdict_now(c, control, plan, ALPHA))
         rows.append({"trial": c.trial, "seeds": seeds, "scores": [c.scores[s] for s in seeds],
-                     "control": [control[s] for s in seeds], "diffs": diffs,
-                     **(to_record(c.verdict) if c.verdict is not None else {"verdict": "undecided"})})
+                     "control": [control[s] for s in seeds], "diffs": diffs, "look_ends": list(c.look_ends),
+                     **evidence, **({} if c.verdict is not None else {"verdict": "pending"})})
     return {"final": final, "delta_margin": plan.delta, "max_seeds": plan.max_seeds,
             "seeds_per_look": plan.seeds_per_look, "planned_looks": plan.looks, "candidates": rows,
             "holm": len(candidates) > 1}

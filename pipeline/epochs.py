@@ -105,7 +105,7 @@ class EpochReporter:
                 self.timings["scoring_s"] += result.seconds
                 per_replica[k].update(result.metrics)
                 self.last_scored[k] = result
-        metrics = combine({self.pack.seeds[k]: per_replica[k] for k in done.live})
+        metrics = combine({self.pack.seeds[k]: per_replica[k] for k in done.live}, self.pack.k)
         self.history.append(metrics)
         if done.state is not None:
             saving = time.perf_counter()

@@ -3,8 +3,9 @@
 A signal handler runs at whatever bytecode the main thread is at. When that is a garbage-collection callback
 or a ``__del__`` (SQLAlchemy's pool cleans up in both), the KeyboardInterrupt it raises is printed as
 "Exception ignored" and dropped, and the sweep ran on to the end with exit code 0. So the handler also records
-the signal, and the training loop raises it again at its next batch (``raise_if_interrupted``): an interrupt
-always ends the run, once or twice, never zero times.
+the signal, and it is raised again at the next safe point (``raise_if_interrupted``: every training batch, the
+sweep's progress updates, the poll loop of --workers, and the end of the ``sigterm_as_interrupt`` block), so
+an interrupt ends the command even when Python dropped it. Each command starts with no interrupt recorded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import contextlib
 import signal
 import sys
 
-_received: list[int] = []  # signals received in this process, newest last
+_received: list[int] = []  # signals received since the outermost sigterm_as_interrupt began, newest last
+_depth: list[int] = []  # how many sigterm_as_interrupt blocks are open (they nest: a sweep, then its worker)
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:
@@ -47,9 +49,16 @@ def sigterm_as_interrupt():
     trial FAIL with a reason, instead of the process dying with its runs left RUNNING."""
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_dropped_interrupts(sys.unraisablehook)
+    outermost = not _depth
+    if outermost:
+        _received.clear()  # a new command (tests run several in one process)
+    _depth.append(1)
     try:
         yield
+        if outermost:
+            raise_if_interrupted()  # dropped after the last safe point: still the command's end
     finally:
+        _depth.pop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sys.unraisablehook = previous_hook

@@ -29,10 +29,12 @@ def t_half_width(values: list[float], level: float = LEVEL) -> float:
     return float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def combine(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
-    """The metrics of several seeds as one dict: each key's mean over the seeds that have it, its CI
-    half-width (key + '_ci95') and each seed's value (seed_key). One seed: its own metrics, unchanged."""
-    if len(per_seed) == 1:
+def combine(per_seed: dict[int, dict[str, float]], pack_size: int) -> dict[str, float]:
+    """The metrics of a pack's live seeds as one dict: each key's mean over the seeds that have it, its CI
+    half-width (key + '_ci95', with two seeds or more) and each seed's value (seed_key), so a seed's value is
+    always found under its own name, even when the others diverged. A single run (pack_size 1): its own
+    metrics, unchanged."""
+    if pack_size == 1:
         return dict(next(iter(per_seed.values())))
     keys = list(dict.fromkeys(k for metrics in per_seed.values() for k in metrics))
     out: dict[str, float] = {}

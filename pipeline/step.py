@@ -66,13 +66,15 @@ class TrainStep:
     ``model`` is a TinySSD (its ``replicas`` K, one grouped network) or a pipeline.pack.ReplicaLoop;
     ``configs`` is a RunConfig (K = 1) or a pipeline.pack.Pack. Call :meth:`start_epoch`, then :meth:`run`
     with each batch's indices, [K, B] (or [B] for one replica), then :meth:`summary` or
-    :meth:`replica_summaries`. ``generators`` (one per replica, or one) seed the random flips and negatives
-    on the CPU; on CUDA they come from the default CUDA generator (seeded by ``torch.manual_seed``), which
-    graph replays advance safely.
+    :meth:`replica_summaries`. ``generators`` (one per replica, or one) draw the random flips, and
+    ``negative_generators`` (default: the same) the random negatives, on the CPU: a replica that samples
+    negatives at random draws from a stream of its own, so its flips and batch orders stay those of any other
+    setting on its seed. On CUDA both come from the default CUDA generator (seeded by ``torch.manual_seed``),
+    which graph replays advance safely.
     """
 
     def __init__(self, model, images: torch.Tensor, targets: torch.Tensor, configs, device: torch.device,
-                 generators=None):
+                 generators=None, negative_generators=None):
         replicas = tuple(configs.replicas) if hasattr(configs, "replicas") else (configs,)
         cfg = replicas[0]
         self.model, self.images, self.targets, self.cfg, self.device = model, images, targets, cfg, device
@@ -81,6 +83,8 @@ class TrainStep:
         if isinstance(generators, torch.Generator):
             generators = [generators]
         self.generators = generators if device.type == "cpu" and generators is not None else None
+        negatives = negative_generators if negative_generators is not None else generators
+        self.negative_generators = negatives if self.generators is not None else None
         self.parts = self._parts(list(replicas))
         self.lr = torch.tensor(float(cfg.lr), device=device)
         self.sums = torch.zeros(self.k, 5, device=device, dtype=torch.float64)  # per replica: loss, loss_cls,
@@ -101,10 +105,10 @@ class TrainStep:
         def compiled(model):
             return torch.compile(model.forward_pack) if self.cfg.torch_compile else model.forward_pack
         if not isinstance(self.model, ReplicaLoop):
-            return [_Part(self.model, compiled(self.model), LossKnobs.of(replicas, self.device), self.generators,
-                          slice(None))]
+            return [_Part(self.model, compiled(self.model), LossKnobs.of(replicas, self.device),
+                          self.negative_generators, slice(None))]
         return [_Part(model, compiled(model), LossKnobs.of([cfg], self.device),
-                      None if self.generators is None else [self.generators[k]], slice(k, k + 1))
+                      None if self.negative_generators is None else [self.negative_generators[k]], slice(k, k + 1))
                 for k, (model, cfg) in enumerate(zip(self.model.models, replicas))]
 
     # -- the step ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pipeline.data import has_split
 from pipeline.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, Plan, settle
 from pipeline.faults import reconcile_runs
 from pipeline.pack import Pack, PackError, check_fits
-from pipeline.interrupts import sigterm_as_interrupt
+from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.run import load_data, tracked_run
 from pipeline.seeds import seed_values
 from pipeline.space import describe_space
@@ -26,6 +26,7 @@ from pipeline.storage_lock import StorageLock
 from pipeline.study import (SweepError, SweepOptions, base_config, best_trial, counts, load_variant, prepare,
                             remaining_trials, study_objective)
 from pipeline.tracking import MlflowTracker
+from pipeline.step import NonFiniteLossError
 from pipeline.train import resolve_device
 from pipeline.trial import trial_config, trial_context
 from pipeline.workers import run_worker, spawn_workers
@@ -99,7 +100,10 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
         tracker = MlflowTracker(study.study_name)
         reconcile_runs(study, tracker)
     target = options.trials or variant.trials[options.profile]
-    update = (lambda: on_update(study, target)) if on_update else (lambda: None)
+    def update() -> None:
+        raise_if_interrupted()  # a safe point between trials and verdict packs
+        if on_update:
+            on_update(study, target)
     with sigterm_as_interrupt():
         update()
         with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
@@ -155,13 +159,17 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
         pack = Pack.of_seeds(dataclasses.replace(cfg, seed=seeds[0], val_every=cfg.epochs), len(seeds))
         tags = {"study": study.study_name, "role": "verdict", "verdict_of": role, "seeds": ",".join(map(str, seeds)),
                 "scored_on": split}
-        result = tracked_run(pack, tracker, name=f"verdict-{role.replace(' ', '-')}-seeds-{seeds[0]}-{seeds[-1]}",
-                             out_dir=options.out_dir, parent_run_id=parent_run_id, tags=tags, progress=False,
-                             data=(ctx.data(cfg)[0], ctx.split(cfg, split)), stop_on_divergence=False,
-                             score_split=split)
-        update()
-        spent["seconds"] += time.perf_counter() - started
-        return seed_values(result.metrics, key) or {seeds[0]: result.metrics[key]}
+        try:
+            result = tracked_run(pack, tracker, name=f"verdict-{role.replace(' ', '-')}-seeds-{seeds[0]}-{seeds[-1]}",
+                                 out_dir=options.out_dir, parent_run_id=parent_run_id, tags=tags, progress=False,
+                                 data=(ctx.data(cfg)[0], ctx.split(cfg, split)), stop_on_divergence=False,
+                                 score_split=split)
+        except NonFiniteLossError:  # every seed of the pack diverged: their pairs are left out (the run says so)
+            return {}
+        finally:
+            update()
+            spent["seconds"] += time.perf_counter() - started
+        return seed_values(result.metrics, key) if pack.k > 1 else {seeds[0]: result.metrics[key]}
 
     def keep(record: dict) -> None:
         study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": spent["seconds"]})

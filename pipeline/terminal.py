@@ -54,7 +54,8 @@ def train_summary(result) -> dict:
     """--json's per-seed part: the seeds, each one's val/map, the mean and its 95% interval."""
     from pipeline.seeds import seed_values
 
-    per_seed = seed_values(result.metrics, "val/map") or {result.fit.pack.seeds[0]: result.metrics["val/map"]}
+    pack = result.fit.pack
+    per_seed = seed_values(result.metrics, "val/map") if pack.k > 1 else {pack.seeds[0]: result.metrics["val/map"]}
     half = result.metrics.get("val/map_ci95", math.nan)
     mean = result.metrics["val/map"]
     return {"seeds": result.fit.pack.seeds, "val/map_per_seed": {str(s): v for s, v in per_seed.items()},
@@ -128,16 +129,18 @@ def print_verdict(result: dict, options) -> None:
         lo, hi = result["delta_ci95"]
         claim = {"better": "better than the control", "worse": "worse than the control",
                  "equivalent": f"equivalent to the control within ±{result['delta_margin']:g}",
-                 "undecided": "undecided"}[verdict]
-        needed = f"; about {result['seeds_needed']} paired seeds would likely decide it" if result["seeds_needed"] else ""
+                 "undecided": "undecided", "pending": "not decided yet (the last --decide was interrupted)"}[verdict]
+        needed = result["seeds_needed"]
+        needed = ("" if not needed else "; more than 256 paired seeds would be needed" if needed > 256
+                  else f"; about {needed} paired seeds would likely decide it")
         console.print(f"[bold]Verdict: trial {trial} is {claim}[/]")
         console.print(f"  Δ mAP {result['delta']:+.4f}, repeated 95% interval [{lo:+.4f}, {hi:+.4f}], {result['seeds']} "
                       f"paired new seeds, scored on the {result['scored_on']} split{needed}")
     name = options.study_name or f"{options.variant}-{options.profile}"
     console.print("Next:")
-    if verdict == "not decided" and trial is not None:
+    if verdict in ("not decided", "pending") and trial is not None:
         console.print(f"  python cli.py sweep {options.variant} --decide   # seeds for the best and the control until decided")
-    elif verdict == "undecided" and result.get("seeds_needed"):
+    elif verdict == "undecided" and result.get("seeds_needed") and result["seeds_needed"] <= 256:
         console.print(f"  python cli.py sweep {options.variant} --decide --max-seeds {result['seeds_needed']}"
                       "   # a verdict on that many seeds (trained again from the first new seed)")
     console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")

@@ -118,6 +118,11 @@ def held_on(data: DetectionData, device: torch.device) -> DetectionData:
     return dataclasses.replace(data, images=data.images.to(device), targets=data.targets.to(device))
 
 
+def negatives_seed(seed: int) -> int:
+    """The seed of a run's stream of random negatives: derived from its seed, far from the seeds runs use."""
+    return (seed * 2654435761 + 2 ** 40) % 2 ** 63
+
+
 def _train_epoch(step: TrainStep, n_images: int, cfg: RunConfig, generators: list[torch.Generator],
                  view: ProgressView) -> list[dict[str, float]]:
     """One epoch of every replica, each in its own batch order; returns each replica's train/* metrics."""
@@ -174,20 +179,27 @@ class _Training:
         self.device = resolve_device(self.cfg.device)
         if self.device.type == "cpu":
             tune_cpu_allocator()
-        self.generators = [torch.Generator().manual_seed(seed) for seed in pack.seeds]
+        self.generators = [torch.Generator().manual_seed(seed) for seed in pack.seeds]  # batch order, flips
+        self.negative_generators = [torch.Generator().manual_seed(negatives_seed(seed)) for seed in pack.seeds]
         self.model = build_model(pack, len(train.class_names), self.device)  # seeds each replica's weights
         torch.manual_seed(self.cfg.seed)  # on CUDA, flips and negatives come from the device's generator
         train, val = held_on(train, self.device), held_on(val, self.device)
         state = resumable(load_latest_epoch_state(state_dir), pack, state_dir)
-        self.start, history, self.train_seconds, self.diverged = resume(state, self.model, self.generators,
+        self.start, history, self.train_seconds, self.diverged = resume(state, self.model, self.all_generators,
                                                                          self.device, run)
-        self.step = TrainStep(self.model, train.images, train.targets, pack, self.device, self.generators)
+        self.step = TrainStep(self.model, train.images, train.targets, pack, self.device, self.generators,
+                              self.negative_generators)
         self.timings = {"setup_s": 0.0, "train_s": 0.0, "validate_s": 0.0, "scoring_s": 0.0, "epoch_state_s": 0.0}
         self.view = ProgressView(progress, self.cfg.epochs, -(-len(train) // self.cfg.batch_size), self.start)
         self.reporter = EpochReporter(pack, history, self.timings, run, on_epoch, self.view, state_dir)
         self.validator = Validator(val, self.cfg, self.device, score_split)
         self.last_metrics: list[dict[str, float]] = [{} for _ in pack.replicas]
         self.timings["setup_s"] = time.perf_counter() - started
+
+    @property
+    def all_generators(self) -> list[torch.Generator]:
+        """Every random stream an epoch state must hold: batch orders and flips, then negatives."""
+        return self.generators + self.negative_generators
 
     @property
     def live(self) -> list[int]:
@@ -230,7 +242,7 @@ class _Training:
             trained.scoring = self.validator.start(self.model, self.live)
             self.timings["validate_s"] += time.perf_counter() - started
             if self.state_dir is not None:
-                trained.state = epoch_state(self.model, self.generators, self.device, self.pack, self.train_seconds,
+                trained.state = epoch_state(self.model, self.all_generators, self.device, self.pack, self.train_seconds,
                                             self.diverged)
         self.reporter.add(trained)
         self.reporter.report(wait=False)

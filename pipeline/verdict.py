@@ -87,28 +87,38 @@ def decide(current: Look, delta: float) -> str | None:
     return None
 
 
+MOST_SEEDS = 256  # the largest --max-seeds; an estimate beyond it is reported as "more than 256"
+
+
 def seeds_to_decide(current: Look, delta: float, planned_looks: int, alpha: float = ALPHA,
                     power: float = POWER) -> int | None:
-    """Paired seeds that would likely decide it, if the observed mean and sd are the truth: the fewer of
-    those needed to exclude 0 and those needed to fit inside ±delta (normal approximation)."""
+    """Paired seeds that would likely decide it in one more look, if the observed mean and sd are the truth:
+    the fewer of those needed to exclude 0 and those needed to fit inside ±delta, with t quantiles at the
+    rule's level for ``planned_looks`` + 1 looks (a longer decision has one look more), at least one seed more
+    than now; None when not estimable, MOST_SEEDS + 1 when beyond the largest --max-seeds."""
     if current.n < 2 or not current.sd > 0:
         return None
-    z = stats.norm.ppf(1 - alpha / (2 * planned_looks)) + stats.norm.ppf(power)
-    needs = []
-    if current.mean != 0:
-        needs.append((z * current.sd / abs(current.mean)) ** 2)
-    if abs(current.mean) < delta:
-        needs.append((z * current.sd / (delta - abs(current.mean))) ** 2)
-    return int(math.ceil(min(needs))) if needs else None
+    gaps = [g for g in (abs(current.mean), delta - abs(current.mean)) if g > 0]
+    if not gaps:
+        return None
+    level = alpha / (2 * (planned_looks + 1))
+    for n in range(current.n + 1, MOST_SEEDS + 1):
+        t = stats.t.ppf(1 - level, n - 1) + stats.t.ppf(power, n - 1)
+        if t * current.sd / math.sqrt(n) < max(gaps):
+            return n
+    return MOST_SEEDS + 1
 
 
 def verdict(diffs: list[float], seeds_per_look: int, max_seeds: int, delta: float,
-            alpha: float = ALPHA) -> Verdict:
-    """Apply the rule to paired differences as they came in, ``seeds_per_look`` at a time: the first look that
-    decides stops it. With all ``max_seeds`` in and nothing decided: undecided."""
+            alpha: float = ALPHA, look_ends: list[int] | None = None) -> Verdict:
+    """Apply the rule to paired differences as they came in, look by look: the first look that decides stops
+    it. ``look_ends``: how many differences there were after each look (default: ``seeds_per_look`` more each
+    time; fewer where a seed diverged and its pair was left out). With all ``max_seeds`` in and nothing
+    decided: undecided."""
     planned = planned_looks(seeds_per_look, max_seeds)
+    ends = look_ends if look_ends is not None else range(seeds_per_look, len(diffs) + seeds_per_look, seeds_per_look)
     current, taken = look([], planned, alpha), 0
-    for end in range(seeds_per_look, len(diffs) + seeds_per_look, seeds_per_look):
+    for end in ends:
         current, taken = look(diffs[:end], planned, alpha), taken + 1
         outcome = decide(current, delta)
         if outcome is not None:
@@ -121,7 +131,7 @@ def planned_looks(seeds_per_look: int, max_seeds: int) -> int:
 
 
 def holm(diffs: list[list[float]], seeds_per_look: int, max_seeds: int, delta: float,
-         alpha: float = ALPHA) -> list[Verdict]:
+         alpha: float = ALPHA, look_ends: list[list[int]] | None = None) -> list[Verdict]:
     """Several settings' verdicts against one control, Holm-corrected: in rounds, every setting whose rule at
     level alpha / (settings left) declares better or worse is decided and leaves; the rest are tried again at the
     larger level, until a round decides none. That is Holm's step-down, applied to the sequential rule (valid for
@@ -129,7 +139,8 @@ def holm(diffs: list[list[float]], seeds_per_look: int, max_seeds: int, delta: f
     remaining, out = set(range(len(diffs))), {}
     while remaining:
         level = alpha / len(remaining)
-        this_round = {i: verdict(diffs[i], seeds_per_look, max_seeds, delta, level) for i in remaining}
+        this_round = {i: verdict(diffs[i], seeds_per_look, max_seeds, delta, level,
+                                 look_ends[i] if look_ends else None) for i in remaining}
         decided = {i for i, v in this_round.items() if v.outcome in ("better", "worse")}
         out.update({i: this_round[i] for i in (decided or remaining)})
         if not decided:

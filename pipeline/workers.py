@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 import experiments
 from pipeline.faults import fail_dead_local_trials, stale_callback
-from pipeline.interrupts import sigterm_as_interrupt
+from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.storage_lock import StorageLock
 from pipeline.study import DONE, SweepOptions, open_storage
 from pipeline.trial import objective, pruner, trial_context
@@ -90,6 +90,7 @@ def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_p
     try:
         while any(p.is_alive() for p in procs):
             on_poll()
+            raise_if_interrupted()  # this process trains nothing: a dropped SIGTERM is noticed here
             time.sleep(1.0)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the terminal interrupted the workers too

@@ -188,3 +188,20 @@ def test_replicas_of_one_pack_must_share_what_shapes_the_computation():
     with pytest.raises(PackError, match="replica 1 differs from replica 0 in image_size"):
         Pack((BASE, dataclasses.replace(BASE, image_size=128)))
     assert Pack((BASE, dataclasses.replace(BASE, seed=9, cls_loss="focal"))).k == 2
+
+
+def test_random_negatives_draw_from_their_own_stream_so_orders_and_flips_stay_paired():
+    """A setting that samples negatives at random and one that keeps them all, on one seed, see the same batch
+    orders and flips: only the negatives' own stream moves differently."""
+    from pipeline.train import negatives_seed
+
+    images, targets = random_data()
+    states = []
+    for cfg in (BASE, dataclasses.replace(BASE, neg_sampling="random", neg_pos_ratio=1.0)):
+        generator, negatives = torch.Generator().manual_seed(7), torch.Generator().manual_seed(negatives_seed(7))
+        step = TrainStep(alone(cfg), images, targets, cfg, CPU, [generator], [negatives])
+        for _ in range(2):
+            _train_epoch(step, len(images), cfg, [generator], ProgressView(False, 2, 3, 0))
+        states.append((generator.get_state(), negatives.get_state()))
+    assert torch.equal(states[0][0], states[1][0])  # batch orders and flips: the same draws
+    assert not torch.equal(states[0][1], states[1][1])  # the random setting drew its negatives

@@ -97,3 +97,9 @@ def test_holm_decides_in_rounds_at_growing_levels():
     corrected = holm([strong, weak], 12, 12, 0.01)
     assert corrected[0].outcome == "better"
     assert corrected[1].outcome == alone.outcome and corrected[1].look.lo == pytest.approx(alone.look.lo)
+
+
+def test_the_seeds_to_decide_are_always_more_than_the_seeds_used():
+    """On three seeds the t interval is wide: the estimate must not say fewer seeds would have decided it."""
+    v = verdict([0.025, 0.05, 0.075], 3, 3, 0.01)
+    assert v.outcome == "undecided" and v.seeds_needed > 3

@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from pipeline.report.figures import COLORS, Skipped, new_figure
 
 OUTCOME_COLORS = {"better": COLORS["best"], "worse": COLORS["failed"], "equivalent": COLORS["trial"],
-                  "undecided": "#999999", "not decided": "#bbbbbb"}
+                  "undecided": "#999999", "pending": "#bbbbbb", "not decided": "#bbbbbb"}
 
 
 def _points(frame: pd.DataFrame) -> pd.DataFrame:

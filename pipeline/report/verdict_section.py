@@ -16,7 +16,8 @@ from pipeline.report.text import params_text
 from pipeline.verdict import minimum_detectable_effect, verdict
 
 CLAIMS = {"better": "**Better** than the control", "worse": "**Worse** than the control",
-          "equivalent": "**Equivalent** to the control", "undecided": "**Undecided**"}
+          "equivalent": "**Equivalent** to the control", "undecided": "**Undecided**",
+          "pending": "**Not decided yet**"}
 
 
 def stored_verdict(attrs: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,6 +58,9 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
         text += f" About {row['seeds_needed']} paired seeds would likely decide it."
     sd = (row.get("look") or {}).get("sd", math.nan)
     blocks = [Block("p", text)]
+    if not record.get("final", True):
+        blocks.insert(0, Block("p", "**The decision was interrupted** after the looks below; what it had is kept. Run "
+                                    "the sweep with `--decide` again for a verdict (it trains its seeds again)."))
     if sd == sd and sd > 0:
         blocks.append(Block("p", _mde_sentence(sd, len(row["seeds"]), f"the sd of the paired differences, {sd:.4f}")))
     if record.get("split") == "val":
