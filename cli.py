@@ -364,7 +364,7 @@ def evaluate(checkpoint: Path, dataset: DatasetOpt = None,
         result = evaluate_checkpoint(checkpoint, dataset, split.value, detections_out, device.value, progress=True)
     except (CheckpointError, DataError) as exc:
         _usage_error(str(exc))
-    metrics = {f"val/{k}": v for k, v in result.metrics.items()}
+    metrics = {f"{split.value}/{k}": v for k, v in result.metrics.items()}
     console.print(metrics_table(f"COCO metrics of {checkpoint} on {split.value}", metrics))
     if json_out:
         _json_line(metrics)

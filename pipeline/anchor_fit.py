@@ -83,6 +83,8 @@ def suggest_scale(boxes: torch.Tensor, size: np.ndarray, image_size: int) -> tup
     """The anchor_scale that maximises the best possible recall (ties: the one nearest 1, the chapter's), and
     the curve it was read from: [(scale, recall)]."""
     curve = [(float(s), best_possible_recall(fit_objects(boxes, size, image_size, float(s)))) for s in SCALES]
+    if not len(boxes):
+        return 1.0, curve
     top = max(r for _, r in curve)
     best = min((s for s, r in curve if r == top), key=lambda s: abs(np.log(s)))
     return best, curve

@@ -79,6 +79,7 @@ def predict_pack(model, images_uint8: torch.Tensor, device: torch.device, *, rep
     k = model.replicas
     chosen = list(range(k)) if replicas is None else replicas
     out: list[list[Detections]] = [[] for _ in chosen]
+    batch_size = max(1, batch_size // k)  # a pack predicts K copies of each batch at once
     for start in range(0, len(images_uint8), batch_size):
         batch = images_uint8[start:start + batch_size].to(device)
         x = model.pack_input(batch[None].expand(k, *batch.shape), channels_last)

@@ -55,6 +55,8 @@ def map_of_sample(evaluator: COCOeval, sample: list[int]) -> float:
 
 def bootstrap_maps(gt: dict, results: list[dict], resamples: int = 200, seed: int = 0) -> np.ndarray:
     """mAP over ``resamples`` bootstrap resamples of the images (with replacement, same size)."""
+    if not results:  # pycocotools cannot load no results; no detections score 0 on every resample
+        return np.zeros(resamples)
     evaluator = evaluated(gt, results)
     n = len(evaluator._paramsEval.imgIds)
     rng = np.random.default_rng(seed)

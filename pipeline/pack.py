@@ -43,6 +43,8 @@ class Pack:
     def __post_init__(self):
         if not self.replicas:
             raise PackError("a pack needs at least one replica")
+        if len(set(self.seeds)) != self.k:
+            raise PackError(f"a pack's replicas need seeds of their own; got {self.seeds}")
         first = shared_settings(self.replicas[0])
         for k, cfg in enumerate(self.replicas[1:], 1):
             differ = [name for name, value in shared_settings(cfg).items() if first[name] != value]

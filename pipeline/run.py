@@ -151,7 +151,7 @@ def _checkpoints(result: FitResult, class_names: list[str], folder: Path) -> lis
 
 def _threshold(metrics: dict[str, float]) -> float | None:
     """The display threshold a run chose on its validation split (F1's peak), if it is a number."""
-    value = next((v for k, v in metrics.items() if k.endswith("/f1_threshold")), None)
+    value = metrics.get("val/f1_threshold")  # chosen on validation: a verdict's test-split runs choose none
     return None if value is None or math.isnan(value) else float(value)
 
 

@@ -77,12 +77,18 @@ def _device_description(device: str) -> str:
 
 
 def check_packs(variant: experiments.Variant, base: RunConfig, options: SweepOptions, num_classes: int) -> None:
-    """Refuse, before anything is stored, packs that cannot work: seeds per trial for a variant that searches the
-    seed itself, or a pack of the control's size that will not fit in memory."""
-    if options.seeds_per_trial > 1 and "seed" in describe_space(variant, base):
-        raise SweepError(f"--seeds-per-trial: the {variant.name} variant searches the seed itself; use 1")
+    """Refuse, before anything is stored, packs that cannot work: seeds per trial or a verdict for a variant that
+    searches the seed itself, or a pack of the control's size (a trial's, a verdict look's) that will not fit."""
+    if "seed" in describe_space(variant, base):
+        for flag, asked in (("--seeds-per-trial", options.seeds_per_trial > 1), ("--seeds", options.seeds),
+                            ("--decide", options.decide)):
+            if asked:
+                raise SweepError(f"{flag}: the {variant.name} variant searches the seed itself: it measures seed "
+                                 "noise, and has no setting to give a verdict on")
     device = resolve_device(base.device)
-    for flag, k in (("--seeds-per-trial", options.seeds_per_trial), ("--seeds", options.seeds)):
+    per_look = verdict_plan(base, options).seeds_per_look if options.seeds or options.decide else 0
+    for flag, k in (("--seeds-per-trial", options.seeds_per_trial), ("--seeds" if options.seeds else "--decide",
+                                                                     per_look)):
         try:
             check_fits(base, k, num_classes, device)
         except PackError as exc:
@@ -177,6 +183,13 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
         study.set_user_attr("confirmation", {"best_trial": best["trial"], "seeds": best["seeds"],
                                              "best": best["scores"], "control": best["control"], "split": split})
 
-    record = settle(candidates, base, verdict_plan(base, options), train_pack, on_look=keep)
+    plan = verdict_plan(base, options)
+    for candidate in candidates:  # a setting may train at another input size than the control (input-size)
+        try:
+            check_fits(candidate.config, plan.seeds_per_look, len(ctx.data(candidate.config)[0].class_names),
+                       resolve_device(candidate.config.device))
+        except PackError as exc:
+            raise SweepError(f"{'--seeds' if options.seeds else '--decide'}: trial {candidate.trial}: {exc}") from None
+    record = settle(candidates, base, plan, train_pack, on_look=keep)
     keep(record)
     return record

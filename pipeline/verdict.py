@@ -12,7 +12,8 @@ the normal approximation that a handful of seeds does not justify; the test meas
 
 At a look with interval [lo, hi]:
 - **better** when lo > 0, **worse** when hi < 0;
-- **equivalent** when −delta < lo and hi < delta (two one-sided tests, each at alpha / L: conservative);
+- **equivalent** when −delta < lo and hi < delta (two one-sided tests, each at alpha / (2L) by this two-sided
+  interval: conservative);
 - otherwise more seeds, or **undecided** once max seeds are in, with an estimate of the seeds that would
   likely decide it.
 
@@ -134,8 +135,10 @@ def holm(diffs: list[list[float]], seeds_per_look: int, max_seeds: int, delta: f
          alpha: float = ALPHA, look_ends: list[list[int]] | None = None) -> list[Verdict]:
     """Several settings' verdicts against one control, Holm-corrected: in rounds, every setting whose rule at
     level alpha / (settings left) declares better or worse is decided and leaves; the rest are tried again at the
-    larger level, until a round decides none. That is Holm's step-down, applied to the sequential rule (valid for
-    any tests with levels). Those left take their verdict at the last round's level (equivalent or undecided)."""
+    larger level, until a round decides none. That is Holm's step-down, applied to the sequential rule, for the
+    claims better and worse. Those left take their verdict at the last round's level (equivalent or undecided):
+    an equivalence claim there is at that round's level, outside Holm's argument (conservative at alpha / m
+    in the first round, not always after it)."""
     remaining, out = set(range(len(diffs))), {}
     while remaining:
         level = alpha / len(remaining)

@@ -46,7 +46,8 @@ def anchor_blocks(frame: pd.DataFrame, folder: Path) -> list[Block]:
               Block("p", "TinySSD's anchors are 0.2 to 0.961 of the image side over five feature maps, with ratios 1, 2 "
                          "and 1/2. An object that no anchor overlaps at IoU 0.5 still gets its best anchor as a positive "
                          "in the chapter's matching, but that anchor's offsets must stretch far. The share of objects "
-                         "some anchor matches is the best recall the detector can reach at IoU 0.5.")]
+                         "some anchor matches is how many objects the matching gives a well-placed anchor to start from (predicted "
+                         "offsets can still reach the others).")]
     settings = frame[["dataset", "image_size", "anchor_scale"]].dropna(subset=["dataset"]).drop_duplicates()
     for _, s in settings.iterrows():
         blocks += _one_setting(str(s["dataset"]), int(s["image_size"]), float(s["anchor_scale"]), folder)

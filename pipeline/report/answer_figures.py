@@ -23,7 +23,7 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     shown["value"] = shown["confirmed_delta"].where(decided, shown["delta"])
     shown["lo"] = shown["ci_lo"].where(decided, np.nan)
     shown["hi"] = shown["ci_hi"].where(decided, np.nan)
-    shown["label"] = [f"{v}  ({o}{', ' + str(n) + ' seeds' if n else ', 1 seed'})"
+    shown["label"] = [f"{v}  ({o}{', ' + str(n) + ' new seeds' if n else ', the search'})"
                       for v, o, n in zip(shown["variant"], shown["outcome"], shown["seeds"])]
     return shown.iloc[::-1]
 

@@ -42,7 +42,7 @@ def _link(variant: str, folder: Path) -> str:
 
 def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return pd.DataFrame({"exercise": [_link(v, folder) for v in frame["variant"]], "question": frame["question"],
-                         "verdict": frame["outcome"], "Δ val mAP [95% interval]": frame.apply(_interval, axis=1),
+                         "verdict": frame["outcome"], "Δ mAP [interval, 95% for the decision]": frame.apply(_interval, axis=1),
                          "best setting": frame["best_params"], "new seeds": frame["seeds"].astype(str),
                          "scored on": frame["split"], "hours (search + verdict)": frame.apply(_hours, axis=1)})
 
@@ -77,7 +77,8 @@ def _voc_blocks(frame: pd.DataFrame) -> list[Block]:
                        "objective), every run logs VOC2007's 11-point AP50 and VOC2010's all-point AP50 "
                        "(`pipeline/voc.py`); a variant can name `val/voc_ap50` as its OBJECTIVE. VOC's AP50 rewards "
                        "finding objects, COCO's average over stricter IoUs rewards placing the box well: a setting "
-                       "can move one and not the other. One seed each, on the validation split."),
+                       "can move one and not the other. The search's own values (one seed, or the mean of a pack), on the "
+                       "validation split."),
             Block("table", table=pd.DataFrame(rows)) if rows else Block("p", "No study to show yet.")]
 
 

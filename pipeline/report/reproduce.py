@@ -11,6 +11,7 @@ import optuna
 from pipeline.config import RunConfig, make_config, parse_value
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
+from pipeline.report.verdict_section import stored_verdict
 from pipeline.report.trials import best_row, is_seed_study
 from pipeline.sqlite_files import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, sqlite_path
 
@@ -69,7 +70,18 @@ def shell_lines(words: list[str], width: int = 96) -> str:
     return "\n".join(lines + [line])
 
 
-def sweep_command(d: StudyData, seeds: int | None = None) -> str:
+def verdict_flags(record: dict | None) -> list[str]:
+    """The flags that ran a stored verdict again: --seeds N for one look, --decide with its plan otherwise."""
+    if not record:
+        return []
+    if record.get("planned_looks", 1) == 1:
+        return ["--seeds", str(record["max_seeds"])]
+    words = ["--decide", "--seeds", str(record["seeds_per_look"]), "--max-seeds", str(record["max_seeds"])]
+    words += ["--delta", f"{record['delta_margin']:g}"] if record["delta_margin"] != 0.01 else []
+    return words + (["--candidates", str(len(record["candidates"]))] if len(record["candidates"]) > 1 else [])
+
+
+def sweep_command(d: StudyData, record: dict | None = None) -> str:
     variant, profile = d.attrs.get("variant", "?"), d.attrs.get("profile", "quick")
     words = ["python", "cli.py", "sweep", variant, "--profile", profile]
     words += config_flags(d.base_config, profile, skip=_variant_fixed(variant))
@@ -77,7 +89,7 @@ def sweep_command(d: StudyData, seeds: int | None = None) -> str:
     words += ["--trials", str(done)] if done else []
     per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)
     words += ["--seeds-per-trial", str(per_trial)] if per_trial > 1 else []
-    words += ["--seeds", str(seeds)] if seeds else []
+    words += verdict_flags(record)
     words += ["--storage", shlex.quote(d.storage)] if d.storage != DEFAULT_STORAGE else []
     words += ["--study-name", shlex.quote(d.study.study_name)] if d.study.study_name != f"{variant}-{profile}" else []
     return shell_lines(words)
@@ -92,7 +104,7 @@ def reproduce_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
     profile = d.attrs.get("profile", "quick")
     blocks = [Block("h2", "Reproduce"), Block("p", "The sweep (running it again resumes the stored study; a new "
                                                    "storage re-runs it from scratch):"),
-              Block("code", sweep_command(d, len(confirmation["seeds"]) if confirmation else None))]
+              Block("code", sweep_command(d, stored_verdict(d.attrs)))]
     config = None if is_seed_study(d.space) else best_config(d)  # the best seed is chance, not a finding
     if config is not None:
         per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)

@@ -37,8 +37,8 @@ def stored_verdict(attrs: dict[str, Any]) -> dict[str, Any] | None:
             "planned_looks": 1, "candidates": [row], "split": c.get("split", "val"), "holm": False}
 
 
-def _mde_sentence(sd: float, n: int, source: str) -> str:
-    mde = minimum_detectable_effect(sd, n) if n > 1 else 2.8 * sd  # one seed: the normal approximation
+def _mde_sentence(sd: float, n: int, source: str, alpha: float = 0.05) -> str:
+    mde = minimum_detectable_effect(sd, n, alpha) if n > 1 else 2.8 * sd  # one seed: the normal approximation
     return (f"With {n} paired seed{'s' if n > 1 else ''}, the smallest difference this could detect (80% power, "
             f"95% confidence) is about **{mde:.4f} mAP** ({source}); a smaller true effect would most likely come "
             "out undecided or within noise.")
@@ -52,8 +52,9 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     setting = f"trial {row['trial']}" + (f" ({params_text(best.iloc[0])})" if not best.empty else "")
     looks = ("one look" if record["planned_looks"] == 1 else
              f"look {row.get('looks', '?')} of at most {record['planned_looks']}, each interval widened for the looks")
-    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}], over "
-            f"{len(row['seeds'])} paired new seeds ({looks}), scored on the {record.get('split', 'val')} split.")
+    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, interval [{lo:+.4f}, {hi:+.4f}] (95% for the whole "
+            f"decision), over {len(row['seeds'])} paired new seeds ({looks}), scored on the "
+            f"{record.get('split', 'val')} split.")
     if row.get("seeds_needed"):
         text += f" About {row['seeds_needed']} paired seeds would likely decide it."
     sd = (row.get("look") or {}).get("sd", math.nan)
@@ -61,11 +62,17 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     if not record.get("final", True):
         blocks.insert(0, Block("p", "**The decision was interrupted** after the looks below; what it had is kept. Run "
                                     "the sweep with `--decide` again for a verdict (it trains its seeds again)."))
-    if sd == sd and sd > 0:
-        blocks.append(Block("p", _mde_sentence(sd, len(row["seeds"]), f"the sd of the paired differences, {sd:.4f}")))
+    if sd == sd and sd > 0:  # at the level the rule used: 0.05 over the looks and the settings tested
+        level = 0.05 / (record["planned_looks"] * len(record["candidates"]))
+        blocks.append(Block("p", _mde_sentence(sd, len(row["seeds"]), f"the sd of the paired differences, {sd:.4f}, "
+                                               "at the rule's level", level)))
     if record.get("split") == "val":
         blocks.append(Block("p", "Scored on the validation split the search used: this data set has no test split, "
                                  "so the best setting's lead is biased upward (it was picked for scoring well there)."))
+    best = best_row(d.trials)
+    if best is not None and int(best["number"]) != row["trial"]:
+        blocks.append(Block("p", f"This verdict is on trial {row['trial']}, the best when it ran; the best is now trial "
+                                 f"{int(best['number'])}: run the sweep with `--decide` again for a verdict on it."))
     if len(record["candidates"]) > 1:
         others = "; ".join(f"trial {r['trial']}: {r['verdict']}" for r in record["candidates"][1:])
         blocks.append(Block("p", f"Other settings tested, Holm-corrected together: {others}."))
