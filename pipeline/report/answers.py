@@ -72,13 +72,17 @@ def _voc_blocks(frame: pd.DataFrame) -> list[Block]:
             rows.append({"exercise": r["variant"], "trial": role, "COCO mAP@[.5:.95]": fmt(value),
                          "COCO AP50": fmt(r[f"{role}:val/map50"]), "VOC07 AP50 (11-point)": fmt(r[f"{role}:val/voc07_ap50"]),
                          "VOC AP50 (all points)": fmt(r[f"{role}:val/voc_ap50"])})
-    return [Block("h2", "Evaluating as the SSD paper does: VOC AP at IoU 0.5"),
-            Block("p", "The SSD paper reports PASCAL VOC mAP at IoU 0.5. Beside COCO's mAP@[.5:.95] (the studies' "
-                       "objective), every run logs VOC2007's 11-point AP50 and VOC2010's all-point AP50 "
-                       "(`pipeline/voc.py`); a variant can name `val/voc_ap50` as its OBJECTIVE. VOC's AP50 rewards "
-                       "finding objects, COCO's average over stricter IoUs rewards placing the box well: a setting "
-                       "can move one and not the other. The search's own values (one seed, or the mean of a pack), on the "
-                       "validation split."),
+    return _section("Evaluating as the SSD paper does: VOC AP at IoU 0.5",
+                    "The SSD paper reports PASCAL VOC mAP at IoU 0.5. Beside COCO's mAP@[.5:.95] (the studies' "
+                    "objective), every run logs VOC2007's 11-point AP50 and VOC2010's all-point AP50 "
+                    "(`pipeline/voc.py`); a variant can name `val/voc_ap50` as its OBJECTIVE. VOC's AP50 counts an "
+                    "object found once its box overlaps by half; COCO's mAP averages over stricter overlaps up to "
+                    "0.95, so it also asks how well the box is placed. The search's own values (one seed, or the mean "
+                    "of a pack), on the validation split.", rows)
+
+
+def _section(title: str, text: str, rows: list[dict]) -> list[Block]:
+    return [Block("h2", title), Block("p", text),
             Block("table", table=pd.DataFrame(rows)) if rows else Block("p", "No study to show yet.")]
 
 
@@ -87,14 +91,12 @@ def _threshold_blocks(frame: pd.DataFrame) -> list[Block]:
              "control: threshold (F1)": f"{fmt(r['control:val/f1_threshold'], 3)} ({fmt(r['control:val/best_f1'], 3)})",
              "best setting: threshold (F1)": f"{fmt(r['best:val/f1_threshold'], 3)} ({fmt(r['best:val/best_f1'], 3)})"}
             for _, r in frame[frame["outcome"] != "seed noise"].iterrows()]
-    return [Block("h2", "Choosing the threshold detections are displayed at"),
-            Block("p", "The chapter draws detections scoring above 0.9, chosen by hand. Here every run records the "
-                       "score threshold at which F1 at IoU 0.5 peaks on its validation split, and `predict` draws at "
-                       "it (`--threshold auto`). The threshold is a property of a trained model, not a constant: "
-                       "it moves when the loss changes (focal loss flattens the scores), and with more epochs as the "
-                       "scores sharpen. The table shows how it moves between each exercise's control and its best "
-                       "setting."),
-            Block("table", table=pd.DataFrame(rows)) if rows else Block("p", "No study to show yet.")]
+    return _section("Choosing the threshold detections are displayed at",
+                    "The chapter draws detections scoring above 0.9, chosen by hand. Here every run records the score "
+                    "threshold at which F1 at IoU 0.5 peaks on its validation split (a property of the trained model, "
+                    "so it is chosen again whenever the training changes), and `predict` draws at it "
+                    "(`--threshold auto`). The table shows how it moves between each exercise's control and its best "
+                    "setting: the answer to 'how should the threshold be chosen when the training changes'.", rows)
 
 
 def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
