@@ -95,10 +95,10 @@ NUMERIC = re.compile(r"^([-+]?\d+(\.\d+)?( ± \d+(\.\d+)? \(n=\d+\))?|\[[-+\d., 
 
 
 def _html_table(table: pd.DataFrame) -> str:
-    """Numbers right-aligned, text left-aligned."""
+    """Numbers right-aligned, text left-aligned; cells take the same inline marks as paragraphs (a link, say)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     rows = "".join("<tr>" + "".join(f'<td class="{"num" if NUMERIC.match(str(v)) else "text"}">'
-                                    f"{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                                    f"{_inline_html(str(v))}</td>" for v in row) + "</tr>"
                    for row in table.itertuples(index=False))
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
