@@ -6,6 +6,11 @@ or a ``__del__`` (SQLAlchemy's pool cleans up in both), the KeyboardInterrupt it
 the signal, and it is raised again at the next safe point (``raise_if_interrupted``: every training batch, the
 sweep's progress updates, the poll loop of --workers, and the end of the ``sigterm_as_interrupt`` block), so
 an interrupt ends the command even when Python dropped it. Each command starts with no interrupt recorded.
+
+A store write must not be cut in half: a KeyboardInterrupt raised inside an SQLAlchemy transaction can leave
+its SQLite connection holding the write lock, and then the run's own closing writes (its KILLED status, its
+trial's end reason) fail with "database is locked" and the run stays RUNNING. Inside ``deferred()`` a signal is
+recorded but not raised; it is raised when the block ends.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 
 _received: list[int] = []  # signals received since the outermost sigterm_as_interrupt began, newest last
 _depth: list[int] = []  # how many sigterm_as_interrupt blocks are open (they nest: a sweep, then its worker)
+_deferring: list[int] = []  # how many deferred() blocks are open
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:
@@ -25,7 +31,22 @@ def _interrupt(signum: int) -> KeyboardInterrupt:
 
 def _raise_interrupt(signum, frame):
     _received.append(signum)
-    raise _interrupt(signum)
+    if not _deferring:
+        raise _interrupt(signum)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Inside, a signal is recorded but not raised (a store write runs whole); when the block ends normally,
+    a signal that came inside it is raised."""
+    before = len(_received)
+    _deferring.append(1)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    if len(_received) > before and not _deferring:
+        raise _interrupt(_received[-1])
 
 
 def raise_if_interrupted() -> None:

@@ -10,6 +10,7 @@ as FAILED by the next command that uses the experiment (:meth:`MlflowTracker.clo
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.interrupts import deferred
 from pipeline.sqlite_files import DEFAULT_TRACKING_URI, sqlite_path
 
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI reads to nest a run under its parent
@@ -49,6 +51,30 @@ def tracking_uri() -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(sqlite_path(uri).resolve())
     return uri
+
+
+class _WholeCalls:
+    """An MlflowClient whose every call runs whole: a Ctrl-C or SIGTERM during a call is raised when it returns,
+    so no store write is cut in half (see pipeline/interrupts.py)."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def whole(*args, **kwargs):
+            with deferred():
+                return attr(*args, **kwargs)
+        return whole
+
+
+def _client(uri: str) -> _WholeCalls:
+    from mlflow.tracking import MlflowClient
+    return _WholeCalls(MlflowClient(tracking_uri=uri))
 
 
 def _param_value(value: Any) -> str:
@@ -127,10 +153,9 @@ class MlflowTracker:
     """Runs in one MLflow experiment of the store at ``uri``."""
 
     def __init__(self, experiment: str = "tinyssd", uri: str | None = None):
-        from mlflow.tracking import MlflowClient
         quiet_store_setup()
         self.uri = uri or tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _client(self.uri)
         self.experiment_id = self._experiment_id(experiment)
 
     def _experiment_id(self, name: str) -> str:
@@ -269,9 +294,8 @@ class MlflowReader:
     """Read-only view of the store at ``uri`` (default: :func:`tracking_uri`); never creates an experiment."""
 
     def __init__(self, uri: str | None = None):
-        from mlflow.tracking import MlflowClient
         self.uri = uri or tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _client(self.uri)
 
     def experiment_id(self, name: str) -> str | None:
         found = self.client.get_experiment_by_name(name)

@@ -16,6 +16,7 @@ import experiments
 from pipeline.config import RunConfig
 from pipeline.data import load_split
 from pipeline.faults import deadline
+from pipeline.interrupts import deferred
 from pipeline.pack import Pack, check_fits
 from pipeline.run import failure_reason, load_data, tracked_run
 from pipeline.seeds import seed_values
@@ -72,7 +73,8 @@ def _pruning_callback(trial, objective: str, prune: bool):
         value = metrics[objective]
         if not math.isfinite(value):
             raise FloatingPointError(f"{objective} is {value} after epoch {epoch}")
-        trial.report(value, epoch)
+        with deferred():  # a store write during training, not to be cut in half (see pipeline/interrupts.py)
+            trial.report(value, epoch)
         if prune and trial.should_prune():
             raise Pruned(epoch)
     return on_epoch

@@ -186,7 +186,9 @@ def test_a_pack_that_does_not_fit_is_refused_before_it_starts(monkeypatch):
 
 def test_replicas_of_one_pack_must_share_what_shapes_the_computation():
     with pytest.raises(PackError, match="replica 1 differs from replica 0 in image_size"):
-        Pack((BASE, dataclasses.replace(BASE, image_size=128)))
+        Pack((BASE, dataclasses.replace(BASE, seed=1, image_size=128)))
+    with pytest.raises(PackError, match=r"a pack's replicas need seeds of their own; got \[0, 0\]"):
+        Pack((BASE, dataclasses.replace(BASE, cls_loss="focal")))
     assert Pack((BASE, dataclasses.replace(BASE, seed=9, cls_loss="focal"))).k == 2
 
 

@@ -298,3 +298,47 @@ def test_a_signal_whose_interrupt_python_dropped_still_ends_the_command(monkeypa
         drop_an_interrupt()  # no safe point after it: the block's end raises
     with interrupts.sigterm_as_interrupt():  # the next command starts clean
         interrupts.raise_if_interrupted()
+
+
+def test_a_signal_during_a_store_write_is_raised_when_the_write_is_whole(tmp_path):
+    """SIGTERM in the middle of an MLflow write: the write completes (no SQLite lock left held), the interrupt
+    comes right after it, and the run ends KILLED with what was written."""
+    import os
+
+    from pipeline import interrupts
+    from pipeline.tracking import MlflowTracker, MlflowReader
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    tracker = MlflowTracker("signals", uri=uri)
+    real_log_batch = tracker.client._client.log_batch
+
+    def log_batch_hit_by_a_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, halfway through the call
+        return real_log_batch(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt, match="signal SIGTERM"), interrupts.sigterm_as_interrupt():
+        with tracker.run("hit") as run:
+            tracker.client._client.log_batch = log_batch_hit_by_a_signal
+            run.log_metrics({"train/loss": 0.5}, step=1)
+            tracker.client._client.log_batch = real_log_batch
+            pytest.fail("the interrupt must come right after the write")
+    [record] = MlflowReader(uri).find_runs("signals")
+    assert record.status == "KILLED" and record.metrics == {"train/loss": 0.5}
+
+
+def test_a_store_write_after_an_interrupt_is_not_interrupted_again():
+    """The closing writes that follow an interrupt (a run's KILLED status) run; only a new signal stops them."""
+    import os
+
+    from pipeline import interrupts
+
+    closed = []
+    with pytest.raises(KeyboardInterrupt), interrupts.sigterm_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            with interrupts.deferred():
+                pass
+            closed.append("status")
+            raise
+    assert closed == ["status"]
