@@ -24,6 +24,7 @@ more of the others.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -102,12 +103,18 @@ def seeds_to_decide(current: Look, delta: float, planned_looks: int, alpha: floa
     gaps = [g for g in (abs(current.mean), delta - abs(current.mean)) if g > 0]
     if not gaps:
         return None
-    level = alpha / (2 * (planned_looks + 1))
-    for n in range(current.n + 1, MOST_SEEDS + 1):
-        t = stats.t.ppf(1 - level, n - 1) + stats.t.ppf(power, n - 1)
-        if t * current.sd / math.sqrt(n) < max(gaps):
-            return n
-    return MOST_SEEDS + 1
+    ns = np.arange(current.n + 1, MOST_SEEDS + 1)
+    t = _t_quantile_sums(alpha / (2 * (planned_looks + 1)), power)[ns - 2]
+    fits = t * current.sd / np.sqrt(ns) < max(gaps)
+    return int(ns[fits.argmax()]) if fits.any() else MOST_SEEDS + 1
+
+
+@functools.lru_cache(maxsize=64)
+def _t_quantile_sums(level: float, power: float) -> np.ndarray:
+    """t(1 − level) + t(power) with n − 1 degrees of freedom, for n = 2 … MOST_SEEDS (one scipy call each,
+    cached: a simulation asks for the same few levels thousands of times)."""
+    df = np.arange(1, MOST_SEEDS)
+    return stats.t.ppf(1 - level, df) + stats.t.ppf(power, df)
 
 
 def verdict(diffs: list[float], seeds_per_look: int, max_seeds: int, delta: float,
