@@ -46,9 +46,12 @@ def map_of_sample(evaluator: COCOeval, sample: list[int]) -> float:
     blocks = len(evaluator.evalImgs) // n_images  # categories x area ranges, each a run of n_images entries
     ev.evalImgs = [evaluator.evalImgs[block * n_images + i] for block in range(blocks) for i in sample]
     ev.params.imgIds = ev._paramsEval.imgIds = [ids[i] for i in sample]
+    # mAP needs only area "all" (pycocotools' first range) at the most detections: accumulate nothing else
+    ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
+    ev.params.maxDets = ev.params.maxDets[-1:]
     with silence_stdout_in_this_thread():
         ev.accumulate()
-    precision = ev.eval["precision"][:, :, :, 0, -1]  # all IoUs, recalls, classes; area all; 100 detections
+    precision = ev.eval["precision"][:, :, :, 0, 0]  # all IoUs, recalls, classes; area all; 100 detections
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else math.nan
 
