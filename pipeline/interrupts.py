@@ -10,7 +10,7 @@ an interrupt ends the command even when Python dropped it. Each command starts w
 A store write must not be cut in half: a KeyboardInterrupt raised inside an SQLAlchemy transaction can leave
 its SQLite connection holding the write lock, and then the run's own closing writes (its KILLED status, its
 trial's end reason) fail with "database is locked" and the run stays RUNNING. Inside ``deferred()`` a signal is
-recorded but not raised; it is raised when the block ends.
+recorded but not raised; it is raised when the block ends. A trial's timeout (SIGALRM) waits the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 _received: list[int] = []  # signals received since the outermost sigterm_as_interrupt began, newest last
 _depth: list[int] = []  # how many sigterm_as_interrupt blocks are open (they nest: a sweep, then its worker)
 _deferring: list[int] = []  # how many deferred() blocks are open
+_pending: list[BaseException] = []  # delivered inside them, to be raised when the outermost ends
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:
@@ -31,22 +32,31 @@ def _interrupt(signum: int) -> KeyboardInterrupt:
 
 def _raise_interrupt(signum, frame):
     _received.append(signum)
-    if not _deferring:
-        raise _interrupt(signum)
+    deliver(_interrupt(signum))
+
+
+def deliver(exc: BaseException) -> None:
+    """From a signal handler: raise ``exc`` now, or, inside a ``deferred()`` block, when that block ends."""
+    if _deferring:
+        _pending.append(exc)
+    else:
+        raise exc
 
 
 @contextlib.contextmanager
 def deferred():
-    """Inside, a signal is recorded but not raised (a store write runs whole); when the block ends normally,
-    a signal that came inside it is raised."""
-    before = len(_received)
+    """Inside, what a signal handler delivers (an interrupt, a trial's timeout) waits: a store write runs
+    whole. When the outermost block ends normally, the first exception delivered inside it is raised."""
     _deferring.append(1)
     try:
         yield
     finally:
         _deferring.pop()
-    if len(_received) > before and not _deferring:
-        raise _interrupt(_received[-1])
+        outermost, waiting = not _deferring, list(_pending)
+        if outermost:
+            _pending.clear()
+    if outermost and waiting:
+        raise waiting[0]
 
 
 def raise_if_interrupted() -> None:

@@ -342,3 +342,18 @@ def test_a_store_write_after_an_interrupt_is_not_interrupted_again():
             closed.append("status")
             raise
     assert closed == ["status"]
+
+
+def test_a_trial_timeout_waits_for_the_store_write_it_falls_in():
+    import time
+
+    from pipeline import interrupts
+    from pipeline.faults import TrialTimeout, deadline
+
+    written = []
+    with pytest.raises(TrialTimeout, match="ran past 0.05 s"), deadline(0.05):
+        with interrupts.deferred():
+            time.sleep(0.3)  # the alarm rings in here
+            written.append("whole")
+        pytest.fail("the timeout must come right after the write")
+    assert written == ["whole"]
