@@ -23,20 +23,20 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     shown["value"] = shown["confirmed_delta"].where(decided, shown["delta"])
     shown["lo"] = shown["ci_lo"].where(decided, np.nan)
     shown["hi"] = shown["ci_hi"].where(decided, np.nan)
-    shown["label"] = [f"{v}  ({o}{', ' + str(n) + ' new seeds' if n else ', the search'})"
-                      for v, o, n in zip(shown["variant"], shown["outcome"], shown["seeds"])]
+    shown["label"] = [f"{v}  ({o}, " + (f"{n} new seeds on {split}" if n else "the search on val") + ")"
+                      for v, o, n, split in zip(shown["variant"], shown["outcome"], shown["seeds"], shown["split"])]
     return shown.iloc[::-1]
 
 
 def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
-    """Each exercise's Δ val/map (best setting − control): a point with its 95% interval where a verdict has
+    """Each exercise's Δ mAP (best setting − control; a verdict's on the split it was scored on): a point with its 95% interval where a verdict has
     seeds, a hollow point for the search's one-seed Δ; the band is the equivalence margin."""
     points = _points(frame)
     if points.empty:
         raise Skipped("no study has both a complete control and a complete setting besides it")
     y = np.arange(len(points))
     with new_figure(path, width=7.8, height=1.6 + 0.5 * len(points),
-                    title="Each exercise: best setting minus the chapter's, val mAP") as (fig, (ax,)):
+                    title="Each exercise: best setting minus the chapter's, mAP") as (fig, (ax,)):
         ax.axvspan(-delta, delta, color="#e8eef5", zorder=0)
         ax.axvline(0, color=COLORS["control"], lw=1)
         for yi, (_, p) in zip(y, points.iterrows()):
@@ -48,7 +48,7 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
                 ax.plot(p["value"], yi, "o", mfc="white", mec=color, ms=6)
         ax.set_yticks(y, points["label"])
         ax.xaxis.set_major_locator(MaxNLocator(6))
-        ax.set(xlabel="Δ val mAP@[.5:.95] (best − control)")
+        ax.set(xlabel="Δ mAP@[.5:.95] (best − control), on the split named in each row")
         handles = [Line2D([], [], marker="o", ls="", color=c, label=o) for o, c in OUTCOME_COLORS.items()
                    if o in set(points["outcome"])]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
