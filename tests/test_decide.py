@@ -97,3 +97,4 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     assert parent.data.tags["verdict"] == out["verdict"]
     report = (write_report("smooth-l1", out_root=workdir / "reports") / "report.md").read_text()
     assert report.index("## Verdict") < report.index("## Summary") and "scored on the test split" in report
+    assert "| test/map per seed |" in report and "confirmed test/map, mean ± 95% CI" in report  # not val/map

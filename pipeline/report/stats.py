@@ -68,4 +68,4 @@ def confirmation_stats(attrs: dict[str, Any]) -> dict[str, Any] | None:
     return {"best_trial": record.get("best_trial"), "seeds": record.get("seeds", []),
             "best": mean_ci(record["best"]), "control": mean_ci(record["control"]),
             "paired": paired_comparison(record["best"], record["control"]),
-            "values": {"best": record["best"], "control": record["control"]}}
+            "values": {"best": record["best"], "control": record["control"]}, "split": record.get("split", "val")}

@@ -26,6 +26,11 @@ def _ci_text(ci: dict[str, float]) -> str:
     return f"{ci['mean']:.4f} ± {(ci['hi'] - ci['lo']) / 2:.4f} (n={ci['n']})"
 
 
+def _scored(confirmation: dict) -> str:
+    """The metric a confirmation's seeds were scored with: val/map, or test/map on a test split."""
+    return f"{confirmation.get('split', 'val')}/map"
+
+
 def _summary_record(row: pd.Series, role: str, base: float, confirmation: dict | None) -> dict[str, str]:
     half = row.get("val/map_ci95")
     value = fmt(row["value"]) + ("" if missing(half) else f" ± {half:.4f}")  # a pack: mean ± 95% half-width
@@ -34,7 +39,7 @@ def _summary_record(row: pd.Series, role: str, base: float, confirmation: dict |
     record.update({m.removeprefix("val/"): fmt(row[m]) for m in SUMMARY_METRICS[1:]})
     if confirmation:
         key = "control" if role == "control" else ("best" if row["number"] == confirmation["best_trial"] else None)
-        record["confirmed val/map, mean ± 95% CI"] = _ci_text(confirmation[key]) if key else ""
+        record[f"confirmed {_scored(confirmation)}, mean ± 95% CI"] = _ci_text(confirmation[key]) if key else ""
     return record
 
 
@@ -169,7 +174,7 @@ def summary_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
 def confirmation_blocks(c: dict[str, Any], trials: pd.DataFrame, record: dict | None = None) -> list[Block]:
     rows = [{"run": role, "trial": str(c["best_trial"]) if role == "best" else "control",
              "seeds": ", ".join(map(str, c["seeds"])),
-             "val/map per seed": ", ".join(f"{v:.4f}" for v in c["values"][role]),
+             f"{_scored(c)} per seed": ", ".join(f"{v:.4f}" for v in c["values"][role]),
              "mean": fmt(c[role]["mean"]), "95% CI": f"[{fmt(c[role]['lo'])}, {fmt(c[role]['hi'])}]",
              "sd": fmt(c[role]["sd"])} for role in ("best", "control")]
     p = c["paired"]
