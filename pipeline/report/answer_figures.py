@@ -35,7 +35,7 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
     if points.empty:
         raise Skipped("no study has both a complete control and a complete setting besides it")
     y = np.arange(len(points))
-    with new_figure(path, width=7.8, height=1.6 + 0.5 * len(points),
+    with new_figure(path, width=9.5, height=1.6 + 0.5 * len(points),
                     title="Each exercise: best setting minus the chapter's, mAP") as (fig, (ax,)):
         ax.axvspan(-delta, delta, color="#e8eef5", zorder=0)
         ax.axvline(0, color=COLORS["control"], lw=1)
@@ -48,7 +48,9 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
                 ax.plot(p["value"], yi, "o", mfc="white", mec=color, ms=6)
         ax.set_yticks(y, points["label"])
         ax.xaxis.set_major_locator(MaxNLocator(6))
-        ax.set(xlabel="Δ mAP@[.5:.95] (best − control), on the split named in each row")
+        ax.margins(x=0.08)  # a point at the end of the range stays off the frame
+        ax.set_ylim(-0.6, len(points) - 0.4)  # and so does the first or last row
+        ax.set(xlabel="Δ mAP@[.5:.95], best − control (each row names its split)")
         handles = [Line2D([], [], marker="o", ls="", color=c, label=o) for o, c in OUTCOME_COLORS.items()
                    if o in set(points["outcome"])]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
