@@ -29,8 +29,9 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
-    """Each exercise's Δ mAP (best setting − control; a verdict's on the split it was scored on): a point with its 95% interval where a verdict has
-    seeds, a hollow point for the search's one-seed Δ; the band is the equivalence margin."""
+    """Each exercise's Δ mAP (best setting − control, on the split it was scored on): a point with its 95%
+    interval where a verdict has seeds, a hollow point for the search's one-seed Δ; the band is the equivalence
+    margin."""
     points = _points(frame)
     if points.empty:
         raise Skipped("no study has both a complete control and a complete setting besides it")

@@ -28,7 +28,7 @@ def _ci_text(ci: dict[str, float]) -> str:
 
 def _scored(confirmation: dict) -> str:
     """The metric a confirmation's seeds were scored with: val/map, or test/map on a test split."""
-    return f"{confirmation.get('split', 'val')}/map"
+    return f"{confirmation['split']}/map"  # confirmation_stats fills in val for records older than the split
 
 
 def _summary_record(row: pd.Series, role: str, base: float, confirmation: dict | None) -> dict[str, str]:
