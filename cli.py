@@ -472,7 +472,7 @@ def variants(json_out: JsonOpt = False):
     rows = []
     for name in experiments.names():
         variant = experiments.load(name)
-        base = make_config("chapter", variant.fixed)
+        base = make_config("chapter", variant.fixed_for("chapter"))
         rows.append({"name": name, "question": variant.question.splitlines()[0], "fixed": variant.fixed,
                      "space": describe_space(variant, base), "sampler": type(variant.sampler(0)).__name__,
                      "trials": variant.trials, "objective": variant.objective})

@@ -2,6 +2,7 @@
 
 - a docstring: the question, and what it is compared against (trial 0, the control);
 - FIXED: overrides every trial of the variant uses, the control included;
+- FIXED_BY_PROFILE (optional): more such overrides for one profile only, e.g. {"quick": {"image_size": 128}};
 - TRIALS: default trial count per profile;
 - OBJECTIVE: the metric maximised;
 - space(trial, base): the trial.suggest_* calls, returning RunConfig overrides;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from types import CodeType, ModuleType
 from typing import Any, Callable
@@ -39,6 +41,11 @@ class Variant:
     space: Callable  # (trial, base RunConfig) -> dict of overrides
     sampler: Callable  # (seed) -> optuna sampler
     prune: bool = True  # whether the median pruner may stop this variant's trials early
+    fixed_by_profile: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def fixed_for(self, profile: str) -> dict[str, Any]:
+        """The overrides every trial of this variant uses under ``profile``, the control included."""
+        return {**self.fixed, **self.fixed_by_profile.get(profile, {})}
 
     @classmethod
     def from_module(cls, module: ModuleType) -> "Variant":
@@ -47,10 +54,11 @@ class Variant:
         return cls(name=module.__name__.rsplit(".", 1)[-1].replace("_", "-"), question=(module.__doc__ or "").strip(),
                    fixed=dict(getattr(module, "FIXED", {})), trials=dict(module.TRIALS),
                    objective=getattr(module, "OBJECTIVE", "val/map"), space=module.space, sampler=sampler,
-                   prune=not isinstance(sampler(0), optuna.samplers.GridSampler))
+                   prune=not isinstance(sampler(0), optuna.samplers.GridSampler),
+                   fixed_by_profile=dict(getattr(module, "FIXED_BY_PROFILE", {})))
 
 
-SETTINGS = {"FIXED", "TRIALS", "OBJECTIVE"}  # the upper-case names a variant's module may set
+SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "TRIALS", "OBJECTIVE"}  # the upper-case names a variant's module may set
 REQUIRED = {"TRIALS", "space", "sampler"}
 
 

@@ -63,7 +63,7 @@ class SweepOptions:
 
 def base_config(variant: experiments.Variant, options: SweepOptions) -> RunConfig:
     """The control's configuration: defaults, profile, the variant's fixed overrides, then the user's flags."""
-    return make_config(options.profile, {**variant.fixed, **options.overrides})
+    return make_config(options.profile, {**variant.fixed_for(options.profile), **options.overrides})
 
 
 def _engine_kwargs(url: str) -> dict:

@@ -18,7 +18,7 @@ from pipeline.data import has_split
 from pipeline.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, Plan, settle
 from pipeline.faults import reconcile_runs
 from pipeline.pack import Pack, PackError, check_fits
-from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
+from pipeline.interrupts import deferred, raise_if_interrupted, sigterm_as_interrupt
 from pipeline.run import load_data, tracked_run
 from pipeline.seeds import seed_values
 from pipeline.space import describe_space
@@ -158,10 +158,7 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
     split = "test" if has_split(base.dataset, "test") else "val"
     key = f"{split}/{study_objective(study).split('/', 1)[1]}"
 
-    spent = {"seconds": 0.0}
-
     def train_pack(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
-        started = time.perf_counter()
         pack = Pack.of_seeds(dataclasses.replace(cfg, seed=seeds[0], val_every=cfg.epochs), len(seeds))
         tags = {"study": study.study_name, "role": "verdict", "verdict_of": role, "seeds": ",".join(map(str, seeds)),
                 "scored_on": split}
@@ -174,11 +171,12 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
             return {}
         finally:
             update()
-            spent["seconds"] += time.perf_counter() - started
         return seed_values(result.metrics, key) if pack.k > 1 else {seeds[0]: result.metrics[key]}
 
+    packs = KeptPacks(study, key)
+
     def keep(record: dict) -> None:
-        study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": spent["seconds"]})
+        study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": packs.seconds})
         best = record["candidates"][0]
         study.set_user_attr("confirmation", {"best_trial": best["trial"], "seeds": best["seeds"],
                                              "best": best["scores"], "control": best["control"], "split": split})
@@ -190,6 +188,37 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
                        resolve_device(candidate.config.device))
         except PackError as exc:
             raise SweepError(f"{'--seeds' if options.seeds else '--decide'}: trial {candidate.trial}: {exc}") from None
-    record = settle(candidates, base, plan, train_pack, on_look=keep)
+    record = settle(candidates, base, plan, packs.reuse_or(train_pack), on_look=keep)
     keep(record)
     return record
+
+
+class KeptPacks:
+    """A verdict's packs survive a kill: each pack's per-seed scores are kept on the study (``verdict_packs``) as
+    soon as it is trained, and the same sweep command run again takes a pack's seeds from there instead of
+    training them again (a diverged seed is kept as null: tried, left out). The study's base config cannot change
+    on resume (pipeline.study), so a role and a metric name one setting's scores."""
+
+    ATTR = "verdict_packs"
+
+    def __init__(self, study: optuna.Study, metric: str):
+        self.study, self.metric = study, metric
+        self.kept: dict[str, dict] = dict(study.user_attrs.get(self.ATTR, {}))
+        self.seconds = 0.0  # training time of the packs this verdict used, kept ones included
+
+    def reuse_or(self, train_pack: Callable) -> Callable:
+        def reuse_or_train(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
+            name = f"{role} {self.metric}"
+            entry = self.kept.get(name, {"scores": {}, "seconds": {}})
+            if not all(str(s) in entry["scores"] for s in seeds):
+                started = time.perf_counter()
+                scores = train_pack(role, cfg, seeds)
+                took = (time.perf_counter() - started) / len(seeds)
+                entry = {"scores": {**entry["scores"], **{str(s): scores.get(s) for s in seeds}},
+                         "seconds": {**entry["seconds"], **{str(s): took for s in seeds}}}
+                self.kept[name] = entry
+                with deferred():
+                    self.study.set_user_attr(self.ATTR, self.kept)
+            self.seconds += sum(entry["seconds"][str(s)] for s in seeds)
+            return {s: entry["scores"][str(s)] for s in seeds if entry["scores"][str(s)] is not None}
+        return reuse_or_train

@@ -98,3 +98,40 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     report = (write_report("smooth-l1", out_root=workdir / "reports") / "report.md").read_text()
     assert report.index("## Verdict") < report.index("## Summary") and "scored on the test split" in report
     assert "| test/map per seed |" in report and "confirmed test/map, mean ± 95% CI" in report  # not val/map
+
+
+def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(workdir, tmp_path, monkeypatch):
+    import pipeline.sweep
+    from pipeline.data import generate_bananas
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    args = ["sweep", "smooth-l1", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--trials", "2",
+            "--seeds", "2", "--json"]
+    real, trained, kill = pipeline.sweep.tracked_run, [], {"at": 2}
+
+    def tracked_run(pack, tracker, **kw):
+        if kw["tags"].get("role") == "verdict":
+            trained.append(kw["name"])
+            if len(trained) == kill["at"]:
+                raise KeyboardInterrupt  # as Ctrl-C would, while the second pack (trial 1's) starts
+        return real(pack, tracker, **kw)
+    monkeypatch.setattr(pipeline.sweep, "tracked_run", tracked_run)
+
+    assert runner.invoke(app, args).exit_code != 0
+    assert trained == ["verdict-control-seeds-1-2", "verdict-trial-1-seeds-1-2"]
+    study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
+    kept = study.user_attrs["verdict_packs"]
+    assert list(kept) == ["control test/map"] and set(kept["control test/map"]["scores"]) == {"1", "2"}
+
+    trained.clear()
+    kill["at"] = 0
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert trained == ["verdict-trial-1-seeds-1-2"]  # the control's pack was kept, not trained again
+    first = json.loads(result.output.strip().splitlines()[-1])
+    record = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db").user_attrs["verdict"]
+    assert record["final"] and record["candidates"][0]["control"] == [kept["control test/map"]["scores"][s]
+                                                                     for s in ("1", "2")]
+    trained.clear()
+    again = json.loads(runner.invoke(app, args).output.strip().splitlines()[-1])
+    assert trained == [] and again["verdict"] == first["verdict"] and again["delta_ci95"] == first["delta_ci95"]

@@ -37,7 +37,7 @@ def child_runs(study_name):
 def test_every_variant_samples_valid_configs(name):
     variant = experiments.load(name)
     assert variant.question and variant.objective == "val/map" and set(variant.trials) == {"chapter", "quick"}
-    base = make_config("quick", variant.fixed)
+    base = make_config("quick", variant.fixed_for("quick"))
     configs = []
 
     def objective(trial):
@@ -51,7 +51,9 @@ def test_every_variant_samples_valid_configs(name):
 
 def test_input_size_scales_the_input_the_anchors_or_both():
     variant = experiments.load("input-size")
-    base = make_config("quick", variant.fixed)  # 128 px
+    base = make_config("quick", variant.fixed_for("quick"))
+    assert (make_config("quick").image_size, base.image_size) == (64, 128)  # FIXED_BY_PROFILE: 128 px here
+    assert make_config("chapter", variant.fixed_for("chapter")).image_size == 256
 
     def overrides(scale, changed):
         return variant.space(optuna.trial.FixedTrial({"scale": scale, "changed": changed}), base)
@@ -204,7 +206,7 @@ def test_workers_of_a_grid_study_share_one_grid(variant_name):
     from pipeline.workers import worker_sampler
 
     variant = experiments.load(variant_name)
-    base = make_config("quick", variant.fixed)
+    base = make_config("quick", variant.fixed_for("quick"))
     storage = optuna.storages.InMemoryStorage()
     optuna.create_study(storage=storage, study_name="s", direction="maximize")
     workers = [optuna.load_study(study_name="s", storage=storage, sampler=worker_sampler(variant, 0, i))

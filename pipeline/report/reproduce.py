@@ -32,10 +32,10 @@ def config_flags(config: dict[str, Any], profile: str, skip: dict[str, Any] | No
     return flags
 
 
-def _variant_fixed(variant: str | None) -> dict[str, Any]:
+def _variant_fixed(variant: str | None, profile: str) -> dict[str, Any]:
     import experiments
     try:
-        return experiments.load(variant).fixed if variant else {}
+        return experiments.load(variant).fixed_for(profile) if variant else {}
     except KeyError:
         return {}
 
@@ -84,7 +84,7 @@ def verdict_flags(record: dict | None) -> list[str]:
 def sweep_command(d: StudyData, record: dict | None = None) -> str:
     variant, profile = d.attrs.get("variant", "?"), d.attrs.get("profile", "quick")
     words = ["python", "cli.py", "sweep", variant, "--profile", profile]
-    words += config_flags(d.base_config, profile, skip=_variant_fixed(variant))
+    words += config_flags(d.base_config, profile, skip=_variant_fixed(variant, profile))
     done = int(d.trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
     words += ["--trials", str(done)] if done else []
     per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)
