@@ -297,11 +297,12 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
                         ("end of training (last 3 epochs)", budget.end_of_training_sd),
                         *([(f"test split sampling (bootstrap, {budget.test_images} images)", budget.test_sd)]
                           if budget.test_images else []),
-                        ("a paired difference, one seed", budget.paired_sd)):
+                        ("a paired difference, one seed", budget.paired_sd),
+                        ("seed, scoring the mean of the last 3 epochs", budget.last_epochs_mean_sd)):
         table.add_row(name, f"{value:.4f}")
     console.print(table)
     effects = ", ".join(f"{n} seeds: {v:.4f}" for n, v in budget.minimum_detectable_effects().items())
-    console.print(f"mean val/map {budget.mean:.4f}; smallest paired Δ detectable (80% power, 95%): {effects}")
+    console.print(f"mean val/map {budget.mean:.4f} (mean of the last 3 epochs: {budget.last_epochs_mean:.4f}); smallest paired Δ detectable (80% power, 95%): {effects}")
     if json_out:
         _json_line({"dataset": cfg.dataset, "profile": chosen_profile(profile, device), "run_id": result.run_id,
                     **budget.as_dict()})

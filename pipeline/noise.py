@@ -77,6 +77,10 @@ class Budget:
     validation_images: int
     test_sd: float = math.nan  # the same bootstrap on the test split, where the data set has one
     test_images: int = 0
+    # a candidate cure for the end-of-training swing, measured on the same seeds: score each seed by the mean of
+    # its last LAST_EPOCHS validated val/map; their mean over the seeds, and their seed sd
+    last_epochs_mean: float = math.nan
+    last_epochs_mean_sd: float = math.nan
 
     @property
     def paired_sd(self) -> float:
@@ -97,6 +101,11 @@ def end_of_training_sd(histories: list[list[float]], last: int = LAST_EPOCHS) ->
     """Root-mean-square over seeds of the sd of each seed's last ``last`` validated scores."""
     parts = [np.std(h[-last:], ddof=1) for h in histories if len(h[-last:]) >= 2]
     return float(math.sqrt(np.mean(np.square(parts)))) if parts else math.nan
+
+
+def last_epochs_means(histories: list[list[float]], last: int = LAST_EPOCHS) -> list[float]:
+    """Each seed's mean over its last ``last`` validated scores (a score that a stop an epoch earlier moves less)."""
+    return [float(np.mean(h[-last:])) for h in histories if h]
 
 
 def split_sampling_sd(result, data, resamples: int = 200) -> float:
@@ -130,12 +139,15 @@ def budget_of(result, val, resamples: int = 200, test=None) -> Budget:
     key = "val/map" if result.pack.k == 1 else None
     histories = [[epoch[key or seed_key("val/map", r.seed)] for epoch in result.history
                   if (key or seed_key("val/map", r.seed)) in epoch] for r in live]
+    smoothed = last_epochs_means(histories)
     return Budget(seeds=len(live), mean=float(np.mean(finals)),
                   seed_sd=float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan,
                   validation_sd=float(np.mean(boot)), end_of_training_sd=end_of_training_sd(histories),
                   validation_images=len(val),
                   test_sd=split_sampling_sd(result, test, resamples) if test is not None else math.nan,
-                  test_images=len(test) if test is not None else 0)
+                  test_images=len(test) if test is not None else 0,
+                  last_epochs_mean=float(np.mean(smoothed)),
+                  last_epochs_mean_sd=float(np.std(smoothed, ddof=1)) if len(smoothed) > 1 else math.nan)
 
 
 # Seed noise of the control's val/map, measured with `python cli.py noise` on the 2-core development machines

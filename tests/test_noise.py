@@ -1,12 +1,13 @@
 """The noise budget's pieces: a bootstrap resample scores what pycocotools scores on the resampled set itself."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from pipeline.evaluate import coco_evaluate
-from pipeline.noise import Budget, bootstrap_maps, end_of_training_sd, evaluated, map_of_sample
+from pipeline.noise import Budget, bootstrap_maps, end_of_training_sd, evaluated, last_epochs_means, map_of_sample
 
 
 def inline_set(n_images=6, seed=0):
@@ -62,8 +63,38 @@ def test_bootstrap_spread_shrinks_with_more_images():
 def test_end_of_training_and_the_budget_arithmetic():
     last_three = np.var([0.2, 0.3, 0.5], ddof=1)  # the first seed's last three; the second seed's do not move
     assert end_of_training_sd([[0.1, 0.2, 0.3, 0.5], [0.4, 0.4, 0.4]]) == pytest.approx(math.sqrt(last_three / 2))
+    assert last_epochs_means([[0.1, 0.2, 0.3, 0.5], [0.4, 0.4, 0.4]]) == pytest.approx([1 / 3, 0.4])
     budget = Budget(seeds=5, mean=0.19, seed_sd=0.029, validation_sd=0.02, end_of_training_sd=0.03,
                     validation_images=100)
     assert budget.paired_sd == pytest.approx(0.029 * math.sqrt(2))
     effects = budget.minimum_detectable_effects()
     assert effects[2] > effects[3] > effects[5] > effects[10] > effects[20] > 0
+
+
+def test_the_noise_command_budgets_a_real_pack(workdir, tiny_bananas):
+    from typer.testing import CliRunner
+
+    from cli import app
+    from conftest import tiny_args
+
+    three_epochs = [arg.replace("epochs=1", "epochs=3") for arg in tiny_args()]
+    result = CliRunner().invoke(app, ["noise", "--dataset", str(tiny_bananas), "--device", "cpu", *three_epochs,
+                                      "--seeds", "3", "--resamples", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    budget = json.loads(result.output.strip().splitlines()[-1])
+    assert budget["seeds"] == 3 and budget["validation_images"] == 4 and budget["test_images"] == 0
+    assert budget["paired_sd"] == pytest.approx(math.sqrt(2) * budget["seed_sd"])
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.seeds import seed_key
+    from pipeline.tracking import tracking_uri
+    client = MlflowClient(tracking_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("tinyssd-noise").experiment_id])
+    histories = [[m.value for m in sorted(client.get_metric_history(run.info.run_id, seed_key("val/map", s)),
+                                          key=lambda m: m.step)] for s in (0, 1, 2)]
+    finals = [h[-1] for h in histories]  # the budget's parts, recomputed from what MLflow kept of the same pack
+    assert budget["mean"] == pytest.approx(np.mean(finals)) and budget["seed_sd"] == pytest.approx(np.std(finals, ddof=1))
+    assert budget["end_of_training_sd"] == pytest.approx(end_of_training_sd(histories))
+    means = last_epochs_means(histories)
+    assert len(histories[0]) == 3 and budget["last_epochs_mean"] == pytest.approx(np.mean(means))
+    assert budget["last_epochs_mean_sd"] == pytest.approx(np.std(means, ddof=1))
