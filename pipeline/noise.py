@@ -151,16 +151,22 @@ def budget_of(result, val, resamples: int = 200, test=None) -> Budget:
 
 
 # Seed noise of the control's val/map, measured with `python cli.py noise` on the 2-core development machines
-# (docs/noise-budget.md): (data set, profile) -> (sd, seeds).
-MEASURED_SEED_SD = {("bananas", "quick"): (0.029, 5), ("shapes", "quick"): (0.013, 3)}
+# (docs/noise-budget.md): (data set, profile, input side) -> (sd, seeds). The side is part of the key: the quick
+# profile was 128 px before it became 64, and the input-size study keeps 128 at quick.
+MEASURED_SEED_SD = {("bananas", "quick", 128): (0.029, 5), ("shapes", "quick", 128): (0.013, 3)}
 
 
-def noise_sd_text(dataset: str, profile: str) -> str:
+def measured_seed_sd(dataset: str, profile: str, image_size: int) -> tuple[float, int] | None:
+    """(sd, seeds) of the control's val/map measured for this data, profile and input side, if it was."""
+    return MEASURED_SEED_SD.get((dataset, profile, image_size))
+
+
+def noise_sd_text(dataset: str, profile: str, image_size: int) -> str:
     """One sentence on how big seed noise is for this data and profile, to read a one-seed Δ against."""
-    measured = MEASURED_SEED_SD.get((dataset, profile))
+    measured = measured_seed_sd(dataset, profile, image_size)
     if measured is None:
-        return (f"The seed noise of {dataset} at the {profile} profile is not measured yet: "
+        return (f"The seed noise of {dataset} at the {profile} profile ({image_size} px) is not measured yet: "
                 f"python cli.py noise --dataset {dataset} --profile {profile}.")
     sd, seeds = measured
-    return (f"Seed noise on {dataset} ({profile} profile) is sd ≈ {sd:.3f} mAP ({seeds} seeds): two one-seed runs "
+    return (f"Seed noise on {dataset} ({profile} profile, {image_size} px) is sd ≈ {sd:.3f} mAP ({seeds} seeds): two one-seed runs "
             f"of one setting differ by up to about ±{2.8 * sd:.3f} (95%).")

@@ -98,3 +98,11 @@ def test_the_noise_command_budgets_a_real_pack(workdir, tiny_bananas):
     means = last_epochs_means(histories)
     assert len(histories[0]) == 3 and budget["last_epochs_mean"] == pytest.approx(np.mean(means))
     assert budget["last_epochs_mean_sd"] == pytest.approx(np.std(means, ddof=1))
+
+
+def test_the_seed_noise_sentence_is_for_the_input_side_it_was_measured_at():
+    from pipeline.noise import noise_sd_text
+
+    assert "sd ≈ 0.013 mAP (3 seeds)" in noise_sd_text("shapes", "quick", 128)  # the input-size study's side
+    assert noise_sd_text("shapes", "quick", 96) == ("The seed noise of shapes at the quick profile (96 px) is not "
+                                                    "measured yet: python cli.py noise --dataset shapes --profile quick.")

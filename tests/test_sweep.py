@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import experiments
 from cli import app
-from conftest import tiny_args
+from conftest import plain, tiny_args
 from pipeline.config import RunConfig, make_config, parse_overrides
 from pipeline.space import describe_space
 from pipeline.study import ensure_control
@@ -121,6 +121,9 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(workdir, tiny_bananas):
 
     again = sweep("focal-loss", tiny_bananas, "--trials", "4")
     assert again.exit_code == 0, again.output
+    said = plain(again.output)  # the sweep's last lines: no verdict on one seed each, and why
+    assert "Verdict: not decided (one seed each)" in said
+    assert "at the quick profile (64 px) is not measured yet: python cli.py noise --dataset" in said
     study = optuna.load_study(study_name="focal-loss-quick", storage="sqlite:///optuna.db")
     assert len(study.trials) == 4
     parents, children = child_runs("focal-loss-quick")

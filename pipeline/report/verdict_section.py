@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.noise import MEASURED_SEED_SD
+from pipeline.noise import measured_seed_sd
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
 from pipeline.report.trials import best_row, control_row, is_seed_study
@@ -81,7 +81,7 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
 
 def _undecided_blocks(d: StudyData) -> list[Block]:
     dataset, profile = d.base_config.get("dataset"), d.attrs.get("profile")
-    measured = MEASURED_SEED_SD.get((dataset, profile))
+    measured = measured_seed_sd(dataset, profile, d.base_config.get("image_size"))
     text = ("**Not decided**: the search scores each setting on one seed (or the mean of a few), on the "
             "validation split it searched on. Run the sweep again with `--decide` to add seeds to the best setting "
             "and the control until the difference is decided.")
