@@ -142,7 +142,7 @@ def print_verdict(result: dict, options) -> None:
         console.print(f"  python cli.py sweep {options.variant} --decide   # seeds for the best and the control until decided")
     elif verdict == "undecided" and result.get("seeds_needed") and result["seeds_needed"] <= 256:
         console.print(f"  python cli.py sweep {options.variant} --decide --max-seeds {result['seeds_needed']}"
-                      "   # a verdict on that many seeds (trained again from the first new seed)")
+                      "   # a verdict on that many seeds (the seeds trained so far are reused)")
     console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")
     console.print(f"  python cli.py ui   # then {experiment_url('http://127.0.0.1:5000', result['mlflow_experiment_id'])}")
 

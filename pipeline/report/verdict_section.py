@@ -61,7 +61,7 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     blocks = [Block("p", text)]
     if not record.get("final", True):
         blocks.insert(0, Block("p", "**The decision was interrupted** after the looks below; what it had is kept. Run "
-                                    "the sweep with `--decide` again for a verdict (it trains its seeds again)."))
+                                    "the sweep with `--decide` again for a verdict (the packs it finished are reused, not trained again)."))
     if sd == sd and sd > 0:  # at the level the rule used: 0.05 over the looks and the settings tested
         level = 0.05 / (record["planned_looks"] * len(record["candidates"]))
         blocks.append(Block("p", _mde_sentence(sd, len(row["seeds"]), f"the sd of the paired differences, {sd:.4f}, "
