@@ -289,7 +289,8 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
                              data=data, stop_on_divergence=False)
     test = load_split(cfg.dataset, "test", cfg.image_size, progress=False) if has_split(cfg.dataset, "test") else None
     budget = budget_of(result.fit, data[1], resamples, test)
-    table = Table(title=f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} profile, "
+    table = Table(title=f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} profile "
+                        f"at {cfg.image_size} px, "
                         f"{budget.seeds} seeds, {budget.validation_images} validation images")
     for col in ("part", "sd (mAP)"):
         table.add_column(col, justify="left" if col == "part" else "right")
@@ -304,7 +305,8 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     effects = ", ".join(f"{n} seeds: {v:.4f}" for n, v in budget.minimum_detectable_effects().items())
     console.print(f"mean val/map {budget.mean:.4f} (mean of the last 3 epochs: {budget.last_epochs_mean:.4f}); smallest paired Δ detectable (80% power, 95%): {effects}")
     if json_out:
-        _json_line({"dataset": cfg.dataset, "profile": chosen_profile(profile, device), "run_id": result.run_id,
+        _json_line({"dataset": cfg.dataset, "profile": chosen_profile(profile, device), "image_size": cfg.image_size,
+                    "run_id": result.run_id,
                     **budget.as_dict()})
 
 
@@ -475,6 +477,7 @@ def variants(json_out: JsonOpt = False):
         variant = experiments.load(name)
         base = make_config("chapter", variant.fixed_for("chapter"))
         rows.append({"name": name, "question": variant.question.splitlines()[0], "fixed": variant.fixed,
+                     "fixed_by_profile": variant.fixed_by_profile,
                      "space": describe_space(variant, base), "sampler": type(variant.sampler(0)).__name__,
                      "trials": variant.trials, "objective": variant.objective})
     if json_out:
@@ -486,6 +489,7 @@ def variants(json_out: JsonOpt = False):
     for row in rows:
         space = "\n".join(f"{k}: {_describe_dist(v)}" for k, v in row["space"].items())
         fixed = "".join(f"\n(fixed {k}={v})" for k, v in row["fixed"].items())
+        fixed += "".join(f"\n(fixed {k}={v} at {p})" for p, over in row["fixed_by_profile"].items() for k, v in over.items())
         trials = ", ".join(f"{p}: {n}" for p, n in row["trials"].items())
         table.add_row(row["name"], row["question"], space + fixed, row["sampler"], trials)
     console.print(table)

@@ -1,6 +1,6 @@
 """Seeds per hour: a seed pack of K (pipeline/pack.py) against K single-seed runs, one after another, in one run.
 
-    python benchmarks/seed_packs.py --device cpu --image-size 128 --batch-size 16 --json   # the quick profile's size
+    python benchmarks/seed_packs.py --device cpu --image-size 128 --batch-size 16 --json   # the quick profile's former size (64 now)
     python benchmarks/seed_packs.py --device cpu --json                                    # the chapter's: 256, batch 32
     python benchmarks/seed_packs.py --device cuda --k 1,2,4,8 --precision bf16 --json
     python benchmarks/seed_packs.py --k 1,2 --image-size 64 --batch-size 4 --steps 1 --rounds 1 --fit-images 0  # seconds

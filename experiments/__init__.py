@@ -82,6 +82,11 @@ def check_names(module: ModuleType) -> None:
     if missing:
         raise VariantFileError(f"{where}: missing {', '.join(missing)}")
     used = _names_used(module.space.__code__) | _names_used(module.sampler.__code__)
+    from pipeline.config import PROFILES
+    unknown = sorted(set(getattr(module, "FIXED_BY_PROFILE", {})) - set(PROFILES))
+    if unknown:
+        raise VariantFileError(f"{where}: FIXED_BY_PROFILE names unknown profile(s) {', '.join(map(repr, unknown))}; "
+                               f"the profiles are {', '.join(PROFILES)}")
     for name in vars(module):
         if name.isupper() and name not in SETTINGS and name not in used:
             raise VariantFileError(f"{where}: unknown setting {name}; a variant sets {', '.join(sorted(SETTINGS))}, "

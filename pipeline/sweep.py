@@ -4,6 +4,9 @@ re-train the best setting and the control with new seeds for a verdict."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import os
 import time
 from typing import Any, Callable
@@ -160,21 +163,19 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
     key = f"{split}/{study_objective(study).split('/', 1)[1]}"
 
     def train_pack(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
-        pack = Pack.of_seeds(dataclasses.replace(cfg, seed=seeds[0], val_every=cfg.epochs), len(seeds))
+        pack = Pack(tuple(dataclasses.replace(cfg, seed=s, val_every=cfg.epochs) for s in seeds))
         tags = {"study": study.study_name, "role": "verdict", "verdict_of": role, "seeds": ",".join(map(str, seeds)),
                 "scored_on": split}
         try:
-            result = tracked_run(pack, tracker, name=f"verdict-{role.replace(' ', '-')}-seeds-{seeds[0]}-{seeds[-1]}",
+            result = tracked_run(pack, tracker, name=f"verdict-{role.replace(' ', '-')}-seeds-{seed_span(seeds)}",
                                  out_dir=options.out_dir, parent_run_id=parent_run_id, tags=tags, progress=False,
                                  data=(ctx.data(cfg)[0], ctx.split(cfg, split)), stop_on_divergence=False,
                                  score_split=split)
         except NonFiniteLossError:  # every seed of the pack diverged: their pairs are left out (the run says so)
             return {}
-        finally:
-            update()
         return seed_values(result.metrics, key) if pack.k > 1 else {seeds[0]: result.metrics[key]}
 
-    packs = KeptPacks(study, key)
+    packs = KeptPacks(study, key, after_pack=update)
 
     def keep(record: dict) -> None:
         study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": packs.seconds})
@@ -194,32 +195,56 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
     return record
 
 
+def seed_span(seeds: list[int]) -> str:
+    """'3', '1-3' for consecutive seeds, else '1_4_7': how a verdict run's name says which seeds it trained."""
+    if len(seeds) == 1:
+        return str(seeds[0])
+    return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else "_".join(map(str, seeds))
+
+
 class KeptPacks:
     """A verdict's packs survive a kill: each pack's per-seed scores are kept on the study (``verdict_packs``) as
-    soon as it is trained, and the same sweep command run again takes a pack's seeds from there instead of
-    training them again (a diverged seed is kept as null: tried, left out). The study's base config cannot change
-    on resume (pipeline.study), so a role and a metric name one setting's scores."""
+    soon as it is trained, and a later verdict on the same study (the same command after a kill, or another
+    --seeds or --max-seeds) trains only the seeds it does not find there. A seed that diverged, or scored no
+    finite value, is kept as null: tried, left out. Scores are kept under the setting's role, the metric and a
+    digest of everything that shapes the run but the seed (the device resolved), so a changed setting, device
+    or variant file never reuses them."""
 
     ATTR = "verdict_packs"
 
-    def __init__(self, study: optuna.Study, metric: str):
-        self.study, self.metric = study, metric
+    def __init__(self, study: optuna.Study, metric: str, after_pack: Callable[[], None] = lambda: None):
+        self.study, self.metric, self.after_pack = study, metric, after_pack
         self.kept: dict[str, dict] = dict(study.user_attrs.get(self.ATTR, {}))
-        self.seconds = 0.0  # training time of the packs this verdict used, kept ones included
+        self.seconds = 0.0  # training time of the seeds this verdict used, kept ones included
+
+    def name(self, role: str, cfg: RunConfig) -> str:
+        shape = dataclasses.replace(cfg, seed=0, val_every=0, device=resolve_device(cfg.device).type)
+        digest = hashlib.sha1(json.dumps(dataclasses.asdict(shape), sort_keys=True, default=str).encode()).hexdigest()
+        return f"{role} {self.metric} {digest[:10]}"
 
     def reuse_or(self, train_pack: Callable) -> Callable:
         def reuse_or_train(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
-            name = f"{role} {self.metric}"
+            name = self.name(role, cfg)
             entry = self.kept.get(name, {"scores": {}, "seconds": {}})
-            if not all(str(s) in entry["scores"] for s in seeds):
-                started = time.perf_counter()
-                scores = train_pack(role, cfg, seeds)
-                took = (time.perf_counter() - started) / len(seeds)
-                entry = {"scores": {**entry["scores"], **{str(s): scores.get(s) for s in seeds}},
-                         "seconds": {**entry["seconds"], **{str(s): took for s in seeds}}}
-                self.kept[name] = entry
-                with deferred():
-                    self.study.set_user_attr(self.ATTR, self.kept)
+            missing = [s for s in seeds if str(s) not in entry["scores"]]
+            if missing:
+                try:
+                    entry = self._train(name, entry, train_pack, role, cfg, missing)
+                finally:
+                    self.after_pack()  # a safe point: an interrupt is raised once the pack is kept
             self.seconds += sum(entry["seconds"][str(s)] for s in seeds)
             return {s: entry["scores"][str(s)] for s in seeds if entry["scores"][str(s)] is not None}
         return reuse_or_train
+
+    def _train(self, name: str, entry: dict, train_pack: Callable, role: str, cfg: RunConfig,
+               seeds: list[int]) -> dict:
+        started = time.perf_counter()
+        scores = train_pack(role, cfg, seeds)
+        took = (time.perf_counter() - started) / len(seeds)
+        finite = {str(s): v if v is not None and math.isfinite(v) else None for s, v in
+                  ((s, scores.get(s)) for s in seeds)}
+        entry = {"scores": {**entry["scores"], **finite}, "seconds": {**entry["seconds"], **{str(s): took for s in seeds}}}
+        self.kept[name] = entry
+        with deferred():
+            self.study.set_user_attr(self.ATTR, self.kept)
+        return entry

@@ -121,7 +121,8 @@ def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(work
     assert trained == ["verdict-control-seeds-1-2", "verdict-trial-1-seeds-1-2"]
     study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
     kept = study.user_attrs["verdict_packs"]
-    assert list(kept) == ["control test/map"] and set(kept["control test/map"]["scores"]) == {"1", "2"}
+    [control] = kept  # 'control test/map <digest of its settings>'
+    assert control.startswith("control test/map ") and set(kept[control]["scores"]) == {"1", "2"}
 
     trained.clear()
     kill["at"] = 0
@@ -130,8 +131,39 @@ def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(work
     assert trained == ["verdict-trial-1-seeds-1-2"]  # the control's pack was kept, not trained again
     first = json.loads(result.output.strip().splitlines()[-1])
     record = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db").user_attrs["verdict"]
-    assert record["final"] and record["candidates"][0]["control"] == [kept["control test/map"]["scores"][s]
-                                                                     for s in ("1", "2")]
+    assert record["final"] and record["candidates"][0]["control"] == [kept[control]["scores"][s] for s in ("1", "2")]
     trained.clear()
     again = json.loads(runner.invoke(app, args).output.strip().splitlines()[-1])
     assert trained == [] and again["verdict"] == first["verdict"] and again["delta_ci95"] == first["delta_ci95"]
+
+    trained.clear()  # a verdict on 3 seeds: seeds 1 and 2 are kept, only seed 3 is trained
+    three = runner.invoke(app, [*args[:-2], "3", "--json"])
+    assert three.exit_code == 0, three.output
+    assert trained == ["verdict-control-seeds-3", "verdict-trial-1-seeds-3"]
+    assert json.loads(three.output.strip().splitlines()[-1])["seeds"] in (2, 3)  # a seed may score nothing
+
+
+def test_kept_packs_train_only_missing_seeds_and_keep_what_scored_nothing_as_null():
+    from pipeline.sweep import KeptPacks
+
+    class Study:
+        user_attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs = {**self.user_attrs, key: json.loads(json.dumps(value))}  # as the storage keeps it
+
+    calls, study, cfg = [], Study(), RunConfig(device="cpu")
+
+    def train(role, config, seeds):
+        calls.append((role, seeds))
+        return {s: {1: 0.1, 2: float("nan")}.get(s, 0.3) for s in seeds if s != 4}  # 2: NaN, 4: diverged
+
+    packs = KeptPacks(study, "test/map")
+    assert packs.reuse_or(train)("control", cfg, [1, 2, 3]) == {1: 0.1, 3: 0.3}
+    again = KeptPacks(study, "test/map")  # a later run of the same study
+    assert again.reuse_or(train)("control", cfg, [2, 3, 4]) == {3: 0.3}
+    assert calls == [("control", [1, 2, 3]), ("control", [4])]
+    [name] = study.user_attrs["verdict_packs"]
+    assert study.user_attrs["verdict_packs"][name]["scores"] == {"1": 0.1, "2": None, "3": 0.3, "4": None}
+    other = KeptPacks(study, "test/map").reuse_or(train)("control", RunConfig(device="cpu", lr=0.1), [1])
+    assert other == {1: 0.1} and calls[-1] == ("control", [1])  # another setting: trained, not taken from the kept

@@ -49,3 +49,12 @@ def test_pruning_follows_the_sampler():
     for name in experiments.names():
         variant = experiments.load(name)
         assert variant.prune == isinstance(variant.sampler(0), TPESampler) != isinstance(variant.sampler(0), GridSampler)
+
+
+def test_fixed_by_profile_applies_to_its_profile_only_and_an_unknown_profile_is_refused():
+    variant = Variant.from_module(variant_module(GOOD + "FIXED = {'dataset': 'shapes'}\n"
+                                                 "FIXED_BY_PROFILE = {'quick': {'image_size': 128}}\n"))
+    assert variant.fixed_for("quick") == {"dataset": "shapes", "image_size": 128}
+    assert variant.fixed_for("chapter") == {"dataset": "shapes"}
+    with pytest.raises(VariantFileError, match=r"typo_variant.py: FIXED_BY_PROFILE names unknown profile\(s\) 'Quick'"):
+        Variant.from_module(variant_module(GOOD + "FIXED_BY_PROFILE = {'Quick': {'image_size': 128}}\n"))

@@ -75,7 +75,7 @@ def test_the_noise_command_budgets_a_real_pack(workdir, tiny_bananas):
     from typer.testing import CliRunner
 
     from cli import app
-    from conftest import tiny_args
+    from conftest import plain, tiny_args
 
     three_epochs = [arg.replace("epochs=1", "epochs=3") for arg in tiny_args()]
     result = CliRunner().invoke(app, ["noise", "--dataset", str(tiny_bananas), "--device", "cpu", *three_epochs,
@@ -83,6 +83,7 @@ def test_the_noise_command_budgets_a_real_pack(workdir, tiny_bananas):
     assert result.exit_code == 0, result.output
     budget = json.loads(result.output.strip().splitlines()[-1])
     assert budget["seeds"] == 3 and budget["validation_images"] == 4 and budget["test_images"] == 0
+    assert budget["image_size"] == 64 and "quick profile at 64 px" in plain(result.output)
     assert budget["paired_sd"] == pytest.approx(math.sqrt(2) * budget["seed_sd"])
     from mlflow.tracking import MlflowClient
 
@@ -104,5 +105,6 @@ def test_the_seed_noise_sentence_is_for_the_input_side_it_was_measured_at():
     from pipeline.noise import noise_sd_text
 
     assert "sd ≈ 0.013 mAP (3 seeds)" in noise_sd_text("shapes", "quick", 128)  # the input-size study's side
-    assert noise_sd_text("shapes", "quick", 96) == ("The seed noise of shapes at the quick profile (96 px) is not "
+    assert noise_sd_text("shapes", "quick", 64) == ("The seed noise of shapes at the quick profile (64 px) is not "
                                                     "measured yet: python cli.py noise --dataset shapes --profile quick.")
+    assert noise_sd_text("shapes", "chapter", 96).endswith("--dataset shapes --profile chapter --set image_size=96.")

@@ -1,6 +1,7 @@
 """Reports from tiny real sweeps: the CSV matches the study, figures are real PNGs, numbers match Optuna and MLflow,
 edge cases (control only, pruned only, failed trials) still report, and the HTML renders in headless Chromium."""
 
+import dataclasses
 import io
 import json
 import math
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import plain, tiny_args
+from pipeline.config import make_config
 from pipeline.report import ReportError, write_report
 from pipeline.tracking import tracking_uri
 
@@ -263,3 +265,15 @@ def test_importances_are_drawn_from_enough_trials(tmp_path):
                                ["focal_gamma", "focal_alpha"], tmp_path / "importances.png")
     assert_real_png(tmp_path / "importances.png")
     assert "12 complete trials" in caption and "rough" in caption
+
+
+def test_the_reproduce_flags_start_from_the_profile_and_the_variants_fixed_overrides():
+    import experiments
+    from pipeline.report.reproduce import config_flags
+
+    fixed = experiments.load("input-size").fixed_for("quick")  # shapes, and 128 px at quick
+    study_at_128 = dataclasses.asdict(make_config("quick", fixed))
+    assert config_flags(study_at_128, "quick", fixed=fixed) == []  # the sweep command sets nothing: it is the default
+    assert config_flags(study_at_128, "quick") == ["--set", "dataset=shapes", "--set", "image_size=128"]  # train's
+    study_at_64 = {**study_at_128, "image_size": 64}  # the profile's own side, which the variant would change
+    assert config_flags(study_at_64, "quick", fixed=fixed) == ["--set", "image_size=64"]

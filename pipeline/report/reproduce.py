@@ -22,12 +22,13 @@ def _flag_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def config_flags(config: dict[str, Any], profile: str, skip: dict[str, Any] | None = None) -> list[str]:
-    """``--set key=value`` for every knob that differs from the profile (and from ``skip``, the variant's FIXED)."""
-    reference = dataclasses.asdict(make_config(profile))
+def config_flags(config: dict[str, Any], profile: str, fixed: dict[str, Any] | None = None) -> list[str]:
+    """``--set key=value`` for every knob that differs from what the command starts from: the profile, with
+    ``fixed`` (a sweep's variant's fixed overrides) on top, so a value the variant would change is set too."""
+    reference = dataclasses.asdict(make_config(profile, fixed or {}))
     flags = []
     for key, value in sorted(config.items(), key=lambda kv: list(reference).index(kv[0]) if kv[0] in reference else 0):
-        if key in reference and reference[key] != value and (skip or {}).get(key, object()) != value:
+        if key in reference and reference[key] != value:
             flags += ["--set", shlex.quote(f"{key}={_flag_value(value)}")]
     return flags
 
@@ -84,7 +85,7 @@ def verdict_flags(record: dict | None) -> list[str]:
 def sweep_command(d: StudyData, record: dict | None = None) -> str:
     variant, profile = d.attrs.get("variant", "?"), d.attrs.get("profile", "quick")
     words = ["python", "cli.py", "sweep", variant, "--profile", profile]
-    words += config_flags(d.base_config, profile, skip=_variant_fixed(variant, profile))
+    words += config_flags(d.base_config, profile, fixed=_variant_fixed(variant, profile))
     done = int(d.trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
     words += ["--trials", str(done)] if done else []
     per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)
