@@ -179,10 +179,12 @@ class MlflowTracker:
         all_tags = {"host": socket.gethostname(), "pid": str(os.getpid()), **{k: str(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        handle = _MlflowRun(self.client, run.info.run_id)
+        handle: _MlflowRun | None = None
         error: BaseException | None = None
         try:
+            with deferred():  # an interrupt that comes while the run is created is raised here, once it can be closed
+                handle = _MlflowRun(self.client, self.client.create_run(self.experiment_id, run_name=name,
+                                                                        tags=all_tags).info.run_id)
             if params:
                 handle.log_params(params)
             yield handle
@@ -190,7 +192,8 @@ class MlflowTracker:
             error = exc
             raise
         finally:
-            self.client.set_terminated(handle.run_id, status=_final_status(handle, error))
+            if handle is not None:
+                self.client.set_terminated(handle.run_id, status=_final_status(handle, error))
 
     def runs(self, tag_filter: dict[str, str], status: str | None = None) -> list:
         """This experiment's runs whose tags match, and with ``status`` when given."""

@@ -326,6 +326,30 @@ def test_a_signal_during_a_store_write_is_raised_when_the_write_is_whole(tmp_pat
     assert record.status == "KILLED" and record.metrics == {"train/loss": 0.5}
 
 
+def test_a_signal_while_a_run_is_created_leaves_it_killed_not_running(tmp_path):
+    """SIGTERM inside the call that creates a run (CI saw it: a worker's trial run stayed RUNNING after a Ctrl-C):
+    the run exists when the interrupt is raised, so it is closed KILLED."""
+    import os
+
+    from pipeline import interrupts
+    from pipeline.tracking import MlflowReader, MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    tracker = MlflowTracker("signals", uri=uri)
+    real_create_run = tracker.client._client.create_run
+
+    def create_run_hit_by_a_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, while the run is being created
+        return real_create_run(*args, **kwargs)
+
+    tracker.client._client.create_run = create_run_hit_by_a_signal
+    with pytest.raises(KeyboardInterrupt, match="signal SIGTERM"), interrupts.sigterm_as_interrupt():
+        with tracker.run("hit", params={"lr": 0.4}):
+            pytest.fail("the interrupt must come before the run's body")
+    [record] = MlflowReader(uri).find_runs("signals")
+    assert record.status == "KILLED"
+
+
 def test_a_store_write_after_an_interrupt_is_not_interrupted_again():
     """The closing writes that follow an interrupt (a run's KILLED status) run; only a new signal stops them."""
     import os
