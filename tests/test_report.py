@@ -277,3 +277,12 @@ def test_the_reproduce_flags_start_from_the_profile_and_the_variants_fixed_overr
     assert config_flags(study_at_128, "quick") == ["--set", "dataset=shapes", "--set", "image_size=128"]  # train's
     study_at_64 = {**study_at_128, "image_size": 64}  # the profile's own side, which the variant would change
     assert config_flags(study_at_64, "quick", fixed=fixed) == ["--set", "image_size=64"]
+
+
+def test_the_answer_sheet_names_searches_that_stopped_before_their_trials():
+    from pipeline.report.answers import unfinished_searches
+
+    frame = pd.DataFrame([{"variant": "focal-loss", "profile": "quick", "trials_done": 3},
+                          {"variant": "loss-weights", "profile": "quick", "trials_done": 5},  # its whole grid
+                          {"variant": "gone-variant", "profile": "quick", "trials_done": 1}])
+    assert unfinished_searches(frame) == ["`focal-loss` (3 of 6 trials)"]

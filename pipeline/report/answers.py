@@ -99,15 +99,33 @@ def _threshold_blocks(frame: pd.DataFrame) -> list[Block]:
                     "setting: the answer to 'how should the threshold be chosen when the training changes'.", rows)
 
 
+def unfinished_searches(frame: pd.DataFrame) -> list[str]:
+    """'combined (3 of 10 trials)' for each study whose search has fewer finished trials than its variant's default."""
+    out = []
+    for _, r in frame.iterrows():
+        try:
+            target = experiments.load(r["variant"]).trials.get(r["profile"])
+        except KeyError:  # a study of a variant file that is gone
+            continue
+        if target and r.get("trials_done", target) < target:
+            out.append(f"`{r['variant']}` ({int(r['trials_done'])} of {target} trials)")
+    return out
+
+
 def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     have = set(frame["variant"])
     missing = [name for name in experiments.names() if name not in have]
-    if not missing:
-        return []
-    return [Block("h2", "Not measured yet"),
-            Block("p", "These variants have no study in the storage yet, so their exercises are not answered on this "
-                       "page: " + ", ".join(f"`{m}`" for m in missing) + ". Run `python cli.py sweep VARIANT --decide`, "
-                       "then `python cli.py report all` again.")]
+    unfinished = unfinished_searches(frame)
+    blocks = []
+    if missing:
+        blocks.append(Block("p", "These variants have no study in the storage yet, so their exercises are not "
+                                 "answered on this page: " + ", ".join(f"`{m}`" for m in missing) + ". Run "
+                                 "`python cli.py sweep VARIANT --decide`, then `python cli.py report all` again."))
+    if unfinished:
+        blocks.append(Block("p", "These searches stopped before their default number of trials, so their best setting "
+                                 "may still change: " + ", ".join(unfinished) + ". Run the same sweep again: it "
+                                 "resumes."))
+    return [Block("h2", "Not measured yet"), *blocks] if blocks else []
 
 
 def write_answers(storage: str, folder: Path) -> Path:

@@ -61,6 +61,7 @@ def study_summary_row(study: optuna.Study) -> dict[str, Any]:
     row = {"study": study.study_name, "variant": study.user_attrs.get("variant", "?"), **_setting(study),
            **_extras(trials, control, best),
            "profile": study.user_attrs.get("profile", "?"), "trials": state_counts(trials).split(": ", 1)[-1],
+           "trials_done": int(trials["state"].isin(["COMPLETE", "PRUNED"]).sum()) if len(trials) else 0,
            "control": control["value"] if control is not None else math.nan,
            "best_trial": int(best["number"]) if best is not None else None,
            "best_params": params_text(best) if best is not None else "",
