@@ -166,8 +166,8 @@ def noise_sd_text(dataset: str, profile: str, image_size: int) -> str:
     """One sentence on how big seed noise is for this data and profile, to read a one-seed Δ against."""
     measured = measured_seed_sd(dataset, profile, image_size)
     if measured is None:
-        from pipeline.config import PROFILES, RunConfig
-        own_side = PROFILES[profile].get("image_size", RunConfig.image_size) if profile in PROFILES else None
+        from pipeline.config import PROFILES, make_config
+        own_side = make_config(profile).image_size if profile in PROFILES else None
         side = "" if image_size == own_side else f" --set image_size={image_size}"
         return (f"The seed noise of {dataset} at the {profile} profile ({image_size} px) is not measured yet: "
                 f"python cli.py noise --dataset {dataset} --profile {profile}{side}.")

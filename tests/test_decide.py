@@ -144,7 +144,7 @@ def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(work
 
 
 def test_kept_packs_train_only_missing_seeds_and_keep_what_scored_nothing_as_null():
-    from pipeline.sweep import KeptPacks
+    from pipeline.kept_packs import KeptPacks
 
     class Study:
         user_attrs: dict = {}
