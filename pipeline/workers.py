@@ -48,11 +48,17 @@ def claim_slots(study: optuna.Study, lock: StorageLock, target: int) -> None:
     study.ask = ask_for_a_slot
 
 
-def worker_sampler(variant: experiments.Variant, seed: int, index: int) -> optuna.samplers.BaseSampler:
-    """Worker ``index``'s sampler. TPE workers get seeds of their own, so that two of them starting at
-    once do not propose the same point. A GridSampler's seed shuffles the grid itself, so its grid_id
-    means the same point in every worker only with one seed for all of them."""
-    sampler = variant.sampler(seed + index)
+RESUME_SEED_STEP = 1009  # more workers than this on one study would share a seed with a later session's
+
+
+def worker_sampler(variant: experiments.Variant, seed: int, index: int, started: int = 0) -> optuna.samplers.BaseSampler:
+    """Worker ``index``'s sampler, in a study where ``started`` trials have already begun (in earlier sessions).
+    TPE workers get seeds of their own, so that two of them starting at once do not propose the same point; and
+    a resumed study gets seeds no earlier session used: with the same seed, a resumed TPE search drew its
+    random start-up points again (combined, resumed at 3 of 10 trials, re-ran trials 1 and 2 as 5 and 6). A new
+    study keeps ``seed + index``. A GridSampler's seed shuffles the grid itself, so its grid_id means the same
+    point in every worker only with one seed for all of them (and it never proposes a point twice anyway)."""
+    sampler = variant.sampler(seed + index + RESUME_SEED_STEP * started)
     return variant.sampler(seed) if isinstance(sampler, optuna.samplers.GridSampler) else sampler
 
 
@@ -65,8 +71,9 @@ def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
     ctx = trial_context(options, parent_run_id)
     storage = open_storage(options.storage, stale_callback(ctx.tracker, ctx.study_name))
-    study = optuna.load_study(study_name=ctx.study_name, storage=storage, pruner=pruner(ctx.base),
-                              sampler=worker_sampler(ctx.variant, options.seed, index))
+    study = optuna.load_study(study_name=ctx.study_name, storage=storage, pruner=pruner(ctx.base))
+    started = len(study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING)))
+    study.sampler = worker_sampler(ctx.variant, options.seed, index, started)
     claim_slots(study, StorageLock(options.storage), options.trials or ctx.variant.trials[options.profile])
     with sigterm_as_interrupt(), contextlib.suppress(StudyFull):  # SIGTERM: the trial ends FAIL, its run KILLED
         study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),

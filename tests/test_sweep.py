@@ -225,6 +225,28 @@ def test_workers_of_a_grid_study_share_one_grid(variant_name):
     assert len(set(points)) == len(points) == variant.trials["quick"] - 1, points
 
 
+def test_a_resumed_tpe_search_does_not_repeat_its_earlier_points():
+    """Each session builds its sampler anew: with the same seed, a resumed TPE search drew the random start-up
+    points of the first session again (combined, resumed at 3 of 10 trials, re-ran trials 1 and 2)."""
+    from pipeline.workers import worker_sampler
+
+    variant = experiments.load("combined")
+    base = make_config("quick", variant.fixed_for("quick"))
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    points = []
+
+    def objective(trial):
+        points.append(json.dumps(variant.space(trial, base), sort_keys=True))
+        return float(len(points))
+
+    for session in range(3):  # a session: a new process, a new sampler, on the stored study
+        study = optuna.load_study(study_name="s", storage=storage)
+        study.sampler = worker_sampler(variant, 0, 0, started=len(study.trials))
+        study.optimize(objective, n_trials=2)
+    assert len(set(points)) == len(points) == 6, points
+
+
 def test_tpe_workers_get_seeds_of_their_own():
     from pipeline.workers import worker_sampler
 
