@@ -6,7 +6,9 @@
 - TRIALS: default trial count per profile;
 - OBJECTIVE: the metric maximised;
 - space(trial, base): the trial.suggest_* calls, returning RunConfig overrides;
-- sampler(seed): the Optuna sampler, with the reason for it in the docstring.
+- sampler(seed): the Optuna sampler, with the reason for it in the docstring;
+- EXERCISE (optional, default True): False for a question about the tool itself rather than one of the
+  chapter's exercises (bf16 against fp32, say): the answer sheet leaves it out.
 
 Any other upper-case name must be a constant that ``space`` or ``sampler`` uses (a grid's values, say):
 a typo such as ``OBJECTVE`` would otherwise be ignored in silence, so it is refused, naming the file.
@@ -42,6 +44,7 @@ class Variant:
     sampler: Callable  # (seed) -> optuna sampler
     prune: bool = True  # whether the median pruner may stop this variant's trials early
     fixed_by_profile: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    exercise: bool = True  # one of the chapter's exercises, so a line of the answer sheet
 
     def fixed_for(self, profile: str) -> dict[str, Any]:
         """The overrides every trial of this variant uses under ``profile``, the control included."""
@@ -55,10 +58,11 @@ class Variant:
                    fixed=dict(getattr(module, "FIXED", {})), trials=dict(module.TRIALS),
                    objective=getattr(module, "OBJECTIVE", "val/map"), space=module.space, sampler=sampler,
                    prune=not isinstance(sampler(0), optuna.samplers.GridSampler),
-                   fixed_by_profile=dict(getattr(module, "FIXED_BY_PROFILE", {})))
+                   fixed_by_profile=dict(getattr(module, "FIXED_BY_PROFILE", {})),
+                   exercise=bool(getattr(module, "EXERCISE", True)))
 
 
-SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "TRIALS", "OBJECTIVE"}  # the upper-case names a variant's module may set
+SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "TRIALS", "OBJECTIVE", "EXERCISE"}  # the upper-case names a variant's module may set
 REQUIRED = {"TRIALS", "space", "sampler"}
 
 
@@ -95,6 +99,11 @@ def check_names(module: ModuleType) -> None:
 
 def names() -> list[str]:
     return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def exercises() -> list[str]:
+    """The variants that answer one of the chapter's exercises (all but those with EXERCISE = False)."""
+    return [name for name in names() if load(name).exercise]
 
 
 def load(name: str) -> Variant:

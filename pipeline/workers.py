@@ -59,7 +59,23 @@ def worker_sampler(variant: experiments.Variant, seed: int, index: int, started:
     study keeps ``seed + index``. A GridSampler's seed shuffles the grid itself, so its grid_id means the same
     point in every worker only with one seed for all of them (and it never proposes a point twice anyway)."""
     sampler = variant.sampler(seed + index + RESUME_SEED_STEP * started)
-    return variant.sampler(seed) if isinstance(sampler, optuna.samplers.GridSampler) else sampler
+    return control_safe(variant.sampler(seed)) if isinstance(sampler, optuna.samplers.GridSampler) else sampler
+
+
+def control_safe(grid: optuna.samplers.GridSampler) -> optuna.samplers.GridSampler:
+    """``grid``, made to take the enqueued control in its stride: Optuna 5.0's GridSampler.after_trial raises
+    KeyError('grid_id') after an enqueued trial when exactly one grid point is left (optuna PR #6844, open),
+    which ended every sweep of a one-point grid (precision) after its control, and would end a grid study whose
+    control is queued again near the end of its grid. An enqueued trial has no grid point, so it cannot be the
+    one that completes the grid: only the other trials are passed on."""
+    after_grid_trial = grid.after_trial
+
+    def after_trial(study, trial, state, values):
+        if "grid_id" in trial.system_attrs:
+            after_grid_trial(study, trial, state, values)
+
+    grid.after_trial = after_trial
+    return grid
 
 
 def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: int = 0,

@@ -18,6 +18,7 @@ from PIL import Image
 from scipy import stats
 from typer.testing import CliRunner
 
+import experiments
 from cli import app
 from conftest import plain, tiny_args
 from pipeline.config import make_config
@@ -212,6 +213,7 @@ def test_report_all_and_the_cli(swept):
     verdict = load("focal-loss-quick").user_attrs["verdict"]["candidates"][0]["verdict"]
     assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
     assert "not decided (one seed each; use --decide)" in set(table["verdict"])
+    assert "`precision`" not in page and "`input-size`" in page  # not an exercise, so not missing from the sheet
     unknown = runner.invoke(app, ["report", "focal", "--out-root", str(root / "reports")])
     assert unknown.exit_code == 2 and "focal-loss-quick" in unknown.output
     blocked = root / "blocked"
@@ -286,3 +288,11 @@ def test_the_answer_sheet_names_searches_that_stopped_before_their_trials():
                           {"variant": "loss-weights", "profile": "quick", "trials_done": 5},  # its whole grid
                           {"variant": "gone-variant", "profile": "quick", "trials_done": 1}])
     assert unfinished_searches(frame) == ["`focal-loss` (3 of 6 trials)"]
+
+
+def test_the_answer_sheet_leaves_out_the_projects_own_questions():
+    from pipeline.report.answers import exercise_studies
+
+    frame = pd.DataFrame({"variant": ["focal-loss", "precision", "gone-variant"], "study": ["a", "b", "c"]})
+    assert list(exercise_studies(frame)["study"]) == ["a", "c"]  # precision has EXERCISE = False
+    assert "precision" in experiments.names() and "precision" not in experiments.exercises()

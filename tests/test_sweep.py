@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import optuna
 import pytest
@@ -45,8 +46,10 @@ def test_every_variant_samples_valid_configs(name):
         return 0.0
 
     optuna.create_study(direction="maximize", sampler=variant.sampler(0)).optimize(objective, n_trials=3)
-    assert len(configs) == 3 and all(isinstance(c, RunConfig) and c != base for c in configs)
-    assert describe_space(variant, base)
+    space = describe_space(variant, base)
+    grid = isinstance(variant.sampler(0), optuna.samplers.GridSampler)
+    points = math.prod(len(d["choices"]) for d in space.values()) if grid else 3  # a grid stops when it is done
+    assert len(configs) == min(3, points) and all(isinstance(c, RunConfig) and c != base for c in configs)
 
 
 def test_input_size_scales_the_input_the_anchors_or_both():
@@ -223,6 +226,22 @@ def test_workers_of_a_grid_study_share_one_grid(variant_name):
     for n in range(variant.trials["quick"] - 1):  # the grid, without the control
         workers[n % 2].optimize(objective, n_trials=1)  # the workers take turns, as two processes sharing it do
     assert len(set(points)) == len(points) == variant.trials["quick"] - 1, points
+
+
+def test_a_grid_study_takes_a_control_queued_when_one_point_is_left():
+    """Optuna 5.0's GridSampler raised KeyError('grid_id') after an enqueued trial with one grid point left."""
+    from experiments.smooth_l1 import SIGMAS
+    from pipeline.workers import worker_sampler
+
+    def objective(trial):  # as the sweep's: the control is trained as it is, the others from the variant's space
+        return 0.0 if trial.user_attrs.get("control") else trial.suggest_categorical("smooth_l1_sigma", SIGMAS)
+
+    study = optuna.create_study(direction="maximize", sampler=worker_sampler(experiments.load("smooth-l1"), 0, 0))
+    study.optimize(objective, n_trials=len(SIGMAS) - 1)
+    study.enqueue_trial({}, user_attrs={"control": True})  # a control that failed, queued again
+    study.optimize(objective, n_trials=10)  # the control, the last point, then the grid stops the study
+    sigmas = [t.params.get("smooth_l1_sigma") for t in study.trials]
+    assert len(sigmas) == len(SIGMAS) + 1 and sigmas[-2] is None and set(sigmas) - {None} == set(SIGMAS), sigmas
 
 
 def test_a_resumed_tpe_search_does_not_repeat_its_earlier_points():

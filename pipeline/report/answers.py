@@ -18,6 +18,7 @@ from pipeline.report.answer_figures import plot_forest
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import Skipped
 from pipeline.report.overview import summary_frame
+from pipeline.report.select import ReportError
 from pipeline.report.text import counted, fmt
 
 DELTA = 0.01  # the equivalence margin the verdicts use by default (sweep --delta)
@@ -114,7 +115,7 @@ def unfinished_searches(frame: pd.DataFrame) -> list[str]:
 
 def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     have = set(frame["variant"])
-    missing = [name for name in experiments.names() if name not in have]
+    missing = [name for name in experiments.exercises() if name not in have]
     unfinished = unfinished_searches(frame)
     blocks = []
     if missing:
@@ -128,10 +129,20 @@ def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     return [Block("h2", "Not measured yet"), *blocks] if blocks else []
 
 
+def exercise_studies(frame: pd.DataFrame) -> pd.DataFrame:
+    """The studies of the chapter's exercises: a variant marked EXERCISE = False (precision) is left out; a study
+    whose variant file is gone is kept."""
+    own = {name for name in experiments.names() if not experiments.load(name).exercise}
+    return frame[~frame["variant"].isin(own)].reset_index(drop=True)
+
+
 def write_answers(storage: str, folder: Path) -> Path:
     """out_root/answers/: report.md and report.html, answers.csv and figures/."""
     (folder / "figures").mkdir(parents=True, exist_ok=True)
-    frame = summary_frame(storage)
+    frame = exercise_studies(summary_frame(storage))
+    if frame.empty:
+        raise ReportError(f"no study of the chapter's exercises in {storage}: run `python cli.py sweep VARIANT` for "
+                          f"one of {', '.join(experiments.exercises())} first")
     frame.to_csv(folder / "answers.csv", index=False)
     devices = sorted({str(d) for d in frame.get("device", pd.Series(dtype=str)).dropna()})
     blocks = [Block("h1", "Answers to the exercises of “Single Shot Multibox Detection” (Dive into Deep Learning)"),
