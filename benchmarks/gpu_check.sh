@@ -54,7 +54,9 @@ keys = ("val/map", "val/map50", "train/class_err", "train/bbox_mae", "train_imag
         "decode_speedup", "chapter_printed_examples_per_s", "project_warmup_s", "gpu", "torch", "n_complete",
         "n_failed", "best_value", "control_value",
         "first_capture_s", "later_capture_s_median", "best", "busy_ms", "eager_wall_ms", "graph_step_ms",
-        "graph_images_per_s", "categories", "gflop_per_image", "mb_per_image", "saved_x2_mb_per_image", "gpus")
+        "graph_images_per_s", "categories", "gflop_per_image", "mb_per_image", "saved_x2_mb_per_image", "gpus",
+        "dataset", "image_size", "seeds", "mean", "seed_sd", "validation_sd", "end_of_training_sd", "test_sd",
+        "paired_sd", "minimum_detectable_effect", "verdict", "delta", "delta_ci95", "seeds_needed", "scored_on")
 if lines:
     d = json.loads(lines[-1])
     print("    " + json.dumps({k: round(d[k], 4) if isinstance(d[k], float) else d[k] for k in keys if k in d}))
@@ -124,5 +126,15 @@ part_roofline() {  # the step's FLOPs and bytes counted on the GPU, and the GPU'
     step "roofline_$precision" 45 python3 benchmarks/roofline.py --device "$DEVICE" --precision "$precision" \
       "${roofline_tiny[@]}" --json
   done; }
+part_noise() {  # issue 16: the noise budget of the chapter profile (256 px, 30 epochs), bananas and shapes
+  for dataset in ${NOISE_DATASETS:-bananas shapes}; do  # generated first (all three splits), not timed as noise
+    step "data_$dataset" 150 python3 cli.py data "$dataset" --preview "$work/preview_$dataset.png"
+    step "noise_chapter_$dataset" "${NOISE_TIMEOUT:-200}" python3 cli.py noise --dataset "$dataset" --profile chapter \
+      --seeds "${NOISE_SEEDS:-5}" --device "$DEVICE" "${tiny[@]}" --json
+  done; }
+part_precision() {  # issue 16: is bf16 equivalent to fp32 within ±0.01 mAP at the quick profile? Packs of 16 seeds
+  step precision "${PRECISION_TIMEOUT:-240}" python3 cli.py sweep precision --profile quick --device "$DEVICE" \
+    --decide --delta 0.01 --seeds "${PRECISION_LOOK:-16}" --max-seeds "${PRECISION_MAX_SEEDS:-128}" "${tiny[@]}" --json; }
+# Not in the default list (they answer issue 16, not the fast path): PARTS="precision noise".
 for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels packs packfit roofline}; do "part_$part"; done
 log "done"
