@@ -128,7 +128,7 @@ part_roofline() {  # the step's FLOPs and bytes counted on the GPU, and the GPU'
   done; }
 part_noise() {  # issue 16: the noise budget of the chapter profile (256 px, 30 epochs), bananas and shapes
   for dataset in ${NOISE_DATASETS:-bananas shapes}; do  # generated first (all three splits), not timed as noise
-    step "data_$dataset" 150 python3 cli.py data "$dataset" --preview "$work/preview_$dataset.png"
+    step "data_$dataset" 200 python3 cli.py data "$dataset" --preview "$work/preview_$dataset.png"
     step "noise_chapter_$dataset" "${NOISE_TIMEOUT:-200}" python3 cli.py noise --dataset "$dataset" --profile chapter \
       --seeds "${NOISE_SEEDS:-5}" --device "$DEVICE" "${tiny[@]}" --json
   done; }
