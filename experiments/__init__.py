@@ -91,6 +91,8 @@ def check_names(module: ModuleType) -> None:
     if unknown:
         raise VariantFileError(f"{where}: FIXED_BY_PROFILE names unknown profile(s) {', '.join(map(repr, unknown))}; "
                                f"the profiles are {', '.join(PROFILES)}")
+    if not isinstance(getattr(module, "EXERCISE", True), bool):
+        raise VariantFileError(f"{where}: EXERCISE must be True or False, not {module.EXERCISE!r}")
     for name in vars(module):
         if name.isupper() and name not in SETTINGS and name not in used:
             raise VariantFileError(f"{where}: unknown setting {name}; a variant sets {', '.join(sorted(SETTINGS))}, "

@@ -30,7 +30,7 @@ from pipeline.tracking import MlflowTracker
 from pipeline.step import NonFiniteLossError
 from pipeline.train import resolve_device
 from pipeline.trial import trial_config, trial_context
-from pipeline.workers import run_worker, spawn_workers
+from pipeline.workers import run_worker, spawn_workers, started_trials
 
 
 def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, parent_run_id: str) -> dict[str, Any]:
@@ -120,11 +120,11 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
             study.set_user_attr("last_parent_run_id", parent.run_id)
             study.set_user_attr("device_used", _device_description(base.device))
             # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials
-            todo = 2 * remaining_trials(study, target)
+            todo, started = 2 * remaining_trials(study, target), started_trials(study)
             if options.workers == 1:
-                run_worker(options, parent.run_id, todo, callbacks=[lambda s, t: update()])
+                run_worker(options, parent.run_id, todo, callbacks=[lambda s, t: update()], started=started)
             elif todo:
-                spawn_workers(options, parent.run_id, todo, update)
+                spawn_workers(options, parent.run_id, todo, update, started)
             if options.seeds or options.decide:
                 settle_verdict(study, options, base, tracker, parent.run_id, update)
             result = summary(study, options, tracker, parent.run_id)

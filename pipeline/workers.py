@@ -54,9 +54,10 @@ RESUME_SEED_STEP = 1009  # more workers than this on one study would share a see
 def worker_sampler(variant: experiments.Variant, seed: int, index: int, started: int = 0) -> optuna.samplers.BaseSampler:
     """Worker ``index``'s sampler, in a study where ``started`` trials have already begun (in earlier sessions).
     TPE workers get seeds of their own, so that two of them starting at once do not propose the same point; and
-    a resumed study gets seeds no earlier session used: with the same seed, a resumed TPE search drew its
+    a resumed study gets seeds no earlier session of it used (two sessions that start it at once, on two hosts,
+    still share theirs): with the same seed, a resumed TPE search drew its
     random start-up points again (combined, resumed at 3 of 10 trials, re-ran trials 1 and 2 as 5 and 6). A new
-    study keeps ``seed + index``. A GridSampler's seed shuffles the grid itself, so its grid_id means the same
+    study keeps ``seed + index``; ``started`` is counted once per sweep (started_trials), for all its workers. A GridSampler's seed shuffles the grid itself, so its grid_id means the same
     point in every worker only with one seed for all of them (and it never proposes a point twice anyway)."""
     sampler = variant.sampler(seed + index + RESUME_SEED_STEP * started)
     return control_safe(variant.sampler(seed)) if isinstance(sampler, optuna.samplers.GridSampler) else sampler
@@ -73,23 +74,31 @@ def control_safe(grid: optuna.samplers.GridSampler) -> optuna.samplers.GridSampl
     def after_trial(study, trial, state, values):
         if "grid_id" in trial.system_attrs:
             after_grid_trial(study, trial, state, values)
+        elif grid.is_exhausted(study):  # the control after the whole grid: stop, as Optuna does
+            study.stop()
 
     grid.after_trial = after_trial
     return grid
 
 
+def started_trials(study: optuna.Study) -> int:
+    """How many of the study's trials have begun (all but the waiting ones): counted once per sweep, so that every
+    worker of a session steps its seed from the same count, whenever it starts."""
+    return len(study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING)))
+
+
 def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: int = 0,
-               callbacks: list | None = None) -> None:
-    """Run trials of the study in this process until its slots are taken (at most n_trials attempts)."""
+               callbacks: list | None = None, started: int = 0) -> None:
+    """Run trials of the study in this process until its slots are taken (at most n_trials attempts); ``started``:
+    the trials the study had begun when this sweep started (see worker_sampler)."""
     import torch
 
     if options.workers > 1:  # the cores are shared between the workers
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
     ctx = trial_context(options, parent_run_id)
     storage = open_storage(options.storage, stale_callback(ctx.tracker, ctx.study_name))
-    study = optuna.load_study(study_name=ctx.study_name, storage=storage, pruner=pruner(ctx.base))
-    started = len(study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING)))
-    study.sampler = worker_sampler(ctx.variant, options.seed, index, started)
+    study = optuna.load_study(study_name=ctx.study_name, storage=storage, pruner=pruner(ctx.base),
+                              sampler=worker_sampler(ctx.variant, options.seed, index, started))
     claim_slots(study, StorageLock(options.storage), options.trials or ctx.variant.trials[options.profile])
     with sigterm_as_interrupt(), contextlib.suppress(StudyFull):  # SIGTERM: the trial ends FAIL, its run KILLED
         study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),
@@ -104,9 +113,9 @@ def _worker_process(*args) -> None:
         raise SystemExit(130) from None
 
 
-def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_poll: Callable) -> None:
+def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_poll: Callable, started: int = 0) -> None:
     mp = multiprocessing.get_context("spawn")
-    procs = [mp.Process(target=_worker_process, args=(options, parent_run_id, n_trials, i), daemon=False)
+    procs = [mp.Process(target=_worker_process, args=(options, parent_run_id, n_trials, i, None, started), daemon=False)
              for i in range(options.workers)]
     for p in procs:
         p.start()
@@ -134,4 +143,4 @@ def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_p
     if killed:  # by a signal, from outside: their trials were failed and queued again; finish them here
         for i, signum in killed:
             _log.warning("worker %d was killed (%s); its trial is run again", i, signal.Signals(signum).name)
-        run_worker(options, parent_run_id, n_trials, index=len(procs))
+        run_worker(options, parent_run_id, n_trials, index=len(procs), started=started)

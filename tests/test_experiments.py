@@ -40,6 +40,12 @@ def test_an_unknown_upper_case_name_is_refused_naming_the_file_and_the_name(typo
         Variant.from_module(variant_module(GOOD + typo + "\n"))
 
 
+def test_exercise_must_be_a_bool():
+    assert Variant.from_module(variant_module(GOOD + "EXERCISE = False\n")).exercise is False
+    with pytest.raises(VariantFileError, match="typo_variant.py: EXERCISE must be True or False, not 'False'"):
+        Variant.from_module(variant_module(GOOD + "EXERCISE = 'False'\n"))
+
+
 def test_a_missing_part_is_refused():
     with pytest.raises(VariantFileError, match="typo_variant.py: missing sampler"):
         Variant.from_module(variant_module(GOOD.split("def sampler")[0]))

@@ -242,12 +242,15 @@ def test_a_grid_study_takes_a_control_queued_when_one_point_is_left():
     study.optimize(objective, n_trials=10)  # the control, the last point, then the grid stops the study
     sigmas = [t.params.get("smooth_l1_sigma") for t in study.trials]
     assert len(sigmas) == len(SIGMAS) + 1 and sigmas[-2] is None and set(sigmas) - {None} == set(SIGMAS), sigmas
+    study.enqueue_trial({}, user_attrs={"control": True})  # queued again after the whole grid: it runs, then stop
+    study.optimize(objective, n_trials=10)
+    assert len(study.trials) == len(SIGMAS) + 2 and study.trials[-1].params == {}, "a grid point ran twice"
 
 
 def test_a_resumed_tpe_search_does_not_repeat_its_earlier_points():
     """Each session builds its sampler anew: with the same seed, a resumed TPE search drew the random start-up
     points of the first session again (combined, resumed at 3 of 10 trials, re-ran trials 1 and 2)."""
-    from pipeline.workers import worker_sampler
+    from pipeline.workers import started_trials, worker_sampler
 
     variant = experiments.load("combined")
     base = make_config("quick", variant.fixed_for("quick"))
@@ -261,7 +264,7 @@ def test_a_resumed_tpe_search_does_not_repeat_its_earlier_points():
 
     for session in range(3):  # a session: a new process, a new sampler, on the stored study
         study = optuna.load_study(study_name="s", storage=storage)
-        study.sampler = worker_sampler(variant, 0, 0, started=len(study.trials))
+        study.sampler = worker_sampler(variant, 0, 0, started=started_trials(study))
         study.optimize(objective, n_trials=2)
     assert len(set(points)) == len(points) == 6, points
 
