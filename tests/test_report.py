@@ -296,3 +296,16 @@ def test_the_answer_sheet_leaves_out_the_projects_own_questions():
     frame = pd.DataFrame({"variant": ["focal-loss", "precision", "gone-variant"], "study": ["a", "b", "c"]})
     assert list(exercise_studies(frame)["study"]) == ["a", "c"]  # precision has EXERCISE = False
     assert "precision" in experiments.names() and "precision" not in experiments.exercises()
+
+
+def test_study_hours_leave_out_the_gaps_between_sessions_and_count_parallel_trials_once():
+    from datetime import datetime, timedelta
+
+    from pipeline.report.overview import busy_hours
+
+    t0 = datetime(2026, 12, 1, 23, 0)
+    at = lambda minutes: t0 + timedelta(minutes=minutes)  # noqa: E731
+    first_session = [(at(0), at(30)), (at(30), at(45))]
+    two_workers = [(at(120), at(150)), (at(125), at(140)), (at(140), at(160))]  # resumed 75 minutes later
+    assert busy_hours(first_session + two_workers) == pytest.approx((45 + 40) / 60)
+    assert busy_hours([(at(0), at(60)), (at(10), at(20))]) == pytest.approx(1.0)  # one inside another

@@ -4,6 +4,7 @@ extra sections need (VOC AP beside COCO's, the chosen display thresholds, the da
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -43,15 +44,27 @@ def _extras(trials: pd.DataFrame, control, best) -> dict[str, Any]:
     return out
 
 
+def busy_hours(spans: list[tuple[datetime, datetime]]) -> float:
+    """Hours during which at least one of the spans (start, end) ran: the gaps between sessions of a resumed study
+    do not count, and trials of parallel workers count once."""
+    total, reach = 0.0, None
+    for start, end in sorted(spans):
+        if reach is not None and start < reach:
+            start = reach
+        if end > start:
+            total += (end - start).total_seconds()
+            reach = end
+    return total / 3600
+
+
 def _setting(study: optuna.Study) -> dict[str, Any]:
     """The question (first line), data set, input side, anchor scale and hours spent on the study's trials."""
     base = study.user_attrs.get("signature", {}).get("base_config", {})
-    starts = [t.datetime_start for t in study.trials if t.datetime_start]
-    ends = [t.datetime_complete for t in study.trials if t.datetime_complete]
+    spans = [(t.datetime_start, t.datetime_complete) for t in study.trials if t.datetime_start and t.datetime_complete]
     return {"question": (study.user_attrs.get("question") or "").splitlines()[0] if study.user_attrs.get("question")
             else "", "dataset": base.get("dataset"), "image_size": base.get("image_size"),
             "anchor_scale": base.get("anchor_scale", 1.0), "device": study.user_attrs.get("device_used"),
-            "search_hours": (max(ends) - min(starts)).total_seconds() / 3600 if starts and ends else math.nan}
+            "search_hours": busy_hours(spans) if spans else math.nan}
 
 
 def study_summary_row(study: optuna.Study) -> dict[str, Any]:
