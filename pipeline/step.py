@@ -19,7 +19,7 @@ import torch
 
 from pipeline.boxes import multibox_target
 from pipeline.losses import LossKnobs, pack_loss
-from pipeline.model import autocast
+from pipeline.model import autocast, warn_if_bf16_is_emulated
 from pipeline.pack import ReplicaLoop
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN autotuning and lazy buffers happen here
@@ -77,6 +77,7 @@ class TrainStep:
                  generators=None, negative_generators=None):
         replicas = tuple(configs.replicas) if hasattr(configs, "replicas") else (configs,)
         cfg = replicas[0]
+        warn_if_bf16_is_emulated(cfg.precision, device)
         self.model, self.images, self.targets, self.cfg, self.device = model, images, targets, cfg, device
         self.k = len(replicas)
         self.params = [p for p in model.parameters() if p.requires_grad]

@@ -1,6 +1,7 @@
 """The training step: its hand-written SGD update, the flips, the metric sums, and (on a GPU) its CUDA graph."""
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -162,3 +163,19 @@ def test_fit_validates_every_nth_epoch_and_after_the_last(tiny_bananas):
     assert seen == [(0, False), (1, True), (2, True)]
     assert "val/map" in result.metrics and result.coco.metrics["map"] == result.metrics["val/map"]
     assert {"setup_s", "train_s", "validate_s"} <= set(result.timings)
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_warned_about(monkeypatch):
+    from pipeline.model import cpu_computes_bf16
+
+    assert cpu_computes_bf16({"avx512_bf16": False, "amx_bf16": True}) and not cpu_computes_bf16({"avx2": True})
+    images, targets = random_batch()
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": native, "amx_bf16": False})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for precision in ("bf16", "fp32"):
+                TrainStep(TinySSD(1), images, targets, RunConfig(image_size=64, batch_size=6, precision=precision),
+                          torch.device("cpu"))
+        emulated = [w for w in caught if "emulates it" in str(w.message)]
+        assert len(emulated) == (0 if native else 1), [str(w.message) for w in caught]
