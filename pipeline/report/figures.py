@@ -276,7 +276,7 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
                        label="failed (no value; drawn at 0)", clip_on=False, zorder=5)
         ax.set(xlabel="trial number", ylabel=OBJECTIVE_LABEL)
         _integer_axis(ax, trials["number"])
-        ax.legend(loc="best", fontsize=8)
+        fig.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False)  # inside, it hid a failed trial
     return "Best so far counts complete trials only (the control included); pruned and failed trials never count."
 
 
