@@ -309,3 +309,19 @@ def test_study_hours_leave_out_the_gaps_between_sessions_and_count_parallel_tria
     two_workers = [(at(120), at(150)), (at(125), at(140)), (at(140), at(160))]  # resumed 75 minutes later
     assert busy_hours(first_session + two_workers) == pytest.approx((45 + 40) / 60)
     assert busy_hours([(at(0), at(60)), (at(10), at(20))]) == pytest.approx(1.0)  # one inside another
+
+
+def test_the_baseline_noise_is_quoted_only_for_its_own_data_set_and_input_side(tmp_path):
+    from pipeline.report.study_summary import baseline_spread
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="baseline-quick", direction="maximize")
+    for key, value in (("variant", "baseline"), ("profile", "quick"),
+                       ("signature", {"base_config": {"dataset": "bananas", "image_size": 64}})):
+        study.set_user_attr(key, value)
+    for value in (0.1, 0.2, 0.3):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    spread = baseline_spread(storage, "quick", {"dataset": "bananas", "image_size": 64})
+    assert spread["study"] == "baseline-quick" and spread["sd"] == pytest.approx(0.1)
+    assert baseline_spread(storage, "quick", {"dataset": "shapes", "image_size": 128}) is None
+    assert baseline_spread(storage, "chapter", {"dataset": "bananas", "image_size": 64}) is None

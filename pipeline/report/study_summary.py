@@ -78,12 +78,15 @@ def seeds_per_trial(trials: pd.DataFrame) -> int:
     return max(1, int(trials[columns].notna().sum(axis=1).max())) if columns else 1
 
 
-def baseline_spread(storage: str, profile: str | None) -> dict[str, Any] | None:
-    """The seed spread of a baseline study of the same profile in the storage, if one has 3 or more values."""
+def baseline_spread(storage: str, profile: str | None, base_config: dict) -> dict[str, Any] | None:
+    """The seed spread of a baseline study in the storage with the same profile, data set and input side, if one
+    has 3 or more values (a baseline on bananas at 64 px says nothing of shapes at 128)."""
     for row in list_studies(storage):
         if row["variant"] == "baseline" and row["profile"] == profile and row["n_complete"] >= 3:
             study = optuna.load_study(study_name=row["name"], storage=storage)
-            return {"study": row["name"], **seed_spread(trials_frame(study))}
+            base = study.user_attrs.get("signature", {}).get("base_config", {})
+            if all(base.get(k) == base_config.get(k) for k in ("dataset", "image_size")):
+                return {"study": row["name"], **seed_spread(trials_frame(study))}
     return None
 
 
@@ -105,9 +108,9 @@ def noise_sentences(d: StudyData) -> list[str]:
         out.append(f"Over its last {len(swing[1])} validated epochs the control's val/map moved by {swing[0]:.4f} "
                    f"({' → '.join(f'{v:.4f}' for v in swing[1])}): the final value is one point of a curve "
                    "that still moves.")
-    seeds = baseline_spread(d.storage, d.attrs.get("profile"))
+    seeds = baseline_spread(d.storage, d.attrs.get("profile"), d.base_config)
     if seeds is not None:
-        out.append(f"The `{seeds['study']}` study measured the seed noise of this profile: sd {seeds['sd']:.4f} over "
+        out.append(f"The `{seeds['study']}` study measured the seed noise of this data set and profile: sd {seeds['sd']:.4f} over "
                    f"{seeds['n']} seeds, so two one-seed runs of the same setting differ by up to about "
                    f"±{2.8 * seeds['sd']:.4f} (95%).")
     return out
