@@ -152,6 +152,11 @@ def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTri
     return next((t for t in trials if t.number == number), None)
 
 
+def stored_base_config(study: optuna.Study) -> dict[str, Any]:
+    """The base configuration (RunConfig fields) the study's signature recorded when it was created."""
+    return study.user_attrs.get("signature", {}).get("base_config", {})
+
+
 def study_objective(study: optuna.Study) -> str:
     """The metric the study maximises, as its signature recorded it."""
     return study.user_attrs.get("signature", {}).get("objective", "val/map")

@@ -25,7 +25,7 @@ from pipeline.seeds import seed_values
 from pipeline.space import describe_space
 from pipeline.storage_lock import StorageLock
 from pipeline.study import (SweepError, SweepOptions, base_config, best_trial, counts, load_variant, prepare,
-                            remaining_trials, study_objective)
+                            remaining_trials, stored_base_config, study_objective)
 from pipeline.tracking import MlflowTracker
 from pipeline.step import NonFiniteLossError
 from pipeline.train import resolve_device
@@ -44,7 +44,7 @@ def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, 
             "n_pruned": n["PRUNED"], "n_failed": n["FAIL"], "best_value": best.value if best else None,
             "best_params": dict(best.params) if best else None, "best_trial": best.number if best else None,
             "control_value": control.value if control else None, "seeds_per_trial": options.seeds_per_trial,
-            "dataset": study.user_attrs.get("signature", {}).get("base_config", {}).get("dataset"),
+            "dataset": stored_base_config(study).get("dataset"),
             "image_size": study.user_attrs.get("signature", {}).get("base_config", {}).get("image_size"),
             "best_ci95": (best.user_attrs.get("metrics") or {}).get(f"{study_objective(study)}_ci95") if best else None,
             "best_seed_values": best.user_attrs.get("seed_values") if best else None,

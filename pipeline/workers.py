@@ -52,13 +52,14 @@ RESUME_SEED_STEP = 1009  # more workers than this on one study would share a see
 
 
 def worker_sampler(variant: experiments.Variant, seed: int, index: int, started: int = 0) -> optuna.samplers.BaseSampler:
-    """Worker ``index``'s sampler, in a study where ``started`` trials have already begun (in earlier sessions).
-    TPE workers get seeds of their own, so that two of them starting at once do not propose the same point; and
-    a resumed study gets seeds no earlier session of it used (two sessions that start it at once, on two hosts,
-    still share theirs): with the same seed, a resumed TPE search drew its
+    """Worker ``index``'s sampler, in a study where ``started`` trials had begun when the sweep started.
+
+    TPE workers get seeds of their own, so that two of them starting at once do not propose the same point.
+    A resumed study gets seeds no earlier session of it used: with the same seed, a resumed TPE search drew its
     random start-up points again (combined, resumed at 3 of 10 trials, re-ran trials 1 and 2 as 5 and 6). A new
-    study keeps ``seed + index``; ``started`` is counted once per sweep (started_trials), for all its workers. A GridSampler's seed shuffles the grid itself, so its grid_id means the same
-    point in every worker only with one seed for all of them (and it never proposes a point twice anyway)."""
+    study keeps ``seed + index``. Two sessions that start one study at once, on two hosts, still share seeds.
+    A GridSampler's seed shuffles the grid itself, so its grid_id means the same point in every worker only
+    with one seed for all of them (and a grid never proposes a point twice anyway)."""
     sampler = variant.sampler(seed + index + RESUME_SEED_STEP * started)
     return control_safe(variant.sampler(seed)) if isinstance(sampler, optuna.samplers.GridSampler) else sampler
 

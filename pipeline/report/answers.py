@@ -132,7 +132,7 @@ def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
 def exercise_studies(frame: pd.DataFrame) -> pd.DataFrame:
     """The studies of the chapter's exercises: a variant marked EXERCISE = False (precision) is left out; a study
     whose variant file is gone is kept."""
-    own = {name for name in experiments.names() if not experiments.load(name).exercise}
+    own = set(experiments.names()) - set(experiments.exercises())
     return frame[~frame["variant"].isin(own)].reset_index(drop=True)
 
 

@@ -14,6 +14,7 @@ from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import params_text
 from pipeline.report.trials import best_row, control_row, is_seed_study, seed_spread, state_counts, trials_frame
 from pipeline.report.verdict_section import stored_verdict
+from pipeline.study import stored_base_config
 
 
 def _verdict_columns(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def busy_hours(spans: list[tuple[datetime, datetime]]) -> float:
 
 def _setting(study: optuna.Study) -> dict[str, Any]:
     """The question (first line), data set, input side, anchor scale and hours spent on the study's trials."""
-    base = study.user_attrs.get("signature", {}).get("base_config", {})
+    base = stored_base_config(study)
     spans = [(t.datetime_start, t.datetime_complete) for t in study.trials if t.datetime_start and t.datetime_complete]
     return {"question": (study.user_attrs.get("question") or "").splitlines()[0] if study.user_attrs.get("question")
             else "", "dataset": base.get("dataset"), "image_size": base.get("image_size"),

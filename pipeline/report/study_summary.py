@@ -16,6 +16,7 @@ from pipeline.report.stats import verdict
 from pipeline.report.text import fmt, missing, params_text, signed
 from pipeline.report.trials import (SUMMARY_METRICS, best_row, control_label, control_row, is_seed_study, ranked,
                                     seed_spread, trials_frame)
+from pipeline.study import stored_base_config
 
 TOP_K = 5  # trials beside the control in the summary table
 
@@ -84,7 +85,7 @@ def baseline_spread(storage: str, profile: str | None, base_config: dict) -> dic
     for row in list_studies(storage):
         if row["variant"] == "baseline" and row["profile"] == profile and row["n_complete"] >= 3:
             study = optuna.load_study(study_name=row["name"], storage=storage)
-            base = study.user_attrs.get("signature", {}).get("base_config", {})
+            base = stored_base_config(study)
             if all(base.get(k) == base_config.get(k) for k in ("dataset", "image_size")):
                 return {"study": row["name"], **seed_spread(trials_frame(study))}
     return None
