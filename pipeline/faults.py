@@ -1,5 +1,6 @@
 """What a sweep does about trials that fail, hang or lose their process: timeouts, stale trials retried,
-MLflow runs left RUNNING by a killed process closed as FAILED, and interrupts logged without tracebacks."""
+MLflow runs left RUNNING by a killed process closed as FAILED, a trial taken over by another worker dropped, and
+interrupts logged without tracebacks."""
 
 from __future__ import annotations
 
@@ -8,19 +9,27 @@ import copy
 import logging
 import signal
 import socket
+import time
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from pipeline.interrupts import deliver
+from pipeline.study import HEARTBEAT_GRACE
 from pipeline.tracking import MlflowTracker, process_alive
 
 
+_log = logging.getLogger(__name__)
+
+
 class _InterruptWithoutTraceback(logging.Filter):
-    """Optuna logs a failed trial with its traceback; for Ctrl-C or SIGTERM its one line says it all."""
+    """Optuna logs a failed trial with its traceback; for Ctrl-C, SIGTERM or a trial another worker took over
+    (see optimize_past_takeovers) its one line says it all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt,
+                                                                optuna.exceptions.UpdateFinishedTrialError)):
             record.exc_info = None
         return True
 
@@ -97,3 +106,38 @@ def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
                for run in tracker.runs({"study": study.study_name, "trial_state": "COMPLETE"})
                if run.data.tags.get("trial_number") in failed]
     return closed + tracker.close_orphans()
+
+
+def optimize_past_takeovers(study: optuna.Study, func: Callable, n_trials: int, timeout: float | None,
+                            callbacks: list | None) -> None:
+    """study.optimize, going on after a trial of this worker was taken over: another worker failed it as stale
+    (its heartbeats had stopped reaching the store for the grace period: a suspended machine, a starved or
+    locked-out heartbeat thread) and queued its retry. Optuna then raises ValueError("Cannot tell a FAIL
+    trial") out of optimize; this worker drops that attempt and goes on with the others."""
+    end = None if timeout is None else time.monotonic() + timeout
+    attempts: list[optuna.Trial] = []
+
+    def counted(trial: optuna.Trial):
+        attempts.append(trial)
+        return func(trial)
+
+    while len(attempts) < n_trials:
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        try:
+            study.optimize(counted, n_trials=n_trials - len(attempts), timeout=left, catch=(Exception,),
+                           callbacks=callbacks)
+            return
+        except ValueError:
+            if not attempts or not _finished_elsewhere(study, attempts[-1]):
+                raise
+            _log.warning("trial %d was failed by another worker: its heartbeats had not reached the store for %d s"
+                         " (see TINYSSD_HEARTBEAT_GRACE); its result is dropped and its retry runs in its place",
+                         attempts[-1].number, HEARTBEAT_GRACE)
+
+
+def _finished_elsewhere(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the store already holds ``trial`` as finished: Optuna's tell failed because another process ended it."""
+    stored = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    return stored.state.is_finished()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -96,7 +97,8 @@ def objective(trial: optuna.Trial, ctx: _TrialContext) -> float:
     except optuna.TrialPruned:
         raise
     except BaseException as exc:  # the reason goes on the trial: Optuna itself keeps only the state FAIL
-        trial.set_user_attr("fail_reason", failure_reason(exc)[:2000])
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker failed it as stale
+            trial.set_user_attr("fail_reason", failure_reason(exc)[:2000])
         raise
 
 

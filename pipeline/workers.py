@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 import experiments
-from pipeline.faults import fail_dead_local_trials, stale_callback
+from pipeline.faults import fail_dead_local_trials, optimize_past_takeovers, stale_callback
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.storage_lock import StorageLock
 from pipeline.study import DONE, SweepOptions, open_storage
@@ -102,8 +102,7 @@ def run_worker(options: SweepOptions, parent_run_id: str, n_trials: int, index: 
                               sampler=worker_sampler(ctx.variant, options.seed, index, started))
     claim_slots(study, StorageLock(options.storage), options.trials or ctx.variant.trials[options.profile])
     with sigterm_as_interrupt(), contextlib.suppress(StudyFull):  # SIGTERM: the trial ends FAIL, its run KILLED
-        study.optimize(lambda t: objective(t, ctx), n_trials=n_trials, timeout=options.timeout, catch=(Exception,),
-                       callbacks=callbacks)
+        optimize_past_takeovers(study, lambda t: objective(t, ctx), n_trials, options.timeout, callbacks)
 
 
 def _worker_process(*args) -> None:
