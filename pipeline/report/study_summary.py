@@ -111,9 +111,9 @@ def noise_sentences(d: StudyData) -> list[str]:
                    "that still moves.")
     seeds = baseline_spread(d.storage, d.attrs.get("profile"), d.base_config)
     if seeds is not None:
-        out.append(f"The `{seeds['study']}` study measured the seed noise of this data set and profile: sd {seeds['sd']:.4f} over "
-                   f"{seeds['n']} seeds, so two one-seed runs of the same setting differ by up to about "
-                   f"±{2.8 * seeds['sd']:.4f} (95%).")
+        out.append(f"The `{seeds['study']}` study measured the seed noise of this data set and profile: "
+                   f"sd {seeds['sd']:.4f} over {seeds['n']} seeds, so two one-seed runs of the same setting differ "
+                   f"by up to about ±{2.8 * seeds['sd']:.4f} (95%).")
     return out
 
 
