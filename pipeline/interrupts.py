@@ -16,8 +16,10 @@ recorded but not raised; it is raised when the block ends. A trial's timeout (SI
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
+import threading
 
 _received: list[int] = []  # signals received since the outermost sigterm_as_interrupt began, newest last
 _depth: list[int] = []  # how many sigterm_as_interrupt blocks are open (they nest: a sweep, then its worker)
@@ -46,7 +48,11 @@ def deliver(exc: BaseException) -> None:
 @contextlib.contextmanager
 def deferred():
     """Inside, what a signal handler delivers (an interrupt, a trial's timeout) waits: a store write runs
-    whole. When the outermost block ends normally, the first exception delivered inside it is raised."""
+    whole. When the outermost block ends normally, the first exception delivered inside it is raised.
+    Signal handlers run in the main thread only, so another thread's block (Optuna's heartbeat) defers nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _deferring.append(1)
     try:
         yield
@@ -57,6 +63,15 @@ def deferred():
             _pending.clear()
     if outermost and waiting:
         raise waiting[0]
+
+
+def run_whole(func):
+    """``func``, made to run inside ``deferred()``: a signal during a call is raised when the call returns."""
+    @functools.wraps(func)
+    def whole(*args, **kwargs):
+        with deferred():
+            return func(*args, **kwargs)
+    return whole
 
 
 def raise_if_interrupted() -> None:

@@ -10,6 +10,7 @@ once crash.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 import experiments
 from pipeline import best as best_rule
 from pipeline.config import RunConfig, make_config
+from pipeline.interrupts import run_whole
 from pipeline.space import describe_space
 from pipeline.sqlite_files import DEFAULT_STORAGE
 
@@ -71,9 +73,24 @@ def _engine_kwargs(url: str) -> dict:
     return {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
 
 
+class WholeCallsStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, every call of which runs whole: a Ctrl-C or SIGTERM during a read or a write is raised
+    when the call returns (see pipeline/interrupts.py). Cut short between a read's statement and its rows, a call
+    leaves the statement active, and SQLite's read lock held, for as long as the interrupt's traceback lives
+    (Python 3.11's sqlite3 no longer resets statements on rollback); cut short before its commit, a write is lost.
+    CI saw a Ctrl-C'd sweep hang so: its workers' closing writes waited for a read lock that none of their own
+    statements held, while its parent, which reads the study every second for the progress line, waited at exit
+    for them."""
+
+
+for _name, _method in vars(optuna.storages.RDBStorage).items():
+    if inspect.isfunction(_method) and not _name.startswith("__"):
+        setattr(WholeCallsStorage, _name, run_whole(_method))
+
+
 def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.RDBStorage:
     """Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried."""
-    return optuna.storages.RDBStorage(
+    return WholeCallsStorage(
         url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
         heartbeat_stale_trial_callback=on_stale or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
 

@@ -124,7 +124,8 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
             if options.workers == 1:
                 run_worker(options, parent.run_id, todo, callbacks=[lambda s, t: update()], started=started)
             elif todo:
-                spawn_workers(options, parent.run_id, todo, update, started)
+                spawn_workers(options, parent.run_id, todo, update, started,
+                              on_killed=lambda: reconcile_runs(study, tracker))
             if options.seeds or options.decide:
                 settle_verdict(study, options, base, tracker, parent.run_id, update)
             result = summary(study, options, tracker, parent.run_id)

@@ -10,7 +10,6 @@ as FAILED by the next command that uses the experiment (:meth:`MlflowTracker.clo
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.interrupts import deferred
+from pipeline.interrupts import deferred, run_whole
 from pipeline.sqlite_files import DEFAULT_TRACKING_URI, sqlite_path
 
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI reads to nest a run under its parent
@@ -62,14 +61,7 @@ class _WholeCalls:
 
     def __getattr__(self, name):
         attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        @functools.wraps(attr)
-        def whole(*args, **kwargs):
-            with deferred():
-                return attr(*args, **kwargs)
-        return whole
+        return run_whole(attr) if callable(attr) else attr
 
 
 def _client(uri: str) -> _WholeCalls:

@@ -113,7 +113,13 @@ def _worker_process(*args) -> None:
         raise SystemExit(130) from None
 
 
-def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_poll: Callable, started: int = 0) -> None:
+INTERRUPT_GRACE = 15  # seconds the workers get to close their trials after Ctrl-C, before SIGTERM
+TERMINATE_GRACE = 30  # and after SIGTERM, before SIGKILL
+
+
+def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_poll: Callable, started: int = 0,
+                  on_killed: Callable = lambda: None) -> None:
+    """Run the workers, polling; on an interrupt, stop them (stop_workers)."""
     mp = multiprocessing.get_context("spawn")
     procs = [mp.Process(target=_worker_process, args=(options, parent_run_id, n_trials, i, None, started), daemon=False)
              for i in range(options.workers)]
@@ -125,15 +131,7 @@ def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_p
             raise_if_interrupted()  # this process trains nothing: a dropped SIGTERM is noticed here
             time.sleep(1.0)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the terminal interrupted the workers too
-            deadline = time.time() + 15
-            while any(p.is_alive() for p in procs) and time.time() < deadline:
-                time.sleep(0.2)  # let them close their trials, rather than interrupt them again mid-cleanup
-        for p in procs:
-            if p.is_alive():
-                p.terminate()  # SIGTERM: each worker fails its trial and closes its run
-        for p in procs:
-            p.join(30)
+        stop_workers(procs, ctrl_c=isinstance(exc, KeyboardInterrupt) and not exc.args, on_killed=on_killed)
         raise
     on_poll()
     crashed = [p.exitcode for p in procs if p.exitcode and p.exitcode > 0]
@@ -144,3 +142,30 @@ def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_p
         for i, signum in killed:
             _log.warning("worker %d was killed (%s); its trial is run again", i, signal.Signals(signum).name)
         run_worker(options, parent_run_id, n_trials, index=len(procs), started=started)
+
+
+def stop_workers(procs: list, ctrl_c: bool, on_killed: Callable) -> None:
+    """Stop the workers. After Ctrl-C, which the terminal sent them too, wait INTERRUPT_GRACE s for them to close
+    their trials rather than interrupt them again mid-cleanup; then SIGTERM (a worker fails its trial and closes its
+    run); then SIGKILL for one still alive TERMINATE_GRACE s later (this process would wait for it at exit, forever),
+    and ``on_killed`` closes what it left."""
+    if ctrl_c:
+        _wait_for_exit(procs, INTERRUPT_GRACE)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    hung = _wait_for_exit(procs, TERMINATE_GRACE)
+    for p in hung:
+        _log.warning("a worker (pid %d) did not stop %d s after SIGTERM: killed", p.pid, TERMINATE_GRACE)
+        p.kill()
+        p.join()
+    if hung:
+        on_killed()
+
+
+def _wait_for_exit(procs: list, seconds: float) -> list:
+    """Wait up to ``seconds`` for the processes to exit; returns those still alive."""
+    deadline = time.monotonic() + seconds
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in procs if p.is_alive()]

@@ -139,6 +139,31 @@ def test_ctrl_c_on_a_two_worker_sweep_closes_everything_without_tracebacks(workd
     assert all(r.info.status in ("KILLED", "FINISHED") for r in runs())
 
 
+def _deaf_worker(ready):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a worker hung in a store call that never returns, say
+    ready.set()
+    time.sleep(600)
+
+
+def test_a_worker_that_outlives_sigterm_is_killed_and_its_leftovers_closed(monkeypatch):
+    """Else the sweep's parent waits for it at exit, forever (CI saw a Ctrl-C'd sweep hang so)."""
+    import multiprocessing
+
+    from pipeline import workers
+
+    monkeypatch.setattr(workers, "INTERRUPT_GRACE", 0.5)
+    monkeypatch.setattr(workers, "TERMINATE_GRACE", 0.5)
+    mp = multiprocessing.get_context("fork")
+    ready = mp.Event()
+    deaf = mp.Process(target=_deaf_worker, args=(ready,))
+    deaf.start()
+    assert ready.wait(30)
+    closed = []
+    workers.stop_workers([deaf], ctrl_c=True, on_killed=lambda: closed.append("reconciled"))
+    assert deaf.exitcode == -signal.SIGKILL and closed == ["reconciled"]
+
+
 def test_sigterm_fails_the_trial_and_kills_the_run(workdir, tiny_bananas):
     worker = start_sweep(workdir, tiny_bananas, "--trials", "2", *SLOW)
     wait_for(first_epoch_written(workdir))
@@ -351,6 +376,58 @@ def test_a_signal_during_a_store_write_is_raised_when_the_write_is_whole(tmp_pat
             pytest.fail("the interrupt must come right after the write")
     [record] = MlflowReader(uri).find_runs("signals")
     assert record.status == "KILLED" and record.metrics == {"train/loss": 0.5}
+
+
+def test_a_signal_during_an_optuna_store_read_leaves_no_lock_held(tmp_path, monkeypatch):
+    """Ctrl-C after a read's statement ran and before its rows were read: on Python 3.11 the statement stays
+    active, holding SQLite's read lock, as long as the interrupt's traceback lives (see WholeCallsStorage: a
+    Ctrl-C'd sweep hung in CI so). Optuna's bare RDBStorage leaves the lock held (this test fails with it)."""
+    import sqlalchemy.orm.loading
+
+    from pipeline import interrupts
+    from pipeline.study import open_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "signals")
+    trial_id = storage.create_new_trial(study_id)
+    read_rows = sqlalchemy.orm.loading.instances
+
+    def signal_before_the_rows_are_read(*args, **kwargs):
+        monkeypatch.setattr(sqlalchemy.orm.loading, "instances", read_rows)
+        os.kill(os.getpid(), signal.SIGINT)
+        return read_rows(*args, **kwargs)
+    monkeypatch.setattr(sqlalchemy.orm.loading, "instances", signal_before_the_rows_are_read)
+    with pytest.raises(KeyboardInterrupt) as interrupted, interrupts.sigterm_as_interrupt():
+        storage.get_all_trials(study_id)
+    assert interrupted.traceback  # alive, as in the parent at exit
+    another_process = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 1}})
+    another_process.set_trial_user_attr(trial_id, "fail_reason", "interrupted")  # "database is locked" if held
+
+
+def test_a_signal_during_an_optuna_store_write_is_raised_when_the_write_is_whole(tmp_path):
+    """SIGTERM between a write's statement and its commit: the write is committed and the interrupt comes after it,
+    as for MLflow's writes. Optuna's bare RDBStorage lets the interrupt cut the write (this test fails with it)."""
+    from sqlalchemy import event
+
+    from pipeline import interrupts
+    from pipeline.study import open_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "signals")
+    trial_id = storage.create_new_trial(study_id)
+
+    def signal_after_the_insert(conn, cursor, statement, *args):
+        if statement.lstrip().startswith("INSERT INTO trial_user_attributes"):
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered here: the row is written, not yet committed
+    event.listen(storage.engine, "after_cursor_execute", signal_after_the_insert)
+    with pytest.raises(KeyboardInterrupt, match="signal SIGTERM"), interrupts.sigterm_as_interrupt():
+        storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+    event.remove(storage.engine, "after_cursor_execute", signal_after_the_insert)
+    another_process = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 1}})
+    assert another_process.get_trial(trial_id).user_attrs == {"fail_reason": "interrupted"}
+    another_process.set_trial_user_attr(trial_id, "next", 1)  # no lock left held
 
 
 def test_a_signal_while_a_run_is_created_leaves_it_killed_not_running(tmp_path):
