@@ -48,7 +48,7 @@ def deliver(exc: BaseException) -> None:
 @contextlib.contextmanager
 def deferred():
     """Inside, what a signal handler delivers (an interrupt, a trial's timeout) waits: a store write runs
-    whole. When the outermost block ends normally, the first exception delivered inside it is raised.
+    whole. When the outermost block ends, the first exception delivered inside it is raised.
     Signal handlers run in the main thread only, so another thread's block (Optuna's heartbeat) defers nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -61,8 +61,8 @@ def deferred():
         outermost, waiting = not _deferring, list(_pending)
         if outermost:
             _pending.clear()
-    if outermost and waiting:
-        raise waiting[0]
+        if outermost and waiting:
+            raise waiting[0]  # also when the block raised (it becomes the context): a trial's timeout is not lost
 
 
 def run_whole(func):

@@ -147,20 +147,31 @@ def spawn_workers(options: SweepOptions, parent_run_id: str, n_trials: int, on_p
 def stop_workers(procs: list, ctrl_c: bool, on_killed: Callable) -> None:
     """Stop the workers. After Ctrl-C, which the terminal sent them too, wait INTERRUPT_GRACE s for them to close
     their trials rather than interrupt them again mid-cleanup; then SIGTERM (a worker fails its trial and closes its
-    run); then SIGKILL for one still alive TERMINATE_GRACE s later (this process would wait for it at exit, forever),
-    and ``on_killed`` closes what it left."""
-    if ctrl_c:
-        _wait_for_exit(procs, INTERRUPT_GRACE)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    hung = _wait_for_exit(procs, TERMINATE_GRACE)
+    run); then SIGKILL for one still alive TERMINATE_GRACE s later, or at once on another Ctrl-C (else this process
+    would wait for it at exit, forever)."""
+    try:
+        if ctrl_c:
+            _wait_for_exit(procs, INTERRUPT_GRACE)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        _wait_for_exit(procs, TERMINATE_GRACE)
+    finally:
+        _kill_the_hung(procs, on_killed)
+
+
+def _kill_the_hung(procs: list, on_killed: Callable) -> None:
+    """SIGKILL the workers still alive, then ``on_killed`` closes their trials and runs (as a killed worker's)."""
+    hung = [p for p in procs if p.is_alive()]
     for p in hung:
-        _log.warning("a worker (pid %d) did not stop %d s after SIGTERM: killed", p.pid, TERMINATE_GRACE)
+        _log.warning("a worker (pid %d) had not stopped: killed", p.pid)
         p.kill()
-        p.join()
+        p.join(10)  # a process in uninterruptible sleep dies later; not waited for
     if hung:
-        on_killed()
+        try:
+            on_killed()
+        except Exception as exc:  # the interrupt being handled is what the command ends with
+            _log.warning("the killed workers' trials and runs were not closed (%s); the next sweep closes them", exc)
 
 
 def _wait_for_exit(procs: list, seconds: float) -> list:

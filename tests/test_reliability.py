@@ -146,22 +146,43 @@ def _deaf_worker(ready):
     time.sleep(600)
 
 
-def test_a_worker_that_outlives_sigterm_is_killed_and_its_leftovers_closed(monkeypatch):
-    """Else the sweep's parent waits for it at exit, forever (CI saw a Ctrl-C'd sweep hang so)."""
+def _start_deaf_worker():
     import multiprocessing
+    mp = multiprocessing.get_context("fork")
+    ready = mp.Event()
+    deaf = mp.Process(target=_deaf_worker, args=(ready,), daemon=True)
+    deaf.start()
+    assert ready.wait(30)
+    return deaf
 
+
+def test_a_worker_that_outlives_sigterm_is_killed_and_its_leftovers_handed_on(monkeypatch):
+    """Else the sweep's parent waits for it at exit, forever (CI saw a Ctrl-C'd sweep hang so)."""
     from pipeline import workers
 
     monkeypatch.setattr(workers, "INTERRUPT_GRACE", 0.5)
     monkeypatch.setattr(workers, "TERMINATE_GRACE", 0.5)
-    mp = multiprocessing.get_context("fork")
-    ready = mp.Event()
-    deaf = mp.Process(target=_deaf_worker, args=(ready,))
-    deaf.start()
-    assert ready.wait(30)
+    deaf = _start_deaf_worker()
     closed = []
     workers.stop_workers([deaf], ctrl_c=True, on_killed=lambda: closed.append("reconciled"))
     assert deaf.exitcode == -signal.SIGKILL and closed == ["reconciled"]
+
+
+def test_a_second_ctrl_c_kills_the_workers_at_once_and_ends_with_the_interrupt():
+    """A user who presses Ctrl-C again does not wait out the graces; a failure to close the leftovers (the store
+    locked, say) is logged, and the command still ends with the interrupt."""
+    import threading
+
+    from pipeline import interrupts, workers
+
+    deaf = _start_deaf_worker()
+
+    def fail_to_reconcile():
+        raise OSError("database is locked")
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # the second Ctrl-C
+    with pytest.raises(KeyboardInterrupt), interrupts.sigterm_as_interrupt():
+        workers.stop_workers([deaf], ctrl_c=True, on_killed=fail_to_reconcile)  # graces of 15 s and 30 s
+    assert deaf.exitcode == -signal.SIGKILL
 
 
 def test_sigterm_fails_the_trial_and_kills_the_run(workdir, tiny_bananas):
@@ -485,3 +506,17 @@ def test_a_trial_timeout_waits_for_the_store_write_it_falls_in():
             written.append("whole")
         pytest.fail("the timeout must come right after the write")
     assert written == ["whole"]
+
+
+def test_a_trial_timeout_that_falls_in_a_failing_store_call_is_not_lost():
+    """The alarm rings once: were its timeout dropped with the call's error, the trial would run on unbounded."""
+    import time
+
+    from pipeline import interrupts
+    from pipeline.faults import TrialTimeout, deadline
+
+    with pytest.raises(TrialTimeout) as raised, deadline(0.05):
+        with interrupts.deferred():
+            time.sleep(0.3)  # the alarm rings in here
+            raise OSError("database is locked")
+    assert isinstance(raised.value.__context__, OSError)
