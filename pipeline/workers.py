@@ -174,9 +174,8 @@ def _kill_the_hung(procs: list, on_killed: Callable) -> None:
             _log.warning("the killed workers' trials and runs were not closed (%s); the next sweep closes them", exc)
 
 
-def _wait_for_exit(procs: list, seconds: float) -> list:
-    """Wait up to ``seconds`` for the processes to exit; returns those still alive."""
+def _wait_for_exit(procs: list, seconds: float) -> None:
+    """Wait up to ``seconds`` for the processes to exit."""
     deadline = time.monotonic() + seconds
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return [p for p in procs if p.is_alive()]
