@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from pipeline.sqlite_files import DEFAULT_STORAGE
+from pipeline.sqlite_files import DEFAULT_STORAGE, sqlite_path
 from pipeline.config import ConfigError, RunConfig, default_profile, knob_table, make_config, parse_overrides
 from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_train_result,
                                print_verdict, sweep_table, train_summary)
@@ -584,6 +584,18 @@ def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`
     console.print(f"report written to {folder / 'report.html'} and {folder / 'report.md'}")
 
 
+def _print_experiment_links(uri: str, base: str) -> None:
+    """A link per recent experiment that opens its runs table (MLflow 3 opens a bare experiment link in its
+    GenAI view, where a store made before the project tagged its experiments shows no runs)."""
+    from pipeline.tracking import MlflowReader, experiment_url
+
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():  # nothing tracked yet: do not create the store just to list it
+        return
+    for name, experiment_id in MlflowReader(uri).experiments():
+        console.print(f"  {name}: {experiment_url(base, experiment_id)}")
+
+
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
        host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1"):
@@ -596,6 +608,7 @@ def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
         console.print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")
         return
     console.print(f"MLflow UI on http://{host}:{port} for {uri}")
+    _print_experiment_links(uri, f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
     # this interpreter's mlflow: an `mlflow` on PATH may belong to another environment, or be missing
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                               "--host", host, "--port", str(port)])

@@ -14,7 +14,9 @@ With the control this is the full two-by-two design at each scale, so the report
 what the input and the anchors each add. Why anchors: measured on the 'shapes' validation split,
 no COCO-small object (under 32x32 px) overlaps any of the chapter's anchors at IoU 0.5 at any
 input side, and only 33% of all objects do. With anchors fixed in pixels, 6%, 15% and 38% of the
-small objects (42%, 47%, 60% of all) do at 160, 192 and 256 px. (The chapter's matching still
+small objects (42%, 47%, 60% of all) do at 160, 192 and 256 px (measured by hand; `python cli.py anchors
+--dataset shapes --split val --set image_size=192 --set anchor_scale=0.667` now measures any such setting).
+(The chapter's matching still
 gives every object its best anchor as a positive, but that anchor's offsets have to stretch far.)
 Runs on 'shapes', because the chapter's bananas have no small objects; its images are drawn at
 256 px, so sides above that are upsampled. Grid sampling: nine configurations are the whole

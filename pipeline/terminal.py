@@ -118,7 +118,7 @@ def sweep_table(result: dict, options) -> Table:
 def print_verdict(result: dict, options) -> None:
     """The sweep's last lines: the verdict, or why there is none, and what to run next."""
     from pipeline.noise import noise_sd_text
-    from pipeline.tracking import experiment_url
+    from pipeline.tracking import UI_BASE, experiment_url
 
     verdict, trial = result["verdict"], result["verdict_trial"]
     if verdict == "not decided":
@@ -144,7 +144,7 @@ def print_verdict(result: dict, options) -> None:
         console.print(f"  python cli.py sweep {options.variant} --decide --max-seeds {result['seeds_needed']}"
                       "   # a verdict on that many seeds (the seeds trained so far are reused)")
     console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")
-    console.print(f"  python cli.py ui   # then {experiment_url('http://127.0.0.1:5000', result['mlflow_experiment_id'])}")
+    console.print(f"  python cli.py ui   # then {experiment_url(UI_BASE, result['mlflow_experiment_id'])}")
 
 
 def print_anchor_fit(result: dict, recall: float) -> None:

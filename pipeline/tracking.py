@@ -25,6 +25,7 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI reads to nest a run unde
 # MLflow 3's UI opens an experiment without a kind in its GenAI view (traces, judges, prompts), where a new user
 # sees none of the runs; this kind opens the model-training view, with the runs table.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+UI_BASE = "http://127.0.0.1:5000"  # where `python cli.py ui` serves by default
 UI_VIEW = "workflowType=machine_learning"  # the same view asked for in a link, for stores made before the tag
 
 
@@ -303,6 +304,11 @@ class MlflowReader:
             return []
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tag_filter or {}).items())
         return self._records([experiment_id], query)
+
+    def experiments(self, limit: int = 10) -> list[tuple[str, str]]:
+        """(name, id) of the store's most recently updated experiments, MLflow's empty "Default" left out."""
+        found = self.client.search_experiments(max_results=limit + 1, order_by=["last_update_time DESC"])
+        return [(e.name, e.experiment_id) for e in found if e.name != "Default"][:limit]
 
     def all_runs(self) -> list[RunRecord]:
         """Every run of every (active) experiment in the store."""

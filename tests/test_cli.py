@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from pipeline.tracking import tracking_uri
+from pipeline.tracking import MlflowTracker, tracking_uri
 from typer.testing import CliRunner
 
 import cli
@@ -225,6 +225,19 @@ def test_ui_runs_this_interpreters_mlflow(workdir, monkeypatch):
     assert result.exit_code == 0, result.output
     assert calls == [(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
                                        "--host", "127.0.0.1", "--port", "5001"])]
+
+
+def test_ui_prints_a_link_to_each_experiments_runs_table(workdir, monkeypatch):
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: None)
+    assert "experiments/" not in plain(runner.invoke(app, ["ui"]).output)  # no store yet: none listed, none made
+    assert not (workdir / "mlflow.db").exists()
+    with MlflowTracker("focal-loss-quick").run("trial 0"):
+        pass
+    experiment_id = MlflowClient(tracking_uri()).get_experiment_by_name("focal-loss-quick").experiment_id
+    out = plain(runner.invoke(app, ["ui", "--port", "5001"]).output)
+    assert (f"focal-loss-quick: http://127.0.0.1:5001/#/experiments/{experiment_id}?workflowType=machine_learning"
+            in out), out
+    assert "Default" not in out
 
 
 def all_runs(client: MlflowClient) -> list:

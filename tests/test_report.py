@@ -166,6 +166,10 @@ def test_reproduce_section_gives_the_sweep_and_best_train_commands(swept):
     assert "image_size" not in sweep_cmd  # 64 px is the quick profile's own: only what differs from it is set
     assert "python cli.py train --profile quick" in text and "--set cls_loss=focal" in text
     assert "python cli.py ui" in text
+    parent = load("focal-loss-quick").user_attrs["last_parent_run_id"]
+    experiment_id = MlflowClient(tracking_uri()).get_experiment_by_name("focal-loss-quick").experiment_id
+    # the runs view, not MLflow 3's GenAI view, which shows a new user no runs
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{parent}?workflowType=machine_learning" in text
 
 
 # --- shapes of study: 1-D, failed, control only, pruned only -------------------------------------

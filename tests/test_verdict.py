@@ -33,7 +33,7 @@ def test_a_naive_rule_that_looks_after_every_pack_at_95_percent_declares_too_oft
     for _ in range(STUDIES):
         d = rng.normal(0.0, SD, 12)
         hits += any(stats.ttest_1samp(d[:n], 0.0).pvalue < 0.05 for n in (3, 6, 9, 12))
-    assert hits / STUDIES > 0.08  # about 0.11 here: more than twice the promise
+    assert hits / STUDIES > 0.08  # 0.137 here: more than twice the promise
 
 
 def test_equivalence_is_not_declared_when_the_true_difference_is_the_margin():

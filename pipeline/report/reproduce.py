@@ -14,6 +14,7 @@ from pipeline.report.gather import StudyData
 from pipeline.report.verdict_section import stored_verdict
 from pipeline.report.trials import best_row, is_seed_study
 from pipeline.sqlite_files import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, sqlite_path
+from pipeline.tracking import UI_BASE, experiment_url
 
 
 def _flag_value(value: Any) -> str:
@@ -119,6 +120,6 @@ def reproduce_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
                               f"parent run `{parent}`; each trial is a nested run tagged with its `trial_number`. "
                               f"This report's files are also logged to the parent run under `report/`. Browse them "
                               f"with the command below, then open "
-                              f"`http://127.0.0.1:5000/#/experiments/{d.experiment_id}/runs/{parent}`:"),
+                              f"`{experiment_url(UI_BASE, d.experiment_id, parent)}`:"),
                    Block("code", _ui_command(d.tracking_uri))]
     return blocks
