@@ -28,7 +28,6 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` from anywhere finds 
 import torch  # noqa: E402
 
 from benchmarks.common import check_size_and_device, gpu_name, make_batch, sync, whole_numbers  # noqa: E402
+from pipeline.machine import cpu_cores, cpu_model  # noqa: E402
 
 
 NUM_CLASSES = 1
@@ -53,23 +53,6 @@ VARIANT_TOKENS = ("default", "bf16", "contiguous", "malloc", "thp", "inplace", "
 # ----------------------------------------------------------------------------------------------
 # Machine
 # ----------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers

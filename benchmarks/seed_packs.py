@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import check_size_and_device, gpu_name, make_batch, sync, whole_numbers  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
+from pipeline.machine import cpu_model  # noqa: E402
 from pipeline.pack import Pack, build_model  # noqa: E402
 from pipeline.step import TrainStep  # noqa: E402
 from pipeline.train import tune_cpu_allocator  # noqa: E402
@@ -108,11 +109,6 @@ def measure_fit(args, cfg: RunConfig) -> list[dict]:
             rows.append({"layout": layout, "k": k, "seconds_per_seed": packed, "single_seconds_per_seed": single,
                          "seeds_per_hour_vs_single": single / packed})
     return rows
-
-
-def cpu_model() -> str:
-    from benchmarks.run import cpu_model as model_name
-    return model_name()
 
 
 def main(argv=None) -> dict:

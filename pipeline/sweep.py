@@ -4,7 +4,6 @@ re-train the best setting and the control with new seeds for a verdict."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Callable
 
@@ -69,13 +68,15 @@ def verdict_summary(study: optuna.Study, best, control, seeds_per_trial: int) ->
 
 
 def _device_description(device: str) -> str:
-    """What the trials run on, for the report: 'cpu (8 cores)' or the GPU's name."""
+    """What the trials run on, for the report: 'cpu: AMD EPYC (2 cores)' or the GPU's name."""
     import torch
+
+    from pipeline.machine import cpu_description
 
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         return torch.cuda.get_device_name(resolved)
-    return f"cpu ({os.cpu_count()} cores)"
+    return cpu_description()
 
 
 def check_packs(variant: experiments.Variant, base: RunConfig, options: SweepOptions, num_classes: int) -> None:

@@ -22,6 +22,7 @@ import experiments
 from cli import app
 from conftest import plain, tiny_args
 from pipeline.config import make_config
+from pipeline.machine import cpu_cores, cpu_model
 from pipeline.report import ReportError, write_report
 from pipeline.tracking import tracking_uri
 
@@ -129,6 +130,8 @@ def test_summary_numbers_equal_optuna_and_mlflow(swept):
     best = max((t for t in complete if not t.user_attrs.get("control")), key=lambda t: t.value)
     control = study.trials[0]
     assert f"val/map {best.value:.4f} against {control.value:.4f} (Δ {best.value - control.value:+.4f})" in text
+    # the page names the CPU model its times were measured on, not only its cores
+    assert f"device: `cpu: {cpu_model()} ({cpu_cores()} cores)`" in text and cpu_model() in text
     client = MlflowClient(tracking_uri())
     for trial in complete:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
@@ -211,6 +214,7 @@ def test_report_all_and_the_cli(swept):
     assert focal["confirmed_delta"] == pytest.approx(np.mean(np.subtract(conf["best"], conf["control"])))
     assert_real_png(summary / "figures" / "forest.png")
     page = (summary / "report.md").read_text()
+    assert f"trained on cpu: {cpu_model()} ({cpu_cores()} cores) at the quick profile." in page  # what ran, on what
     for section in ("## The answers at a glance", "## Evaluating as the SSD paper does", "## How the anchors",
                     "## Choosing the threshold", "## Not measured yet"):
         assert section in page, section

@@ -144,10 +144,13 @@ def write_answers(storage: str, folder: Path) -> Path:
         raise ReportError(f"no study of the chapter's exercises in {storage}: run `python cli.py sweep VARIANT` for "
                           f"one of {', '.join(experiments.exercises())} first")
     frame.to_csv(folder / "answers.csv", index=False)
-    devices = sorted({str(d) for d in frame.get("device", pd.Series(dtype=str)).dropna()})
+    devices, profiles = (sorted({str(v) for v in frame.get(c, pd.Series(dtype=str)).dropna()} - {"?"})
+                         for c in ("device", "profile"))  # "?": a study that did not record it
     blocks = [Block("h1", "Answers to the exercises of “Single Shot Multibox Detection” (Dive into Deep Learning)"),
               Block("p", f"Made by `python cli.py report all` from the {counted(len(frame), 'study')} in `{storage}`"
-                         + (f", trained on {', '.join(devices)}" if devices else "") + ". Each exercise is a variant "
+                         + (f", trained on {', '.join(devices)}" if devices else "")
+                         + (f" at the {' and '.join(profiles)} profile{'s' * (len(profiles) > 1)}" if profiles else "")
+                         + ". Each exercise is a variant "
                          "(a file in `experiments/`), run as an Optuna study against its control, the chapter's own "
                          "configuration under the same profile.")]
     blocks += _glance_blocks(frame, folder) + _voc_blocks(frame) + anchor_blocks(frame, folder)
