@@ -91,12 +91,22 @@ def check_names(module: ModuleType) -> None:
     if unknown:
         raise VariantFileError(f"{where}: FIXED_BY_PROFILE names unknown profile(s) {', '.join(map(repr, unknown))}; "
                                f"the profiles are {', '.join(PROFILES)}")
+    objectives = objective_choices()
+    if getattr(module, "OBJECTIVE", "val/map") not in objectives:
+        raise VariantFileError(f"{where}: OBJECTIVE {module.OBJECTIVE!r} is not a metric a trial logs; "
+                               f"one of {', '.join(objectives)}")
     if not isinstance(getattr(module, "EXERCISE", True), bool):
         raise VariantFileError(f"{where}: EXERCISE must be True or False, not {module.EXERCISE!r}")
     for name in vars(module):
         if name.isupper() and name not in SETTINGS and name not in used:
             raise VariantFileError(f"{where}: unknown setting {name}; a variant sets {', '.join(sorted(SETTINGS))}, "
                                    "and any other upper-case constant must be used by space() or sampler()")
+
+
+def objective_choices() -> list[str]:
+    """What a variant may maximise: a validation metric every trial logs (COCO's, or the SSD paper's VOC AP50)."""
+    from pipeline.evaluate import METRIC_MEANINGS, STAT_NAMES
+    return [f"val/{name}" for name in dict.fromkeys([*STAT_NAMES, *METRIC_MEANINGS])]
 
 
 def names() -> list[str]:

@@ -14,6 +14,7 @@ from conftest import tiny_args
 from pipeline.config import RunConfig
 from pipeline.decide import Candidate, Plan, settle
 from pipeline.tracking import tracking_uri
+from pipeline.verdict import minimum_detectable_effect
 
 runner = CliRunner()
 
@@ -98,6 +99,15 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     report = (write_report("smooth-l1", out_root=workdir / "reports") / "report.md").read_text()
     assert report.index("## Verdict") < report.index("## Summary") and "scored on the test split" in report
     assert "| test/map per seed |" in report and "confirmed test/map, mean ± 95% CI" in report  # not val/map
+    record = study.user_attrs["verdict"]
+    row, sd = record["candidates"][0], record["candidates"][0]["look"]["sd"]
+    level = 0.05 / (record["planned_looks"] * len(record["candidates"]))  # the rule's level, as the page says
+    detectable = "the smallest difference this could detect (80% power, 95% confidence) is about **"
+    if sd > 0:  # the minimum detectable effect of the seeds used, from the paired sd the verdict measured
+        assert f"{detectable}{minimum_detectable_effect(sd, len(row['seeds']), level):.4f} mAP**" in report
+    else:  # identical scores in both settings: no sd to size an effect by
+        assert detectable not in report
+    assert out["delta"] == pytest.approx(row["delta"])
 
 
 def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(workdir, tmp_path, monkeypatch):

@@ -64,3 +64,10 @@ def test_fixed_by_profile_applies_to_its_profile_only_and_an_unknown_profile_is_
     assert variant.fixed_for("chapter") == {"dataset": "shapes"}
     with pytest.raises(VariantFileError, match=r"typo_variant.py: FIXED_BY_PROFILE names unknown profile\(s\) 'Quick'"):
         Variant.from_module(variant_module(GOOD + "FIXED_BY_PROFILE = {'Quick': {'image_size': 128}}\n"))
+
+
+def test_the_objective_must_be_a_metric_a_trial_logs():
+    assert Variant.from_module(variant_module(GOOD.replace('"val/map"', '"val/voc_ap50"'))).objective == "val/voc_ap50"
+    with pytest.raises(VariantFileError, match=r"typo_variant.py: OBJECTIVE 'val/mAP' is not a metric a trial logs; "
+                                                r"one of val/map, .*val/voc07_ap50, val/voc_ap50"):
+        Variant.from_module(variant_module(GOOD.replace('"val/map"', '"val/mAP"')))

@@ -333,3 +333,11 @@ def test_the_baseline_noise_is_quoted_only_for_its_own_data_set_and_input_side(t
     assert spread["study"] == "baseline-quick" and spread["sd"] == pytest.approx(0.1)
     assert baseline_spread(storage, "quick", {"dataset": "shapes", "image_size": 128}) is None
     assert baseline_spread(storage, "chapter", {"dataset": "bananas", "image_size": 64}) is None
+
+
+def test_the_header_says_what_the_objective_measures():
+    from pipeline.report.study_page import _meaning
+    assert _meaning("val/map") == " (COCO mAP@[.5:.95])"
+    assert _meaning("val/voc_ap50") == " (VOC2010+ all-point AP at IoU 0.5)"  # a variant's OBJECTIVE may name it
+    assert _meaning("test/voc07_ap50") == " (VOC2007 11-point AP at IoU 0.5)"
+    assert _meaning("val/mar100") == ""  # logged, but not described: no wrong label

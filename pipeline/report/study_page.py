@@ -12,6 +12,7 @@ import optuna
 import pandas as pd
 
 from pipeline.config import make_config
+from pipeline.evaluate import METRIC_MEANINGS
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.figures import (Skipped, param_importances, plot_ap_by_size, plot_epochs, plot_heatmap,
                                      plot_history, plot_importances, plot_objective_vs_params, plot_pr_curves,
@@ -51,6 +52,12 @@ def protocol_note(base_config: dict[str, Any]) -> list[str]:
             "not with the chapter's own numbers."]
 
 
+def _meaning(metric: str) -> str:
+    """' (COCO mAP@[.5:.95])' for val/map: what an objective measures, or nothing for a metric not listed."""
+    meaning = METRIC_MEANINGS.get(metric.split("/", 1)[-1])
+    return f" ({meaning})" if meaning else ""
+
+
 def header_blocks(d: StudyData) -> list[Block]:
     variant = d.attrs.get("variant", d.study.study_name)
     title, question = question_blocks(d.attrs.get("question", ""))
@@ -59,7 +66,7 @@ def header_blocks(d: StudyData) -> list[Block]:
                 f"{cfg.get('train_images') or 'all'} training and {cfg.get('val_images') or 'all'} validation images, "
                 f"{counted(cfg.get('epochs', 0), 'epoch')} per trial")
     items = [d.note, f"Data set: {data_set}.", *protocol_note(cfg), f"Profile: `{d.attrs.get('profile', '?')}`; "
-             f"device: `{d.attrs.get('device_used') or cfg.get('device', '?')}`; objective: `{d.objective}` (COCO mAP@[.5:.95]), maximised.",
+             f"device: `{d.attrs.get('device_used') or cfg.get('device', '?')}`; objective: `{d.objective}`{_meaning(d.objective)}, maximised.",
              f"Trials: {state_counts(d.trials)}.", f"Run: {_when(d.trials)}."]
     if d.mlflow_note:
         items.append(f"MLflow: {d.mlflow_note}.")
