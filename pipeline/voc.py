@@ -117,7 +117,8 @@ def ap_all_points(precision: np.ndarray, recall: np.ndarray) -> float:
 
 def voc_metrics(gt: dict, results: list[dict]) -> dict[str, float]:
     """{'voc07_ap50', 'voc_ap50'}: each the mean over classes with ground truth (NaN when none has any), and
-    with several classes, each one's ('voc_ap50/<name>'); and 'f1_threshold', 'best_f1' (see best_f1)."""
+    with several classes, each one's ('voc07_ap50/<name>', 'voc_ap50/<name>'); and 'f1_threshold', 'best_f1'
+    (see best_f1)."""
     per_class07, per_class, out = [], [], {}
     for category in gt["categories"]:
         precision, recall, n_truth = precision_recall(gt, results, category["id"])
@@ -126,7 +127,7 @@ def voc_metrics(gt: dict, results: list[dict]) -> dict[str, float]:
         per_class07.append(ap_11_point(precision, recall))
         per_class.append(ap_all_points(precision, recall))
         if len(gt["categories"]) > 1:  # one class: the mean is that class's AP
-            out[f"voc_ap50/{category['name']}"] = per_class[-1]
+            out[f"voc07_ap50/{category['name']}"], out[f"voc_ap50/{category['name']}"] = per_class07[-1], per_class[-1]
     out["voc07_ap50"] = float(np.mean(per_class07)) if per_class07 else math.nan
     out["voc_ap50"] = float(np.mean(per_class)) if per_class else math.nan
     out["f1_threshold"], out["best_f1"] = best_f1(gt, results)

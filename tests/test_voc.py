@@ -62,7 +62,10 @@ def test_all_point_ap_agrees_with_cocos_ap50():
     coco = coco_evaluate(gt, results).metrics["map50"]
     voc = voc_metrics(gt, results)
     assert voc["voc_ap50"] == pytest.approx(coco, abs=0.02)
-    assert set(voc) == {"voc07_ap50", "voc_ap50", "voc_ap50/a", "voc_ap50/b", "f1_threshold", "best_f1"}
+    assert set(voc) == {"voc07_ap50", "voc_ap50", "voc07_ap50/a", "voc07_ap50/b", "voc_ap50/a", "voc_ap50/b",
+                        "f1_threshold", "best_f1"}
+    for kind in ("voc07_ap50", "voc_ap50"):  # the mean is the classes' mean
+        assert voc[kind] == pytest.approx((voc[f"{kind}/a"] + voc[f"{kind}/b"]) / 2)
 
 
 def test_no_ground_truth_of_a_class_leaves_it_out_and_none_at_all_is_nan():
