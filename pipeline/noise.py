@@ -154,7 +154,8 @@ def budget_of(result, val, resamples: int = 200, test=None) -> Budget:
 # (docs/noise-budget.md): (data set, profile, input side) -> (sd, seeds). The side is part of the key: the quick
 # profile was 128 px before it became 64, and the input-size study keeps 128 at quick.
 MEASURED_SEED_SD = {("bananas", "quick", 64): (0.047, 5), ("bananas", "quick", 128): (0.029, 5),
-                    ("shapes", "quick", 128): (0.013, 3), ("bananas", "chapter", 256): (0.017, 2)}
+                    ("shapes", "quick", 128): (0.013, 3), ("bananas", "chapter", 256): (0.017, 2),
+                    ("shapes", "chapter", 256): (0.0014, 2)}
 
 
 def measured_seed_sd(dataset: str, profile: str, image_size: int) -> tuple[float, int] | None:
@@ -172,5 +173,25 @@ def noise_sd_text(dataset: str, profile: str, image_size: int) -> str:
         return (f"The seed noise of {dataset} at the {profile} profile ({image_size} px) is not measured yet: "
                 f"python cli.py noise --dataset {dataset} --profile {profile}{side}.")
     sd, seeds = measured
-    return (f"Seed noise on {dataset} ({profile} profile, {image_size} px) is sd ≈ {sd:.3f} mAP ({seeds} seeds): two one-seed runs "
-            f"of one setting differ by up to about ±{2.8 * sd:.3f} (95%).")
+    text = (f"Seed noise on {dataset} ({profile} profile, {image_size} px) is sd ≈ {sd:.2g} mAP ({seeds} seeds): two "
+            f"one-seed runs of one setting differ by up to about ±{2.8 * sd:.2g} (95%).")
+    return text + (f" From {seeds} seeds that sd is {rough}." if (rough := how_rough(sd, seeds)) else "")
+
+
+ROUGH_BELOW = 5  # seeds: under this, a quoted sd comes with its interval
+
+
+def how_rough(sd: float, seeds: int) -> str:
+    """'rough: its 95% interval is A to B' for an sd measured on fewer than ROUGH_BELOW seeds, else ''."""
+    if seeds >= ROUGH_BELOW:
+        return ""
+    low, high = sd_interval(sd, seeds)
+    return f"rough: its 95% interval is {low:.2g} to {high:.2g}"
+
+
+def sd_interval(sd: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The chi-square interval of a normal sample's sd, measured as ``sd`` from ``n`` values."""
+    from scipy.stats import chi2
+
+    tail = (1 - confidence) / 2
+    return (sd * math.sqrt((n - 1) / chi2.ppf(1 - tail, n - 1)), sd * math.sqrt((n - 1) / chi2.ppf(tail, n - 1)))

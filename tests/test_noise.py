@@ -108,3 +108,16 @@ def test_the_seed_noise_sentence_is_for_the_input_side_it_was_measured_at():
     assert noise_sd_text("shapes", "quick", 64) == ("The seed noise of shapes at the quick profile (64 px) is not "
                                                     "measured yet: python cli.py noise --dataset shapes --profile quick.")
     assert noise_sd_text("shapes", "chapter", 96).endswith("--dataset shapes --profile chapter --set image_size=96.")
+
+
+def test_an_sd_from_few_seeds_is_quoted_with_its_interval():
+    from pipeline.noise import noise_sd_text, sd_interval
+
+    low, high = sd_interval(1.0, 2)  # two values: the textbook 0.45x to 32x
+    assert (round(low, 3), round(high, 1)) == (0.446, 31.9)
+    rng = np.random.default_rng(0)  # and it covers the true sd in 95% of simulated samples of 3
+    sds = np.std(rng.normal(0.0, 1.0, (20_000, 3)), axis=1, ddof=1)
+    assert np.mean([lo <= 1.0 <= hi for lo, hi in (sd_interval(s, 3) for s in sds)]) == pytest.approx(0.95, abs=0.01)
+    text = noise_sd_text("shapes", "chapter", 256)
+    assert "sd ≈ 0.0014 mAP (2 seeds)" in text and "From 2 seeds that sd is rough: its 95% interval is 0.00062 to 0.045." in text
+    assert "rough" not in noise_sd_text("bananas", "quick", 64)  # 5 seeds

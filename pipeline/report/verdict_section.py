@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.noise import measured_seed_sd
+from pipeline.noise import how_rough, measured_seed_sd
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
 from pipeline.report.trials import best_row, control_row, is_seed_study
@@ -88,8 +88,9 @@ def _undecided_blocks(d: StudyData) -> list[Block]:
     blocks = [Block("p", text)]
     if measured is not None:
         sd, seeds = measured
+        rough = f", {how_rough(sd, seeds)}" if how_rough(sd, seeds) else ""
         blocks.append(Block("p", _mde_sentence(sd * math.sqrt(2), 1, f"seed noise on {dataset} at the {profile} "
-                                                                      f"profile, sd {sd:.3f} over {seeds} seeds")))
+                                                                      f"profile, sd {sd:.2g} over {seeds} seeds{rough}")))
     return blocks
 
 
