@@ -105,8 +105,11 @@ def test_the_seed_noise_sentence_is_for_the_input_side_it_was_measured_at():
     from pipeline.noise import noise_sd_text
 
     assert "sd ≈ 0.013 mAP (3 seeds)" in noise_sd_text("shapes", "quick", 128)  # the input-size study's side
-    assert noise_sd_text("shapes", "quick", 64) == ("The seed noise of shapes at the quick profile (64 px) is not "
-                                                    "measured yet: python cli.py noise --dataset shapes --profile quick.")
+    assert noise_sd_text("shapes", "quick", 96) == ("The seed noise of shapes at the quick profile (96 px) is not "
+                                                    "measured yet: python cli.py noise --dataset shapes --profile quick "
+                                                    "--set image_size=96.")
+    assert noise_sd_text("bananas", "chapter", 64).endswith("--profile chapter --set image_size=64.")
+    assert "not measured" not in noise_sd_text("shapes", "quick", 64)
     assert noise_sd_text("shapes", "chapter", 96).endswith("--dataset shapes --profile chapter --set image_size=96.")
 
 
