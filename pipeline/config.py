@@ -55,6 +55,8 @@ class RunConfig:
     weight_decay: float = _knob(5e-4, "SGD weight decay", low=0.0, high=1.0)
     lr_schedule: str = _knob("constant", "constant (the chapter) or cosine decay to 0 over the epochs",
                              choices=("constant", "cosine"))
+    average_last: int = _knob(0, "score and keep the mean of the last N epochs' weights (SWA-style, BatchNorm "
+                                 "statistics averaged too); 0: the last epoch's weights (the chapter)", low=0, high=10_000)
     seed: int = _knob(0, "seed for weights, batch order and sampling", low=0, high=2**32 - 1)
     device: str = _knob("auto", "auto picks CUDA when there is one", choices=("auto", "cpu", "cuda"))
     # --- speed (no effect on the maths in fp32) ------------------------------

@@ -122,9 +122,10 @@ class EpochReporter:
 # --- epoch states ------------------------------------------------------------------------------------------
 
 def epoch_state(model, generators: list[torch.Generator], device: torch.device, pack: Pack, train_seconds: float,
-                diverged: dict[int, tuple[int, int]]) -> dict:
-    """What resuming after this epoch needs (see resume), every replica's weights copied as they are now."""
-    return {"replicas": [model.replica_state_dict(k) for k in range(pack.k)],
+                diverged: dict[int, tuple[int, int]], average: dict | None = None) -> dict:
+    """What resuming after this epoch needs (see resume), every replica's weights copied as they are now, and
+    the running average of the last epochs' weights where there is one (pipeline.averaging)."""
+    return {"replicas": [model.replica_state_dict(k) for k in range(pack.k)], "average": average,
             "generators": [g.get_state() for g in generators], "train_seconds": train_seconds,
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "configs": [dataclasses.asdict(cfg) for cfg in pack.replicas], "diverged": dict(diverged)}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.averaging import WeightAverage
 from pipeline.checkpoint import load_latest_epoch_state
 from pipeline.config import RunConfig, validation_epochs
 from pipeline.data import DetectionData
@@ -187,6 +188,8 @@ class _Training:
         state = resumable(load_latest_epoch_state(state_dir), pack, state_dir)
         self.start, history, self.train_seconds, self.diverged = resume(state, self.model, self.all_generators,
                                                                          self.device, run)
+        self.average = WeightAverage(self.cfg)  # the last epochs' mean weights, where the knob asks for them
+        self.average.restore(self.model, (state or {}).get("average"))
         self.step = TrainStep(self.model, train.images, train.targets, pack, self.device, self.generators,
                               self.negative_generators)
         self.timings = {"setup_s": 0.0, "train_s": 0.0, "validate_s": 0.0, "scoring_s": 0.0, "epoch_state_s": 0.0}
@@ -218,9 +221,10 @@ class _Training:
                     self.reporter.report(wait=True, notify=False)
                 raise
             if not self.reporter.last_scored:  # every epoch was done before the kill: the final validation is missing
-                self.reporter.last_scored.update(zip(self.live, self.validator.start(self.model, self.live).result()))
+                scored = self.validator.start(self.average.model(self.model), self.live).result()
+                self.reporter.last_scored.update(zip(self.live, scored))
         images = self.cfg.epochs * len(self.step.images) * len(self.live)
-        return FitResult(self.model, self.pack, self.reporter.history[-1], self.reporter.history,
+        return FitResult(self.average.model(self.model), self.pack, self.reporter.history[-1], self.reporter.history,
                          self.replica_results(), images / max(self.train_seconds, 1e-9),
                          {**self.timings, **self.step.timings})
 
@@ -237,13 +241,15 @@ class _Training:
         for k in self.live:
             self.last_metrics[k] = metrics[k]
         trained = TrainedEpoch(epoch, metrics, self.live)
+        if self.average.active(epoch):
+            self.average.add(self.model)
         if epoch in validation_epochs(self.cfg, self.device.type):
             started = time.perf_counter()
-            trained.scoring = self.validator.start(self.model, self.live)
+            trained.scoring = self.validator.start(self.average.model(self.model), self.live)
             self.timings["validate_s"] += time.perf_counter() - started
             if self.state_dir is not None:
                 trained.state = epoch_state(self.model, self.all_generators, self.device, self.pack, self.train_seconds,
-                                            self.diverged)
+                                            self.diverged, self.average.state(self.pack.k))
         self.reporter.add(trained)
         self.reporter.report(wait=False)
 

@@ -1,0 +1,59 @@
+"""average_last: the fit scores and keeps the mean of its last epochs' weights, per replica, and resumes it."""
+
+import pytest
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.pack import Pack
+from pipeline.train import fit
+from pipeline.validation import Validator
+
+
+def tiny(**overrides):
+    return RunConfig(**{"image_size": 64, "batch_size": 4, "epochs": 3, "device": "cpu", **overrides})
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_bananas):
+    from pipeline.data import load_split
+
+    return (load_split(str(tiny_bananas), "train", 64, progress=False).subset(8),
+            load_split(str(tiny_bananas), "val", 64, progress=False))
+
+
+def replica_states(result, k):
+    return [result.model.replica_state_dict(i) for i in range(k)]
+
+
+@pytest.mark.slow
+def test_the_kept_model_is_the_mean_of_the_last_epochs_weights_per_replica_and_is_what_was_scored(splits):
+    """A pack of 2 averaging its last 2 of 3 epochs keeps, for each replica, the mean of what the same seeds
+    reach after 2 and after 3 epochs (training is deterministic on the CPU), and its val/map is that model's."""
+    train, val = splits
+    two, three = (fit(Pack.of_seeds(tiny(epochs=e), 2), train, val, progress=False) for e in (2, 3))
+    averaged = fit(Pack.of_seeds(tiny(average_last=2), 2), train, val, progress=False)
+    for k in range(2):
+        want = {name: (a + b) / 2 for (name, a), b in zip(two.model.replica_state_dict(k).items(),
+                                                          three.model.replica_state_dict(k).values())}
+        for name, value in averaged.model.replica_state_dict(k).items():
+            if value.is_floating_point():  # weights and BatchNorm statistics
+                torch.testing.assert_close(value, want[name], rtol=1e-5, atol=1e-6, msg=f"{k} {name}")
+        assert not torch.equal(averaged.model.replica_state_dict(k)["cls_heads.0.weight"],
+                               three.model.replica_state_dict(k)["cls_heads.0.weight"])
+    with Validator(val, tiny(), torch.device("cpu")) as validator:
+        rescored = validator.start(averaged.model, [0, 1]).result()
+    for k in range(2):
+        assert averaged.replicas[k].metrics["val/map"] == pytest.approx(rescored[k].metrics["val/map"])
+    assert averaged.history[0]["val/map"] == pytest.approx(three.history[0]["val/map"])  # before the window: as ever
+
+
+@pytest.mark.slow
+def test_a_killed_fit_resumes_its_running_average(splits, tmp_path):
+    pack = Pack.of_seeds(tiny(average_last=2), 2)
+    full = fit(pack, train := splits[0], splits[1], progress=False, state_dir=tmp_path)
+    (tmp_path / "epoch-0002.pt").unlink()  # as if killed during epoch 2, with the average of epoch 1 saved
+    resumed = fit(pack, train, splits[1], progress=False, state_dir=tmp_path)
+    for k in range(2):
+        for name, value in full.model.replica_state_dict(k).items():
+            assert torch.equal(resumed.model.replica_state_dict(k)[name], value), (k, name)
+    assert resumed.metrics == pytest.approx(full.metrics, nan_ok=True)
