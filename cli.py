@@ -590,9 +590,14 @@ def _print_experiment_links(uri: str, base: str) -> None:
     from pipeline.tracking import MlflowReader, experiment_url
 
     path = sqlite_path(uri)
-    if path is not None and not path.exists():  # nothing tracked yet: do not create the store just to list it
+    if path is None or not path.exists():  # only an embedded store that exists: listing must not create one, nor
+        return                             # wait on a database server before the UI starts
+    try:
+        experiments = MlflowReader(uri).experiments()
+    except Exception as exc:  # a store mlflow ui must upgrade first, say: the UI itself says what is wrong
+        err_console.print(f"(no experiment links: {uri}: {exc})")
         return
-    for name, experiment_id in MlflowReader(uri).experiments():
+    for name, experiment_id in experiments:
         console.print(f"  {name}: {experiment_url(base, experiment_id)}")
 
 
@@ -608,7 +613,8 @@ def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
         console.print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")
         return
     console.print(f"MLflow UI on http://{host}:{port} for {uri}")
-    _print_experiment_links(uri, f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host  # IPv6 in brackets
+    _print_experiment_links(uri, f"http://{shown}:{port}")
     # this interpreter's mlflow: an `mlflow` on PATH may belong to another environment, or be missing
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                               "--host", host, "--port", str(port)])

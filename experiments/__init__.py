@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import optuna
 
+from pipeline.metric_names import objective_choices
+
 # BruteForceSampler and TPE's group option are stable in practice; Optuna still flags them experimental.
 warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
 warnings.filterwarnings("ignore", message=".*experimental.*")
@@ -101,12 +103,6 @@ def check_names(module: ModuleType) -> None:
         if name.isupper() and name not in SETTINGS and name not in used:
             raise VariantFileError(f"{where}: unknown setting {name}; a variant sets {', '.join(sorted(SETTINGS))}, "
                                    "and any other upper-case constant must be used by space() or sampler()")
-
-
-def objective_choices() -> list[str]:
-    """What a variant may maximise: a validation metric every trial logs (COCO's, or the SSD paper's VOC AP50)."""
-    from pipeline.evaluate import METRIC_MEANINGS, STAT_NAMES
-    return [f"val/{name}" for name in dict.fromkeys([*STAT_NAMES, *METRIC_MEANINGS])]
 
 
 def names() -> list[str]:

@@ -9,9 +9,15 @@ training's swing (docs/noise-budget.md).
 
 from __future__ import annotations
 
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_swa_avg_fn
 
 from pipeline.config import RunConfig
+
+
+def _averaged(model) -> AveragedModel:
+    """An AveragedModel of ``model`` that averages tensor by tensor: its default on CUDA groups the tensors by
+    dtype for torch._foreach_ kernels, whose division refuses BatchNorm's int64 num_batches_tracked."""
+    return AveragedModel(model, avg_fn=get_swa_avg_fn(), use_buffers=True)
 
 
 class WeightAverage:
@@ -27,7 +33,7 @@ class WeightAverage:
     def add(self, model) -> None:
         """Fold in the model's weights as they are after an epoch of the window."""
         if self.averaged is None:
-            self.averaged = AveragedModel(model, use_buffers=True)
+            self.averaged = _averaged(model)
         self.averaged.update_parameters(model)
 
     def model(self, trained):
@@ -44,6 +50,6 @@ class WeightAverage:
     def restore(self, trained, state: dict | None) -> None:
         if state is None:
             return
-        self.averaged = AveragedModel(trained, use_buffers=True)
+        self.averaged = _averaged(trained)
         self.averaged.module.load_replica_state_dicts(state["replicas"])
         self.averaged.n_averaged.fill_(state["count"])

@@ -20,14 +20,10 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import batched_nms
 
 from pipeline.boxes import decode
+from pipeline.metric_names import STAT_NAMES
 from pipeline.model import autocast
 from pipeline.voc import voc_metrics
 
-STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
-              "mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large")
-# What each metric a variant may name as its OBJECTIVE measures (val/<name> or test/<name>)
-METRIC_MEANINGS = {"map": "COCO mAP@[.5:.95]", "map50": "COCO AP at IoU 0.5", "map75": "COCO AP at IoU 0.75",
-                   "voc07_ap50": "VOC2007 11-point AP at IoU 0.5", "voc_ap50": "VOC2010+ all-point AP at IoU 0.5"}
 PRE_NMS_TOP_K = 1000  # candidates per image before NMS: bounds the cost early in training
 AREA_RANGES = {"small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}  # COCO's
 

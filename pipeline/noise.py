@@ -183,7 +183,7 @@ ROUGH_BELOW = 5  # seeds: under this, a quoted sd comes with its interval
 
 def how_rough(sd: float, seeds: int) -> str:
     """'rough: its 95% interval is A to B' for an sd measured on fewer than ROUGH_BELOW seeds, else ''."""
-    if seeds >= ROUGH_BELOW:
+    if not 2 <= seeds < ROUGH_BELOW:  # one seed has no sd to bound
         return ""
     low, high = sd_interval(sd, seeds)
     return f"rough: its 95% interval is {low:.2g} to {high:.2g}"

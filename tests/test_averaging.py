@@ -57,3 +57,24 @@ def test_a_killed_fit_resumes_its_running_average(splits, tmp_path):
         for name, value in full.model.replica_state_dict(k).items():
             assert torch.equal(resumed.model.replica_state_dict(k)[name], value), (k, name)
     assert resumed.metrics == pytest.approx(full.metrics, nan_ok=True)
+
+
+def test_the_average_takes_batchnorms_integer_counters_where_torch_would_use_foreach_kernels(monkeypatch):
+    """On CUDA, AveragedModel's default averages each dtype's tensors with foreach kernels, whose division
+    refuses int64 (num_batches_tracked): 'Integer division with addcdiv is no longer supported'. Made to take
+    that path on the CPU, two updates still give the mean of two models."""
+    import torch.optim.swa_utils as swa_utils
+
+    from pipeline.averaging import WeightAverage
+    from pipeline.model import TinySSD
+
+    monkeypatch.setattr(swa_utils, "_get_foreach_kernels_supported_devices", lambda: ["cpu", "cuda"])
+    torch.manual_seed(0)
+    first, second = TinySSD(1), TinySSD(1)
+    average = WeightAverage(tiny(average_last=2))
+    average.add(first)
+    average.add(second)
+    kept = average.model(first).state_dict()
+    for name, value in first.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(kept[name], (value + second.state_dict()[name]) / 2)

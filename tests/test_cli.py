@@ -238,6 +238,11 @@ def test_ui_prints_a_link_to_each_experiments_runs_table(workdir, monkeypatch):
     assert (f"focal-loss-quick: http://127.0.0.1:5001/#/experiments/{experiment_id}?workflowType=machine_learning"
             in out), out
     assert "Default" not in out
+    ipv6 = plain(runner.invoke(app, ["ui", "--host", "::1"]).output)
+    assert f"http://[::1]:5000/#/experiments/{experiment_id}?workflowType=machine_learning" in ipv6
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://nobody@127.0.0.1:1/none")  # not reached before the UI
+    remote = runner.invoke(app, ["ui"])
+    assert remote.exit_code == 0 and "MLflow UI on" in remote.output and "experiments/" not in remote.output
 
 
 def all_runs(client: MlflowClient) -> list:

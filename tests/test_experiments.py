@@ -71,3 +71,14 @@ def test_the_objective_must_be_a_metric_a_trial_logs():
     with pytest.raises(VariantFileError, match=r"typo_variant.py: OBJECTIVE 'val/mAP' is not a metric a trial logs; "
                                                 r"one of val/map, .*val/voc07_ap50, val/voc_ap50"):
         Variant.from_module(variant_module(GOOD.replace('"val/map"', '"val/mAP"')))
+
+
+def test_variants_load_without_torch():
+    """`variants` and a variant's checks stay quick: loading every variant file imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, experiments\n[experiments.load(n) for n in experiments.names()]\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -341,3 +341,6 @@ def test_the_header_says_what_the_objective_measures():
     assert _meaning("val/voc_ap50") == " (VOC2010+ all-point AP at IoU 0.5)"  # a variant's OBJECTIVE may name it
     assert _meaning("test/voc07_ap50") == " (VOC2007 11-point AP at IoU 0.5)"
     assert _meaning("val/mar100") == ""  # logged, but not described: no wrong label
+    from pipeline.metric_names import objective_label  # the figures' axis label for the objective
+    assert objective_label("val/voc_ap50") == "val VOC2010+ all-point AP at IoU 0.5"
+    assert objective_label("val/mar100") == "val/mar100"

@@ -19,10 +19,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.trial import TrialState
 
+from pipeline.metric_names import objective_label
 from pipeline.report.text import choice_label, counted
 from pipeline.report.trials import best_row, complete, control_label, control_row, ranked
 
-OBJECTIVE_LABEL = "val mAP@[.5:.95]"
+OBJECTIVE_LABEL = objective_label("val/map")  # the default objective's; a study passes its own
 SIZES = {"small": "val/map_small", "medium": "val/map_medium", "large": "val/map_large"}
 DPI = 110
 UNITS = {"image_size": " (px)", "scale": " (×)"}
@@ -72,7 +73,8 @@ def _positions(points: pd.DataFrame, dist: dict[str, Any]) -> tuple[np.ndarray, 
     return np.array([order.index(choice_label(v)) for v in points["x"]]) + jitter, order
 
 
-def _plot_param_axis(ax, points: pd.DataFrame, name: str, dist: dict[str, Any], best: int | None) -> None:
+def _plot_param_axis(ax, points: pd.DataFrame, name: str, dist: dict[str, Any], best: int | None,
+                     y_label: str = OBJECTIVE_LABEL) -> None:
     x, order = _positions(points, dist)
     is_best = (points["number"] == best).to_numpy()
     ax.scatter(x[~is_best], points["value"][~is_best], color=COLORS["trial"], s=40, label="trial", zorder=3)
@@ -87,11 +89,12 @@ def _plot_param_axis(ax, points: pd.DataFrame, name: str, dist: dict[str, Any], 
         ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(_axis_label(name, dist))
-    ax.set_ylabel(OBJECTIVE_LABEL)
-    ax.set_title(f"{OBJECTIVE_LABEL} vs {name}")
+    ax.set_ylabel(y_label)
+    ax.set_title(f"{y_label} vs {name}")
 
 
-def plot_objective_vs_params(trials: pd.DataFrame, space: dict[str, dict], path: Path) -> str:
+def plot_objective_vs_params(trials: pd.DataFrame, space: dict[str, dict], path: Path,
+                             y_label: str = OBJECTIVE_LABEL) -> str:
     """One panel per searched parameter; the control as a dashed horizontal line."""
     if not space:
         raise Skipped("the study searches no parameter")
@@ -106,7 +109,7 @@ def plot_objective_vs_params(trials: pd.DataFrame, space: dict[str, dict], path:
     with new_figure(path, len(names), ncols, width=5.0 if ncols > 1 else 7.0,
                  title=f"Objective vs each searched parameter ({counted(len(done), 'complete trial')})") as (fig, axes):
         for ax, name in zip(axes, names):
-            _plot_param_axis(ax, _param_points(trials, name), name, space[name], int(best["number"]))
+            _plot_param_axis(ax, _param_points(trials, name), name, space[name], int(best["number"]), y_label)
             if len(names) == 1:
                 ax.set_title("")  # the figure's title says it already
             if control is not None:
@@ -132,7 +135,7 @@ def _bin_labels(values: pd.Series, dist: dict[str, Any]) -> tuple[pd.Series, lis
     return pd.cut(numbers, edges, labels=order, include_lowest=True).astype(str), order
 
 
-def plot_heatmap(trials: pd.DataFrame, space: dict[str, dict], path: Path) -> str:
+def plot_heatmap(trials: pd.DataFrame, space: dict[str, dict], path: Path, y_label: str = OBJECTIVE_LABEL) -> str:
     """Mean objective over the grid of the two searched parameters."""
     if len(space) != 2:
         raise Skipped(f"a heatmap needs exactly two searched parameters; this study searches {len(space)}")
@@ -149,9 +152,9 @@ def plot_heatmap(trials: pd.DataFrame, space: dict[str, dict], path: Path) -> st
     count = grid["count"].reindex(index=y_order, columns=x_order).fillna(0).astype(int)
     annot = np.where(count > 0, mean.map(lambda v: f"{v:.4f}") + "\nn=" + count.astype(str), "")
     with new_figure(path, width=7.2, height=4.8, style="white",
-                 title=f"Mean {OBJECTIVE_LABEL} over {x_name} × {y_name}") as (fig, (ax,)):
+                 title=f"Mean {y_label} over {x_name} × {y_name}") as (fig, (ax,)):
         sns.heatmap(mean.astype(float), annot=annot, fmt="", cmap="viridis", mask=mean.isna(), linewidths=0.5,
-                    linecolor="white", cbar_kws={"label": OBJECTIVE_LABEL}, ax=ax)
+                    linecolor="white", cbar_kws={"label": y_label}, ax=ax)
         ax.set_xlabel(_axis_label(x_name, x_dist))
         ax.set_ylabel(_axis_label(y_name, y_dist))
         ax.tick_params(axis="y", labelrotation=0)
@@ -250,7 +253,7 @@ def _history_points(trials: pd.DataFrame) -> pd.DataFrame:
     return done.assign(best_so_far=done["value"].cummax())
 
 
-def plot_history(trials: pd.DataFrame, path: Path) -> str:
+def plot_history(trials: pd.DataFrame, path: Path, y_label: str = OBJECTIVE_LABEL) -> str:
     """Objective by trial number with the best so far; pruned at their last value, failed along the bottom."""
     done = _history_points(trials)
     pruned = trials[(trials["state"] == "PRUNED") & trials["last_reported"].notna()]
@@ -274,7 +277,7 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
         if not failed.empty:
             ax.scatter(failed["number"], [0.0] * len(failed), color=COLORS["failed"], marker="v", s=60,
                        label="failed (no value; drawn at 0)", clip_on=False, zorder=5)
-        ax.set(xlabel="trial number", ylabel=OBJECTIVE_LABEL)
+        ax.set(xlabel="trial number", ylabel=y_label)
         _integer_axis(ax, trials["number"])
         fig.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False)  # inside, it hid a failed trial
     return "Best so far counts complete trials only (the control included); pruned and failed trials never count."

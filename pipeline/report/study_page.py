@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 
 from pipeline.config import make_config
-from pipeline.evaluate import METRIC_MEANINGS
+from pipeline.metric_names import METRIC_MEANINGS, objective_label
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.figures import (Skipped, param_importances, plot_ap_by_size, plot_epochs, plot_heatmap,
                                      plot_history, plot_importances, plot_objective_vs_params, plot_pr_curves,
@@ -108,15 +108,15 @@ def figure_plan(d: StudyData) -> list[tuple[str, str, Callable[[Path], str]]]:
     """(file stem, title, plot) for every figure a study report may hold, in reading order."""
     t = d.trials
     ap50 = {label: t.loc[t["number"] == n, "val/map50"].iloc[0] for label, n in pr_picks(t).items()}
-    n_searched = len(ranked(t).query("not control"))
+    n_searched, y_label = len(ranked(t).query("not control")), objective_label(d.objective)
     return [
         ("objective_vs_params", "The objective against each searched parameter",
-         lambda p: plot_objective_vs_params(t, d.space, p)),
-        ("heatmap", "The objective over two parameters", lambda p: plot_heatmap(t, d.space, p)),
+         lambda p: plot_objective_vs_params(t, d.space, p, y_label)),
+        ("heatmap", "The objective over two parameters", lambda p: plot_heatmap(t, d.space, p, y_label)),
         ("val_map_per_epoch", "Validation mAP per epoch", _from_mlflow(d, lambda p: plot_epochs(d.epochs, p))),
         ("pr_curve_iou50", "Precision–recall at IoU 0.5", _from_mlflow(d, lambda p: plot_pr_curves(d.pr, ap50, p))),
         ("ap_by_size", "AP by object size", lambda p: plot_ap_by_size(*size_frame(t), p)),
-        ("optimisation_history", "Optimisation history", lambda p: plot_history(t, p)),
+        ("optimisation_history", "Optimisation history", lambda p: plot_history(t, p, y_label)),
         ("param_importances", "Parameter importances", lambda p: importances_figure(d, n_searched, p)),
     ]
 

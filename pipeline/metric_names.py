@@ -1,0 +1,20 @@
+"""The metrics a run logs, by name, and what each measures: torch-free, so variants load without torch."""
+
+from __future__ import annotations
+
+STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
+              "mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large")  # COCOeval's stats, in order
+# What each metric a variant may name as its OBJECTIVE measures (val/<name> or test/<name>)
+METRIC_MEANINGS = {"map": "COCO mAP@[.5:.95]", "map50": "COCO AP at IoU 0.5", "map75": "COCO AP at IoU 0.75",
+                   "voc07_ap50": "VOC2007 11-point AP at IoU 0.5", "voc_ap50": "VOC2010+ all-point AP at IoU 0.5"}
+
+
+def objective_choices() -> list[str]:
+    """What a variant may maximise: a validation metric every trial logs (COCO's, or the SSD paper's VOC AP50)."""
+    return [f"val/{name}" for name in dict.fromkeys([*STAT_NAMES, *METRIC_MEANINGS])]
+
+
+def objective_label(metric: str) -> str:
+    """An axis label for a metric: 'val COCO mAP@[.5:.95]' for val/map; the key itself for one not described."""
+    split, _, name = metric.partition("/")
+    return f"{split} {METRIC_MEANINGS[name]}" if name in METRIC_MEANINGS else metric
