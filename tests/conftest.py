@@ -35,3 +35,19 @@ def plain(output: str) -> str:
     for ch in "│╭╮╰╯─":
         output = output.replace(ch, " ")
     return " ".join(output.split())
+
+
+def tiny_config(**overrides):
+    """A RunConfig small enough for a fit in seconds: 64 px, batch 4, 2 epochs, on the CPU."""
+    from pipeline.config import RunConfig
+
+    return RunConfig(**{"image_size": 64, "batch_size": 4, "epochs": 2, "device": "cpu", **overrides})
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_bananas):
+    """The tiny banana set's first 8 training images and its validation split, at 64 px."""
+    from pipeline.data import load_split
+
+    return (load_split(str(tiny_bananas), "train", 64, progress=False).subset(8),
+            load_split(str(tiny_bananas), "val", 64, progress=False))

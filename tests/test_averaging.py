@@ -3,22 +3,14 @@
 import pytest
 import torch
 
-from pipeline.config import RunConfig
+from conftest import tiny_config
 from pipeline.pack import Pack
 from pipeline.train import fit
 from pipeline.validation import Validator
 
 
 def tiny(**overrides):
-    return RunConfig(**{"image_size": 64, "batch_size": 4, "epochs": 3, "device": "cpu", **overrides})
-
-
-@pytest.fixture(scope="module")
-def splits(tiny_bananas):
-    from pipeline.data import load_split
-
-    return (load_split(str(tiny_bananas), "train", 64, progress=False).subset(8),
-            load_split(str(tiny_bananas), "val", 64, progress=False))
+    return tiny_config(**{"epochs": 3, **overrides})
 
 
 def replica_states(result, k):

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import tiny_config as tiny
 from pipeline.config import RunConfig
 from pipeline.epochs import ProgressView
 from pipeline.evaluate import predict, predict_pack
@@ -101,18 +102,6 @@ def test_a_nan_in_one_replica_leaves_the_others_exactly_as_they_would_be(layout)
     for k in (0, 2):
         for name, value in clean.replica_state_dict(k).items():
             assert torch.equal(poisoned.replica_state_dict(k)[name], value), (k, name)
-
-
-def tiny(**overrides):
-    return RunConfig(**{"image_size": 64, "batch_size": 4, "epochs": 2, "device": "cpu", **overrides})
-
-
-@pytest.fixture(scope="module")
-def splits(tiny_bananas):
-    from pipeline.data import load_split
-
-    return (load_split(str(tiny_bananas), "train", 64, progress=False).subset(8),
-            load_split(str(tiny_bananas), "val", 64, progress=False))
 
 
 @pytest.mark.slow

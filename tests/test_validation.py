@@ -6,23 +6,12 @@ import threading
 import pytest
 import torch
 
+from conftest import tiny_config
 from pipeline import validation
-from pipeline.config import RunConfig
-from pipeline.data import load_split, to_coco_dict
+from pipeline.data import to_coco_dict
 from pipeline.evaluate import Detections, coco_columns, coco_evaluate, to_coco_results
 from pipeline.step import TrainStep
 from pipeline.train import fit
-
-
-@pytest.fixture
-def splits(tiny_bananas):
-    train = load_split(str(tiny_bananas), "train", 64, progress=False).subset(8)
-    val = load_split(str(tiny_bananas), "val", 64, progress=False)
-    return train, val
-
-
-def tiny_config(**overrides) -> RunConfig:
-    return RunConfig(image_size=64, batch_size=4, device="cpu", **overrides)
 
 
 def test_detections_to_host_keeps_every_image_in_order():
