@@ -14,7 +14,12 @@ def objective_choices() -> list[str]:
     return [f"val/{name}" for name in dict.fromkeys([*STAT_NAMES, *METRIC_MEANINGS])]
 
 
+def metric_meaning(metric: str) -> str | None:
+    """What a logged metric measures ('COCO mAP@[.5:.95]' for val/map), or None for one not described."""
+    return METRIC_MEANINGS.get(metric.partition("/")[2])
+
+
 def objective_label(metric: str) -> str:
     """An axis label for a metric: 'val COCO mAP@[.5:.95]' for val/map; the key itself for one not described."""
-    split, _, name = metric.partition("/")
-    return f"{split} {METRIC_MEANINGS[name]}" if name in METRIC_MEANINGS else metric
+    meaning = metric_meaning(metric)
+    return f"{metric.partition('/')[0]} {meaning}" if meaning else metric

@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 
 from pipeline.config import make_config
-from pipeline.metric_names import METRIC_MEANINGS, objective_label
+from pipeline.metric_names import metric_meaning, objective_label
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.figures import (Skipped, param_importances, plot_ap_by_size, plot_epochs, plot_heatmap,
                                      plot_history, plot_importances, plot_objective_vs_params, plot_pr_curves,
@@ -54,7 +54,7 @@ def protocol_note(base_config: dict[str, Any]) -> list[str]:
 
 def _meaning(metric: str) -> str:
     """' (COCO mAP@[.5:.95])' for val/map: what an objective measures, or nothing for a metric not listed."""
-    meaning = METRIC_MEANINGS.get(metric.split("/", 1)[-1])
+    meaning = metric_meaning(metric)
     return f" ({meaning})" if meaning else ""
 
 

@@ -88,7 +88,7 @@ def _undecided_blocks(d: StudyData) -> list[Block]:
     blocks = [Block("p", text)]
     if measured is not None:
         sd, seeds = measured
-        rough = f", {how_rough(sd, seeds)}" if how_rough(sd, seeds) else ""
+        rough = f", {rough}" if (rough := how_rough(sd, seeds)) else ""
         blocks.append(Block("p", _mde_sentence(sd * math.sqrt(2), 1, f"seed noise on {dataset} at the {profile} "
                                                                       f"profile, sd {sd:.2g} over {seeds} seeds{rough}")))
     return blocks
