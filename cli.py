@@ -604,7 +604,8 @@ def _print_experiment_links(uri: str, base: str) -> None:
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
        host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1"):
-    """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."""
+    """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI or sqlite:///mlflow.db); for an
+    embedded store, first print a link to each recent experiment's runs table."""
     from pipeline.tracking import tracking_uri
 
     _check_tracking_store()
