@@ -3,203 +3,25 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from cli_options import (CandidatesOpt, DatasetOpt, DecideOpt, DeltaOpt, Device, DeviceOpt, JsonOpt, MaxSeedsOpt,
+                         ProfileOpt, SeedsOpt, SeedsPerTrialOpt, SetOpt, SkipOpt, Split, build_config, check_device,
+                         check_image_out, check_tracking_store, check_writable, chosen_profile, finite_option,
+                         json_line, load_or_exit, seconds_since_process_start, seed_pack, storage_url,
+                         study_name_option, threshold_value, usage_error, user_overrides, variant_name)
+from pipeline.config import knob_table, make_config
 from pipeline.sqlite_files import DEFAULT_STORAGE, sqlite_path
-from pipeline.config import ConfigError, RunConfig, default_profile, knob_table, make_config, parse_overrides
 from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_train_result,
                                print_verdict, sweep_table, train_summary)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-
-
-class Profile(str, Enum):
-    chapter = "chapter"
-    quick = "quick"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Split(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"  # the generated sets' held-out split, which verdicts are scored on
-
-
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a knob: key=value (repeatable); see `knobs`")]
-ProfileOpt = Annotated[Optional[Profile], typer.Option(help="chapter: the chapter's protocol (default on a GPU); quick: CPU-sized (default on a CPU)")]
-DatasetOpt = Annotated[Optional[str], typer.Option(help="'bananas' (default), 'shapes', or a path to a banana or COCO folder")]
-DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA when there is one")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object as the last line of stdout")]
-SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="skip and count bad data records instead of refusing the data set")]
-
-
-def _usage_error(message: str, hint: str | None = None):
-    raise typer.BadParameter(message, param_hint=hint)
-
-
-def _device_kind(device: Device) -> str:
-    import torch
-    return "cuda" if device == Device.cuda or (device == Device.auto and torch.cuda.is_available()) else "cpu"
-
-
-def user_overrides(sets: list[str] | None, device: Device, **flags) -> dict:
-    """The explicit flags, then --set: what the user changed from the profile, type-checked.
-
-    A bad value is a usage error that names the option it came from: --epochs, --dataset, ... or --set."""
-    overrides = {"device": device.value}
-    for key, value in flags.items():
-        if value is not None:
-            try:
-                RunConfig(**{key: value})  # checked alone here, so that the error names this flag, not --set
-            except ConfigError as exc:
-                _usage_error(str(exc), "--" + key.replace("_", "-"))
-            overrides[key] = value
-    try:
-        overrides.update(parse_overrides(sets or []))
-    except ConfigError as exc:
-        _usage_error(str(exc), "--set")
-    return overrides
-
-
-def chosen_profile(profile: Profile | None, device: Device) -> str:
-    return profile.value if profile else default_profile(_device_kind(device))
-
-
-def build_config(profile: str, overrides: dict) -> RunConfig:
-    """Defaults < profile < overrides, with every error a usage error (exit 2)."""
-    try:
-        cfg = make_config(profile, overrides)
-    except ConfigError as exc:
-        _usage_error(str(exc), "--set")
-    _check_device(cfg.device)
-    return cfg
-
-
-def _finite(value: float | None) -> float | None:
-    """Click's ranges let nan through (every comparison with it is false)."""
-    if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a number of seconds")
-    return value
-
-
-# sweep's seeds and verdicts (see the README's "Seeds, packs and verdicts")
-SeedsOpt = Annotated[int, typer.Option(min=0, max=64, help="afterwards, re-train the best and the control with N new "
-                                       "seeds (each as one pack, scored on the test split) for a verdict; with "
-                                       "--decide: the seeds added per look")]
-DecideOpt = Annotated[bool, typer.Option("--decide", help="afterwards, add seeds (packs of --seeds, default 3) to the "
-                                         "best and the control until the verdict is better, worse or equivalent "
-                                         "within ±--delta, or --max-seeds run out")]
-DeltaOpt = Annotated[float, typer.Option(min=1e-4, max=1.0, callback=_finite,
-                                         help="the verdict's equivalence margin, in mAP")]
-MaxSeedsOpt = Annotated[int, typer.Option(min=2, max=256, help="the most new seeds --decide spends per setting")]
-CandidatesOpt = Annotated[int, typer.Option(min=1, max=10, help="how many of the best trials get a verdict "
-                                            "(Holm-corrected together)")]
-SeedsPerTrialOpt = Annotated[int, typer.Option(min=1, max=64, help="train every trial as a pack of K seeds (the same "
-                                               "K seeds for every trial): its value is their mean, with a 95% "
-                                               "interval")]
-
-
-def _check_device(device: str) -> None:
-    """device=cuda where torch sees no GPU is the user's choice to fix, not a crash in the middle of a run."""
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        _usage_error("cuda: torch sees no CUDA device here; use --device cpu (or auto)", "--device")
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def _check_image_out(path: Path, flag: str, source: Path | None = None) -> None:
-    """An image file to write: a name PIL can write, in a folder that can be created, never the input itself."""
-    if path.suffix.lower() not in IMAGE_SUFFIXES or path.is_dir():
-        _usage_error(f"{path}: give a file name ending in {', '.join(IMAGE_SUFFIXES)}", flag)
-    if source is not None and path.exists() and path.resolve() == source.resolve():
-        _usage_error(f"{path} is the input image: it would be overwritten; choose another --out", flag)
-    _check_writable(path.parent)
-
-
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def _study_name(name: str | None) -> str | None:
-    """A study name becomes an MLflow experiment, a folder of epoch states and a report folder: keep it plain."""
-    if name is not None and not STUDY_NAME.fullmatch(name):
-        _usage_error(f"{name!r}: use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or "
-                     "digit)", "--study-name")
-    return name
-
-
-def _storage_url(url: str) -> str:
-    """Refuse an Optuna storage URL that does not parse or cannot be connected to, before any data is loaded."""
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    from pipeline.sqlite_files import sqlite_problem
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-        if parsed.get_backend_name() != "sqlite":  # a SQLite file is created only once the input has been checked
-            with sqlalchemy.create_engine(parsed, poolclass=NullPool).connect():
-                pass
-        elif problem := sqlite_problem(url, "optuna"):
-            _usage_error(problem, "--storage")
-    except sqlalchemy.exc.ArgumentError as exc:  # not a URL, or an unknown database
-        _usage_error(f"{exc} (expected sqlite:///FILE or postgresql://USER@HOST/DB)", "--storage")
-    except ImportError as exc:
-        _usage_error(f"{parsed}: its database driver is not installed ({exc})", "--storage")
-    except sqlalchemy.exc.SQLAlchemyError as exc:  # the driver's own words, without SQLAlchemy's links
-        _usage_error(f"cannot connect to {parsed}: {' '.join(str(getattr(exc, 'orig', None) or exc).split())}",
-                     "--storage")
-    return url
-
-
-def _check_tracking_store() -> None:
-    """Refuse an MLFLOW_TRACKING_URI whose SQLite file cannot be an MLflow store, before anything is written."""
-    from pipeline.sqlite_files import sqlite_problem
-    from pipeline.tracking import tracking_uri
-
-    if problem := sqlite_problem(tracking_uri(), "mlflow"):
-        _usage_error(problem, "MLFLOW_TRACKING_URI")
-
-
-def seconds_since_process_start() -> float | None:
-    """How long this process has existed (Linux; None elsewhere): where a command's start-up went."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _json_line(obj: dict) -> None:
-    """One machine-readable line; NaN (no ground truth of that size) and infinities become null, at any depth."""
-    typer.echo(json.dumps(_finite_json(obj)))
-
-
-def _finite_json(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    return value
 
 
 @app.command()
@@ -235,15 +57,15 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     neg_pos_ratio, image_size, lr, epochs, ...
     """
     from pipeline.interrupts import sigterm_as_interrupt
-    from pipeline.run import tracked_run
+    from pipeline.training.run import tracked_run
     from pipeline.tracking import MlflowTracker
 
     startup = {"imports_s": seconds_since_process_start()}  # seconds since the process started, at each point
     cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset, epochs=epochs))
-    _check_writable(out_dir)
-    _check_tracking_store()
-    data = _load_or_exit(cfg, skip_invalid)
-    pack = _seed_pack(cfg, seeds, len(data[0].class_names), "--seeds")
+    check_writable(out_dir)
+    check_tracking_store()
+    data = load_or_exit(cfg, skip_invalid)
+    pack = seed_pack(cfg, seeds, len(data[0].class_names), "--seeds")
     startup["data_loaded_s"] = seconds_since_process_start()
     tracker = MlflowTracker(experiment)
     tracker.close_orphans()  # runs of earlier `train`s that were killed outright: FAILED, not RUNNING forever
@@ -253,7 +75,7 @@ def train(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
                              stop_on_divergence=seeds == 1)
     print_train_result(result)
     if json_out:
-        _json_line({**result.metrics, "train_images_per_s": result.train_images_per_s, "run_id": result.run_id,
+        json_line({**result.metrics, "train_images_per_s": result.train_images_per_s, "run_id": result.run_id,
                     "checkpoint": str(result.checkpoint), "trial_seconds": result.seconds,
                     "timings": result.fit.timings, "startup": startup,
                     "device": next(result.fit.model.parameters()).device.type, **train_summary(result)})
@@ -273,15 +95,15 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     MLflow run of the experiment tinyssd-noise. See docs/noise-budget.md for measured budgets.
     """
     from pipeline.data import has_split, load_split
-    from pipeline.noise import budget_of
+    from pipeline.stats.noise import budget_of
     from pipeline.interrupts import sigterm_as_interrupt
-    from pipeline.run import tracked_run
+    from pipeline.training.run import tracked_run
     from pipeline.tracking import MlflowTracker
 
     cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset, epochs=epochs))
-    _check_tracking_store()
-    data = _load_or_exit(cfg, skip_invalid=False)
-    pack = _seed_pack(cfg, seeds, len(data[0].class_names), "--seeds")
+    check_tracking_store()
+    data = load_or_exit(cfg, skip_invalid=False)
+    pack = seed_pack(cfg, seeds, len(data[0].class_names), "--seeds")
     tracker = MlflowTracker("tinyssd-noise")
     tracker.close_orphans()
     with sigterm_as_interrupt():
@@ -305,46 +127,9 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     effects = ", ".join(f"{n} seeds: {v:.4f}" for n, v in budget.minimum_detectable_effects().items())
     console.print(f"mean val/map {budget.mean:.4f} (mean of the last 3 epochs: {budget.last_epochs_mean:.4f}); smallest paired Δ detectable (80% power, 95%): {effects}")
     if json_out:
-        _json_line({"dataset": cfg.dataset, "profile": chosen_profile(profile, device), "image_size": cfg.image_size,
+        json_line({"dataset": cfg.dataset, "profile": chosen_profile(profile, device), "image_size": cfg.image_size,
                     "run_id": result.run_id,
                     **budget.as_dict()})
-
-
-def _seed_pack(cfg: RunConfig, k: int, num_classes: int, flag: str):
-    """K seeds of cfg as one pack, refused as a usage error naming ``flag`` when it will not fit in memory."""
-    from pipeline.pack import Pack, PackError, check_fits
-    from pipeline.train import resolve_device
-
-    try:
-        check_fits(cfg, k, num_classes, resolve_device(cfg.device))
-    except PackError as exc:
-        _usage_error(str(exc), flag)
-    return Pack.of_seeds(cfg, k)
-
-
-def _load_or_exit(cfg: RunConfig, skip_invalid: bool):
-    """Both splits, checked before any store is touched; bad data is a usage error naming file and line."""
-    from pipeline.data import DataError
-    from pipeline.run import load_data
-
-    try:
-        train, val = load_data(cfg, progress=True, skip_invalid=skip_invalid)
-    except DataError as exc:
-        _usage_error(str(exc), "--dataset")
-    if train.skipped or val.skipped:
-        err_console.print(f"[yellow]skipped {train.skipped} invalid train and {val.skipped} invalid val records[/]")
-    return train, val
-
-
-def _check_writable(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        _usage_error(f"{path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _usage_error(f"{path}: cannot create the directory ({exc.strerror})")
-    if not os.access(path, os.W_OK):
-        _usage_error(f"{path}: directory is not writable")
 
 
 @app.command()
@@ -353,24 +138,24 @@ def evaluate(checkpoint: Path, dataset: DatasetOpt = None,
              detections_out: Annotated[Optional[Path], typer.Option(help="write COCO results JSON here")] = None,
              device: DeviceOpt = Device.auto, json_out: JsonOpt = False):
     """Print COCO metrics of CHECKPOINT on a data set and optionally write its COCO results JSON."""
-    from pipeline.checkpoint import CheckpointError
+    from pipeline.model.checkpoint import CheckpointError
     from pipeline.data import DataError
-    from pipeline.inference import evaluate_checkpoint
+    from pipeline.evaluation.inference import evaluate_checkpoint
 
-    _check_device(device.value)
+    check_device(device.value)
     if detections_out is not None:
         if detections_out.is_dir():
-            _usage_error(f"{detections_out} is a folder; give a file name, e.g. {detections_out / 'detections.json'}",
+            usage_error(f"{detections_out} is a folder; give a file name, e.g. {detections_out / 'detections.json'}",
                          "--detections-out")
-        _check_writable(detections_out.parent)
+        check_writable(detections_out.parent)
     try:
         result = evaluate_checkpoint(checkpoint, dataset, split.value, detections_out, device.value, progress=True)
     except (CheckpointError, DataError) as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     metrics = {f"{split.value}/{k}": v for k, v in result.metrics.items()}
     console.print(metrics_table(f"COCO metrics of {checkpoint} on {split.value}", metrics))
     if json_out:
-        _json_line(metrics)
+        json_line(metrics)
 
 
 @app.command()
@@ -380,33 +165,20 @@ def predict(checkpoint: Path, image: Path,
                                                    "on the run's validation split) or a number in [0, 1]")] = "auto",
             device: DeviceOpt = Device.auto, json_out: JsonOpt = False):
     """Draw the boxes CHECKPOINT predicts on IMAGE."""
-    from pipeline.checkpoint import CheckpointError
+    from pipeline.model.checkpoint import CheckpointError
     from pipeline.data import DataError
-    from pipeline.inference import predict_image
+    from pipeline.evaluation.inference import predict_image
 
-    _check_device(device.value)
-    _check_image_out(out, "--out", source=image)
-    asked = _threshold_value(threshold)
+    check_device(device.value)
+    check_image_out(out, "--out", source=image)
+    asked = threshold_value(threshold)
     try:
         found, used, source = predict_image(checkpoint, image, out, asked, device.value)
     except (CheckpointError, DataError) as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     console.print(f"{len(found)} detections >= {used:.3f} ({source}) written to {out}")
     if json_out:
         typer.echo(json.dumps({"out": str(out), "threshold": used, "threshold_source": source, "detections": found}))
-
-
-def _threshold_value(text: str) -> float | None:
-    """--threshold: 'auto' (None) or a number in [0, 1]."""
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        _usage_error(f"{text!r}: give auto or a number in [0, 1]", "--threshold")
-    return value
 
 
 @app.command()
@@ -417,14 +189,14 @@ def data(dataset: Annotated[str, typer.Argument(help="'bananas', 'shapes', or a 
          json_out: JsonOpt = False):
     """Generate (on first use) or inspect a data set, and write a preview grid of samples."""
     from pipeline.data import DataError, load_split, resolve_dataset
-    from pipeline.visualize import preview as draw_preview
+    from pipeline.evaluation.visualize import preview as draw_preview
 
-    _check_image_out(preview, "--preview")
+    check_image_out(preview, "--preview")
     try:
         folder, fmt = resolve_dataset(dataset)
         loaded = load_split(dataset, split.value, image_size)
     except DataError as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     draw_preview(loaded, preview)
     objects = int((loaded.targets[..., 0] >= 0).sum())
     summary = {"dataset": dataset, "folder": str(folder), "format": fmt, "split": split.value, "images": len(loaded),
@@ -443,16 +215,16 @@ def anchors(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt
     """How well the anchors of a run (its image_size and anchor_scale) fit a data set's objects: each object's
     best IoU with any anchor, the share some anchor matches at IoU >= 0.5 (best possible recall) by COCO size and
     by feature map, and the anchor_scale that maximises it, to pass to train or a sweep with --set."""
-    from pipeline.anchor_fit import best_possible_recall, fit_objects, objects_of, suggest_scale, summary
+    from pipeline.evaluation.anchor_fit import best_possible_recall, fit_objects, objects_of, suggest_scale, summary
     from pipeline.data import DataError, load_split
     from pipeline.report.anchor_figures import plot_anchor_fit
 
     cfg = build_config(chosen_profile(profile, device), user_overrides(sets, device, dataset=dataset))
-    _check_image_out(out, "--out")
+    check_image_out(out, "--out")
     try:
         data = load_split(cfg.dataset, split.value, cfg.image_size)
     except DataError as exc:
-        _usage_error(str(exc), "--dataset")
+        usage_error(str(exc), "--dataset")
     boxes, size = objects_of(data.targets, data.orig_sizes)
     fit = fit_objects(boxes, size, cfg.image_size, cfg.anchor_scale)
     suggested, curve = suggest_scale(boxes, size, cfg.image_size)
@@ -463,14 +235,14 @@ def anchors(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt
                     f"{cfg.image_size} px", out)
     print_anchor_fit(result, best_possible_recall(fit))
     if json_out:
-        _json_line(result)
+        json_line(result)
 
 
 @app.command()
 def variants(json_out: JsonOpt = False):
     """List the variants: the question each answers, its search space, sampler and default trials."""
     import experiments
-    from pipeline.space import describe_space
+    from pipeline.study.space import describe_space
 
     rows = []
     for name in experiments.names():
@@ -501,26 +273,19 @@ def _describe_dist(d: dict) -> str:
     return f"{d['type']} [{d['low']}, {d['high']}]" + (" log" if d.get("log") else "")
 
 
-def _variant_name(value: str) -> str:
-    import experiments
-    if value not in experiments.names():
-        raise typer.BadParameter(f"unknown variant {value!r}; valid variants: {', '.join(experiments.names())}")
-    return value
-
-
 @app.command()
-def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cli.py variants`", callback=_variant_name)],
+def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cli.py variants`", callback=variant_name)],
           trials: Annotated[Optional[int], typer.Option(min=1, help="finished trials wanted in the study (default: the variant's)")] = None,
           epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs per trial")] = None,
           profile: ProfileOpt = None, dataset: DatasetOpt = None, sets: SetOpt = None,
           storage: Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///… or postgresql://…)",
-                                               callback=_storage_url)] = DEFAULT_STORAGE,
+                                               callback=storage_url)] = DEFAULT_STORAGE,
           study_name: Annotated[Optional[str], typer.Option(help="letters, digits, . _ - (default: VARIANT-PROFILE)",
-                                                            callback=_study_name)] = None,
+                                                            callback=study_name_option)] = None,
           workers: Annotated[int, typer.Option(min=1, help="worker processes sharing the study (and the GPU)")] = 1,
           seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
           timeout: Annotated[Optional[float], typer.Option(min=1, help="stop starting trials after SEC seconds",
-                                                           callback=_finite)] = None,
+                                                           callback=finite_option)] = None,
           no_prune: Annotated[bool, typer.Option(
               "--no-prune", help="turn off MedianPruner (TPE variants only; grid variants never prune)")] = False,
           seeds: SeedsOpt = 0, decide: DecideOpt = False, delta: DeltaOpt = 0.01, max_seeds: MaxSeedsOpt = 12,
@@ -528,7 +293,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
           device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
           trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="fail a trial that runs longer than SEC seconds",
-                                                                 callback=_finite)] = None,
+                                                                 callback=finite_option)] = None,
           skip_invalid: SkipOpt = False, json_out: JsonOpt = False):
     """Run or resume the Optuna study for VARIANT; every trial is an MLflow run nested under this sweep.
 
@@ -537,16 +302,16 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
     """
     import optuna
     from pipeline.data import DataError
-    from pipeline.study import SweepError, SweepOptions
-    from pipeline.sweep import run_sweep
+    from pipeline.study.optuna_study import SweepError, SweepOptions
+    from pipeline.study.sweep import run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it better
 
     cfg_profile = chosen_profile(profile, device)
     overrides = user_overrides(sets, device, dataset=dataset, epochs=epochs)
     build_config(cfg_profile, overrides)  # refuse bad values before any store is touched
-    _check_writable(out_dir)
-    _check_tracking_store()
+    check_writable(out_dir)
+    check_tracking_store()
     options = SweepOptions(variant=variant, trials=trials, profile=cfg_profile, overrides=overrides, storage=storage,
                            study_name=study_name, workers=workers, seed=seed, timeout=timeout, prune=not no_prune,
                            seeds=seeds, seeds_per_trial=seeds_per_trial, decide=decide, delta=delta,
@@ -556,31 +321,31 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
         with SweepProgress(options) as view:
             result = run_sweep(options, on_update=view.update)
     except (SweepError, DataError) as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     console.print(sweep_table(result, options))
     print_verdict(result, options)
     if json_out:
-        _json_line(result)
+        json_line(result)
 
 
 @app.command()
 def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`) or 'all' for the answer sheet")],
            storage: Annotated[str, typer.Option(help="the Optuna storage the sweep used",
-                                                callback=_storage_url)] = DEFAULT_STORAGE,
+                                                callback=storage_url)] = DEFAULT_STORAGE,
            study_name: Annotated[Optional[str], typer.Option(help="default: the variant's study in the storage")] = None,
            out_root: Annotated[Path, typer.Option(help="reports are written to OUT_ROOT/<name>/")] = Path("reports")):
     """Write reports/<name>/report.md and report.html with figures and trials.csv, from the study and its MLflow runs;
     for 'all', the answer sheet: reports/answers/, every exercise's verdict on one page."""
     from pipeline.report import ReportError, write_report
 
-    _check_writable(out_root)
-    _check_tracking_store()
+    check_writable(out_root)
+    check_tracking_store()
     try:
         folder = write_report(target, storage=storage, out_root=out_root, study_name=study_name)
     except ReportError as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     except OSError as exc:  # a report folder or file inside OUT_ROOT that cannot be written
-        _usage_error(f"cannot write {exc.filename}: {exc.strerror}", "--out-root")
+        usage_error(f"cannot write {exc.filename}: {exc.strerror}", "--out-root")
     console.print(f"report written to {folder / 'report.html'} and {folder / 'report.md'}")
 
 
@@ -608,7 +373,7 @@ def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
     embedded store, first print a link to each recent experiment's runs table."""
     from pipeline.tracking import tracking_uri
 
-    _check_tracking_store()
+    check_tracking_store()
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         console.print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")

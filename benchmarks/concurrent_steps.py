@@ -2,7 +2,7 @@
 
     python benchmarks/concurrent_steps.py --device cuda --trials 1,2,4,8 --json
 
-Builds N independent ``pipeline.step.TrainStep`` s (own model, own CUDA graph, the chapter's batch of
+Builds N independent ``pipeline.training.step.TrainStep`` s (own model, own CUDA graph, the chapter's batch of
 32 at 256x256), as N trials of a sweep would, and times how many training images per second the GPU
 gets through when they run together:
 
@@ -35,8 +35,8 @@ import torch  # noqa: E402
 
 from benchmarks.common import make_batch, sync  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
-from pipeline.model import TinySSD  # noqa: E402
-from pipeline.step import TrainStep, cudnn_benchmark  # noqa: E402
+from pipeline.model.tinyssd import TinySSD  # noqa: E402
+from pipeline.training.step import TrainStep, cudnn_benchmark  # noqa: E402
 
 
 def build_steps(n: int, cfg: RunConfig, device: torch.device) -> tuple[list[TrainStep], list[dict]]:

@@ -73,13 +73,13 @@ EOF
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
-python3 -c "import torch, torchvision, optuna, mlflow, pycocotools, cli, pipeline.run, pipeline.sweep; from mlflow.tracking import MlflowClient; print('torch', torch.__version__, 'vision', torchvision.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$out/summary.txt"
+python3 -c "import torch, torchvision, optuna, mlflow, pycocotools, cli, pipeline.training.run, pipeline.study.sweep; from mlflow.tracking import MlflowClient; print('torch', torch.__version__, 'vision', torchvision.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$out/summary.txt"
 nproc | sed 's/^/cpu cores: /' | tee -a "$out/summary.txt"
 
 # The parts, in the order of PARTS (default: all of them, in this order). A lease of 15 minutes holds
 # about two calls of this script: pass the parts still missing, e.g. PARTS="profile sweeps".
 part_tests() {  # the CUDA graph trains like eager steps (the GPU-only tests; on a CPU they skip)
-  step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_validation.py; }
+  step tests 90 python3 -m pytest -q -p no:cacheprovider tests/training/test_step.py tests/training/test_validation.py; }
 part_data() {  # the data set, generated once into the cache (on all cores), not timed as part of a trial
   step data 120 python3 cli.py data bananas --preview "$work/preview.png"; }
 part_bench() {  # training images/s of the chapter's loop and of the fast path with its switches, one run

@@ -3,7 +3,7 @@
     python benchmarks/kernel_profile.py --device cuda --precision bf16 --json
     python benchmarks/kernel_profile.py --image-size 64 --batch-size 4 --steps 2 --json   # CPU, seconds
 
-Runs the project's training step (``pipeline.step.TrainStep``, the chapter's batch of 32 at
+Runs the project's training step (``pipeline.training.step.TrainStep``, the chapter's batch of 32 at
 256x256 by default) eagerly under ``torch.profiler`` and sums each operator's self time on the
 device (on a CPU, its self CPU time) per step, by category. Eager, because a CUDA graph replay is
 one launch to the profiler; the kernels inside are the same. On CUDA it also times the same step
@@ -30,8 +30,8 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from benchmarks.common import check_size_and_device, gpu_name, make_batch, sync  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
-from pipeline.model import TinySSD  # noqa: E402
-from pipeline.step import TrainStep  # noqa: E402
+from pipeline.model.tinyssd import TinySSD  # noqa: E402
+from pipeline.training.step import TrainStep  # noqa: E402
 
 # first match wins; an operator's self time counts once, in one category
 CATEGORIES = (

@@ -4,7 +4,7 @@
     python benchmarks/roofline.py --precision bf16 --gpu h200 --measured 4547   # how close a measured rate is
     python benchmarks/roofline.py --device cuda --precision bf16 --json       # on a GPU: its own peaks, measured
 
-Runs one eager training step of the fast path (``pipeline.step.TrainStep``: forward, matching, loss,
+Runs one eager training step of the fast path (``pipeline.training.step.TrainStep``: forward, matching, loss,
 backward, SGD update; the chapter's batch of 32 at 256x256 by default) under torch's own counters.
 The counts hardly depend on the device (cuDNN's BatchNorm adds a small reserve tensor), so no GPU
 is needed:

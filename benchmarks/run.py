@@ -8,7 +8,7 @@
 
 What is measured (see benchmarks/README.md):
   * training throughput, images/s: forward + matching + loss + backward + SGD step, batch 32;
-  * decode + NMS, ms per image: the chapter's multibox_detection vs pipeline.evaluate.postprocess;
+  * decode + NMS, ms per image: the chapter's multibox_detection vs pipeline.evaluation.evaluate.postprocess;
   * matching alone, ms per batch, with 1 and with 10 boxes per image.
 
 Every side (the reference, the project, each extra variant) lives in its own worker process, so
@@ -193,15 +193,15 @@ class ReferenceSide:
 
 
 class ProjectSide:
-    """The project's own pieces: pipeline.step.TrainStep, the step pipeline/train.py runs, and postprocess."""
+    """The project's own pieces: pipeline.training.step.TrainStep, the step pipeline/training/train.py runs, and postprocess."""
 
     def __init__(self, device: torch.device, args, opts: ProjectOptions):
-        from pipeline import train as train_module
-        from pipeline.boxes import multibox_target
+        from pipeline.training import train as train_module
+        from pipeline.model.boxes import multibox_target
         from pipeline.config import RunConfig
-        from pipeline.evaluate import postprocess
-        from pipeline.model import TinySSD
-        from pipeline.step import TrainStep
+        from pipeline.evaluation.evaluate import postprocess
+        from pipeline.model.tinyssd import TinySSD
+        from pipeline.training.step import TrainStep
 
         self.device, self.opts = device, opts
         self.multibox_target, self.postprocess = multibox_target, postprocess
@@ -212,7 +212,7 @@ class ProjectSide:
         if self.allocator_tuned:
             (adopted or tune_c_allocator)()
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = opts.cudnn_benchmark  # as pipeline.train.fit sets it on CUDA
+            torch.backends.cudnn.benchmark = opts.cudnn_benchmark  # as pipeline.training.train.fit sets it on CUDA
         # from a model of their own, before the seed: the trained model's anchor cache fills in its first step
         self.anchors = TinySSD(NUM_CLASSES).anchors_for_size(args.image_size, device)
         torch.manual_seed(0)
@@ -237,7 +237,7 @@ class ProjectSide:
                                                                                logit_mean=args.decode_logit_mean))
 
     def train(self, steps: int) -> float:
-        for _ in range(steps):  # pipeline/train.py's loop, with the metric sums, less its progress bar
+        for _ in range(steps):  # pipeline/training/train.py's loop, with the metric sums, less its progress bar
             self.step.run(self.batch_index)
         return steps * len(self.images)
 

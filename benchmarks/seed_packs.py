@@ -1,11 +1,11 @@
-"""Seeds per hour: a seed pack of K (pipeline/pack.py) against K single-seed runs, one after another, in one run.
+"""Seeds per hour: a seed pack of K (pipeline/model/pack.py) against K single-seed runs, one after another, in one run.
 
     python benchmarks/seed_packs.py --device cpu --image-size 128 --batch-size 16 --json   # the quick profile's former size (64 now)
     python benchmarks/seed_packs.py --device cpu --json                                    # the chapter's: 256, batch 32
     python benchmarks/seed_packs.py --device cuda --k 1,2,4,8 --precision bf16 --json
     python benchmarks/seed_packs.py --k 1,2 --image-size 64 --batch-size 4 --steps 1 --rounds 1 --fit-images 0  # seconds
 
-Two measurements, both against the project's own fast path (one ``pipeline.step.TrainStep``, the CUDA
+Two measurements, both against the project's own fast path (one ``pipeline.training.step.TrainStep``, the CUDA
 graph on CUDA) measured in the same run, on the same machine:
 
 * **steps**: training images/s summed over a pack's replicas (forward, matching, each replica's loss,
@@ -13,7 +13,7 @@ graph on CUDA) measured in the same run, on the same machine:
   ``loop``: K dense networks in turn). A seed needs a fixed number of training images, so the ratio to
   the fast path is the ratio of seeds per hour of training. Rounds interleave the fast path and every
   pack, and each side's fastest round counts: the machine is shared, and other work only slows a round.
-* **fit** (``--fit-images N``, ``--fit-epochs E``): ``pipeline.train.fit`` end to end, validation and
+* **fit** (``--fit-images N``, ``--fit-epochs E``): ``pipeline.training.train.fit`` end to end, validation and
   scoring included, of a pack of K against K fits of one seed, on generated bananas: seeds per hour of
   whole runs. Each side runs once (a fit is long); the steps part is the repeatable one.
 """
@@ -36,9 +36,9 @@ import torch  # noqa: E402
 from benchmarks.common import check_size_and_device, gpu_name, make_batch, sync, whole_numbers  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.machine import cpu_model  # noqa: E402
-from pipeline.pack import Pack, build_model  # noqa: E402
-from pipeline.step import TrainStep  # noqa: E402
-from pipeline.train import tune_cpu_allocator  # noqa: E402
+from pipeline.model.pack import Pack, build_model  # noqa: E402
+from pipeline.training.step import TrainStep  # noqa: E402
+from pipeline.training.train import tune_cpu_allocator  # noqa: E402
 
 LAYOUTS = ("grouped", "loop")
 
@@ -90,7 +90,7 @@ def measure_steps(args, cfg: RunConfig, device: torch.device) -> list[dict]:
 def measure_fit(args, cfg: RunConfig) -> list[dict]:
     """Whole fits (training, validation, scoring) of a pack of K against K single-seed fits: seconds per seed."""
     from pipeline.data import load_split
-    from pipeline.train import fit
+    from pipeline.training.train import fit
 
     size = cfg.image_size
     train = load_split("bananas", "train", size, progress=False).subset(args.fit_images)

@@ -1,10 +1,15 @@
-"""What a measurement ran on: the CPU's model name and the cores this process may use."""
+"""What a run runs on: the device a config names, resolved; and what a measurement ran on, the CPU's model name
+and the cores this process may use. Imports torch only when a device is resolved."""
 
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_model() -> str:
@@ -29,3 +34,13 @@ def cpu_cores() -> int:
 def cpu_description() -> str:
     """'cpu: AMD EPYC (2 cores)': the 2-core machines differ (Intel Xeon, AMD EPYC), so a time names which."""
     return f"cpu: {cpu_model()} ({cpu_cores()} cores)"
+
+
+def resolve_device(name: str) -> "torch.device":
+    """'auto' is CUDA where torch sees it, else the CPU; 'cuda' without CUDA is an error, not a silent CPU run."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)

@@ -23,7 +23,7 @@ def metrics_table(title: str, metrics: dict[str, float]) -> Table:
 
 def pack_table(fit, metrics: dict[str, float]) -> Table:
     """One row per metric: the mean over the seeds, its 95% interval's half-width, and each seed's value."""
-    from pipeline.seeds import CI_SUFFIX, seed_key
+    from pipeline.training.seeds import CI_SUFFIX, seed_key
 
     seeds = [r.seed for r in fit.live]
     table = Table(title=f"validation (COCO), {len(seeds)} seeds: mean ± half-width of its 95% t-interval")
@@ -52,7 +52,7 @@ def print_train_result(result) -> None:
 
 def train_summary(result) -> dict:
     """--json's per-seed part: the seeds, each one's val/map, the mean and its 95% interval."""
-    from pipeline.seeds import seed_values
+    from pipeline.training.seeds import seed_values
 
     pack = result.fit.pack
     per_seed = seed_values(result.metrics, "val/map") if pack.k > 1 else {pack.seeds[0]: result.metrics["val/map"]}
@@ -82,7 +82,7 @@ class SweepProgress:
         return self.bar.__exit__(*exc)
 
     def update(self, study, target: int):
-        from pipeline.study import best_trial, counts
+        from pipeline.study.optuna_study import best_trial, counts
         n = counts(study)
         leader = best_trial(study.get_trials(deepcopy=False))
         best = f"best {leader.value:.4f}" if leader else "best -"
@@ -117,7 +117,7 @@ def sweep_table(result: dict, options) -> Table:
 
 def print_verdict(result: dict, options) -> None:
     """The sweep's last lines: the verdict, or why there is none, and what to run next."""
-    from pipeline.noise import noise_sd_text
+    from pipeline.stats.noise import noise_sd_text
     from pipeline.tracking import UI_BASE, experiment_url
 
     verdict, trial = result["verdict"], result["verdict_trial"]

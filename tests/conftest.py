@@ -1,10 +1,14 @@
 """Shared fixtures: a tiny generated banana folder and a CPU-sized config for end-to-end runs."""
 
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.data import generate_bananas
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")  # for tests that run the CLI in a subprocess
 
 # Shrinks any run to seconds on a CPU: a 64-pixel input, a few images, one epoch.
 TINY_SETS = ["image_size=64", "train_images=8", "val_images=4", "batch_size=4", "epochs=1"]
@@ -51,3 +55,33 @@ def splits(tiny_bananas):
 
     return (load_split(str(tiny_bananas), "train", 64, progress=False).subset(8),
             load_split(str(tiny_bananas), "val", 64, progress=False))
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def inline_set(n_images=6, seed=0):
+    """COCO ground truth (two classes, 1-3 objects per image) and noisy detections of it, with misses and
+    false positives."""
+    rng = np.random.default_rng(seed)
+    images, annotations, results = [], [], []
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "height": 100, "width": 100})
+        for _ in range(rng.integers(1, 4)):
+            x, y, w, h = (float(v) for v in (*rng.uniform(0, 60, 2), *rng.uniform(8, 40, 2)))
+            cat = int(rng.integers(1, 3))
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": cat, "bbox": [x, y, w, h],
+                                "area": w * h, "iscrowd": 0})
+            if rng.uniform() < 0.8:  # found, roughly
+                results.append({"image_id": i, "category_id": cat, "score": float(rng.uniform(0.2, 1.0)),
+                                "bbox": [x + float(rng.normal(0, 3)), y + float(rng.normal(0, 3)), w, h]})
+        results.append({"image_id": i, "category_id": 1, "score": float(rng.uniform(0, 0.6)),
+                        "bbox": [float(v) for v in (*rng.uniform(0, 60, 2), 20, 20)]})  # a false positive
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    return {"images": images, "annotations": annotations, "categories": categories}, results

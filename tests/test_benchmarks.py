@@ -18,11 +18,11 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import reference as ref  # noqa: E402
 from benchmarks.common import make_batch  # noqa: E402
-from pipeline.boxes import multibox_target  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
-from pipeline.evaluate import postprocess  # noqa: E402
-from pipeline.losses import detection_loss  # noqa: E402
-from pipeline.model import TinySSD  # noqa: E402
+from pipeline.evaluation.evaluate import postprocess  # noqa: E402
+from pipeline.model.boxes import multibox_target  # noqa: E402
+from pipeline.model.losses import detection_loss  # noqa: E402
+from pipeline.model.tinyssd import TinySSD  # noqa: E402
 
 
 def random_targets(B, M, seed):

@@ -17,9 +17,8 @@ from typer.testing import CliRunner
 
 import cli
 from cli import app
-from conftest import plain, tiny_args
+from conftest import CLI, plain, tiny_args, wait_for
 from pipeline.config import PROFILES
-from test_reliability import CLI, wait_for
 
 runner = CliRunner()
 

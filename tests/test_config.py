@@ -61,7 +61,7 @@ def test_knob_table_covers_every_field():
 
 
 def test_cosine_schedule_goes_from_lr_to_zero():
-    from pipeline.train import epoch_lr
+    from pipeline.training.train import epoch_lr
 
     cfg = make_config("chapter", {"lr_schedule": "cosine", "epochs": 4, "lr": 0.4})
     lrs = [epoch_lr(cfg, epoch) for epoch in range(4)]
@@ -80,8 +80,8 @@ def test_validation_epochs_every_n_and_always_the_last():
 def test_anchor_scale_shrinks_anchors_about_their_centres_and_survives_a_checkpoint(tmp_path):
     import torch
 
-    from pipeline.checkpoint import load_checkpoint, save_checkpoint
-    from pipeline.model import TinySSD
+    from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.model.tinyssd import TinySSD
 
     x = torch.zeros(1, 3, 128, 128)
     chapter = TinySSD(1).eval()(x)[0]
@@ -100,8 +100,8 @@ def test_a_bad_checkpoint_says_what_is_wrong_with_it(tmp_path):
 
     import torch
 
-    from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from pipeline.model import TinySSD
+    from pipeline.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from pipeline.model.tinyssd import TinySSD
 
     cfg = make_config("quick")
     good = save_checkpoint(tmp_path / "good.pt", TinySSD(1), cfg, ["banana"])

@@ -73,7 +73,7 @@ def test_a_finished_run_of_a_trial_that_optuna_failed_is_marked_failed(tmp_path)
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from pipeline.faults import reconcile_runs
+    from pipeline.study.faults import reconcile_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MlflowTracker("s", uri=uri)

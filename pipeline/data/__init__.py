@@ -40,7 +40,7 @@ from pipeline.data.decode import BOX_TOLERANCE_PX, DECODE_VERSION, _decode_cache
 from pipeline.data.read import (MAX_CLASSES, MIN_BOX_SIDE, _banana_class_names, _Problems, _read_banana_split,
                                 _read_coco_split)
 from pipeline.data.synthetic import GENERATOR_VERSION, SHAPE_CLASSES, generate_bananas, generate_shapes
-from pipeline.data.synthetic import _banana_image, _image_rng, _mask_box  # noqa: F401  (tests/test_data.py uses them)
+from pipeline.data.synthetic import _banana_image, _image_rng, _mask_box  # noqa: F401  (tests/data/test_data.py uses them)
 
 __all__ = ["BANANA_COLUMNS", "BOX_TOLERANCE_PX", "DECODE_VERSION", "GENERATOR_VERSION", "MAX_CLASSES", "MIN_BOX_SIDE",
            "SHAPE_CLASSES", "SPLITS", "DataError", "DetectionData", "default_cache_dir", "generate_bananas",

@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import NullFormatter
 
-from pipeline.anchor_fit import MATCH_IOU, ObjectFit
+from pipeline.evaluation.anchor_fit import MATCH_IOU, ObjectFit
 from pipeline.report.figures import COLORS, new_figure
 
 

@@ -1,5 +1,5 @@
 """The answer sheet's anchor section: how the anchors fit each data set the studies trained on, at the input
-side and anchor scale their control used (pipeline.anchor_fit; `python cli.py anchors` for one run)."""
+side and anchor scale their control used (pipeline.evaluation.anchor_fit; `python cli.py anchors` for one run)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.anchor_fit import best_possible_recall, fit_objects, objects_of, suggest_scale, summary
 from pipeline.data import DataError, load_split
+from pipeline.evaluation.anchor_fit import best_possible_recall, fit_objects, objects_of, suggest_scale, summary
 from pipeline.report.anchor_figures import plot_anchor_fit
 from pipeline.report.document import Block
 

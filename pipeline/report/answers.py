@@ -76,7 +76,7 @@ def _voc_blocks(frame: pd.DataFrame) -> list[Block]:
     return _section("Evaluating as the SSD paper does: VOC AP at IoU 0.5",
                     "The SSD paper reports PASCAL VOC mAP at IoU 0.5. Beside COCO's mAP@[.5:.95] (the studies' "
                     "objective), every run logs VOC2007's 11-point AP50 and VOC2010's all-point AP50 "
-                    "(`pipeline/voc.py`); a variant can name `val/voc_ap50` as its OBJECTIVE. VOC's AP50 counts an "
+                    "(`pipeline/evaluation/voc.py`); a variant can name `val/voc_ap50` as its OBJECTIVE. VOC's AP50 counts an "
                     "object found once its box overlaps by half; COCO's mAP averages over stricter overlaps up to "
                     "0.95, so it also asks how well the box is placed. The search's own values (one seed, or the mean "
                     "of a pack), on the validation split.", rows)

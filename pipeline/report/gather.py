@@ -54,7 +54,7 @@ class StudyData:
 
 
 def describe_distribution(dist: optuna.distributions.BaseDistribution) -> dict[str, Any]:
-    """An Optuna distribution in the form the sweep records a space (pipeline.space.SpaceRecorder)."""
+    """An Optuna distribution in the form the sweep records a space (pipeline.study.space.SpaceRecorder)."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return {"type": "categorical", "choices": list(dist.choices)}
     kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"

@@ -14,11 +14,11 @@ from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import params_text
 from pipeline.report.trials import best_row, control_row, is_seed_study, seed_spread, state_counts, trials_frame
 from pipeline.report.verdict_section import stored_verdict
-from pipeline.study import stored_base_config
+from pipeline.study.optuna_study import stored_base_config
 
 
 def _verdict_columns(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The stored verdict of the study's best setting (pipeline.decide), as the summary's columns."""
+    """The stored verdict of the study's best setting (pipeline.stats.decide), as the summary's columns."""
     record = stored_verdict(attrs)
     if record is None:
         return {"seeds": 0, "confirmed_delta": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p": math.nan,

@@ -11,8 +11,8 @@ import optuna
 from pipeline.config import RunConfig, make_config, parse_value
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
-from pipeline.report.verdict_section import stored_verdict
 from pipeline.report.trials import best_row, is_seed_study
+from pipeline.report.verdict_section import stored_verdict
 from pipeline.sqlite_files import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, sqlite_path
 from pipeline.tracking import UI_BASE, experiment_url
 

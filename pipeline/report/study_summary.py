@@ -16,7 +16,7 @@ from pipeline.report.stats import verdict
 from pipeline.report.text import fmt, missing, params_text, signed
 from pipeline.report.trials import (SUMMARY_METRICS, best_row, control_label, control_row, is_seed_study, ranked,
                                     seed_spread, trials_frame)
-from pipeline.study import stored_base_config
+from pipeline.study.optuna_study import stored_base_config
 
 TOP_K = 5  # trials beside the control in the summary table
 

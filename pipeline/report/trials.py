@@ -1,6 +1,6 @@
 """The trials DataFrame (one row per trial, what trials.csv holds) and what is read off it.
 
-Only COMPLETE trials are compared: ``ranked`` applies pipeline.best's rule (never the control, ties to the
+Only COMPLETE trials are compared: ``ranked`` applies pipeline.study.best's rule (never the control, ties to the
 lower number), so the report names the same best trial as the sweep and its confirmation.
 """
 
@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from pipeline import best as best_rule
+from pipeline.study import best as best_rule
 from pipeline.tracking import RunRecord
 
 SUMMARY_METRICS = ["val/map", "val/map50", "val/map75", "val/map_small", "val/map_medium", "val/map_large"]
@@ -24,7 +24,7 @@ def complete(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def ranked(trials: pd.DataFrame) -> pd.DataFrame:
-    """The candidates for 'best' by pipeline.best's rule (COMPLETE, not the control), best first."""
+    """The candidates for 'best' by pipeline.study.best's rule (COMPLETE, not the control), best first."""
     index = {int(r["number"]): i for i, r in trials.iterrows()}
     entries = [best_rule.Entry(int(r["number"]), r["state"], bool(r["control"]), None if pd.isna(r["value"])
                                else float(r["value"])) for _, r in trials.iterrows()]
@@ -69,7 +69,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial, run: RunRecord | None) -> dict[s
         "value": trial.value if trial.state == TrialState.COMPLETE else None}
     row.update({f"params_{k}": _param_value(v) for k, v in trial.params.items()})
     row.update(trial.user_attrs.get("metrics") or {})
-    # a pack's seeds, each with its own value (pipeline.trial keeps them on the trial)
+    # a pack's seeds, each with its own value (pipeline.study.trial keeps them on the trial)
     row.update({f"value/seed_{seed}": v for seed, v in (trial.user_attrs.get("seed_values") or {}).items()})
     row.update({"epochs_reported": len(steps),
                 "last_reported": trial.intermediate_values[steps[-1]] if steps else None,

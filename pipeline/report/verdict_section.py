@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.noise import how_rough, measured_seed_sd
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
-from pipeline.report.trials import best_row, control_row, is_seed_study
 from pipeline.report.text import params_text
-from pipeline.verdict import minimum_detectable_effect, verdict
+from pipeline.report.trials import best_row, control_row, is_seed_study
+from pipeline.stats.noise import how_rough, measured_seed_sd
+from pipeline.stats.verdict import minimum_detectable_effect, verdict
 
 CLAIMS = {"better": "**Better** than the control", "worse": "**Worse** than the control",
           "equivalent": "**Equivalent** to the control", "undecided": "**Undecided**",
@@ -21,7 +21,7 @@ CLAIMS = {"better": "**Better** than the control", "worse": "**Worse** than the 
 
 
 def stored_verdict(attrs: dict[str, Any]) -> dict[str, Any] | None:
-    """The study's verdict record (pipeline.decide), or one made from a confirmation of before verdicts: a
+    """The study's verdict record (pipeline.stats.decide), or one made from a confirmation of before verdicts: a
     single look of its seeds, with the default margin."""
     record = attrs.get("verdict")
     if record and record.get("candidates"):

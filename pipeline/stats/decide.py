@@ -1,0 +1,104 @@
+"""Seeds until decided: train new seeds of the best setting(s) and of the control, a pack per look, until the
+paired difference is decided (pipeline.stats.verdict), or the seeds run out.
+
+The seeds are new (no trial of the search trained them), the same for the control and every setting (so the
+difference is paired), and scored on the data set's test split when it has one: the best setting was picked
+for its score on the validation split, so its score there is biased upward (the winner's curse), and new
+seeds remove only the seed part of that luck. Knows nothing of Optuna or MLflow: the sweep hands it a
+function that trains a pack and returns each seed's score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pipeline.config import RunConfig
+from pipeline.stats.verdict import ALPHA, Verdict, holm, planned_looks, to_record, verdict
+
+DEFAULT_SEEDS_PER_LOOK = 3  # a pack per look: enough seeds for a first interval, few enough to stop early
+DEFAULT_MAX_SEEDS = 12
+DEFAULT_DELTA = 0.01  # mAP: differences smaller than this are "equivalent" (the issue's and the chapter's scale)
+
+TrainPack = Callable[[str, RunConfig, list[int]], dict[int, float]]  # (role, config, seeds) -> {seed: score}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the decision spends seeds."""
+    first_seed: int  # the first new seed: the search trained seeds below it
+    seeds_per_look: int = DEFAULT_SEEDS_PER_LOOK
+    max_seeds: int = DEFAULT_MAX_SEEDS
+    delta: float = DEFAULT_DELTA
+
+    @property
+    def looks(self) -> int:
+        return planned_looks(self.seeds_per_look, self.max_seeds)
+
+    def seeds(self, look: int) -> list[int]:
+        """The seeds of look ``look`` (0-based), never past max_seeds."""
+        start = look * self.seeds_per_look
+        end = min(start + self.seeds_per_look, self.max_seeds)
+        return list(range(self.first_seed + start, self.first_seed + end))
+
+
+@dataclass
+class Candidate:
+    """A setting under test against the control: its trial, config and scores so far."""
+    trial: int
+    config: RunConfig
+    scores: dict[int, float] = field(default_factory=dict)
+    look_ends: list[int] = field(default_factory=list)  # paired seeds after each of its looks
+    verdict: Verdict | None = None  # set once decided, or at the end
+
+    def diffs(self, control: dict[int, float]) -> tuple[list[int], list[float]]:
+        """The paired seeds (scored for both; a diverged seed is in neither) and their differences, in order."""
+        seeds = [s for s in self.scores if s in control]
+        return seeds, [self.scores[s] - control[s] for s in seeds]
+
+
+def settle(candidates: list[Candidate], control: RunConfig, plan: Plan, train_pack: TrainPack,
+           on_look: Callable[[dict], None] = lambda record: None) -> dict:
+    """Run the looks until every candidate is decided or the seeds run out; returns the record (JSON-ready),
+    which ``on_look`` also gets after every look, so a killed decision leaves what it had."""
+    control_scores: dict[int, float] = {}
+    alpha = ALPHA / len(candidates)  # Bonferroni while seeds come in: Holm at the end can only add decisions
+    for look in range(plan.looks):
+        open_ = [c for c in candidates if c.verdict is None]
+        if not open_:
+            break
+        seeds = plan.seeds(look)
+        control_scores.update(train_pack("control", control, seeds))
+        for candidate in open_:
+            candidate.scores.update(train_pack(f"trial {candidate.trial}", candidate.config, seeds))
+            candidate.look_ends.append(len(candidate.diffs(control_scores)[0]))
+            current = _verdict_now(candidate, control_scores, plan, alpha)
+            if current.outcome != "undecided" or look == plan.looks - 1:
+                candidate.verdict = current
+        on_look(record(candidates, control_scores, plan, final=False))
+    diffs = [c.diffs(control_scores)[1] for c in candidates]
+    for candidate, final in zip(candidates, holm(diffs, plan.seeds_per_look, plan.max_seeds, plan.delta,
+                                                 look_ends=[c.look_ends for c in candidates])):
+        candidate.verdict = final  # one candidate: Holm is its own rule at alpha
+    return record(candidates, control_scores, plan, final=True)
+
+
+def _verdict_now(candidate: Candidate, control: dict[int, float], plan: Plan, alpha: float) -> Verdict:
+    return verdict(candidate.diffs(control)[1], plan.seeds_per_look, plan.max_seeds, plan.delta, alpha,
+                   candidate.look_ends)
+
+
+def record(candidates: list[Candidate], control: dict[int, float], plan: Plan, final: bool) -> dict:
+    """What the study keeps: the plan, each candidate's verdict and its paired seeds' scores. Before the end
+    (``final`` False: kept after every look, so a killed decision leaves what it had) a candidate still open
+    carries its evidence so far, with the verdict 'pending'."""
+    rows = []
+    for c in candidates:
+        seeds, diffs = c.diffs(control)
+        evidence = to_record(c.verdict if c.verdict is not None else _verdict_now(c, control, plan, ALPHA))
+        rows.append({"trial": c.trial, "seeds": seeds, "scores": [c.scores[s] for s in seeds],
+                     "control": [control[s] for s in seeds], "diffs": diffs, "look_ends": list(c.look_ends),
+                     **evidence, **({} if c.verdict is not None else {"verdict": "pending"})})
+    return {"final": final, "delta_margin": plan.delta, "max_seeds": plan.max_seeds,
+            "seeds_per_look": plan.seeds_per_look, "planned_looks": plan.looks, "candidates": rows,
+            "holm": len(candidates) > 1}

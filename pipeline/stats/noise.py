@@ -1,0 +1,197 @@
+"""The noise budget of val/map: how much of its spread comes from the seed, from which validation images there
+happen to be, and from where in its last epochs training stopped; and the smallest effect that a number of
+paired seeds can detect.
+
+- **seed**: the sd over seeds of the final score (a seed pack of the control).
+- **validation sampling**: the sd of the score over bootstrap resamples of the validation images, on the same
+  predictions (pycocotools matches each image once; each resample only re-accumulates those matches).
+- **end of training**: within a seed, the sd of the score over its last validated epochs: how far a
+  one-epoch-later stop would have moved it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline.evaluation.evaluate import silence_stdout_in_this_thread
+from pipeline.stats.verdict import minimum_detectable_effect
+
+LAST_EPOCHS = 3  # the end-of-training swing is measured over this many last validated epochs
+
+
+def evaluated(gt: dict, results: list[dict]) -> COCOeval:
+    """COCOeval (bbox) after evaluate(): each image matched once, ready to accumulate over any image sample."""
+    with silence_stdout_in_this_thread():
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+    return evaluator
+
+
+def map_of_sample(evaluator: COCOeval, sample: list[int]) -> float:
+    """COCO mAP@[.5:.95] of the images at positions ``sample`` (repeats allowed) of the evaluated ones: the
+    per-image matches are reused, in the order of ``sample``, as if those images were the whole set."""
+    ev = copy.copy(evaluator)
+    ev.params, ev._paramsEval = copy.deepcopy(evaluator.params), copy.deepcopy(evaluator._paramsEval)
+    ids = list(evaluator._paramsEval.imgIds)
+    n_images = len(ids)
+    blocks = len(evaluator.evalImgs) // n_images  # categories x area ranges, each a run of n_images entries
+    ev.evalImgs = [evaluator.evalImgs[block * n_images + i] for block in range(blocks) for i in sample]
+    ev.params.imgIds = ev._paramsEval.imgIds = [ids[i] for i in sample]
+    # mAP needs only area "all" (pycocotools' first range) at the most detections: accumulate nothing else
+    ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
+    ev.params.maxDets = ev.params.maxDets[-1:]
+    with silence_stdout_in_this_thread():
+        ev.accumulate()
+    precision = ev.eval["precision"][:, :, :, 0, 0]  # all IoUs, recalls, classes; area all; 100 detections
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else math.nan
+
+
+def bootstrap_maps(gt: dict, results: list[dict], resamples: int = 200, seed: int = 0) -> np.ndarray:
+    """mAP over ``resamples`` bootstrap resamples of the images (with replacement, same size)."""
+    if not results:  # pycocotools cannot load no results; no detections score 0 on every resample
+        return np.zeros(resamples)
+    evaluator = evaluated(gt, results)
+    n = len(evaluator._paramsEval.imgIds)
+    rng = np.random.default_rng(seed)
+    return np.array([map_of_sample(evaluator, list(rng.integers(0, n, n))) for _ in range(resamples)])
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The parts of val/map's spread, each an sd in mAP, and what they mean for paired comparisons."""
+    seeds: int
+    mean: float
+    seed_sd: float
+    validation_sd: float  # bootstrap over validation images, mean over the seeds
+    end_of_training_sd: float  # over the last LAST_EPOCHS validated epochs, root-mean-square over the seeds
+    validation_images: int
+    test_sd: float = math.nan  # the same bootstrap on the test split, where the data set has one
+    test_images: int = 0
+    # a candidate cure for the end-of-training swing, measured on the same seeds: score each seed by the mean of
+    # its last LAST_EPOCHS validated val/map; their mean over the seeds, and their seed sd
+    last_epochs_mean: float = math.nan
+    last_epochs_mean_sd: float = math.nan
+
+    @property
+    def paired_sd(self) -> float:
+        """The sd of a difference between two settings on one seed, if their seed noise is independent (an upper
+        bound: paired seeds share their batch orders and initial weights, which can only cancel)."""
+        return math.sqrt(2) * self.seed_sd
+
+    def minimum_detectable_effects(self, seeds=(2, 3, 5, 10, 20)) -> dict[int, float]:
+        """The paired difference detectable with 80% power at 95% confidence, by number of paired seeds."""
+        return {n: minimum_detectable_effect(self.paired_sd, n) for n in seeds}
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "paired_sd": self.paired_sd,
+                "minimum_detectable_effect": {str(n): v for n, v in self.minimum_detectable_effects().items()}}
+
+
+def end_of_training_sd(histories: list[list[float]], last: int = LAST_EPOCHS) -> float:
+    """Root-mean-square over seeds of the sd of each seed's last ``last`` validated scores."""
+    parts = [np.std(h[-last:], ddof=1) for h in histories if len(h[-last:]) >= 2]
+    return float(math.sqrt(np.mean(np.square(parts)))) if parts else math.nan
+
+
+def last_epochs_means(histories: list[list[float]], last: int = LAST_EPOCHS) -> list[float]:
+    """Each seed's mean over its last ``last`` validated scores (a score that a stop an epoch earlier moves less)."""
+    return [float(np.mean(h[-last:])) for h in histories if h]
+
+
+def split_sampling_sd(result, data, resamples: int = 200) -> float:
+    """The bootstrap sd of each live replica's mAP on another split (``data``: the test split), mean over them."""
+    from pipeline.data import to_coco_dict
+    from pipeline.evaluation.evaluate import predict_with_config, to_coco_results
+    from pipeline.model.pack import replica_model
+
+    gt, sds = to_coco_dict(data), []
+    device = next(result.model.parameters()).device
+    for k, replica in enumerate(result.replicas):
+        if replica.diverged is None:
+            found = predict_with_config(replica_model(result.model, k), data.images, device, replica.config)
+            sds.append(np.std(bootstrap_maps(gt, to_coco_results(found, data.orig_sizes), resamples, replica.seed),
+                              ddof=1))
+    return float(np.mean(sds)) if sds else math.nan
+
+
+def budget_of(result, val, resamples: int = 200, test=None) -> Budget:
+    """The budget of a fit of a seed pack (pipeline.training.train.FitResult) validated on ``val`` (its DetectionData);
+    with ``test`` (the test split), the validation-sampling part on it too."""
+    from pipeline.data import to_coco_dict
+    from pipeline.evaluation.evaluate import to_coco_results
+    from pipeline.training.seeds import seed_key
+
+    live = result.live
+    finals = [r.metrics["val/map"] for r in live]
+    gt = to_coco_dict(val)
+    boot = [np.std(bootstrap_maps(gt, to_coco_results(r.detections, val.orig_sizes), resamples, seed=r.seed), ddof=1)
+            for r in live]
+    key = "val/map" if result.pack.k == 1 else None
+    histories = [[epoch[key or seed_key("val/map", r.seed)] for epoch in result.history
+                  if (key or seed_key("val/map", r.seed)) in epoch] for r in live]
+    smoothed = last_epochs_means(histories)
+    return Budget(seeds=len(live), mean=float(np.mean(finals)),
+                  seed_sd=float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan,
+                  validation_sd=float(np.mean(boot)), end_of_training_sd=end_of_training_sd(histories),
+                  validation_images=len(val),
+                  test_sd=split_sampling_sd(result, test, resamples) if test is not None else math.nan,
+                  test_images=len(test) if test is not None else 0,
+                  last_epochs_mean=float(np.mean(smoothed)),
+                  last_epochs_mean_sd=float(np.std(smoothed, ddof=1)) if len(smoothed) > 1 else math.nan)
+
+
+# Seed noise of the control's val/map, measured with `python cli.py noise` on the 2-core development machines
+# (docs/noise-budget.md): (data set, profile, input side) -> (sd, seeds). The side is part of the key: the quick
+# profile was 128 px before it became 64, and the input-size study keeps 128 at quick.
+MEASURED_SEED_SD = {("bananas", "quick", 64): (0.047, 5), ("bananas", "quick", 128): (0.029, 5),
+                    ("shapes", "quick", 128): (0.013, 3), ("bananas", "chapter", 256): (0.017, 2),
+                    ("shapes", "chapter", 256): (0.0014, 2), ("shapes", "quick", 64): (0.0054, 5)}
+
+
+def measured_seed_sd(dataset: str, profile: str, image_size: int) -> tuple[float, int] | None:
+    """(sd, seeds) of the control's val/map measured for this data, profile and input side, if it was."""
+    return MEASURED_SEED_SD.get((dataset, profile, image_size))
+
+
+def noise_sd_text(dataset: str, profile: str, image_size: int) -> str:
+    """One sentence on how big seed noise is for this data and profile, to read a one-seed Δ against."""
+    measured = measured_seed_sd(dataset, profile, image_size)
+    if measured is None:
+        from pipeline.config import PROFILES, make_config
+        own_side = make_config(profile).image_size if profile in PROFILES else None
+        side = "" if image_size == own_side else f" --set image_size={image_size}"
+        return (f"The seed noise of {dataset} at the {profile} profile ({image_size} px) is not measured yet: "
+                f"python cli.py noise --dataset {dataset} --profile {profile}{side}.")
+    sd, seeds = measured
+    text = (f"Seed noise on {dataset} ({profile} profile, {image_size} px) is sd ≈ {sd:.2g} mAP ({seeds} seeds): two "
+            f"one-seed runs of one setting differ by up to about ±{2.8 * sd:.2g} (95%).")
+    return text + (f" From {seeds} seeds that sd is {rough}." if (rough := how_rough(sd, seeds)) else "")
+
+
+ROUGH_BELOW = 5  # seeds: under this, a quoted sd comes with its interval
+
+
+def how_rough(sd: float, seeds: int) -> str:
+    """'rough: its 95% interval is A to B' for an sd measured on fewer than ROUGH_BELOW seeds, else ''."""
+    if not 2 <= seeds < ROUGH_BELOW:  # one seed has no sd to bound
+        return ""
+    low, high = sd_interval(sd, seeds)
+    return f"rough: its 95% interval is {low:.2g} to {high:.2g}"
+
+
+def sd_interval(sd: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The chi-square interval of a normal sample's sd, measured as ``sd`` from ``n`` values."""
+    from scipy.stats import chi2
+
+    tail = (1 - confidence) / 2
+    return (sd * math.sqrt((n - 1) / chi2.ppf(1 - tail, n - 1)), sd * math.sqrt((n - 1) / chi2.ppf(tail, n - 1)))

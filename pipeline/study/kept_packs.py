@@ -1,0 +1,71 @@
+"""A verdict's trained seeds, kept on the study, so a killed or widened verdict trains only what it lacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from typing import Callable
+
+import optuna
+
+from pipeline.config import RunConfig
+from pipeline.interrupts import deferred
+from pipeline.machine import resolve_device
+
+
+def seed_span(seeds: list[int]) -> str:
+    """'3', '1-3' for consecutive seeds, else '1_4_7': how a verdict run's name says which seeds it trained."""
+    if len(seeds) == 1:
+        return str(seeds[0])
+    return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else "_".join(map(str, seeds))
+
+
+class KeptPacks:
+    """A verdict's packs survive a kill: each pack's per-seed scores are kept on the study (``verdict_packs``) as
+    soon as it is trained, and a later verdict on the same study (the same command after a kill, or another
+    --seeds or --max-seeds) trains only the seeds it does not find there. A seed that diverged, or scored no
+    finite value, is kept as null: tried, left out. Scores are kept under the setting's role, the metric and a
+    digest of everything that shapes the run but the seed (the device resolved), so a changed setting, device
+    or variant file never reuses them."""
+
+    ATTR = "verdict_packs"
+
+    def __init__(self, study: optuna.Study, metric: str, after_pack: Callable[[], None] = lambda: None):
+        self.study, self.metric, self.after_pack = study, metric, after_pack
+        self.kept: dict[str, dict] = dict(study.user_attrs.get(self.ATTR, {}))
+        self.seconds = 0.0  # training time of the seeds this verdict used, kept ones included
+
+    def name(self, role: str, cfg: RunConfig) -> str:
+        shape = dataclasses.replace(cfg, seed=0, val_every=0, device=resolve_device(cfg.device).type)
+        digest = hashlib.sha1(json.dumps(dataclasses.asdict(shape), sort_keys=True, default=str).encode()).hexdigest()
+        return f"{role} {self.metric} {digest[:10]}"
+
+    def reuse_or(self, train_pack: Callable) -> Callable:
+        def reuse_or_train(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
+            name = self.name(role, cfg)
+            entry = self.kept.get(name, {"scores": {}, "seconds": {}})
+            missing = [s for s in seeds if str(s) not in entry["scores"]]
+            if missing:
+                try:
+                    entry = self._train(name, entry, train_pack, role, cfg, missing)
+                finally:
+                    self.after_pack()  # a safe point: an interrupt is raised once the pack is kept
+            self.seconds += sum(entry["seconds"][str(s)] for s in seeds)
+            return {s: entry["scores"][str(s)] for s in seeds if entry["scores"][str(s)] is not None}
+        return reuse_or_train
+
+    def _train(self, name: str, entry: dict, train_pack: Callable, role: str, cfg: RunConfig,
+               seeds: list[int]) -> dict:
+        started = time.perf_counter()
+        scores = train_pack(role, cfg, seeds)
+        took = (time.perf_counter() - started) / len(seeds)
+        finite = {str(s): v if v is not None and math.isfinite(v) else None for s, v in
+                  ((s, scores.get(s)) for s in seeds)}
+        entry = {"scores": {**entry["scores"], **finite}, "seconds": {**entry["seconds"], **{str(s): took for s in seeds}}}
+        self.kept[name] = entry
+        with deferred():
+            self.study.set_user_attr(self.ATTR, self.kept)
+        return entry

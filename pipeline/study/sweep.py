@@ -1,0 +1,195 @@
+"""A sweep: run or resume the study of one variant, every trial a nested MLflow run, then (when asked)
+re-train the best setting and the control with new seeds for a verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+import experiments
+from pipeline.config import RunConfig
+from pipeline.data import has_split
+from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
+from pipeline.machine import resolve_device
+from pipeline.model.pack import Pack, PackError, check_fits
+from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, Plan, settle
+from pipeline.study import best as best_rule
+from pipeline.study.faults import reconcile_runs
+from pipeline.study.kept_packs import KeptPacks, seed_span
+from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial, counts, load_variant, prepare,
+                            remaining_trials, stored_base_config, study_objective)
+from pipeline.study.space import describe_space
+from pipeline.study.storage_lock import StorageLock
+from pipeline.study.trial import trial_config, trial_context
+from pipeline.study.workers import run_worker, spawn_workers, started_trials
+from pipeline.tracking import MlflowTracker
+from pipeline.training.run import load_data, tracked_run
+from pipeline.training.seeds import seed_values
+from pipeline.training.step import NonFiniteLossError
+
+
+def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, parent_run_id: str) -> dict[str, Any]:
+    """What --json prints: counts, the best trial (by pipeline.study.best's rule: never the control) and the control."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = best_trial(trials)
+    control = next((t for t in complete if t.user_attrs.get("control")), None)
+    n = counts(study)
+    return {"study": study.study_name, "storage": options.storage, "n_complete": n["COMPLETE"],
+            "n_pruned": n["PRUNED"], "n_failed": n["FAIL"], "best_value": best.value if best else None,
+            "best_params": dict(best.params) if best else None, "best_trial": best.number if best else None,
+            "control_value": control.value if control else None, "seeds_per_trial": options.seeds_per_trial,
+            "dataset": stored_base_config(study).get("dataset"),
+            "image_size": stored_base_config(study).get("image_size"),
+            "best_ci95": (best.user_attrs.get("metrics") or {}).get(f"{study_objective(study)}_ci95") if best else None,
+            "best_seed_values": best.user_attrs.get("seed_values") if best else None,
+            **verdict_summary(study, best, control, options.seeds_per_trial),
+            "mlflow_experiment_id": tracker.experiment_id, "parent_run_id": parent_run_id}
+
+
+def verdict_summary(study: optuna.Study, best, control, seeds_per_trial: int) -> dict[str, Any]:
+    """--json's verdict: the stored verdict of the best trial against the control, or 'not decided' with the
+    search's own difference (one seed, or the mean of the same seeds, each)."""
+    record = study.user_attrs.get("verdict")
+    if record and record.get("candidates"):
+        first = record["candidates"][0]
+        return {"verdict": first["verdict"], "verdict_trial": first["trial"], "delta": first.get("delta"),
+                "delta_ci95": first.get("delta_ci95"), "seeds": len(first["seeds"]), "delta_margin":
+                record["delta_margin"], "scored_on": record.get("split"), "verdict_final": record.get("final", True),
+                "seeds_needed": first.get("seeds_needed")}
+    delta = best.value - control.value if best is not None and control is not None else None
+    return {"verdict": "not decided", "verdict_trial": best.number if best else None, "delta": delta,
+            "delta_ci95": None, "seeds": seeds_per_trial, "delta_margin": None, "scored_on": "val",
+            "verdict_final": False, "seeds_needed": None}
+
+
+def _device_description(device: str) -> str:
+    """What the trials run on, for the report: 'cpu: AMD EPYC (2 cores)' or the GPU's name."""
+    import torch
+
+    from pipeline.machine import cpu_description
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        return torch.cuda.get_device_name(resolved)
+    return cpu_description()
+
+
+def check_packs(variant: experiments.Variant, base: RunConfig, options: SweepOptions, num_classes: int) -> None:
+    """Refuse, before anything is stored, packs that cannot work: seeds per trial or a verdict for a variant that
+    searches the seed itself, or a pack of the control's size (a trial's, a verdict look's) that will not fit."""
+    if "seed" in describe_space(variant, base):
+        for flag, asked in (("--seeds-per-trial", options.seeds_per_trial > 1), ("--seeds", options.seeds),
+                            ("--decide", options.decide)):
+            if asked:
+                raise SweepError(f"{flag}: the {variant.name} variant searches the seed itself: it measures seed "
+                                 "noise, and has no setting to give a verdict on")
+    device = resolve_device(base.device)
+    per_look = verdict_plan(base, options).seeds_per_look if options.seeds or options.decide else 0
+    for flag, k in (("--seeds-per-trial", options.seeds_per_trial), ("--seeds" if options.seeds else "--decide",
+                                                                     per_look)):
+        try:
+            check_fits(base, k, num_classes, device)
+        except PackError as exc:
+            raise SweepError(f"{flag}: {exc}") from None
+
+
+def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], None] | None = None) -> dict[str, Any]:
+    """Run or resume the study up to ``trials`` finished trials; returns the summary."""
+    variant = load_variant(options.variant)
+    # data first: bad data must be refused before any store is created, and generated once, before workers race
+    train, _ = load_data(base_config(variant, options), progress=True, skip_invalid=options.skip_invalid)
+    check_packs(variant, base_config(variant, options), options, len(train.class_names))
+    with StorageLock(options.storage).hold():  # schemas are created by one process at a time
+        study, variant, base = prepare(options)
+        tracker = MlflowTracker(study.study_name)
+        reconcile_runs(study, tracker)
+    target = options.trials or variant.trials[options.profile]
+    def update() -> None:
+        raise_if_interrupted()  # a safe point between trials and verdict packs
+        if on_update:
+            on_update(study, target)
+    with sigterm_as_interrupt():
+        update()
+        with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
+                         tags={"study": study.study_name, "variant": variant.name, "role": "sweep",
+                               "profile": options.profile, "workers": options.workers}) as parent:
+            study.set_user_attr("last_parent_run_id", parent.run_id)
+            study.set_user_attr("device_used", _device_description(base.device))
+            # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials
+            todo, started = 2 * remaining_trials(study, target), started_trials(study)
+            if options.workers == 1:
+                run_worker(options, parent.run_id, todo, callbacks=[lambda s, t: update()], started=started)
+            elif todo:
+                spawn_workers(options, parent.run_id, todo, update, started,
+                              on_killed=lambda: reconcile_runs(study, tracker))
+            if options.seeds or options.decide:
+                settle_verdict(study, options, base, tracker, parent.run_id, update)
+            result = summary(study, options, tracker, parent.run_id)
+            parent.log_metrics({k: v for k, v in result.items() if k.startswith("n_") or k.endswith("_value")})
+            parent.set_tags({"verdict": result["verdict"], "verdict_trial": result["verdict_trial"]})
+            return result
+
+
+def verdict_plan(base: RunConfig, options: SweepOptions) -> Plan:
+    """How a verdict spends seeds. ``--seeds N`` alone: one look of N. ``--decide``: looks of N seeds (3 without
+    --seeds) until decided or ``--max-seeds``. Every seed is new: the search trained base.seed and the next
+    seeds_per_trial - 1."""
+    first = base.seed + options.seeds_per_trial
+    if not options.decide:
+        return Plan(first, seeds_per_look=options.seeds, max_seeds=options.seeds, delta=options.delta)
+    per_look = options.seeds or DEFAULT_SEEDS_PER_LOOK
+    return Plan(first, seeds_per_look=per_look, max_seeds=max(options.max_seeds, per_look), delta=options.delta)
+
+
+def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, tracker: MlflowTracker,
+                   parent_run_id: str, update: Callable = lambda: None) -> dict[str, Any]:
+    """The verdict of the best trial (or the best ``--candidates``) against the control, on new seeds scored on
+    the data set's test split where it has one (pipeline.stats.decide). Kept on the study as ``verdict`` (and, for the
+    report's table, the best one's seeds as ``confirmation``) after every look."""
+    trials = study.get_trials(deepcopy=False)
+    ranked = best_rule.candidates(best_rule.from_trials(trials))[:options.candidates]
+    if not ranked:
+        return {}
+    ctx = trial_context(options, parent_run_id)
+    by_number = {t.number: t for t in trials}
+    candidates = [Candidate(e.number, trial_config(optuna.trial.FixedTrial(by_number[e.number].params), ctx))
+                  for e in ranked]
+    split = "test" if has_split(base.dataset, "test") else "val"
+    key = f"{split}/{study_objective(study).split('/', 1)[1]}"
+
+    def train_pack(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
+        pack = Pack(tuple(dataclasses.replace(cfg, seed=s, val_every=cfg.epochs) for s in seeds))
+        tags = {"study": study.study_name, "role": "verdict", "verdict_of": role, "seeds": ",".join(map(str, seeds)),
+                "scored_on": split}
+        try:
+            result = tracked_run(pack, tracker, name=f"verdict-{role.replace(' ', '-')}-seeds-{seed_span(seeds)}",
+                                 out_dir=options.out_dir, parent_run_id=parent_run_id, tags=tags, progress=False,
+                                 data=(ctx.data(cfg)[0], ctx.split(cfg, split)), stop_on_divergence=False,
+                                 score_split=split)
+        except NonFiniteLossError:  # every seed of the pack diverged: their pairs are left out (the run says so)
+            return {}
+        return seed_values(result.metrics, key) if pack.k > 1 else {seeds[0]: result.metrics[key]}
+
+    packs = KeptPacks(study, key, after_pack=update)
+
+    def keep(record: dict) -> None:
+        study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": packs.seconds})
+        best = record["candidates"][0]
+        study.set_user_attr("confirmation", {"best_trial": best["trial"], "seeds": best["seeds"],
+                                             "best": best["scores"], "control": best["control"], "split": split})
+
+    plan = verdict_plan(base, options)
+    for candidate in candidates:  # a setting may train at another input size than the control (input-size)
+        try:
+            check_fits(candidate.config, plan.seeds_per_look, len(ctx.data(candidate.config)[0].class_names),
+                       resolve_device(candidate.config.device))
+        except PackError as exc:
+            raise SweepError(f"{'--seeds' if options.seeds else '--decide'}: trial {candidate.trial}: {exc}") from None
+    record = settle(candidates, base, plan, packs.reuse_or(train_pack), on_look=keep)
+    keep(record)
+    return record

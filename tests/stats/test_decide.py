@@ -1,0 +1,179 @@
+"""Seeds until decided: the looks, the paired new seeds, early stopping, dropped seeds, Holm; and a real tiny
+sweep --decide whose verdict reaches --json, the study, MLflow and the report."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import tiny_args
+from pipeline.config import RunConfig
+from pipeline.stats.decide import Candidate, Plan, settle
+from pipeline.stats.verdict import minimum_detectable_effect
+from pipeline.tracking import tracking_uri
+
+runner = CliRunner()
+
+
+def fake_trainer(true_effects: dict[str, float], sd=0.01, diverged: set[tuple[str, int]] = frozenset()):
+    """Scores as training would give them: a seed effect shared by every setting (paired seeds), the setting's
+    true effect, and noise; records every call."""
+    calls = []
+
+    def train_pack(role, cfg, seeds):
+        calls.append((role, list(seeds)))
+        out = {}
+        for s in seeds:
+            if (role, s) in diverged:
+                continue
+            shared = np.random.default_rng(s).normal(0.2, 0.03)  # the same for every role with this seed
+            own = np.random.default_rng([s, sum(map(ord, role))]).normal(0, sd)
+            out[s] = shared + true_effects[role] + own
+        return out
+    return train_pack, calls
+
+
+def test_a_plan_spends_new_seeds_in_looks_up_to_max():
+    plan = Plan(first_seed=3, seeds_per_look=4, max_seeds=10)
+    assert plan.looks == 3 and [plan.seeds(i) for i in range(3)] == [[3, 4, 5, 6], [7, 8, 9, 10], [11, 12]]
+
+
+def test_a_clear_difference_stops_at_the_first_look_that_decides():
+    train_pack, calls = fake_trainer({"control": 0.0, "trial 4": 0.05})
+    looks = []
+    record = settle([Candidate(4, RunConfig())], RunConfig(), Plan(1, 3, 12), train_pack, on_look=looks.append)
+    row = record["candidates"][0]
+    assert row["verdict"] == "better" and row["delta_ci95"][0] > 0 and record["final"]
+    assert len(calls) == 2 * row["looks"] < 2 * 4  # stopped before the seeds ran out
+    assert row["seeds"] == list(range(1, 1 + 3 * row["looks"])) and len(looks) == row["looks"]
+
+
+def test_no_difference_ends_undecided_or_equivalent_and_says_what_would_decide():
+    train_pack, _ = fake_trainer({"control": 0.0, "trial 2": 0.004}, sd=0.02)
+    row = settle([Candidate(2, RunConfig())], RunConfig(), Plan(1, 2, 4, delta=0.01), train_pack)["candidates"][0]
+    assert row["verdict"] == "undecided" and row["seeds_needed"] > 4 and row["looks"] == 2
+
+
+def test_a_seed_that_diverged_in_either_setting_is_left_out_of_both():
+    train_pack, _ = fake_trainer({"control": 0.0, "trial 1": 0.0}, diverged={("trial 1", 2)})
+    row = settle([Candidate(1, RunConfig())], RunConfig(), Plan(1, 3, 3), train_pack)["candidates"][0]
+    assert row["seeds"] == [1, 3] and len(row["diffs"]) == 2
+
+
+def test_several_settings_are_holm_corrected_together():
+    train_pack, _ = fake_trainer({"control": 0.0, "trial 1": 0.03, "trial 2": 0.0})
+    record = settle([Candidate(1, RunConfig()), Candidate(2, RunConfig())], RunConfig(), Plan(1, 4, 8), train_pack)
+    assert record["holm"] and [r["trial"] for r in record["candidates"]] == [1, 2]
+    assert record["candidates"][0]["verdict"] == "better"
+
+
+@pytest.mark.slow
+def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
+    from pipeline.data import generate_bananas
+    from pipeline.report import write_report
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    result = runner.invoke(app, ["sweep", "smooth-l1", "--dataset", str(data), "--device", "cpu", *tiny_args(),
+                                 "--trials", "2", "--decide", "--seeds", "2", "--max-seeds", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert out["verdict"] in ("better", "worse", "equivalent", "undecided") and out["scored_on"] == "test"
+    assert out["verdict_trial"] == 1 and out["seeds"] in (2, 4) and len(out["delta_ci95"]) == 2
+    assert "Verdict: trial 1 is" in result.output and "Creating initial MLflow" not in result.output
+    study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
+    assert study.user_attrs["verdict"]["candidates"][0]["verdict"] == out["verdict"]
+    assert study.metric_names == ["val/map"]
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name("smooth-l1-quick")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    verdict_runs = [r for r in runs if r.data.tags.get("role") == "verdict"]
+    assert verdict_runs and all(r.data.tags["scored_on"] == "test" and "final/test/map" in r.data.metrics
+                                for r in verdict_runs)
+    [parent] = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    assert parent.data.tags["verdict"] == out["verdict"]
+    report = (write_report("smooth-l1", out_root=workdir / "reports") / "report.md").read_text()
+    assert report.index("## Verdict") < report.index("## Summary") and "scored on the test split" in report
+    assert "| test/map per seed |" in report and "confirmed test/map, mean ± 95% CI" in report  # not val/map
+    record = study.user_attrs["verdict"]
+    row, sd = record["candidates"][0], record["candidates"][0]["look"]["sd"]
+    level = 0.05 / (record["planned_looks"] * len(record["candidates"]))  # the rule's level, as the page says
+    detectable = "the smallest difference this could detect (80% power, 95% confidence) is about **"
+    if sd > 0:  # the minimum detectable effect of the seeds used, from the paired sd the verdict measured
+        assert f"{detectable}{minimum_detectable_effect(sd, len(row['seeds']), level):.4f} mAP**" in report
+    else:  # identical scores in both settings: no sd to size an effect by
+        assert detectable not in report
+    assert out["delta"] == pytest.approx(row["delta"])
+
+
+def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(workdir, tmp_path, monkeypatch):
+    import pipeline.study.sweep
+    from pipeline.data import generate_bananas
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    args = ["sweep", "smooth-l1", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--trials", "2",
+            "--seeds", "2", "--json"]
+    real, trained, kill = pipeline.study.sweep.tracked_run, [], {"at": 2}
+
+    def tracked_run(pack, tracker, **kw):
+        if kw["tags"].get("role") == "verdict":
+            trained.append(kw["name"])
+            if len(trained) == kill["at"]:
+                raise KeyboardInterrupt  # as Ctrl-C would, while the second pack (trial 1's) starts
+        return real(pack, tracker, **kw)
+    monkeypatch.setattr(pipeline.study.sweep, "tracked_run", tracked_run)
+
+    assert runner.invoke(app, args).exit_code != 0
+    assert trained == ["verdict-control-seeds-1-2", "verdict-trial-1-seeds-1-2"]
+    study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
+    kept = study.user_attrs["verdict_packs"]
+    [control] = kept  # 'control test/map <digest of its settings>'
+    assert control.startswith("control test/map ") and set(kept[control]["scores"]) == {"1", "2"}
+
+    trained.clear()
+    kill["at"] = 0
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert trained == ["verdict-trial-1-seeds-1-2"]  # the control's pack was kept, not trained again
+    first = json.loads(result.output.strip().splitlines()[-1])
+    record = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db").user_attrs["verdict"]
+    assert record["final"] and record["candidates"][0]["control"] == [kept[control]["scores"][s] for s in ("1", "2")]
+    trained.clear()
+    again = json.loads(runner.invoke(app, args).output.strip().splitlines()[-1])
+    assert trained == [] and again["verdict"] == first["verdict"] and again["delta_ci95"] == first["delta_ci95"]
+
+    trained.clear()  # a verdict on 3 seeds: seeds 1 and 2 are kept, only seed 3 is trained
+    three = runner.invoke(app, [*args[:-2], "3", "--json"])
+    assert three.exit_code == 0, three.output
+    assert trained == ["verdict-control-seeds-3", "verdict-trial-1-seeds-3"]
+    assert json.loads(three.output.strip().splitlines()[-1])["seeds"] in (2, 3)  # a seed may score nothing
+
+
+def test_kept_packs_train_only_missing_seeds_and_keep_what_scored_nothing_as_null():
+    from pipeline.study.kept_packs import KeptPacks
+
+    class Study:
+        user_attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs = {**self.user_attrs, key: json.loads(json.dumps(value))}  # as the storage keeps it
+
+    calls, study, cfg = [], Study(), RunConfig(device="cpu")
+
+    def train(role, config, seeds):
+        calls.append((role, seeds))
+        return {s: {1: 0.1, 2: float("nan")}.get(s, 0.3) for s in seeds if s != 4}  # 2: NaN, 4: diverged
+
+    packs = KeptPacks(study, "test/map")
+    assert packs.reuse_or(train)("control", cfg, [1, 2, 3]) == {1: 0.1, 3: 0.3}
+    again = KeptPacks(study, "test/map")  # a later run of the same study
+    assert again.reuse_or(train)("control", cfg, [2, 3, 4]) == {3: 0.3}
+    assert calls == [("control", [1, 2, 3]), ("control", [4])]
+    [name] = study.user_attrs["verdict_packs"]
+    assert study.user_attrs["verdict_packs"][name]["scores"] == {"1": 0.1, "2": None, "3": 0.3, "4": None}
+    other = KeptPacks(study, "test/map").reuse_or(train)("control", RunConfig(device="cpu", lr=0.1), [1])
+    assert other == {1: 0.1} and calls[-1] == ("control", [1])  # another setting: trained, not taken from the kept

@@ -1,0 +1,106 @@
+"""The noise budget's pieces: a bootstrap resample scores what pycocotools scores on the resampled set itself."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation.evaluate import coco_evaluate
+from conftest import inline_set
+from pipeline.stats.noise import Budget, bootstrap_maps, end_of_training_sd, evaluated, last_epochs_means, map_of_sample
+
+
+def resampled_set(gt, results, sample):
+    """The data set the resample stands for: image sample[j] of the original becomes image j + 1."""
+    images, annotations, dets = [], [], []
+    for j, i in enumerate(sample):
+        old = gt["images"][i]["id"]
+        images.append({**gt["images"][i], "id": j + 1})
+        annotations += [{**a, "image_id": j + 1, "id": len(annotations) + n + 1}
+                        for n, a in enumerate(a for a in gt["annotations"] if a["image_id"] == old)]
+        dets += [{**r, "image_id": j + 1} for r in results if r["image_id"] == old]
+    return {**gt, "images": images, "annotations": annotations}, dets
+
+
+def test_the_whole_sample_is_cocoevals_map():
+    gt, results = inline_set()
+    assert map_of_sample(evaluated(gt, results), list(range(6))) == pytest.approx(coco_evaluate(gt, results).metrics["map"])
+
+
+@pytest.mark.parametrize("sample", [[0, 0, 1, 2, 3, 4], [5, 5, 5, 2, 2, 0], [3, 1, 4, 1, 5, 0]])
+def test_a_resample_with_repeats_is_the_map_of_that_resampled_set(sample):
+    gt, results = inline_set()
+    direct = coco_evaluate(*resampled_set(gt, results, sample)).metrics["map"]
+    assert map_of_sample(evaluated(gt, results), sample) == pytest.approx(direct, abs=1e-12)
+
+
+def test_bootstrap_spread_shrinks_with_more_images():
+    small, large = inline_set(10, seed=1), inline_set(80, seed=1)
+    assert np.std(bootstrap_maps(*small, resamples=60)) > np.std(bootstrap_maps(*large, resamples=60))
+
+
+def test_end_of_training_and_the_budget_arithmetic():
+    last_three = np.var([0.2, 0.3, 0.5], ddof=1)  # the first seed's last three; the second seed's do not move
+    assert end_of_training_sd([[0.1, 0.2, 0.3, 0.5], [0.4, 0.4, 0.4]]) == pytest.approx(math.sqrt(last_three / 2))
+    assert last_epochs_means([[0.1, 0.2, 0.3, 0.5], [0.4, 0.4, 0.4]]) == pytest.approx([1 / 3, 0.4])
+    budget = Budget(seeds=5, mean=0.19, seed_sd=0.029, validation_sd=0.02, end_of_training_sd=0.03,
+                    validation_images=100)
+    assert budget.paired_sd == pytest.approx(0.029 * math.sqrt(2))
+    effects = budget.minimum_detectable_effects()
+    assert effects[2] > effects[3] > effects[5] > effects[10] > effects[20] > 0
+
+
+def test_the_noise_command_budgets_a_real_pack(workdir, tiny_bananas):
+    from typer.testing import CliRunner
+
+    from cli import app
+    from conftest import plain, tiny_args
+
+    three_epochs = [arg.replace("epochs=1", "epochs=3") for arg in tiny_args()]
+    result = CliRunner().invoke(app, ["noise", "--dataset", str(tiny_bananas), "--device", "cpu", *three_epochs,
+                                      "--seeds", "3", "--resamples", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    budget = json.loads(result.output.strip().splitlines()[-1])
+    assert budget["seeds"] == 3 and budget["validation_images"] == 4 and budget["test_images"] == 0
+    assert budget["image_size"] == 64 and "quick profile at 64 px" in plain(result.output)
+    assert budget["paired_sd"] == pytest.approx(math.sqrt(2) * budget["seed_sd"])
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.training.seeds import seed_key
+    from pipeline.tracking import tracking_uri
+    client = MlflowClient(tracking_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("tinyssd-noise").experiment_id])
+    histories = [[m.value for m in sorted(client.get_metric_history(run.info.run_id, seed_key("val/map", s)),
+                                          key=lambda m: m.step)] for s in (0, 1, 2)]
+    finals = [h[-1] for h in histories]  # the budget's parts, recomputed from what MLflow kept of the same pack
+    assert budget["mean"] == pytest.approx(np.mean(finals)) and budget["seed_sd"] == pytest.approx(np.std(finals, ddof=1))
+    assert budget["end_of_training_sd"] == pytest.approx(end_of_training_sd(histories))
+    means = last_epochs_means(histories)
+    assert len(histories[0]) == 3 and budget["last_epochs_mean"] == pytest.approx(np.mean(means))
+    assert budget["last_epochs_mean_sd"] == pytest.approx(np.std(means, ddof=1))
+
+
+def test_the_seed_noise_sentence_is_for_the_input_side_it_was_measured_at():
+    from pipeline.stats.noise import noise_sd_text
+
+    assert "sd ≈ 0.013 mAP (3 seeds)" in noise_sd_text("shapes", "quick", 128)  # the input-size study's side
+    assert noise_sd_text("shapes", "quick", 96) == ("The seed noise of shapes at the quick profile (96 px) is not "
+                                                    "measured yet: python cli.py noise --dataset shapes --profile quick "
+                                                    "--set image_size=96.")
+    assert noise_sd_text("bananas", "chapter", 64).endswith("--profile chapter --set image_size=64.")
+    assert "not measured" not in noise_sd_text("shapes", "quick", 64)
+    assert noise_sd_text("shapes", "chapter", 96).endswith("--dataset shapes --profile chapter --set image_size=96.")
+
+
+def test_an_sd_from_few_seeds_is_quoted_with_its_interval():
+    from pipeline.stats.noise import noise_sd_text, sd_interval
+
+    low, high = sd_interval(1.0, 2)  # two values: the textbook 0.45x to 32x
+    assert (round(low, 3), round(high, 1)) == (0.446, 31.9)
+    rng = np.random.default_rng(0)  # and it covers the true sd in 95% of simulated samples of 3
+    sds = np.std(rng.normal(0.0, 1.0, (20_000, 3)), axis=1, ddof=1)
+    assert np.mean([lo <= 1.0 <= hi for lo, hi in (sd_interval(s, 3) for s in sds)]) == pytest.approx(0.95, abs=0.01)
+    text = noise_sd_text("shapes", "chapter", 256)
+    assert "sd ≈ 0.0014 mAP (2 seeds)" in text and "From 2 seeds that sd is rough: its 95% interval is 0.00062 to 0.045." in text
+    assert "rough" not in noise_sd_text("bananas", "quick", 64)  # 5 seeds
