@@ -163,7 +163,8 @@ def test_a_second_ctrl_c_kills_the_workers_at_once_and_ends_with_the_interrupt()
     locked, say) is logged, and the command still ends with the interrupt."""
     import threading
 
-    from pipeline import interrupts, workers
+    from pipeline import interrupts
+    from pipeline.study import workers
 
     deaf = _start_deaf_worker()
 
