@@ -18,6 +18,7 @@ from cli_options import (CandidatesOpt, DatasetOpt, DecideOpt, DeltaOpt, Device,
                          study_name_option, threshold_value, usage_error, user_overrides, variant_name)
 from pipeline.config import knob_table, make_config
 from pipeline.sqlite_files import DEFAULT_STORAGE, sqlite_path
+from pipeline.stats.decide import DEFAULT_MAX_SEEDS
 from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_train_result,
                                print_verdict, sweep_table, train_summary)
 
@@ -288,7 +289,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                                                            callback=finite_option)] = None,
           no_prune: Annotated[bool, typer.Option(
               "--no-prune", help="turn off MedianPruner (TPE variants only; grid variants never prune)")] = False,
-          seeds: SeedsOpt = 0, decide: DecideOpt = False, delta: DeltaOpt = 0.01, max_seeds: MaxSeedsOpt = 12,
+          seeds: SeedsOpt = 0, decide: DecideOpt = False, delta: DeltaOpt = 0.01,
+          max_seeds: MaxSeedsOpt = DEFAULT_MAX_SEEDS,
           candidates: CandidatesOpt = 1, seeds_per_trial: SeedsPerTrialOpt = 1,
           device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),

@@ -107,7 +107,7 @@ SeedsOpt = Annotated[int, typer.Option(min=0, max=64, help="afterwards, re-train
                                        "--decide: the seeds added per look")]
 
 
-DecideOpt = Annotated[bool, typer.Option("--decide", help="afterwards, add seeds (packs of --seeds, default 3) to the "
+DecideOpt = Annotated[bool, typer.Option("--decide", help="afterwards, add seeds (packs of --seeds, default 1) to the "
                                          "best and the control until the verdict is better, worse or equivalent "
                                          "within ±--delta, or --max-seeds run out")]
 

@@ -133,16 +133,20 @@ def print_verdict(result: dict, options) -> None:
         needed = result["seeds_needed"]
         needed = ("" if not needed else "; more than 256 paired seeds would be needed" if needed > 256
                   else f"; about {needed} paired seeds would likely decide it")
+        if result.get("within_delta"):
+            claim += f", by less than {result['delta_margin']:g}"
+        decided = f" (decided at {result['decided_at']})" if result.get("decided_at") else ""
         console.print(f"[bold]Verdict: trial {trial} is {claim}[/]")
-        console.print(f"  Δ mAP {result['delta']:+.4f}, repeated 95% interval [{lo:+.4f}, {hi:+.4f}], {result['seeds']} "
-                      f"paired new seeds, scored on the {result['scored_on']} split{needed}")
+        console.print(f"  Δ mAP {result['delta']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] (holds at any number of "
+                      f"seeds), {result['seeds']} paired new seeds{decided}, scored on the {result['scored_on']} "
+                      f"split{needed}")
     name = options.study_name or f"{options.variant}-{options.profile}"
     console.print("Next:")
     if verdict in ("not decided", "pending") and trial is not None:
         console.print(f"  python cli.py sweep {options.variant} --decide   # seeds for the best and the control until decided")
     elif verdict == "undecided" and result.get("seeds_needed") and result["seeds_needed"] <= 256:
         console.print(f"  python cli.py sweep {options.variant} --decide --max-seeds {result['seeds_needed']}"
-                      "   # a verdict on that many seeds (the seeds trained so far are reused)")
+                      "   # more seeds: those trained so far are reused, and the 95% still holds")
     console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")
     console.print(f"  python cli.py ui   # then {experiment_url(UI_BASE, result['mlflow_experiment_id'])}")
 

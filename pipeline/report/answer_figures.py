@@ -56,6 +56,6 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
                    if o in set(points["outcome"])]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
     return (f"Right of 0: the exercise's best setting scored higher than the chapter's. A filled point with a bar is "
-            f"a verdict on new seeds (the bar: its 95% interval, widened for repeated looks); a hollow point is the "
+            f"a verdict on new seeds (the bar: its 95% interval, valid at any number of seeds); a hollow point is the "
             f"search's own one-seed difference, not tested. The shaded band is ±{delta:g}, the margin within which "
             "a difference counts as equivalent.")

@@ -193,8 +193,8 @@ def confirmation_blocks(c: dict[str, Any], trials: pd.DataFrame, record: dict | 
               Block("table", table=pd.DataFrame(rows)), Block("table", table=paired)]
     if record and record.get("planned_looks", 1) > 1:  # --decide: the ordinary test is not the verdict's
         blocks.append(Block("p", "The paired t-test here is the ordinary one, as if these seeds had been planned in "
-                                 "one go; the verdict at the top widens its interval for the looks taken after "
-                                 "every pack, which keeps its error rate at 5%."))
+                                 "one go; the verdict at the top uses a confidence sequence instead, which holds "
+                                 "at every number of seeds, so looking after every pack keeps its error rate at 5%."))
     else:
         blocks.append(Block("p", verdict(p)))
     best = best_row(trials)

@@ -39,6 +39,9 @@ def stored_verdict(attrs: dict[str, Any]) -> dict[str, Any] | None:
 
 def _mde_sentence(sd: float, n: int, source: str, alpha: float = 0.05) -> str:
     mde = minimum_detectable_effect(sd, n, alpha) if n > 1 else 2.8 * sd  # one seed: the normal approximation
+    if not math.isfinite(mde):
+        return (f"With {n} paired seeds the rule cannot decide a difference of any size yet (its interval needs at "
+                "least 5 at this level: docs/verdict-rules.md).")
     return (f"With {n} paired seed{'s' if n > 1 else ''}, the smallest difference this could detect (80% power, "
             f"95% confidence) is about **{mde:.4f} mAP** ({source}); a smaller true effect would most likely come "
             "out undecided or within noise.")
@@ -50,11 +53,18 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     claim = CLAIMS[row["verdict"]] + (f" within ±{record['delta_margin']:g}" if row["verdict"] == "equivalent" else "")
     best = d.trials[d.trials["number"] == row["trial"]]
     setting = f"trial {row['trial']}" + (f" ({params_text(best.iloc[0])})" if not best.empty else "")
-    looks = ("one look" if record["planned_looks"] == 1 else
-             f"look {row.get('looks', '?')} of at most {record['planned_looks']}, each interval widened for the looks")
-    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, interval [{lo:+.4f}, {hi:+.4f}] (95% for the whole "
-            f"decision), over {len(row['seeds'])} paired new seeds ({looks}), scored on the "
-            f"{record.get('split', 'val')} split.")
+    looks = ("one look" if record["planned_looks"] == 1 else f"{row.get('looks', '?')} looks")
+    decided = f", decided at {row['decided_at']} seeds" if row.get("decided_at") else ""
+    interval = ("a confidence sequence: 95% at every number of seeds at once, so adding seeds later keeps it"
+                if row.get("rule") else "95% for the whole decision")
+    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, interval [{lo:+.4f}, {hi:+.4f}] ({interval}), over "
+            f"{len(row['seeds'])} paired new seeds ({looks}{decided}), scored on the {record.get('split', 'val')} "
+            "split.")
+    if row.get("within_delta"):
+        text += f" The difference is real but smaller than the margin: {row['verdict']}, by less than {record['delta_margin']:g}."
+    if row.get("diverged"):
+        text += (f" Seeds {', '.join(map(str, row['diverged']))} diverged and count as a model that detects "
+                 "nothing (0 mAP), never dropped.")
     if row.get("seeds_needed"):
         text += f" About {row['seeds_needed']} paired seeds would likely decide it."
     sd = (row.get("look") or {}).get("sd", math.nan)
@@ -62,8 +72,8 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     if not record.get("final", True):
         blocks.insert(0, Block("p", "**The decision was interrupted** after the looks below; what it had is kept. Run "
                                     "the sweep with `--decide` again for a verdict (the packs it finished are reused, not trained again)."))
-    if sd == sd and sd > 0:  # at the level the rule used: 0.05 over the looks and the settings tested
-        level = 0.05 / (record["planned_looks"] * len(record["candidates"]))
+    if sd == sd and sd > 0:  # at the level the rule used: 0.05 over the settings tested (and the looks, before)
+        level = 0.05 / (len(record["candidates"]) * (1 if row.get("rule") else record["planned_looks"]))
         blocks.append(Block("p", _mde_sentence(sd, len(row["seeds"]), f"the sd of the paired differences, {sd:.4f}, "
                                                "at the rule's level", level)))
     if record.get("split") == "val":

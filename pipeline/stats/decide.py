@@ -6,18 +6,24 @@ difference is paired), and scored on the data set's test split when it has one: 
 for its score on the validation split, so its score there is biased upward (the winner's curse), and new
 seeds remove only the seed part of that luck. Knows nothing of Optuna or MLflow: the sweep hands it a
 function that trains a pack and returns each seed's score.
+
+Failures are data: a seed that a pack returns no score for (its loss diverged) scores FAILED_SCORE, what a
+model that detects nothing scores, for that setting on that seed, paired with the other's score as usual.
+Dropping it would keep only the seeds on which a fragile setting happened to survive.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.config import RunConfig
 from pipeline.stats.verdict import ALPHA, Verdict, holm, planned_looks, to_record, verdict
 
-DEFAULT_SEEDS_PER_LOOK = 3  # a pack per look: enough seeds for a first interval, few enough to stop early
-DEFAULT_MAX_SEEDS = 12
+DEFAULT_SEEDS_PER_LOOK = 1  # the interval holds at every seed, so a look per seed stops soonest (docs/verdict-rules.md)
+DEFAULT_MAX_SEEDS = 15  # 80% power at an effect of one paired sd (docs/verdict-rules.md)
+FAILED_SCORE = 0.0  # mAP (and VOC AP) of a model that detects nothing
 DEFAULT_DELTA = 0.01  # mAP: differences smaller than this are "equivalent" (the issue's and the chapter's scale)
 
 TrainPack = Callable[[str, RunConfig, list[int]], dict[int, float]]  # (role, config, seeds) -> {seed: score}
@@ -48,11 +54,12 @@ class Candidate:
     trial: int
     config: RunConfig
     scores: dict[int, float] = field(default_factory=dict)
+    diverged: list[int] = field(default_factory=list)  # seeds scored FAILED_SCORE because they diverged
     look_ends: list[int] = field(default_factory=list)  # paired seeds after each of its looks
     verdict: Verdict | None = None  # set once decided, or at the end
 
     def diffs(self, control: dict[int, float]) -> tuple[list[int], list[float]]:
-        """The paired seeds (scored for both; a diverged seed is in neither) and their differences, in order."""
+        """The paired seeds (scored for both, a diverged one as FAILED_SCORE) and their differences, in order."""
         seeds = [s for s in self.scores if s in control]
         return seeds, [self.scores[s] - control[s] for s in seeds]
 
@@ -62,25 +69,39 @@ def settle(candidates: list[Candidate], control: RunConfig, plan: Plan, train_pa
     """Run the looks until every candidate is decided or the seeds run out; returns the record (JSON-ready),
     which ``on_look`` also gets after every look, so a killed decision leaves what it had."""
     control_scores: dict[int, float] = {}
-    alpha = ALPHA / len(candidates)  # Bonferroni while seeds come in: Holm at the end can only add decisions
+    control_diverged: list[int] = []
+    alpha = ALPHA / len(candidates)  # Bonferroni over the settings while seeds come in: Holm at the end can only add decisions
     for look in range(plan.looks):
         open_ = [c for c in candidates if c.verdict is None]
         if not open_:
             break
         seeds = plan.seeds(look)
-        control_scores.update(train_pack("control", control, seeds))
+        control_scores.update(scored(train_pack("control", control, seeds), seeds, control_diverged))
         for candidate in open_:
-            candidate.scores.update(train_pack(f"trial {candidate.trial}", candidate.config, seeds))
+            candidate.scores.update(scored(train_pack(f"trial {candidate.trial}", candidate.config, seeds), seeds,
+                                           candidate.diverged))
             candidate.look_ends.append(len(candidate.diffs(control_scores)[0]))
             current = _verdict_now(candidate, control_scores, plan, alpha)
             if current.outcome != "undecided" or look == plan.looks - 1:
                 candidate.verdict = current
-        on_look(record(candidates, control_scores, plan, final=False))
+        on_look(record(candidates, control_scores, plan, final=False, control_diverged=control_diverged))
     diffs = [c.diffs(control_scores)[1] for c in candidates]
     for candidate, final in zip(candidates, holm(diffs, plan.seeds_per_look, plan.max_seeds, plan.delta,
                                                  look_ends=[c.look_ends for c in candidates])):
         candidate.verdict = final  # one candidate: Holm is its own rule at alpha
-    return record(candidates, control_scores, plan, final=True)
+    return record(candidates, control_scores, plan, final=True, control_diverged=control_diverged)
+
+
+def scored(scores: dict[int, float], seeds: list[int], diverged: list[int]) -> dict[int, float]:
+    """Every seed of the pack scored: one with no finite score counts as FAILED_SCORE, and joins ``diverged``."""
+    out = {}
+    for s in seeds:
+        value = scores.get(s)
+        if value is None or not math.isfinite(value):
+            value = FAILED_SCORE
+            diverged.append(s)
+        out[s] = value
+    return out
 
 
 def _verdict_now(candidate: Candidate, control: dict[int, float], plan: Plan, alpha: float) -> Verdict:
@@ -88,7 +109,8 @@ def _verdict_now(candidate: Candidate, control: dict[int, float], plan: Plan, al
                    candidate.look_ends)
 
 
-def record(candidates: list[Candidate], control: dict[int, float], plan: Plan, final: bool) -> dict:
+def record(candidates: list[Candidate], control: dict[int, float], plan: Plan, final: bool,
+           control_diverged: list[int] = ()) -> dict:
     """What the study keeps: the plan, each candidate's verdict and its paired seeds' scores. Before the end
     (``final`` False: kept after every look, so a killed decision leaves what it had) a candidate still open
     carries its evidence so far, with the verdict 'pending'."""
@@ -98,6 +120,7 @@ def record(candidates: list[Candidate], control: dict[int, float], plan: Plan, f
         evidence = to_record(c.verdict if c.verdict is not None else _verdict_now(c, control, plan, ALPHA))
         rows.append({"trial": c.trial, "seeds": seeds, "scores": [c.scores[s] for s in seeds],
                      "control": [control[s] for s in seeds], "diffs": diffs, "look_ends": list(c.look_ends),
+                     "diverged": sorted(set(c.diverged)), "control_diverged": sorted(set(control_diverged) & set(seeds)),
                      **evidence, **({} if c.verdict is not None else {"verdict": "pending"})})
     return {"final": final, "delta_margin": plan.delta, "max_seeds": plan.max_seeds,
             "seeds_per_look": plan.seeds_per_look, "planned_looks": plan.looks, "candidates": rows,

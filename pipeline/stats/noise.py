@@ -88,8 +88,9 @@ class Budget:
         bound: paired seeds share their batch orders and initial weights, which can only cancel)."""
         return math.sqrt(2) * self.seed_sd
 
-    def minimum_detectable_effects(self, seeds=(2, 3, 5, 10, 20)) -> dict[int, float]:
-        """The paired difference detectable with 80% power at 95% confidence, by number of paired seeds."""
+    def minimum_detectable_effects(self, seeds=(5, 8, 10, 15, 20)) -> dict[int, float]:
+        """The paired difference the verdict rule detects with 80% power at 95%, by number of paired seeds (it
+        decides nothing on fewer than 5)."""
         return {n: minimum_detectable_effect(self.paired_sd, n) for n in seeds}
 
     def as_dict(self) -> dict:

@@ -1,4 +1,4 @@
-"""A verdict's trained seeds, kept on the study, so a killed or widened verdict trains only what it lacks."""
+"""A verdict's trained seeds, kept on the study, so a killed or extended verdict trains only what it lacks."""
 
 from __future__ import annotations
 

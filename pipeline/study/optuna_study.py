@@ -24,6 +24,7 @@ import experiments
 from pipeline.config import RunConfig, make_config
 from pipeline.interrupts import run_whole
 from pipeline.sqlite_files import DEFAULT_STORAGE
+from pipeline.stats.decide import DEFAULT_MAX_SEEDS
 from pipeline.study import best as best_rule
 from pipeline.study.space import describe_space
 
@@ -56,7 +57,7 @@ class SweepOptions:
     seeds_per_trial: int = 1  # each trial trains this many seeds as one pack; its value is their mean
     decide: bool = False  # add seeds to the best trial and the control until the verdict is decided
     delta: float = 0.01  # the equivalence margin of a verdict, in the objective's units
-    max_seeds: int = 12  # the most seeds --decide spends on each setting
+    max_seeds: int = DEFAULT_MAX_SEEDS  # the most seeds --decide spends on each setting
     candidates: int = 1  # how many of the best trials get a verdict (Holm-corrected when more than one)
     out_dir: Path = Path("outputs")
     trial_timeout: float | None = None  # seconds; a longer trial fails with reason "timeout"

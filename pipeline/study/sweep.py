@@ -60,11 +60,12 @@ def verdict_summary(study: optuna.Study, best, control, seeds_per_trial: int) ->
         return {"verdict": first["verdict"], "verdict_trial": first["trial"], "delta": first.get("delta"),
                 "delta_ci95": first.get("delta_ci95"), "seeds": len(first["seeds"]), "delta_margin":
                 record["delta_margin"], "scored_on": record.get("split"), "verdict_final": record.get("final", True),
-                "seeds_needed": first.get("seeds_needed")}
+                "seeds_needed": first.get("seeds_needed"), "decided_at": first.get("decided_at"),
+                "within_delta": first.get("within_delta", False), "diverged": first.get("diverged", [])}
     delta = best.value - control.value if best is not None and control is not None else None
     return {"verdict": "not decided", "verdict_trial": best.number if best else None, "delta": delta,
             "delta_ci95": None, "seeds": seeds_per_trial, "delta_margin": None, "scored_on": "val",
-            "verdict_final": False, "seeds_needed": None}
+            "verdict_final": False, "seeds_needed": None, "decided_at": None, "within_delta": False, "diverged": []}
 
 
 def _device_description(device: str) -> str:

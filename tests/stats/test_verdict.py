@@ -1,105 +1,157 @@
-"""The verdict rule's error rates, measured by simulation: with no true difference it declares better or worse
-in at most 5% of studies despite looking after every pack; a naive rule does not; equivalence is not declared
-at the margin; Holm keeps several settings' family-wise rate; the minimum detectable effect has its power."""
+"""The verdict rule, checked by simulating the workflows a user follows (benchmarks/verdict_rules.py is the same
+code at a larger scale, for docs/verdict-rules.md): looks planned in advance, the printed hint followed twice, a
+decision killed and resumed with more seeds, skewed and collapsing differences, equivalence at the margin. The
+rule before (Bonferroni over planned looks) fails the extension workflows here, which shows the simulations can
+fail. Also: the e-value is the likelihood ratio it claims to be, Holm keeps a family's rate, and the hints."""
+
+import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import integrate, stats
 
-from pipeline.stats.verdict import decide, holm, look, minimum_detectable_effect, seeds_to_decide, verdict
+from benchmarks.verdict_rules import (DELTA, before_outcomes, collapse, hint_followed_twice, killed_and_resumed,
+                                      lognormal, now_outcomes)
+from pipeline.stats.verdict import (_log_normal_prior_ratio, _log_point_ratio, critical_t, decide, first_decisions,
+                                    holm, log_e_value, look, minimum_detectable_effect, seeds_to_decide, verdict)
 
-SD = 0.03  # the paired difference's sd: the size of seed noise on bananas, quick profile
-STUDIES = 4000
-
-
-def simulate(true_mean, seeds_per_look=3, max_seeds=12, delta=0.01, studies=STUDIES, seed=0):
-    rng = np.random.default_rng(seed)
-    return [verdict(list(rng.normal(true_mean, SD, max_seeds)), seeds_per_look, max_seeds, delta).outcome
-            for _ in range(studies)]
+STUDIES = 20000  # vectorised: a few seconds for all the workflows below
+PROMISE = 0.05
 
 
-def rate(outcomes, *wanted):
-    return sum(o in wanted for o in outcomes) / len(outcomes)
+def declared(codes) -> float:
+    return float(np.isin(codes, (1, 2)).mean())
 
 
-def test_with_no_true_difference_better_or_worse_is_declared_in_at_most_5_percent_of_studies():
-    outcomes = simulate(0.0)
-    assert rate(outcomes, "better", "worse") <= 0.05
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(0)
 
 
-def test_a_naive_rule_that_looks_after_every_pack_at_95_percent_declares_too_often():
-    """The reason for the repeated intervals: the same looks with an ordinary 95% interval each time."""
-    rng, hits = np.random.default_rng(1), 0
-    for _ in range(STUDIES):
-        d = rng.normal(0.0, SD, 12)
-        hits += any(stats.ttest_1samp(d[:n], 0.0).pvalue < 0.05 for n in (3, 6, 9, 12))
-    assert hits / STUDIES > 0.08  # 0.137 here: more than twice the promise
+# --- the e-value is what it says ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,t", [(5, 2.0), (8, -1.3), (12, 4.0)])
+def test_the_point_part_is_the_non_central_to_central_t_ratio(n, t):
+    shift = math.sqrt(n)
+    ref = np.logaddexp(stats.nct.logpdf(t, n - 1, shift), stats.nct.logpdf(t, n - 1, -shift)) - math.log(2)
+    assert _log_point_ratio(t, n, 1.0) == pytest.approx(ref - stats.t.logpdf(t, n - 1), abs=1e-9)
 
 
-def test_equivalence_is_not_declared_when_the_true_difference_is_the_margin():
-    for true_mean in (0.01, -0.01):
-        assert rate(simulate(true_mean, max_seeds=24, seeds_per_look=6, delta=0.01), "equivalent") <= 0.05
+def test_the_normal_prior_part_integrates_the_scale_out_under_the_right_haar_prior():
+    d = np.array([0.9, -0.2, 1.4, 0.3, 0.8])
+    n, t = len(d), d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+
+    def marginal(prior_var):
+        def lik(sd, effect):
+            return np.prod(stats.norm.pdf(d, effect * sd, sd)) / sd
+        if prior_var is None:
+            return integrate.quad(lambda sd: lik(sd, 0.0), 0, np.inf)[0]
+        return integrate.dblquad(lambda sd, e: lik(sd, e) * stats.norm.pdf(e, 0, math.sqrt(prior_var)),
+                                 -np.inf, np.inf, 0, np.inf)[0]
+    assert math.exp(_log_normal_prior_ratio(t, n, 1.0)) == pytest.approx(marginal(1.0) / marginal(None), rel=1e-6)
 
 
-def test_a_real_difference_is_found():
-    outcomes = simulate(0.05, studies=500)
-    assert rate(outcomes, "better") >= 0.9 and rate(outcomes, "worse") == 0
+def test_the_critical_t_is_where_the_e_value_reaches_one_over_alpha():
+    for n in (5, 8, 15, 60):
+        assert log_e_value(critical_t(n), n) == pytest.approx(math.log(20), abs=1e-6)
+    assert math.isinf(critical_t(4))  # four seeds cannot reach 20, whatever they show
 
 
-def test_holm_keeps_the_family_wise_rate_of_three_null_settings():
-    rng, any_declared = np.random.default_rng(2), 0
-    for _ in range(2000):
-        diffs = [list(rng.normal(0.0, SD, 12)) for _ in range(3)]
-        any_declared += any(v.outcome in ("better", "worse") for v in holm(diffs, 3, 12, 0.01))
-    assert any_declared / 2000 <= 0.05
+# --- the workflows ---------------------------------------------------------------------------------------------------
+def test_planned_looks_declare_at_most_5_percent_with_no_true_difference(rng):
+    null = rng.normal(0, 1, (STUDIES, 15))
+    assert declared(now_outcomes(null, 3, 12)[0]) <= PROMISE
+    assert declared(now_outcomes(null, 1, 15)[0]) <= PROMISE
 
 
-def test_one_look_is_the_ordinary_paired_t_interval_and_test():
-    d = [0.01, 0.03, -0.005, 0.02, 0.012]
-    current = look(d, planned_looks=1)
-    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
-    assert (current.lo, current.hi) == pytest.approx((lo, hi))
-    assert current.p == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
-    assert look(d, planned_looks=4).p == pytest.approx(4 * current.p)
-    assert look(d, planned_looks=4).hi > hi  # wider for the looks
+def test_the_hint_followed_twice_keeps_the_promise_where_the_rule_before_broke_it(rng):
+    null = rng.normal(0, 1, (1500, 48))
+    assert hint_followed_twice(null, "now") <= PROMISE
+    assert hint_followed_twice(null, "before") > 0.065  # 8% measured: the issue's number
 
 
-def test_decisions_by_hand():
-    assert decide(look([0.02, 0.021, 0.019, 0.02], 1), 0.01) == "better"
-    assert decide(look([-0.02, -0.021, -0.019, -0.02], 1), 0.01) == "worse"
-    assert decide(look([0.001, -0.001, 0.0005, -0.0005, 0.0], 1), 0.01) == "equivalent"
-    assert decide(look([0.05, -0.05], 1), 0.01) is None
-    undecided = verdict([0.05, -0.04, 0.03, -0.02], 2, 4, 0.01)
-    assert undecided.outcome == "undecided" and undecided.looks == 2 and undecided.seeds_needed > 4
+def test_killed_and_resumed_with_more_seeds_keeps_the_promise(rng):
+    null = rng.normal(0, 1, (STUDIES, 24))
+    assert killed_and_resumed(null, "now") <= PROMISE
+    assert killed_and_resumed(null, "before") > PROMISE
 
 
-def test_the_seeds_to_decide_estimate_decides_about_as_often_as_its_power_says():
-    """Where the estimate says n seeds, a fixed-n study at the observed mean and sd decides in about 80%."""
-    current = look(list(np.random.default_rng(3).normal(0.015, SD, 6)), planned_looks=1)
-    n = seeds_to_decide(current, delta=0.01, planned_looks=1)
-    rng = np.random.default_rng(4)
-    decided = [decide(look(list(rng.normal(current.mean, current.sd, n)), 1), 0.01) for _ in range(2000)]
-    assert 0.7 <= sum(d is not None for d in decided) / 2000 <= 0.95
+def test_mildly_skewed_and_collapsing_differences_keep_the_promise(rng):
+    """The envelope docs/verdict-rules.md states: centred lognormal of shape 0.25 (skewness 0.8), and 10% of
+    seeds collapsing by 3 paired sd (a diverged seed at 0 mAP against a control near 0.1, paired sd 0.03). Heavier
+    skew bends it, as it does every rule on a mean from a dozen seeds (measured there)."""
+    assert declared(now_outcomes(lognormal(rng, 0.25, (STUDIES, 15)), 1, 15)[0]) <= PROMISE
+    assert declared(now_outcomes(-lognormal(rng, 0.25, (STUDIES, 15)), 1, 15)[0]) <= PROMISE
+    assert declared(now_outcomes(collapse(rng, 0.1, 3.0, (STUDIES, 15)), 1, 15)[0]) <= PROMISE
 
 
-def test_the_minimum_detectable_effect_has_80_percent_power():
-    n, mde = 8, minimum_detectable_effect(SD, 8)
-    rng = np.random.default_rng(5)
-    rejected = sum(stats.ttest_1samp(rng.normal(mde, SD, n), 0.0).pvalue < 0.05 for _ in range(4000)) / 4000
-    assert rejected == pytest.approx(0.80, abs=0.03)
+def test_equivalence_is_not_declared_at_the_margin(rng):
+    for sign in (1, -1):
+        at_margin = rng.normal(sign * DELTA, 1, (STUDIES, 48))
+        outcome, _ = first_decisions(at_margin, DELTA)
+        assert (outcome == "equivalent").mean() <= PROMISE
 
 
-def test_holm_decides_in_rounds_at_growing_levels():
-    """A clear effect is decided at alpha/2 in the first round; the second setting then gets alpha itself."""
-    rng = np.random.default_rng(7)
-    strong, weak = list(rng.normal(0.05, SD, 12)), list(rng.normal(0.025, SD, 12))
-    alone = verdict(weak, 12, 12, 0.01, alpha=0.05)
-    corrected = holm([strong, weak], 12, 12, 0.01)
+def test_at_one_paired_sd_it_spends_no_more_seeds_than_the_rule_before_at_the_same_most_seeds(rng):
+    effect = rng.normal(1, 1, (STUDIES, 15))
+    now_codes, now_spent = now_outcomes(effect, 1, 15)
+    before_codes, before_spent = before_outcomes(effect, 3, 15)
+    assert now_spent.mean() <= before_spent.mean()
+    assert (now_codes == 1).mean() >= 0.78  # 80% power at the default --max-seeds 15
+    assert (now_codes == 2).mean() == 0
+
+
+def test_holm_keeps_the_family_wise_rate_of_three_null_settings_sharing_a_control(rng):
+    any_declared = 0
+    for _ in range(1000):
+        control = rng.normal(0, 1, 15)
+        settings = [rng.normal(0, 1, 15) for _ in range(3)]
+        diffs = [list(s - control) for s in settings]  # correlated through the shared control
+        any_declared += any(v.outcome in ("better", "worse") for v in holm(diffs, 1, 15, DELTA))
+    assert any_declared / 1000 <= PROMISE
+
+
+def test_holm_decides_in_rounds_at_growing_levels(rng):
+    strong, weak = list(rng.normal(2.0, 1, 15)), list(rng.normal(1.0, 1, 15))
+    corrected = holm([strong, weak], 1, 15, DELTA)
+    alone = verdict(weak, 1, 15, DELTA)
     assert corrected[0].outcome == "better"
     assert corrected[1].outcome == alone.outcome and corrected[1].look.lo == pytest.approx(alone.look.lo)
 
 
-def test_the_seeds_to_decide_are_always_more_than_the_seeds_used():
-    """On three seeds the t interval is wide: the estimate must not say fewer seeds would have decided it."""
-    v = verdict([0.025, 0.05, 0.075], 3, 3, 0.01)
-    assert v.outcome == "undecided" and v.seeds_needed > 3
+# --- by hand -----------------------------------------------------------------------------------------------------
+def test_decisions_by_hand():
+    assert decide(look([0.02, 0.021, 0.019, 0.02, 0.022]), 0.01) == "better"
+    assert decide(look([-0.02, -0.021, -0.019, -0.02, -0.022]), 0.01) == "worse"
+    assert decide(look([0.02, 0.021, 0.019, 0.02]), 0.01) is None  # four seeds decide nothing
+    undecided = verdict([0.05, -0.04, 0.03, -0.02], 2, 4, 0.01)
+    assert undecided.outcome == "undecided" and undecided.looks == 2 and undecided.seeds_needed > 4
+
+
+def test_a_real_difference_smaller_than_the_margin_reads_better_by_less_than_delta():
+    v = verdict([0.0050, 0.0052, 0.0049, 0.0051, 0.0050, 0.0048], 1, 15, 0.01)
+    assert v.outcome == "better" and v.within_delta and v.as_dict()["within_delta"]
+    assert not verdict([0.05, 0.052, 0.049, 0.051, 0.05], 1, 15, 0.01).within_delta
+
+
+def test_the_interval_is_the_running_intersection_and_decides_at_the_first_seed_that_can():
+    v = verdict([0.02, 0.021, 0.019, 0.02, 0.022, 0.018, 0.02], 1, 15, 0.01)
+    assert v.decided_at == 5 and v.look.n == 7 and v.look.lo > 0
+    widths = [look([0.02, 0.021, 0.019, 0.02, 0.022, 0.018, 0.02][:n]) for n in range(5, 8)]
+    assert all(b.hi - b.lo <= a.hi - a.lo for a, b in zip(widths, widths[1:]))
+
+
+def test_the_seeds_to_decide_estimate_decides_about_as_often_as_its_power_says(rng):
+    """Where the estimate says n seeds, studies at the observed mean and sd decide by n in roughly 80%."""
+    current = look([0.9, -0.3, 1.6, 0.2, 1.1, 0.4])  # mean 0.65, sd 0.68: undecided at 6 seeds
+    n = seeds_to_decide(current, delta=DELTA)
+    outcome, _ = first_decisions(rng.normal(current.mean, current.sd, (4000, n)), DELTA)
+    assert decide(current, DELTA) is None and n > 6
+    assert 0.75 <= (outcome != "undecided").mean() <= 0.95
+
+
+def test_the_minimum_detectable_effect_has_about_80_percent_power(rng):
+    n = 12
+    mde = minimum_detectable_effect(1.0, n)
+    outcome, _ = first_decisions(rng.normal(mde, 1.0, (8000, n)), DELTA)
+    assert 0.75 <= (outcome == "better").mean() <= 0.92
+    assert math.isinf(minimum_detectable_effect(1.0, 4))
