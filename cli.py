@@ -13,7 +13,7 @@ from rich.table import Table
 
 from cli_options import (CandidatesOpt, DatasetOpt, DecideOpt, DeltaOpt, Device, DeviceOpt, JsonOpt, MaxSeedsOpt,
                          ProfileOpt, SeedsOpt, SeedsPerTrialOpt, SetOpt, SkipOpt, Split, build_config, check_device,
-                         check_image_out, check_tracking_store, check_writable, chosen_profile, finite_option,
+                         check_image_out, check_tracking_store, check_writable, chosen_profile, finite_in,
                          json_line, load_or_exit, seconds_since_process_start, seed_pack, storage_url,
                          study_name_option, threshold_value, usage_error, user_overrides, variant_name)
 from pipeline.config import knob_table, make_config
@@ -285,8 +285,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                                                             callback=study_name_option)] = None,
           workers: Annotated[int, typer.Option(min=1, help="worker processes sharing the study (and the GPU)")] = 1,
           seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
-          timeout: Annotated[Optional[float], typer.Option(min=1, help="stop starting trials after SEC seconds",
-                                                           callback=finite_option)] = None,
+          timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after SEC seconds (≥ 1)",
+                                                           callback=finite_in(1))] = None,
           no_prune: Annotated[bool, typer.Option(
               "--no-prune", help="turn off MedianPruner (TPE variants only; grid variants never prune)")] = False,
           seeds: SeedsOpt = 0, decide: DecideOpt = False, delta: DeltaOpt = 0.01,
@@ -294,8 +294,8 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
           candidates: CandidatesOpt = 1, seeds_per_trial: SeedsPerTrialOpt = 1,
           device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
-          trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="fail a trial that runs longer than SEC seconds",
-                                                                 callback=finite_option)] = None,
+          trial_timeout: Annotated[Optional[float], typer.Option(help="fail a trial that runs longer than SEC seconds (≥ 1)",
+                                                                 callback=finite_in(1))] = None,
           skip_invalid: SkipOpt = False, json_out: JsonOpt = False):
     """Run or resume the Optuna study for VARIANT; every trial is an MLflow run nested under this sweep.
 
@@ -304,7 +304,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
     """
     import optuna
     from pipeline.data import DataError
-    from pipeline.study.optuna_study import SweepError, SweepOptions
+    from pipeline.study.optuna_study import NoTrialCompleted, SweepError, SweepOptions
     from pipeline.study.sweep import run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it better
@@ -322,8 +322,18 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
     try:
         with SweepProgress(options) as view:
             result = run_sweep(options, on_update=view.update)
-    except (SweepError, DataError) as exc:
+    except DataError as exc:
+        usage_error(str(exc), "--dataset")
+    except SweepError as exc:
         usage_error(str(exc))
+    except NoTrialCompleted as exc:
+        err_console.print(f"[red]Sweep failed:[/] {exc}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt as exc:
+        kept = "; the verdict's finished packs are kept and reused" if seeds or decide else ""
+        err_console.print(f"[yellow]Interrupted{f' ({exc})' if str(exc) else ''}.[/] Run the same command again to "
+                          f"resume: finished trials are not run again{kept}.")
+        raise typer.Exit(130)
     console.print(sweep_table(result, options))
     print_verdict(result, options)
     if json_out:

@@ -95,10 +95,21 @@ def build_config(profile: str, overrides: dict) -> RunConfig:
 
 
 def finite_option(value: float | None) -> float | None:
-    """Click's ranges let nan through (every comparison with it is false)."""
+    """A number option must be a number: nan and inf are refused as such (Click's range check, which would run
+    first, reads nan as out of range and says so, so the options using this declare their range here instead)."""
     if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a number of seconds")
+        raise typer.BadParameter(f"{value} is not a number")
     return value
+
+
+def finite_in(low: float, high: float | None = None):
+    """A callback for a float option: a finite number in [low, high]."""
+    def check(value: float | None) -> float | None:
+        finite_option(value)
+        if value is not None and (value < low or (high is not None and value > high)):
+            raise typer.BadParameter(f"{value:g} is outside [{low:g}, {high if high is not None else 'inf'}]")
+        return value
+    return check
 
 
 # sweep's seeds and verdicts (see the README's "Seeds, packs and verdicts")
@@ -112,7 +123,7 @@ DecideOpt = Annotated[bool, typer.Option("--decide", help="afterwards, add seeds
                                          "within ±--delta, or --max-seeds run out")]
 
 
-DeltaOpt = Annotated[float, typer.Option(min=1e-4, max=1.0, callback=finite_option,
+DeltaOpt = Annotated[float, typer.Option(callback=finite_in(1e-4, 1.0),
                                          help="the verdict's equivalence margin, in mAP")]
 
 

@@ -82,6 +82,10 @@ def test_train_logs_one_complete_mlflow_run(workdir, tiny_bananas):
     (["data", "bananas", "--image-size", "0"], "greater than or equal to 1"),
     (["data", "bananas", "--preview", "grid.txt"], "grid.txt: give a file name ending in .png"),
     (["train", "--set", "seed=99999999999999999999999"], "seed: must be in [0, 4294967295]"),
+    (["sweep", "focal-loss", "--delta", "nan"], "Invalid value for '--delta': nan is not a number"),
+    (["sweep", "focal-loss", "--delta", "2"], "Invalid value for '--delta': 2 is outside [0.0001, 1.0]"),
+    (["sweep", "focal-loss", "--timeout", "nan"], "Invalid value for '--timeout': nan is not a number"),
+    (["sweep", "focal-loss", "--dataset", "/nonexistent"], "Invalid value for --dataset: /nonexistent"),
 ])
 def test_bad_options_are_usage_errors_before_any_work(workdir, args, problem):
     result = runner.invoke(app, args)

@@ -190,7 +190,10 @@ def check_fits(cfg: RunConfig, k: int, num_classes: int, device: torch.device) -
     free = available_bytes(device)
     if need > free:
         per_replica = need / at_once
-        most = f"at most {int(free // per_replica)} replicas fit" if at_once > 1 else "use a smaller batch_size"
+        fit = int(free // per_replica)
+        most = (f"at most {fit} replicas fit" if at_once > 1 and fit >= 1 else
+                "not even one replica fits at this image size and batch: use a smaller batch_size or image_size"
+                if at_once > 1 else "use a smaller batch_size")
         raise PackError(f"a pack of {k} replicas at batch {cfg.batch_size} and {cfg.image_size}x{cfg.image_size} "
                         f"needs about {need / 2**30:.1f} GiB for its activations, and the {device.type} has "
                         f"{free / 2**30:.1f} GiB free: {most}")

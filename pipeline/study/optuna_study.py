@@ -41,6 +41,21 @@ class SweepError(ValueError):
     """A sweep that must not start: the message says why and what to do."""
 
 
+class NoTrialCompleted(RuntimeError):
+    """A search whose every trial failed: nothing to compare, so no verdict; the message has the first failure."""
+
+
+def check_some_trial_completed(trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Raise NoTrialCompleted when the study has trials and none of them COMPLETE, naming the first failure."""
+    if not trials or any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+        return
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    first = failed[0] if failed else trials[0]
+    reason = first.user_attrs.get("fail_reason") or first.system_attrs.get("fail_reason") or first.state.name
+    line = next((part.strip() for part in reversed(str(reason).strip().splitlines()) if part.strip()), "")
+    raise NoTrialCompleted(f"no trial completed ({len(failed)} failed of {len(trials)}); trial {first.number}: {line}")
+
+
 @dataclass(frozen=True)
 class SweepOptions:
     variant: str

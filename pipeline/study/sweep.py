@@ -20,8 +20,9 @@ from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, Plan, settl
 from pipeline.study import best as best_rule
 from pipeline.study.faults import reconcile_runs
 from pipeline.study.kept_packs import KeptPacks, seed_span
-from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial, counts, load_variant, prepare,
-                            remaining_trials, stored_base_config, study_objective)
+from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
+                                         check_some_trial_completed, counts, load_variant, prepare, remaining_trials,
+                                         stored_base_config, study_objective)
 from pipeline.study.space import describe_space
 from pipeline.study.storage_lock import StorageLock
 from pipeline.study.trial import trial_config, trial_context
@@ -128,6 +129,7 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
             elif todo:
                 spawn_workers(options, parent.run_id, todo, update, started,
                               on_killed=lambda: reconcile_runs(study, tracker))
+            check_some_trial_completed(study.get_trials(deepcopy=False))
             if options.seeds or options.decide:
                 settle_verdict(study, options, base, tracker, parent.run_id, update)
             result = summary(study, options, tracker, parent.run_id)

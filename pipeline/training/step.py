@@ -33,6 +33,18 @@ class NonFiniteLossError(FloatingPointError):
         self.epoch, self.step, self.value = epoch, step, value
 
 
+class ExplodedLossError(NonFiniteLossError):
+    """The loss is still finite but has grown past EXPLODED times its first epoch's: diverged all the same."""
+
+    def __init__(self, epoch: int, step: int, value: float, first: float, where: str = ""):
+        FloatingPointError.__init__(self, f"loss {value:.3g}{where} at epoch {epoch} is over {EXPLODED:g} times its "
+                                          f"first epoch's ({first:.3g}): diverged")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+EXPLODED = 1e4  # an epoch's mean loss this many times the first epoch's counts as diverged, though finite
+
+
 def sgd_update(params: list[torch.Tensor], lr: torch.Tensor, weight_decay: float) -> None:
     """p -= lr * (grad + weight_decay * p), for all parameters in three fused kernels.
 

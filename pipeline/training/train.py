@@ -28,7 +28,7 @@ from pipeline.model.pack import Pack, PackModel, build_model
 from pipeline.tracking import RunHandle
 from pipeline.training.epochs import (EpochCallback, EpochReporter, ProgressView, TrainedEpoch, epoch_state, resumable,
                              resume)
-from pipeline.training.step import NonFiniteLossError, TrainStep, cudnn_benchmark
+from pipeline.training.step import EXPLODED, ExplodedLossError, NonFiniteLossError, TrainStep, cudnn_benchmark
 from pipeline.training.validation import Validator
 
 __all__ = ["EpochCallback", "FitResult", "Pruned", "fit"]
@@ -130,15 +130,23 @@ def _train_epoch(step: TrainStep, n_images: int, cfg: RunConfig, generators: lis
 
 
 def _check_divergence(step: TrainStep, pack: Pack, epoch: int, diverged: dict[int, tuple[int, int]],
-                      stop: bool) -> None:
-    """Record the replicas whose loss became NaN or inf this epoch. A diverged replica cannot touch the others
-    (its weights are its own slice), so they train on; with ``stop``, or once none is left, it raises."""
+                      stop: bool, losses: list[float], first_losses: dict[int, float]) -> None:
+    """Record the replicas that diverged this epoch: a loss that became NaN or inf, or an epoch's mean loss
+    (``losses``, per replica) past EXPLODED times the first epoch this fit trained (``first_losses``, filled
+    here). A diverged replica cannot touch the others (its weights are its own slice), so they train on; with
+    ``stop``, or once none is left, it raises."""
     for k, bad_step in enumerate(step.bad_steps()):
-        if bad_step < 0 or k in diverged:
+        if k in diverged:
             continue
-        diverged[k] = (epoch, bad_step)
+        first = first_losses.setdefault(k, losses[k])
+        exploded = bad_step < 0 and math.isfinite(losses[k]) and losses[k] > EXPLODED * abs(first)
+        if bad_step < 0 and not exploded:
+            continue
+        diverged[k] = (epoch, bad_step if bad_step >= 0 else step.batches - 1)
         if stop or len(diverged) == pack.k:
             seed = f" (seed {pack.seeds[k]})" if pack.k > 1 else ""
+            if exploded:
+                raise ExplodedLossError(epoch, step.batches - 1, losses[k], first, seed)
             raise NonFiniteLossError(epoch, bad_step, float(step.sums[k, 0]), seed)
 
 
@@ -181,6 +189,7 @@ class _Training:
         state = resumable(load_latest_epoch_state(state_dir), pack, state_dir)
         self.start, history, self.train_seconds, self.diverged = resume(state, self.model, self.all_generators,
                                                                          self.device, run)
+        self.first_losses: dict[int, float] = {}  # each replica's first trained epoch's loss: the explosion's yardstick
         self.average = WeightAverage(self.cfg)  # the last epochs' mean weights, where the knob asks for them
         self.average.restore(self.model, (state or {}).get("average"))
         self.step = TrainStep(self.model, train.images, train.targets, pack, self.device, self.generators,
@@ -227,7 +236,8 @@ class _Training:
         self.view.new_epoch()
         started = time.perf_counter()
         metrics = _train_epoch(self.step, len(self.step.images), self.cfg, self.generators, self.view)
-        _check_divergence(self.step, self.pack, epoch, self.diverged, self.stop)
+        _check_divergence(self.step, self.pack, epoch, self.diverged, self.stop,
+                          [m["train/loss"] for m in metrics], self.first_losses)
         seconds = time.perf_counter() - started  # bad_steps() waited for the device: the time is real
         self.train_seconds += seconds
         self.timings["train_s"] += seconds

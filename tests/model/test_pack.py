@@ -149,6 +149,36 @@ def test_a_diverged_seed_is_dropped_and_recorded_or_fails_the_fit(splits, monkey
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["grouped", "loop"])
+def test_a_seed_whose_loss_explodes_though_finite_counts_as_diverged(splits, monkeypatch, layout):
+    """A loss of 1e19 is finite, and a seed at it is no model: past EXPLODED times its first epoch's loss, it is
+    diverged as a NaN would be (left out of the pack's mean, or the fit fails)."""
+    from pipeline.training import step as step_module
+    from pipeline.training.step import EXPLODED, ExplodedLossError
+
+    real, calls = step_module.pack_loss, []
+    per_epoch = 2 * (1 if layout == "grouped" else 3)  # 8 images at batch 4; a loop scores one replica a call
+
+    def seed_1_explodes_in_epoch_1(*args, **kwargs):  # the value grows, its gradient does not: no NaN follows
+        out = real(*args, **kwargs)
+        calls.append(len(calls))
+        k = out["loss"].shape[0]
+        hit = (torch.tensor([0.0, 1.0, 0.0]) if k == 3 else torch.tensor([float(calls[-1] % 3 == 1)]))
+        factor = 1 + hit * (10 * EXPLODED if calls[-1] >= per_epoch else 0.0)
+        return {**out, "loss": out["loss"] + (factor - 1) * out["loss"].detach()}
+
+    monkeypatch.setattr(step_module, "pack_loss", seed_1_explodes_in_epoch_1)
+    train, val = splits
+    pack = Pack.of_seeds(tiny(pack_layout=layout, epochs=2), 3)
+    result = fit(pack, train, val, progress=False, stop_on_divergence=False)
+    assert [r.diverged for r in result.replicas] == [None, (1, 1), None]
+    assert "val/map/seed_1" not in result.metrics
+    calls.clear()
+    with pytest.raises(ExplodedLossError, match=r"\(seed 1\) at epoch 1 is over 10000 times its first epoch's"):
+        fit(pack, train, val, progress=False)
+
+
+@pytest.mark.slow
 def test_a_pack_resumes_every_replica_from_its_epoch_state(splits, tmp_path):
     train, val = splits
     pack = Pack.of_seeds(tiny(epochs=3, hflip=True, neg_sampling="random"), 2)
@@ -168,9 +198,12 @@ def test_a_pack_that_does_not_fit_is_refused_before_it_starts(monkeypatch):
     grouped = RunConfig(pack_layout="grouped")
     check_fits(RunConfig(image_size=128, batch_size=16, pack_layout="grouped"), 2, 1, CPU)  # 2 x 16 x ~9 MiB x 2
     with pytest.raises(PackError, match=r"a pack of 8 replicas at batch 32 and 256x256 needs about .* GiB .* "
-                                        r"1\.0 GiB free: at most \d replicas fit"):
-        check_fits(grouped, 8, 1, CPU)
+                                        r"1\.0 GiB free: not even one replica fits at this image size and batch"):
+        check_fits(grouped, 8, 1, CPU)  # about 2.3 GiB a replica: it said 'at most 0 replicas fit'
     check_fits(RunConfig(batch_size=4, pack_layout="loop"), 8, 1, CPU)  # one replica's activations at a time
+    monkeypatch.setattr(pack_module, "available_bytes", lambda device: 8 * 2 ** 30)
+    with pytest.raises(PackError, match=r"8\.0 GiB free: at most 3 replicas fit"):
+        check_fits(grouped, 8, 1, CPU)
 
 
 def test_replicas_of_one_pack_must_share_what_shapes_the_computation():

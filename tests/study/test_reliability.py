@@ -228,6 +228,36 @@ def test_nan_loss_fails_the_trial_with_its_step_and_the_sweep_goes_on(workdir, t
     assert failed_run.info.status == "FAILED" and "non-finite" in failed_run.data.tags["end_reason"]
 
 
+def test_a_sweep_whose_every_trial_fails_exits_non_zero_with_the_first_failure(workdir, tiny_bananas, monkeypatch):
+    """Nothing completed, so nothing to compare: no verdict sentence, exit 1, the parent run FAILED."""
+    real = pipeline.training.step.pack_loss
+
+    def always_nan(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(pipeline.training.step, "pack_loss", always_nan)
+    result = runner.invoke(app, sweep_args(tiny_bananas, "--trials", "2", "--json"))
+    assert result.exit_code == 1, result.output
+    assert "Sweep failed: no trial completed" in plain(result.output) and "non-finite loss" in result.output
+    assert "Verdict" not in result.output
+    assert {t.state.name for t in load().trials} == {"FAIL"}
+    [parent] = [r for r in runs() if r.data.tags.get("role") == "sweep"]
+    assert parent.info.status == "FAILED"
+
+
+def test_ctrl_c_says_that_the_same_command_resumes(workdir, tiny_bananas, monkeypatch):
+    import pipeline.study.sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.study.sweep, "run_worker", interrupted)
+    result = runner.invoke(app, sweep_args(tiny_bananas, "--trials", "1", "--decide"))
+    assert result.exit_code == 130
+    assert "Run the same command again to resume" in plain(result.output) and "packs are kept" in plain(result.output)
+
+
 def test_a_hung_trial_times_out_and_the_sweep_goes_on(workdir, tiny_bananas, monkeypatch):
     real = pipeline.training.run.fit
     calls = {"n": 0}
