@@ -19,12 +19,14 @@ mean ± 95% CI over seeds and a paired t-test of best against control, seed by s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.report.answers import write_answers
 from pipeline.report.select import ReportError, pick_study
 from pipeline.report.study_page import write_study_report
 from pipeline.sqlite_files import DEFAULT_STORAGE
+from pipeline.study.store_checks import unreadable_attrs_error
 
 __all__ = ["ReportError", "write_report"]
 
@@ -36,7 +38,10 @@ def write_report(target: str, *, storage: str = DEFAULT_STORAGE, out_root: Path 
 
     Returns the folder written. ReportError when there is no such study (the message lists those that exist).
     """
-    if target == "all":
-        return write_answers(storage, Path(out_root) / "answers")
-    study, note = pick_study(target, storage, study_name)
-    return write_study_report(study, note, storage, Path(out_root) / (study_name or target))
+    try:
+        if target == "all":
+            return write_answers(storage, Path(out_root) / "answers")
+        study, note = pick_study(target, storage, study_name)
+        return write_study_report(study, note, storage, Path(out_root) / (study_name or target))
+    except json.JSONDecodeError as exc:  # a truncated or hand-edited study attribute: say which
+        raise ReportError(str(unreadable_attrs_error(storage, exc))) from None

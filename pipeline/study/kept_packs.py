@@ -14,6 +14,7 @@ import optuna
 from pipeline.config import RunConfig
 from pipeline.interrupts import deferred
 from pipeline.machine import resolve_device
+from pipeline.study.store_checks import check_kept_packs
 
 
 def seed_span(seeds: list[int]) -> str:
@@ -35,7 +36,8 @@ class KeptPacks:
 
     def __init__(self, study: optuna.Study, metric: str, after_pack: Callable[[], None] = lambda: None):
         self.study, self.metric, self.after_pack = study, metric, after_pack
-        self.kept: dict[str, dict] = dict(study.user_attrs.get(self.ATTR, {}))
+        self.kept: dict[str, dict] = dict(check_kept_packs(study.user_attrs.get(self.ATTR, {}), study.study_name,
+                                                           self.ATTR))
         self.seconds = 0.0  # training time of the seeds this verdict used, kept ones included
 
     def name(self, role: str, cfg: RunConfig) -> str:

@@ -4,6 +4,7 @@ re-train the best setting and the control with new seeds for a verdict."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, 
                                          check_some_trial_completed, counts, load_variant, prepare, remaining_trials,
                                          stored_base_config, study_objective)
 from pipeline.study.space import describe_space
+from pipeline.study.store_checks import check_kept_packs, unreadable_attrs_error
 from pipeline.study.storage_lock import StorageLock
 from pipeline.study.trial import trial_config, trial_context
 from pipeline.study.workers import run_worker, spawn_workers, started_trials
@@ -107,7 +109,12 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     train, _ = load_data(base_config(variant, options), progress=True, skip_invalid=options.skip_invalid)
     check_packs(variant, base_config(variant, options), options, len(train.class_names))
     with StorageLock(options.storage).hold():  # schemas are created by one process at a time
-        study, variant, base = prepare(options)
+        try:
+            study, variant, base = prepare(options)
+        except json.JSONDecodeError as exc:  # a truncated or hand-edited attribute: name it, before any work
+            raise unreadable_attrs_error(options.storage, exc) from None
+        if options.seeds or options.decide:  # a bad kept seed is refused now, not after the search
+            check_kept_packs(study.user_attrs.get(KeptPacks.ATTR, {}), study.study_name, KeptPacks.ATTR)
         tracker = MlflowTracker(study.study_name)
         reconcile_runs(study, tracker)
     target = options.trials or variant.trials[options.profile]
