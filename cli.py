@@ -335,6 +335,9 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                           f"resume: finished trials are not run again{kept}.")
         raise typer.Exit(130)
     console.print(sweep_table(result, options))
+    if skipped := {split: n for split, n in result.get("skipped", {}).items() if n}:
+        err_console.print("[yellow]--skip-invalid skipped " + ", ".join(f"{n} invalid {split} record{'s' * (n > 1)}"
+                                                                         for split, n in skipped.items()) + "[/]")
     print_verdict(result, options)
     if json_out:
         json_line(result)

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 import experiments
 from pipeline.config import RunConfig
-from pipeline.data import has_split
+from pipeline.data import DetectionData, has_split, load_split
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import resolve_device
 from pipeline.model.pack import Pack, PackError, check_fits
@@ -106,7 +106,7 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     """Run or resume the study up to ``trials`` finished trials; returns the summary."""
     variant = load_variant(options.variant)
     # data first: bad data must be refused before any store is created, and generated once, before workers race
-    train, _ = load_data(base_config(variant, options), progress=True, skip_invalid=options.skip_invalid)
+    train, skipped = check_splits(base_config(variant, options), options)
     check_packs(variant, base_config(variant, options), options, len(train.class_names))
     with StorageLock(options.storage).hold():  # schemas are created by one process at a time
         try:
@@ -126,7 +126,8 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
         update()
         with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
                          tags={"study": study.study_name, "variant": variant.name, "role": "sweep",
-                               "profile": options.profile, "workers": options.workers}) as parent:
+                               "profile": options.profile, "workers": options.workers,
+                               **{f"skipped_{split}": n for split, n in skipped.items() if n}}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
             study.set_user_attr("device_used", _device_description(base.device))
             # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials
@@ -139,10 +140,22 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
             check_some_trial_completed(study.get_trials(deepcopy=False))
             if options.seeds or options.decide:
                 settle_verdict(study, options, base, tracker, parent.run_id, update)
-            result = summary(study, options, tracker, parent.run_id)
+            result = {**summary(study, options, tracker, parent.run_id), "skipped": skipped}
             parent.log_metrics({k: v for k, v in result.items() if k.startswith("n_") or k.endswith("_value")})
             parent.set_tags({"verdict": result["verdict"], "verdict_trial": result["verdict_trial"]})
             return result
+
+
+def check_splits(base: RunConfig, options: SweepOptions) -> tuple[DetectionData, dict[str, int]]:
+    """Every split the sweep will read, loaded and checked before anything is stored: train and val, and the test
+    split when a verdict (--seeds, --decide) will score on it. Returns the train split and, per split, the bad
+    records --skip-invalid skipped."""
+    train, val = load_data(base, progress=True, skip_invalid=options.skip_invalid)
+    skipped = {"train": train.skipped, "val": val.skipped}
+    if (options.seeds or options.decide) and has_split(base.dataset, "test"):
+        skipped["test"] = load_split(base.dataset, "test", base.image_size, progress=True,
+                                     skip_invalid=options.skip_invalid).skipped
+    return train, skipped
 
 
 def verdict_plan(base: RunConfig, options: SweepOptions) -> Plan:

@@ -279,3 +279,29 @@ def test_tpe_workers_get_seeds_of_their_own():
                                     optuna.distributions.FloatDistribution(0, 1)) != \
         second.sample_independent(study, optuna.trial.create_trial(value=0.0), "x",
                                   optuna.distributions.FloatDistribution(0, 1))
+
+
+@pytest.mark.slow
+def test_the_test_split_is_checked_before_any_trial_and_skips_are_reported(workdir, tmp_path):
+    from pipeline.data import generate_bananas
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=4, progress=False)
+    missing = sorted((data / "bananas_test" / "images").iterdir())[0]
+    missing.unlink()  # bananas_test/label.csv still names it
+    refused = sweep("smooth-l1", data, "--trials", "1", "--decide")
+    assert refused.exit_code == 2, refused.output
+    text = plain(refused.output)
+    assert "--dataset" in text and missing.name in text and "not found" in text
+    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()  # nothing stored
+
+    skipped = sweep("smooth-l1", data, "--trials", "1", "--seeds", "1", "--skip-invalid")
+    assert skipped.exit_code == 0, skipped.output
+    assert "--skip-invalid skipped 1 invalid test record" in plain(skipped.output)
+    assert json.loads(skipped.output.strip().splitlines()[-1])["skipped"] == {"train": 0, "val": 0, "test": 1}
+    [parent] = [r for r in child_runs_and_parents("smooth-l1-quick") if r.data.tags.get("role") == "sweep"]
+    assert parent.data.tags["skipped_test"] == "1"
+
+
+def child_runs_and_parents(study_name):
+    client = MlflowClient(tracking_uri())
+    return client.search_runs([client.get_experiment_by_name(study_name).experiment_id])
