@@ -69,5 +69,17 @@ class KeptPacks:
         entry = {"scores": {**entry["scores"], **finite}, "seconds": {**entry["seconds"], **{str(s): took for s in seeds}}}
         self.kept[name] = entry
         with deferred():
+            self.kept = self._merged_with_stored()
             self.study.set_user_attr(self.ATTR, self.kept)
-        return entry
+        return self.kept[name]
+
+    def _merged_with_stored(self) -> dict[str, dict]:
+        """What is stored now, with this verdict's seeds added seed by seed: a seed kept by another process since
+        this one loaded the packs is never overwritten away."""
+        stored = check_kept_packs(self.study.user_attrs.get(self.ATTR, {}), self.study.study_name, self.ATTR)
+        merged = dict(stored)
+        for name, entry in self.kept.items():
+            old = stored.get(name, {"scores": {}, "seconds": {}})
+            merged[name] = {"scores": {**old["scores"], **entry["scores"]},
+                            "seconds": {**old["seconds"], **entry["seconds"]}}
+        return merged

@@ -3,6 +3,7 @@ re-train the best setting and the control with new seeds for a verdict."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -19,6 +20,7 @@ from pipeline.machine import resolve_device
 from pipeline.model.pack import Pack, PackError, check_fits
 from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, Plan, settle
 from pipeline.study import best as best_rule
+from pipeline.study.decision_lock import decision_lock
 from pipeline.study.faults import reconcile_runs
 from pipeline.study.kept_packs import KeptPacks, seed_span
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
@@ -122,7 +124,8 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
         raise_if_interrupted()  # a safe point between trials and verdict packs
         if on_update:
             on_update(study, target)
-    with sigterm_as_interrupt():
+    deciding = decision_lock(options.storage, study) if options.seeds or options.decide else contextlib.nullcontext()
+    with sigterm_as_interrupt(), deciding:  # a second decider refuses before it starts a run
         update()
         with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
                          tags={"study": study.study_name, "variant": variant.name, "role": "sweep",

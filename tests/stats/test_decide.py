@@ -183,6 +183,7 @@ def test_kept_packs_train_only_missing_seeds_and_keep_what_scored_nothing_as_nul
     from pipeline.study.kept_packs import KeptPacks
 
     class Study:
+        study_name = "smooth-l1-quick"
         user_attrs: dict = {}
 
         def set_user_attr(self, key, value):
@@ -203,3 +204,22 @@ def test_kept_packs_train_only_missing_seeds_and_keep_what_scored_nothing_as_nul
     assert study.user_attrs["verdict_packs"][name]["scores"] == {"1": 0.1, "2": None, "3": 0.3, "4": None}
     other = KeptPacks(study, "test/map").reuse_or(train)("control", RunConfig(device="cpu", lr=0.1), [1])
     assert other == {1: 0.1} and calls[-1] == ("control", [1])  # another setting: trained, not taken from the kept
+
+
+def test_kept_packs_merge_seed_by_seed_with_what_another_process_kept():
+    """Two KeptPacks on one study (as two processes would be): the second's write keeps the first's seeds."""
+    from pipeline.study.kept_packs import KeptPacks
+
+    class Study:
+        study_name = "smooth-l1-quick"
+        user_attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs = {**self.user_attrs, key: json.loads(json.dumps(value))}
+
+    study, cfg = Study(), RunConfig(device="cpu")
+    first, second = KeptPacks(study, "test/map"), KeptPacks(study, "test/map")  # both loaded the empty store
+    first.reuse_or(lambda role, c, seeds: {s: 0.1 for s in seeds})("control", cfg, [1, 2, 3])
+    second.reuse_or(lambda role, c, seeds: {s: 0.2 for s in seeds})("control", cfg, [4])
+    [entry] = study.user_attrs["verdict_packs"].values()
+    assert entry["scores"] == {"1": 0.1, "2": 0.1, "3": 0.1, "4": 0.2}

@@ -541,3 +541,45 @@ def test_a_trial_timeout_that_falls_in_a_failing_store_call_is_not_lost():
             time.sleep(0.3)  # the alarm rings in here
             raise OSError("database is locked")
     assert isinstance(raised.value.__context__, OSError)
+
+
+def test_a_second_decider_on_the_same_study_refuses_naming_the_first(workdir, tiny_bananas):
+    """Two `--decide` at once: the second refuses at once, naming the first's pid; the first trains every pack
+    once and keeps every seed."""
+    args = ["sweep", "smooth-l1", "--dataset", str(tiny_bananas), "--device", "cpu", *tiny_args(), "--trials", "2",
+            "--decide", "--seeds", "1", "--max-seeds", "8", "--delta", "0.0001"]
+    first = subprocess.Popen([sys.executable, CLI, *args], cwd=workdir, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+
+    def deciding():
+        try:
+            return "decider" in load("smooth-l1-quick").user_attrs
+        except Exception:  # not created yet, or the store busy
+            return False
+    wait_for(deciding, timeout=240)
+    second = subprocess.run([sys.executable, CLI, *args], cwd=workdir, capture_output=True, text=True, timeout=240)
+    out = plain(second.stdout + second.stderr)
+    assert second.returncode == 2 and f"being decided by pid {first.pid}" in out, out
+    assert first.wait(timeout=300) == 0, first.stdout.read()
+    verdict_runs = [r.data.tags["mlflow.runName"] for r in runs("smooth-l1-quick") if r.data.tags.get("role") == "verdict"]
+    assert len(verdict_runs) == len(set(verdict_runs))  # no pack trained twice
+    kept = load("smooth-l1-quick").user_attrs["verdict_packs"]
+    record = load("smooth-l1-quick").user_attrs["verdict"]
+    seeds = {str(s) for s in record["candidates"][0]["seeds"]}
+    assert all(seeds <= set(entry["scores"]) for entry in kept.values())
+
+
+def test_the_decision_lock_on_sqlite_is_per_study_and_freed_by_its_holder(workdir):
+    from pipeline.study.decision_lock import DecisionHeld, decision_lock
+
+    url = "sqlite:///optuna.db"
+    one = optuna.create_study(storage=url, study_name="lock-one")
+    two = optuna.create_study(storage=url, study_name="lock-two")
+    with decision_lock(url, one):
+        with pytest.raises(DecisionHeld, match=rf"study lock-one: its verdict is being decided by pid {os.getpid()} on "):
+            with decision_lock(url, one):
+                pass
+        with decision_lock(url, two):
+            pass
+    with decision_lock(url, one):
+        pass

@@ -137,3 +137,22 @@ def test_sweep_against_an_mlflow_tracking_server(mlflow_server, workdir, tiny_ba
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         metrics = {m["key"] for m in run["data"]["metrics"]}
         assert params["image_size"] == "64" and {"val/map", "train/loss", "final/val/map"} <= metrics
+
+
+def test_the_decision_lock_is_a_postgres_advisory_lock_released_with_its_holder(postgres_url):
+    """On PostgreSQL, as on SQLite: a second decider of the same study is refused, naming the first; another
+    study is not; the lock is free again once the first lets go."""
+    import optuna
+
+    from pipeline.study.decision_lock import DecisionHeld, decision_lock
+
+    one = optuna.create_study(storage=postgres_url, study_name="lock-one", load_if_exists=True)
+    two = optuna.create_study(storage=postgres_url, study_name="lock-two", load_if_exists=True)
+    with decision_lock(postgres_url, one):
+        with pytest.raises(DecisionHeld, match=rf"study lock-one: its verdict is being decided by pid {os.getpid()}"):
+            with decision_lock(postgres_url, one):
+                pass
+        with decision_lock(postgres_url, two):  # another study's verdict is another lock
+            pass
+    with decision_lock(postgres_url, one):  # released with its holder's connection
+        pass
