@@ -6,8 +6,10 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl $(cat benchmarks/gpu_wheels.txt)
-# and run it with `.whl` carried and a timeout of about 9 minutes. $OUT (or /tmp/gpu_check) gets summary.txt
-# and results.tgz: every step's log, the MLflow and Optuna stores (refreshed after each step).
+# and run it with `.whl` carried and a timeout of about 9 minutes. $OUT (or /tmp/gpu_check) gets summary.txt,
+# results.jsonl (a row per JSON line a step printed, tagged with the step and its exit code, appended as each
+# step ends, so a step or a script cut short keeps what was measured) and results.tgz: every step's log, the
+# MLflow and Optuna stores (refreshed after each step; a killed sweep's finished trials and kept seeds resume).
 # Each step has its own time limit and the script skips what would not fit: a late failure costs
 # only its own step. SMOKE=1 DEVICE=cpu runs every step at toy sizes, to check the script itself.
 set -uo pipefail
@@ -46,6 +48,18 @@ step() {  # step NAME LIMIT_S COMMAND...: run if it fits in what is left, never 
   timeout -k 5 "$limit" "$@" > "$logs/$name.log" 2>&1; local rc=$?
   log "$name: rc $rc in $((SECONDS - t0)) s"
   tail -n 2 "$logs/$name.log" | grep -v '^{' | sed 's/^/    /' | cut -c1-300 | tee -a "$out/summary.txt"
+  python3 - "$logs/$name.log" "$name" "$rc" "$((SECONDS - t0))" >> "$out/results.jsonl" <<'EOF'
+import json, sys
+log, name, rc, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rows = []
+for line in open(log, errors="replace"):
+    try:
+        rows.append(json.loads(line)) if line.startswith("{") else None
+    except ValueError:  # a line cut by the kill
+        pass
+for row in rows or [None]:
+    print(json.dumps({"step": name, "rc": rc, "seconds": seconds, "cut_short": rc in (124, 137), "row": row}))
+EOF
   python3 - "$logs/$name.log" <<'EOF' 2>&1 | tee -a "$out/summary.txt"
 import json, sys
 lines = [l for l in open(sys.argv[1], errors="replace") if l.startswith("{")]
@@ -79,7 +93,8 @@ nproc | sed 's/^/cpu cores: /' | tee -a "$out/summary.txt"
 # The parts, in the order of PARTS (default: all of them, in this order). A lease of 15 minutes holds
 # about two calls of this script: pass the parts still missing, e.g. PARTS="profile sweeps".
 part_tests() {  # the CUDA graph trains like eager steps (the GPU-only tests; on a CPU they skip)
-  step tests 90 python3 -m pytest -q -p no:cacheprovider tests/training/test_step.py tests/training/test_validation.py; }
+  step tests 120 python3 -m pytest -q -p no:cacheprovider tests/training/test_step.py tests/training/test_validation.py \
+    tests/model/test_pack.py; }
 part_data() {  # the data set, generated once into the cache (on all cores), not timed as part of a trial
   step data 120 python3 cli.py data bananas --preview "$work/preview.png"; }
 part_bench() {  # training images/s of the chapter's loop and of the fast path with its switches, one run
@@ -136,7 +151,18 @@ part_precision() {  # issue 16: is bf16 equivalent to fp32 within ±0.01 mAP at 
   step precision "${PRECISION_TIMEOUT:-240}" python3 cli.py sweep precision --profile quick --device "$DEVICE" \
     --storage "sqlite:///$logs/optuna.db" \
     --decide --delta 0.01 --seeds "${PRECISION_LOOK:-16}" --max-seeds "${PRECISION_MAX_SEEDS:-128}" "${tiny[@]}" --json; }
+part_chapter() {  # the chapter's answers at the chapter's protocol: each exercise's grid against the shared seeds
+  # --candidates: every grid point gets its paired seeds (the transfer table compares each point's effect across
+  # profiles); looks of CHAPTER_LOOK seeds as grouped packs until decided or CHAPTER_MAX_SEEDS. A step cut short
+  # keeps its finished trials and kept seeds in $logs/optuna.db: the same call resumes them.
+  for variant in ${CHAPTER_VARIANTS:-loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
+    step "chapter_$variant" "${CHAPTER_TIMEOUT:-240}" python3 cli.py sweep "$variant" --profile chapter --device "$DEVICE" \
+      --storage "sqlite:///$logs/optuna.db" --decide --seeds "${CHAPTER_LOOK:-5}" --max-seeds "${CHAPTER_MAX_SEEDS:-15}" \
+      --candidates "${CHAPTER_CANDIDATES:-4}" ${CHAPTER_DATASET:+--dataset "$CHAPTER_DATASET"} "${tiny[@]}" --json
+  done; }
 # Not in the default list (they answer issue 16, not the fast path): PARTS="precision noise" BUDGET=560, in a call
 # with a timeout of 600 s: the parts' limits add up to 780 s, but on 16 cores the data steps take seconds.
+# PARTS="data chapter" answers issue 26 (one chapter trial took 9.5 s on an H200; a variant's grid and verdict a
+# few minutes): CHAPTER_VARIANTS picks the exercises, one step each.
 for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels packs packfit roofline}; do "part_$part"; done
 log "done"

@@ -108,7 +108,18 @@ def measure_fit(args, cfg: RunConfig) -> list[dict]:
             packed = (time.perf_counter() - started) / k
             rows.append({"layout": layout, "k": k, "seconds_per_seed": packed, "single_seconds_per_seed": single,
                          "seeds_per_hour_vs_single": single / packed})
+            print(json.dumps({"fit_row": rows[-1]}), flush=True)  # as it goes: a step cut short keeps it
+            free_device_memory()
     return rows
+
+
+def free_device_memory() -> None:
+    """Between configurations: the last one's cached blocks must not crowd the next (or fake its memory check)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def main(argv=None) -> dict:

@@ -4,6 +4,7 @@ No timing is asserted anywhere: the machines are shared and noisy.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,30 @@ def test_roofline_on_a_gpu_measures_its_peaks():
     measured = out["gpus"]["measured"]
     assert 0.1 < measured["tb_per_s"] < 20 and 1 < measured["bf16_tflops"] < 5000
     assert set(out["gpus"]) == {"h100", "measured"}
+
+
+@pytest.mark.slow
+def test_gpu_check_keeps_what_a_part_measured_when_its_timeout_cuts_it_short(tmp_path):
+    """The chapter part on the CPU at toy sizes, with a limit that ends its sweep mid-way: results.jsonl still has
+    the step's row (cut short, its exit code), and results.tgz the Optuna store whose finished trials resume."""
+    import tarfile
+
+    from pipeline.data import generate_bananas
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=4, progress=False)
+    out = tmp_path / "out"
+    env = {**os.environ, "SMOKE": "1", "DEVICE": "cpu", "PARTS": "chapter", "CHAPTER_VARIANTS": "smooth-l1",
+           "CHAPTER_DATASET": str(data), "CHAPTER_TIMEOUT": "50", "BUDGET": "150", "OUT": str(out),
+           "TINYSSD_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    [row] = [r for r in rows if r["step"] == "chapter_smooth-l1"]
+    assert row["rc"] == 124 and row["cut_short"] and row["row"] is None, rows
+    with tarfile.open(out / "results.tgz") as tgz:
+        store = tmp_path / "kept"
+        tgz.extract("./optuna.db", store)
+    import optuna
+    trials = optuna.load_study(study_name="smooth-l1-chapter", storage=f"sqlite:///{store}/optuna.db").trials
+    assert any(t.state.name == "COMPLETE" for t in trials)  # what finished before the cut is kept

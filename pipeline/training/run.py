@@ -180,5 +180,6 @@ def _log_results(result: FitResult, train: DetectionData, val: DetectionData, ru
     result.timings["artifacts_s"] = time.perf_counter() - logging_started
     run.log_metrics({"final/trial_seconds": seconds, **{f"timing/{k}": v for k, v in result.timings.items()}},
                     step=cfg.epochs)
-    run.set_tags({"trial_state": "COMPLETE", **_divergence_tags(result)})
+    run.set_tags({"trial_state": "COMPLETE", **_divergence_tags(result),
+                  **({"cuda_graph_fallback": result.graph_error[:500]} if result.graph_error else {})})
     return RunResult(run.run_id, result.metrics, result.train_images_per_s, checkpoints, result, seconds)

@@ -67,6 +67,7 @@ class FitResult:
     timings: dict[str, float]  # seconds the training loop spent on: setup, train (graph warm-up and capture
                                # included, and broken out), validate (predicting, and waiting for a score),
                                # epoch_state; and scoring: pycocotools' seconds in the worker thread
+    graph_error: str | None = None  # on CUDA with cuda_graph: why capture failed and the fit trained eagerly
 
     @property
     def live(self) -> list[ReplicaResult]:
@@ -228,7 +229,7 @@ class _Training:
         images = self.cfg.epochs * len(self.step.images) * len(self.live)
         return FitResult(self.average.model(self.model), self.pack, self.reporter.history[-1], self.reporter.history,
                          self.replica_results(), images / max(self.train_seconds, 1e-9),
-                         {**self.timings, **self.step.timings})
+                         {**self.timings, **self.step.timings}, self.step.graph_error)
 
     def train_epoch(self, epoch: int) -> None:
         """Train one epoch, start its validation if it has one, and queue it for reporting."""

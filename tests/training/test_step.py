@@ -179,3 +179,28 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_is_warned_about(monkeypatch):
                           torch.device("cpu"))
         emulated = [w for w in caught if "emulates it" in str(w.message)]
         assert len(emulated) == (0 if native else 1), [str(w.message) for w in caught]
+
+
+@pytest.mark.slow
+def test_a_cuda_graph_fallback_is_recorded_on_the_run(workdir, tiny_bananas, monkeypatch):
+    """Capture that fails trains eagerly (a warning), and the run says so: tag cuda_graph_fallback. The capture
+    itself needs CUDA; here the step is told it fell back, as _capture_or_fall_back would on a GPU."""
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from cli import app
+    from conftest import tiny_args
+    from pipeline.tracking import tracking_uri
+    from pipeline.training import step as step_module
+
+    real_init = step_module.TrainStep.__init__
+
+    def falls_back(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.graph_error = "RuntimeError: operation not permitted when stream is capturing"
+    monkeypatch.setattr(step_module.TrainStep, "__init__", falls_back)
+    result = CliRunner().invoke(app, ["train", "--dataset", str(tiny_bananas), "--device", "cpu", *tiny_args()])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("tinyssd-train").experiment_id])
+    assert run.data.tags["cuda_graph_fallback"].startswith("RuntimeError: operation not permitted")
