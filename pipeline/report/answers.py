@@ -129,6 +129,24 @@ def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     return [Block("h2", "Not measured yet"), *blocks] if blocks else []
 
 
+def fidelity_blocks(frame: pd.DataFrame) -> list[Block]:
+    """Whose answer each verdict is: the chapter's only where it was decided at the chapter's protocol. A verdict at
+    another profile answers that profile's question until its effects' transfer to the chapter's is measured."""
+    def where(r) -> str:
+        size = r.get("image_size")
+        return f"`{r['variant']}` ({r['profile']} profile" + (f", {int(size)} px)" if size == size and size else ")")
+    chapter = [where(r) for _, r in frame.iterrows() if r["profile"] == "chapter"]
+    proxy = [where(r) for _, r in frame.iterrows() if r["profile"] != "chapter"]
+    text = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "
+            "batch 32, lr 0.2), or at a profile whose effects were shown to carry over to it.")
+    if chapter:
+        text += " The chapter's answers: " + ", ".join(chapter) + "."
+    if proxy:
+        text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
+                 "measured: " + ", ".join(proxy) + ".")
+    return [Block("h2", "Whose answer each verdict is"), Block("p", text)]
+
+
 def exercise_studies(frame: pd.DataFrame) -> pd.DataFrame:
     """The studies of the chapter's exercises: a variant marked EXERCISE = False (precision) is left out; a study
     whose variant file is gone is kept."""
@@ -153,7 +171,7 @@ def write_answers(storage: str, folder: Path) -> Path:
                          + ". Each exercise is a variant "
                          "(a file in `experiments/`), run as an Optuna study against its control, the chapter's own "
                          "configuration under the same profile.")]
-    blocks += _glance_blocks(frame, folder) + _voc_blocks(frame) + anchor_blocks(frame, folder)
+    blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame) + _voc_blocks(frame) + anchor_blocks(frame, folder)
     blocks += _threshold_blocks(frame) + _missing_blocks(frame)
     blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study."))
     write_documents(folder, blocks, "tinyssd-ablate: answers to the chapter's exercises")

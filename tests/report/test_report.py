@@ -215,11 +215,14 @@ def test_report_all_and_the_cli(swept):
     assert_real_png(summary / "figures" / "forest.png")
     page = (summary / "report.md").read_text()
     assert f"trained on cpu: {cpu_model()} ({cpu_cores()} cores) at the quick profile." in page  # what ran, on what
-    for section in ("## The answers at a glance", "## Evaluating as the SSD paper does", "## How the anchors",
-                    "## Choosing the threshold", "## Not measured yet"):
+    for section in ("## The answers at a glance", "## Whose answer each verdict is", "## Evaluating as the SSD paper does",
+                    "## How the anchors", "## Choosing the threshold", "## Not measured yet"):
         assert section in page, section
     verdict = load("focal-loss-quick").user_attrs["verdict"]["candidates"][0]["verdict"]
     assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
+    assert ("Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
+            "measured: `focal-loss` (quick profile, 64 px)") in " ".join(page.split())
+    assert "The chapter's answers:" not in page  # nothing here was decided at the chapter's protocol
     assert "not decided (one seed each; use --decide)" in set(table["verdict"])
     assert "`precision`" not in page and "`input-size`" in page  # not an exercise, so not missing from the sheet
     unknown = runner.invoke(app, ["report", "focal", "--out-root", str(root / "reports")])
