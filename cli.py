@@ -96,7 +96,7 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     MLflow run of the experiment tinyssd-noise. See docs/noise-budget.md for measured budgets.
     """
     from pipeline.data import has_split, load_split
-    from pipeline.stats.noise import budget_of
+    from pipeline.stats.noise import budget_of, how_rough
     from pipeline.interrupts import sigterm_as_interrupt
     from pipeline.training.run import tracked_run
     from pipeline.tracking import MlflowTracker
@@ -118,15 +118,19 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     for col in ("part", "sd (mAP)"):
         table.add_column(col, justify="left" if col == "part" else "right")
     for name, value in (("seed", budget.seed_sd), ("validation sampling (bootstrap)", budget.validation_sd),
-                        ("end of training (last 3 epochs)", budget.end_of_training_sd),
+                        ("end of training (last 3 epochs) ¹", budget.end_of_training_sd),
                         *([(f"test split sampling (bootstrap, {budget.test_images} images)", budget.test_sd)]
                           if budget.test_images else []),
-                        ("a paired difference, one seed", budget.paired_sd),
+                        ("√2 × seed sd ²", budget.paired_sd),
                         ("seed, scoring the mean of the last 3 epochs", budget.last_epochs_mean_sd)):
         table.add_row(name, f"{value:.4f}")
     console.print(table)
+    console.print("¹ a convergence check (is the curve still moving?), already inside the seed sd, not a part of its "
+                  "own. ² the sd of an unpaired difference, not a bound on a paired one (docs/noise-budget.md).")
     effects = ", ".join(f"{n} seeds: {v:.4f}" for n, v in budget.minimum_detectable_effects().items())
     console.print(f"mean val/map {budget.mean:.4f} (mean of the last 3 epochs: {budget.last_epochs_mean:.4f}); smallest paired Δ detectable (80% power, 95%): {effects}")
+    if rough := how_rough(budget.seed_sd, budget.seeds):
+        console.print(f"[yellow]Too rough to size anything on {budget.seeds} seeds: the seed sd is {rough}.[/]")
     if json_out:
         json_line({"dataset": cfg.dataset, "profile": chosen_profile(profile, device), "image_size": cfg.image_size,
                     "run_id": result.run_id,

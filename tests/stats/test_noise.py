@@ -65,6 +65,10 @@ def test_the_noise_command_budgets_a_real_pack(workdir, tiny_bananas):
     assert budget["seeds"] == 3 and budget["validation_images"] == 4 and budget["test_images"] == 0
     assert budget["image_size"] == 64 and "quick profile at 64 px" in plain(result.output)
     assert budget["paired_sd"] == pytest.approx(math.sqrt(2) * budget["seed_sd"])
+    text = plain(result.output)
+    assert "Too rough to size anything on 3 seeds: the seed sd is rough: its 95% interval is" in text
+    assert "¹ a convergence check (is the curve still moving?), already inside the seed sd" in text
+    assert "² the sd of an unpaired difference, not a bound on a paired one" in text
     from mlflow.tracking import MlflowClient
 
     from pipeline.training.seeds import seed_key
