@@ -158,6 +158,7 @@ part_chapter() {  # the chapter's answers at the chapter's protocol: each exerci
   for variant in ${CHAPTER_VARIANTS:-loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
     step "chapter_$variant" "${CHAPTER_TIMEOUT:-240}" python3 cli.py sweep "$variant" --profile chapter --device "$DEVICE" \
       --storage "sqlite:///$logs/optuna.db" --decide --seeds "${CHAPTER_LOOK:-5}" --max-seeds "${CHAPTER_MAX_SEEDS:-15}" \
+      --delta "${CHAPTER_DELTA:-0.01}" \
       --candidates "${CHAPTER_CANDIDATES:-4}" ${CHAPTER_DATASET:+--dataset "$CHAPTER_DATASET"} "${tiny[@]}" --json
   done; }
 # Not in the default list (they answer issue 16, not the fast path): PARTS="precision noise" BUDGET=560, in a call

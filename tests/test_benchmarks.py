@@ -290,7 +290,9 @@ def test_gpu_check_keeps_what_a_part_measured_when_its_timeout_cuts_it_short(tmp
     data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=4, progress=False)
     out = tmp_path / "out"
     env = {**os.environ, "SMOKE": "1", "DEVICE": "cpu", "PARTS": "chapter", "CHAPTER_VARIANTS": "smooth-l1",
-           "CHAPTER_DATASET": str(data), "CHAPTER_TIMEOUT": "50", "BUDGET": "150", "OUT": str(out),
+           "CHAPTER_DATASET": str(data), "CHAPTER_TIMEOUT": "50", "BUDGET": "150",
+           # a verdict that cannot end within the limit: a seed a look, up to 64, a margin nothing fits inside
+           "CHAPTER_LOOK": "1", "CHAPTER_MAX_SEEDS": "64", "CHAPTER_DELTA": "0.0001", "OUT": str(out),
            "TINYSSD_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
