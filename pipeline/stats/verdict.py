@@ -269,7 +269,13 @@ def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = ALPHA, powe
     half-width at n plus the t quantile of the power (an approximation; tests/stats/test_verdict.py measures it)."""
     if n < 2 or not sd_diff > 0:
         return math.nan
-    return float((critical_t(n, alpha) + stats.t.ppf(power, n - 1)) * sd_diff / math.sqrt(n))
+    return _detectable_in_sds(n, alpha, power) * sd_diff
+
+
+@functools.lru_cache(maxsize=4096)
+def _detectable_in_sds(n: int, alpha: float, power: float) -> float:
+    """(critical_t(n) + t quantile of the power) / √n: cached, as the seeds-to-decide search asks for it per n."""
+    return float((critical_t(n, alpha) + stats.t.ppf(power, n - 1)) / math.sqrt(n))
 
 
 def to_record(v: Verdict) -> dict:
