@@ -144,7 +144,12 @@ def fidelity_blocks(frame: pd.DataFrame) -> list[Block]:
     if proxy:
         text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
                  "measured: " + ", ".join(proxy) + ".")
-    return [Block("h2", "Whose answer each verdict is"), Block("p", text)]
+    decided = int(frame["outcome"].isin(["better", "worse", "equivalent"]).sum()) if "outcome" in frame else 0
+    family = (f" Each verdict's interval is 95% for its own question. Across the {counted(decided, 'decided verdict')} "
+              f"here, the chance that at least one is wrong is at most {min(decided * 5, 100)}% (the union bound): "
+              "they are not corrected as one family yet, and those that pair against the same control seeds are not "
+              "independent confirmations of each other." if decided > 1 else "")
+    return [Block("h2", "Whose answer each verdict is"), Block("p", text + family)]
 
 
 def exercise_studies(frame: pd.DataFrame) -> pd.DataFrame:

@@ -347,3 +347,16 @@ def test_the_header_says_what_the_objective_measures():
     from pipeline.metric_names import objective_label  # the figures' axis label for the objective
     assert objective_label("val/voc_ap50") == "val VOC2010+ all-point AP at IoU 0.5"
     assert objective_label("val/mar100") == "val/mar100"
+
+
+def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
+    from pipeline.report.answers import fidelity_blocks
+
+    frame = pd.DataFrame([
+        {"variant": "focal-loss", "profile": "quick", "image_size": 64.0, "outcome": "better"},
+        {"variant": "loss-weights", "profile": "chapter", "image_size": 256.0, "outcome": "equivalent"},
+        {"variant": "smooth-l1", "profile": "quick", "image_size": 64.0, "outcome": "undecided"}])
+    text = fidelity_blocks(frame)[1].text
+    assert "The chapter's answers: `loss-weights` (chapter profile, 256 px)." in text
+    assert "not measured: `focal-loss` (quick profile, 64 px), `smooth-l1` (quick profile, 64 px)." in text
+    assert "Across the 2 decided verdicts here, the chance that at least one is wrong is at most 10%" in text
