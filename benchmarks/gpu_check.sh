@@ -26,6 +26,9 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TINYSSD_CACHE=${TINYSSD_C
 # as on any normal install; the import below fills it.
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 work=$(mktemp -d); logs=$work/logs; mkdir -p "$logs"
+if [ -n "${RESUME:-}" ]; then  # a results.tgz of an earlier call: its stores, so its studies and kept seeds resume
+  tar xzf "$RESUME" -C "$logs" ./optuna.db ./mlflow.db 2>/dev/null || tar xzf "$RESUME" -C "$logs" ./optuna.db
+fi
 export MLFLOW_TRACKING_URI=sqlite:///$logs/mlflow.db
 tiny=(); e2e_tiny=(); bench_tiny=(); conc_tiny=(); kernel_tiny=(); roofline_tiny=(); packfit_tiny=()
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -154,7 +157,8 @@ part_precision() {  # issue 16: is bf16 equivalent to fp32 within ±0.01 mAP at 
 part_chapter() {  # the chapter's answers at the chapter's protocol: each exercise's grid against the shared seeds
   # --candidates: every grid point gets its paired seeds (the transfer table compares each point's effect across
   # profiles); looks of CHAPTER_LOOK seeds as grouped packs until decided or CHAPTER_MAX_SEEDS. A step cut short
-  # keeps its finished trials and kept seeds in $logs/optuna.db: the same call resumes them.
+  # keeps its finished trials and kept seeds in results.tgz's optuna.db: the next call with RESUME=that results.tgz
+  # resumes them.
   for variant in ${CHAPTER_VARIANTS:-loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
     step "chapter_$variant" "${CHAPTER_TIMEOUT:-240}" python3 cli.py sweep "$variant" --profile chapter --device "$DEVICE" \
       --storage "sqlite:///$logs/optuna.db" --decide --seeds "${CHAPTER_LOOK:-5}" --max-seeds "${CHAPTER_MAX_SEEDS:-15}" \
@@ -164,6 +168,6 @@ part_chapter() {  # the chapter's answers at the chapter's protocol: each exerci
 # Not in the default list (they answer issue 16, not the fast path): PARTS="precision noise" BUDGET=560, in a call
 # with a timeout of 600 s: the parts' limits add up to 780 s, but on 16 cores the data steps take seconds.
 # PARTS="data chapter" answers issue 26 (one chapter trial took 9.5 s on an H200; a variant's grid and verdict a
-# few minutes): CHAPTER_VARIANTS picks the exercises, one step each.
+# few minutes): CHAPTER_VARIANTS picks the exercises, one step each; RESUME=results.tgz of a call cut short goes on.
 for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels packs packfit roofline}; do "part_$part"; done
 log "done"

@@ -290,7 +290,7 @@ def test_gpu_check_keeps_what_a_part_measured_when_its_timeout_cuts_it_short(tmp
     data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=4, progress=False)
     out = tmp_path / "out"
     env = {**os.environ, "SMOKE": "1", "DEVICE": "cpu", "PARTS": "chapter", "CHAPTER_VARIANTS": "smooth-l1",
-           "CHAPTER_DATASET": str(data), "CHAPTER_TIMEOUT": "50", "BUDGET": "150",
+           "CHAPTER_DATASET": str(data), "CHAPTER_TIMEOUT": "60", "BUDGET": "150",
            # a verdict that cannot end within the limit: a seed a look, up to 64, a margin nothing fits inside
            "CHAPTER_LOOK": "1", "CHAPTER_MAX_SEEDS": "64", "CHAPTER_DELTA": "0.0001", "OUT": str(out),
            "TINYSSD_CACHE": str(tmp_path / "cache")}
@@ -305,4 +305,17 @@ def test_gpu_check_keeps_what_a_part_measured_when_its_timeout_cuts_it_short(tmp
         tgz.extract("./optuna.db", store)
     import optuna
     trials = optuna.load_study(study_name="smooth-l1-chapter", storage=f"sqlite:///{store}/optuna.db").trials
-    assert any(t.state.name == "COMPLETE" for t in trials)  # what finished before the cut is kept
+    done = {t.number for t in trials if t.state.name == "COMPLETE"}
+    assert done, (out / "summary.txt").read_text()  # what finished before the cut is kept
+
+    (out / "results.jsonl").unlink()
+    kept = tmp_path / "first.tgz"
+    (out / "results.tgz").rename(kept)
+    again = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=240, env={**env, "RESUME": str(kept), "CHAPTER_TIMEOUT": "20"})
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    with tarfile.open(out / "results.tgz") as tgz:
+        tgz.extract("./optuna.db", tmp_path / "resumed")
+    resumed = optuna.load_study(study_name="smooth-l1-chapter", storage=f"sqlite:///{tmp_path}/resumed/optuna.db")
+    assert done <= {t.number for t in resumed.trials if t.state.name == "COMPLETE"}, (  # resumed, not started over
+        (out / "summary.txt").read_text())

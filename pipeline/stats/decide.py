@@ -117,11 +117,14 @@ def record(candidates: list[Candidate], control: dict[int, float], plan: Plan, f
     rows = []
     for c in candidates:
         seeds, diffs = c.diffs(control)
-        evidence = to_record(c.verdict if c.verdict is not None else _verdict_now(c, control, plan, ALPHA))
+        # an open candidate's evidence at the level it is decided at (alpha over the settings), never more decided
+        pending = {"verdict": "pending", "decided_at": None, "within_delta": False}
+        evidence = to_record(c.verdict if c.verdict is not None
+                             else _verdict_now(c, control, plan, ALPHA / len(candidates)))
         rows.append({"trial": c.trial, "seeds": seeds, "scores": [c.scores[s] for s in seeds],
                      "control": [control[s] for s in seeds], "diffs": diffs, "look_ends": list(c.look_ends),
                      "diverged": sorted(set(c.diverged)), "control_diverged": sorted(set(control_diverged) & set(seeds)),
-                     **evidence, **({} if c.verdict is not None else {"verdict": "pending"})})
+                     **evidence, **({} if c.verdict is not None else pending)})
     return {"final": final, "delta_margin": plan.delta, "max_seeds": plan.max_seeds,
             "seeds_per_look": plan.seeds_per_look, "planned_looks": plan.looks, "candidates": rows,
             "holm": len(candidates) > 1}

@@ -247,9 +247,9 @@ def holm(diffs: list[list[float]], seeds_per_look: int, max_seeds: int, delta: f
     """Several settings' verdicts against one control, Holm-corrected: in rounds, every setting whose interval at
     level alpha / (settings left) declares better or worse is decided and leaves; the rest are tried again at the
     larger level, until a round decides none. That is Holm's step-down on the anytime p-values (the interval at
-    level a excludes 0 exactly when the largest e-value reaches 1/a), valid under any dependence between the
-    settings, which share the control. Those left take their verdict at the last round's level (equivalent or
-    undecided)."""
+    level a excludes 0 exactly when the largest e-value reaches 1/a): the better and worse claims keep the family's
+    rate under any dependence between the settings, which share the control. Those left take their verdict at the
+    last round's level (equivalent or undecided), a level Holm's argument does not cover for them."""
     remaining, level, level_of = set(range(len(diffs))), alpha, {}
     while remaining:
         level = alpha / len(remaining)

@@ -75,17 +75,20 @@ def _file_lock(storage_url: str, study_name: str) -> Iterator[bool]:
 @contextlib.contextmanager
 def _advisory_lock(storage_url: str, study_name: str) -> Iterator[bool]:
     import sqlalchemy
+    import sqlalchemy.exc
     from sqlalchemy.pool import NullPool
 
     engine = sqlalchemy.create_engine(storage_url, poolclass=NullPool)
     key = {"a": ADVISORY_KEY, "b": zlib.crc32(study_name.encode()) - 2 ** 31}  # int4, as Postgres wants
     try:
-        with engine.connect() as conn:
+        # autocommit: the session must not sit idle in a transaction for hours (a server may end such sessions)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             held = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:a, :b)"), key).scalar()
             try:
                 yield bool(held)
             finally:
-                if held:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:a, :b)"), key)
+                if held:  # a session the server has ended has released its lock already
+                    with contextlib.suppress(sqlalchemy.exc.DBAPIError):
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:a, :b)"), key)
     finally:
         engine.dispose()

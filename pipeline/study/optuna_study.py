@@ -46,8 +46,10 @@ class NoTrialCompleted(RuntimeError):
 
 
 def check_some_trial_completed(trials: list[optuna.trial.FrozenTrial]) -> None:
-    """Raise NoTrialCompleted when the study has trials and none of them COMPLETE, naming the first failure."""
-    if not trials or any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+    """Raise NoTrialCompleted when the study has trials, every one has ended, and none of them COMPLETE, naming the
+    first failure. Trials still running or waiting (another worker's, another host's) may yet complete."""
+    live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    if not trials or any(t.state in live for t in trials):
         return
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     first = failed[0] if failed else trials[0]

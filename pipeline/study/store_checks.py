@@ -84,7 +84,7 @@ def check_kept_packs(kept: Any, study_name: str, attr: str) -> dict[str, dict]:
 
 
 def _seed_number(seed: str) -> int | None:
-    return int(seed) if isinstance(seed, str) and seed.isdigit() else None
+    return int(seed) if isinstance(seed, str) and seed.isascii() and seed.isdigit() else None
 
 
 def _repair(entry: str, seed: str | None = None) -> str:

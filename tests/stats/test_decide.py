@@ -13,7 +13,7 @@ from cli import app
 from conftest import tiny_args
 from pipeline.config import RunConfig
 from pipeline.stats.decide import Candidate, Plan, settle
-from pipeline.stats.verdict import minimum_detectable_effect
+from pipeline.stats.verdict import minimum_detectable_effect, verdict
 from pipeline.tracking import tracking_uri
 
 runner = CliRunner()
@@ -223,3 +223,19 @@ def test_kept_packs_merge_seed_by_seed_with_what_another_process_kept():
     second.reuse_or(lambda role, c, seeds: {s: 0.2 for s in seeds})("control", cfg, [4])
     [entry] = study.user_attrs["verdict_packs"].values()
     assert entry["scores"] == {"1": 0.1, "2": 0.1, "3": 0.1, "4": 0.2}
+
+
+def test_a_pending_candidate_carries_its_evidence_at_the_corrected_level_and_no_decision():
+    """Killed mid-decision with two settings: an open one's interval is at alpha/2 and says nothing decided."""
+    from pipeline.stats.decide import record
+
+    train_pack, _ = fake_trainer({"control": 0.0, "trial 1": 0.004, "trial 2": 0.0})
+    candidates = [Candidate(1, RunConfig()), Candidate(2, RunConfig())]
+    control = {s: train_pack("control", None, [s])[s] for s in range(1, 9)}
+    for c in candidates:
+        c.scores = {s: train_pack(f"trial {c.trial}", None, [s])[s] for s in range(1, 9)}
+    rows = record(candidates, control, Plan(1, 1, 15), final=False)["candidates"]
+    alone = verdict(rows[0]["diffs"], 1, 15, 0.01, alpha=0.025)
+    assert [r["verdict"] for r in rows] == ["pending", "pending"]
+    assert rows[0]["delta_ci95"] == pytest.approx([alone.look.lo, alone.look.hi])
+    assert rows[0]["decided_at"] is None and rows[0]["within_delta"] is False

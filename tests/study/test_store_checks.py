@@ -27,6 +27,7 @@ def kept(scores, seconds=None):
     (kept({"1": 0.2}, seconds={}), "seed 1: training time None is missing"),
     (kept({"3": 0.2, "03": 0.2}), "seed 03: written twice"),
     (kept({"x": 0.2}), "seed x: not a seed number"),
+    (kept({"²": 0.2}), "seed ²: not a seed number"),  # a digit to str.isdigit, not to int()
     ({ENTRY: {"scores": {"1": 0.2}}}, "needs 'scores' and 'seconds'"),
 ])
 def test_a_bad_kept_record_is_refused_naming_the_study_the_attribute_and_the_seed(record, problem):

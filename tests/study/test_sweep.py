@@ -305,3 +305,16 @@ def test_the_test_split_is_checked_before_any_trial_and_skips_are_reported(workd
 def child_runs_and_parents(study_name):
     client = MlflowClient(tracking_uri())
     return client.search_runs([client.get_experiment_by_name(study_name).experiment_id])
+
+
+def test_no_trial_completed_waits_for_trials_still_running_elsewhere():
+    """Another host's trials still running may yet complete: only a study whose every trial ended without one
+    complete is a failed search."""
+    from pipeline.study.optuna_study import NoTrialCompleted, check_some_trial_completed
+
+    study = optuna.create_study()
+    running = study.ask()
+    check_some_trial_completed(study.trials)  # one running: not failed yet
+    study.tell(running, state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(NoTrialCompleted, match=r"no trial completed \(1 failed of 1\); trial 0"):
+        check_some_trial_completed(study.trials)
