@@ -70,6 +70,10 @@ def stale_callback(tracker: MlflowTracker, study_name: str):
     return on_stale
 
 
+ENDED_UNRECORDED = ("its worker (pid {pid} on {host}) ended without recording why: killed, or interrupted before "
+                    "its trial began")
+
+
 def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     """Fail, now, the RUNNING trials whose worker process on this host is gone (killed outright), and hand
     each to the storage's stale-trial callback (retry, close its MLflow run), as a missed heartbeat would
@@ -82,6 +86,8 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
                 or process_alive(int(worker["pid"]))):
             continue
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process failed it first
+            if "fail_reason" not in trial.user_attrs:  # a finished trial takes no attribute: say why, first
+                storage.set_trial_user_attr(trial._trial_id, "fail_reason", ENDED_UNRECORDED.format(**worker))
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 failed.append(trial.number)
                 callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()

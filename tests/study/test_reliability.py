@@ -92,6 +92,7 @@ def test_kill_9_then_resume_at_once_retries_the_trial_without_waiting_for_the_he
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     states = [t.state.name for t in load().trials]
     assert states[0] == "FAIL" and states.count("COMPLETE") == 2 and "RUNNING" not in states, states
+    assert f"its worker (pid {worker.pid} on " in load().trials[0].user_attrs["fail_reason"]  # a failure says why
     assert all(r.info.status != "RUNNING" for r in runs())
 
 
@@ -125,7 +126,10 @@ def test_ctrl_c_on_a_two_worker_sweep_closes_everything_without_tracebacks(workd
     assert sweep.returncode != 0 and "Traceback" not in out, out
     trials = load().trials
     assert trials and all(t.state.name in ("FAIL", "COMPLETE") for t in trials), [t.state.name for t in trials]
-    assert all(t.user_attrs["fail_reason"] == "interrupted by Ctrl-C (SIGINT)" for t in trials if t.state.name == "FAIL")
+    # every failure says why: the interrupt, or, where it landed between Optuna creating the trial and the
+    # objective starting (the worker then ends without a word), the reconciliation's reason
+    reasons = {t.user_attrs.get("fail_reason", "none") for t in trials if t.state.name == "FAIL"}
+    assert reasons <= {"interrupted by Ctrl-C (SIGINT)"} | {r for r in reasons if "ended without recording why" in r}
     assert all(r.info.status in ("KILLED", "FINISHED") for r in runs())
 
 
