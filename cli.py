@@ -19,8 +19,8 @@ from cli_options import (CandidatesOpt, DatasetOpt, DecideOpt, DeltaOpt, Device,
 from pipeline.config import knob_table, make_config
 from pipeline.sqlite_files import DEFAULT_STORAGE, sqlite_path
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
-from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_train_result,
-                               print_verdict, sweep_table, train_summary)
+from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_skipped,
+                               print_train_result, print_verdict, sweep_table, train_summary)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
@@ -307,9 +307,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
     Trial 0 of every study is the chapter's configuration: the control.
     """
     import optuna
-    from pipeline.data import DataError
-    from pipeline.study.optuna_study import NoTrialCompleted, SweepError, SweepOptions
-    from pipeline.study.sweep import run_sweep
+    from pipeline.study.optuna_study import SweepOptions
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table say it better
 
@@ -323,9 +321,24 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                            seeds=seeds, seeds_per_trial=seeds_per_trial, decide=decide, delta=delta,
                            max_seeds=max_seeds, candidates=candidates, out_dir=out_dir, trial_timeout=trial_timeout,
                            skip_invalid=skip_invalid)
+    result = _run_sweep_or_exit(options)
+    console.print(sweep_table(result, options))
+    print_skipped(result)
+    print_verdict(result, options)
+    if json_out:
+        json_line(result)
+
+
+def _run_sweep_or_exit(options) -> dict:
+    """run_sweep with its progress view; bad input exits 2, a search whose every trial failed 1, an interrupt 130,
+    each with one line saying what to do."""
+    from pipeline.data import DataError
+    from pipeline.study.optuna_study import NoTrialCompleted, SweepError
+    from pipeline.study.sweep import run_sweep
+
     try:
         with SweepProgress(options) as view:
-            result = run_sweep(options, on_update=view.update)
+            return run_sweep(options, on_update=view.update)
     except DataError as exc:
         usage_error(str(exc), "--dataset")
     except SweepError as exc:
@@ -334,17 +347,10 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
         err_console.print(f"[red]Sweep failed:[/] {exc}")
         raise typer.Exit(1)
     except KeyboardInterrupt as exc:
-        kept = "; the verdict's finished packs are kept and reused" if seeds or decide else ""
+        kept = "; the verdict's finished packs are kept and reused" if options.seeds or options.decide else ""
         err_console.print(f"[yellow]Interrupted{f' ({exc})' if str(exc) else ''}.[/] Run the same command again to "
                           f"resume: finished trials are not run again{kept}.")
         raise typer.Exit(130)
-    console.print(sweep_table(result, options))
-    if skipped := {split: n for split, n in result.get("skipped", {}).items() if n}:
-        err_console.print("[yellow]--skip-invalid skipped " + ", ".join(f"{n} invalid {split} record{'s' * (n > 1)}"
-                                                                         for split, n in skipped.items()) + "[/]")
-    print_verdict(result, options)
-    if json_out:
-        json_line(result)
 
 
 @app.command()

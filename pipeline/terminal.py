@@ -115,6 +115,13 @@ def sweep_table(result: dict, options) -> Table:
     return table
 
 
+def print_skipped(result: dict) -> None:
+    """What --skip-invalid skipped, per split, if anything."""
+    if skipped := {split: n for split, n in result.get("skipped", {}).items() if n}:
+        err_console.print("[yellow]--skip-invalid skipped " + ", ".join(f"{n} invalid {split} record{'s' * (n > 1)}"
+                                                                         for split, n in skipped.items()) + "[/]")
+
+
 def print_verdict(result: dict, options) -> None:
     """The sweep's last lines: the verdict, or why there is none, and what to run next."""
     from pipeline.stats.noise import noise_sd_text
