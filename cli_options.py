@@ -124,7 +124,7 @@ DecideOpt = Annotated[bool, typer.Option("--decide", help="afterwards, add seeds
 
 
 DeltaOpt = Annotated[float, typer.Option(callback=finite_in(1e-4, 1.0),
-                                         help="the verdict's equivalence margin, in mAP")]
+                                         help="the verdict's equivalence margin, in mAP (0.0001 to 1)")]
 
 
 MaxSeedsOpt = Annotated[int, typer.Option(min=2, max=256, help="the most new seeds --decide spends per setting")]
