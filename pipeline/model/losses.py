@@ -187,26 +187,29 @@ def pack_box_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, 
     return torch.where(_per_replica(knobs.smooth, diff), smooth, diff)
 
 
-def _negative_scores(cls_loss: torch.Tensor, knobs: LossKnobs, generators: list | None) -> torch.Tensor:
-    """What ranks the negatives: the loss for 'hard' replicas, uniform draws for 'random' ones. Only a 'random'
-    replica draws, from its own generator (CPU), so every replica's random stream is that of its own run."""
+def draw_negative_scores(generators: list, random: list[bool], batch: int, anchors: int) -> torch.Tensor:
+    """[K, B, A] uniform draws that rank the negatives of each replica that samples them at random, each from its
+    replica's own (CPU) generator; zeros, drawing nothing, for the other replicas. On every device, so a seed draws
+    the same negatives alone and inside any pack."""
+    return torch.stack([torch.rand((batch, anchors), generator=g) if is_random else torch.zeros((batch, anchors))
+                        for g, is_random in zip(generators, random)])
+
+
+def _negative_scores(cls_loss: torch.Tensor, knobs: LossKnobs, draws: torch.Tensor | None) -> torch.Tensor:
+    """What ranks the negatives: the loss for 'hard' replicas, ``draws`` (:func:`draw_negative_scores`) for
+    'random' ones."""
     score = full(cls_loss.detach())
     if "random" not in knobs.uses:
         return score
-    K, B, A = score.shape  # replicas, batch, anchors
-    if generators is None:  # on CUDA: the device's default generator, which graph replays advance safely
-        draws = torch.rand((K, B, A), device=score.device)
-    else:
-        draws = torch.stack([torch.rand((B, A), generator=g).to(score.device) if s == STRATEGIES.index("random")
-                             else torch.zeros((B, A), device=score.device)
-                             for g, s in zip(generators, knobs.strategy.tolist())])
-    return torch.where(_per_replica(knobs.strategy == STRATEGIES.index("random"), score), draws, score)
+    if draws is None:
+        raise ValueError("a replica samples its negatives at random: pass its draws (draw_negative_scores)")
+    return torch.where(_per_replica(knobs.strategy == STRATEGIES.index("random"), score), draws.to(score), score)
 
 
 def pack_select_negatives(cls_loss: torch.Tensor, positive: torch.Tensor, knobs: LossKnobs,
-                          generators: list | None) -> torch.Tensor:
+                          draws: torch.Tensor | None) -> torch.Tensor:
     """select_negatives for each replica with its own strategy and ratio: [K, B, A] -> bool [K, B, A]."""
-    score = _negative_scores(cls_loss, knobs, generators).masked_fill(positive, float("-inf"))
+    score = _negative_scores(cls_loss, knobs, draws).masked_fill(positive, float("-inf"))
     n_keep = (positive.sum(dim=-1, keepdim=True) * _per_replica(knobs.ratio, positive)).floor().long()
     rank = score.argsort(dim=-1, descending=True).argsort(dim=-1)
     chosen = positive | (rank < n_keep)
@@ -214,16 +217,17 @@ def pack_select_negatives(cls_loss: torch.Tensor, positive: torch.Tensor, knobs:
 
 
 def pack_loss(cls_logits, box_offsets, cls_labels, box_targets, box_mask, knobs: LossKnobs,
-              generators: list | None = None) -> dict[str, torch.Tensor]:
+              negative_draws: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """:func:`detection_loss` of each of K replicas, each with its own knobs: inputs with a leading K
-    ([K, B, A, ...]), outputs {"loss", "loss_cls", "loss_box"} of shape [K]. The replicas' parameters are
+    ([K, B, A, ...]), outputs {"loss", "loss_cls", "loss_box"} of shape [K]. ``negative_draws`` [K, B, A]
+    (:func:`draw_negative_scores`) rank the negatives of the replicas that sample them at random. The replicas' parameters are
     disjoint, so the gradient of ``loss.sum()`` is each replica's own loss's gradient."""
     K, B = cls_logits.shape[:2]  # replicas, batch
     positive = cls_labels > 0
     cls = pack_class_loss(cls_logits, cls_labels, knobs)  # [K, B, A]
     box = pack_box_loss(box_offsets, box_targets, box_mask, knobs)  # [K, B, A, 4]
     if knobs.uses & {"hard", "random"}:
-        cls = cls * pack_select_negatives(cls, positive, knobs, generators)
+        cls = cls * pack_select_negatives(cls, positive, knobs, negative_draws)
     w_cls, w_box = knobs.cls_weight, knobs.box_weight
     cls_per_image, box_per_image = cls.mean(dim=-1), box.reshape(K, B, -1).mean(dim=-1)  # [K, B]
     out = {"loss": (w_cls[:, None] * cls_per_image + w_box[:, None] * box_per_image).mean(dim=1),

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.model.boxes import multibox_target
-from pipeline.model.losses import LossKnobs, pack_loss
+from pipeline.model.boxes import anchors_per_location, feature_map_sizes, multibox_target
+from pipeline.model.losses import LossKnobs, draw_negative_scores, pack_loss
 from pipeline.model.pack import ReplicaLoop
 from pipeline.model.tinyssd import autocast, warn_if_bf16_is_emulated
 
@@ -78,11 +78,12 @@ class TrainStep:
     ``model`` is a TinySSD (its ``replicas`` K, one grouped network) or a pipeline.model.pack.ReplicaLoop;
     ``configs`` is a RunConfig (K = 1) or a pipeline.model.pack.Pack. Call :meth:`start_epoch`, then :meth:`run`
     with each batch's indices, [K, B] (or [B] for one replica), then :meth:`summary` or
-    :meth:`replica_summaries`. ``generators`` (one per replica, or one) draw the random flips, and
-    ``negative_generators`` (default: the same) the random negatives, on the CPU: a replica that samples
+    :meth:`replica_summaries`. ``generators`` (CPU generators, one per replica, or one; default: torch's) draw
+    the random flips, and ``negative_generators`` (default: the same) the random negatives: a replica that samples
     negatives at random draws from a stream of its own, so its flips and batch orders stay those of any other
-    setting on its seed. On CUDA both come from the default CUDA generator (seeded by ``torch.manual_seed``),
-    which graph replays advance safely.
+    setting on its seed. Every device draws them on the CPU, the same way (on CUDA into the captured graph's
+    input buffers), so a seed draws the same alone and inside any pack, and a setting shares its control's flips
+    at every step.
     """
 
     def __init__(self, model, images: torch.Tensor, targets: torch.Tensor, configs, device: torch.device,
@@ -93,11 +94,11 @@ class TrainStep:
         self.model, self.images, self.targets, self.cfg, self.device = model, images, targets, cfg, device
         self.k = len(replicas)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        if isinstance(generators, torch.Generator):
-            generators = [generators]
-        self.generators = generators if device.type == "cpu" and generators is not None else None
-        negatives = negative_generators if negative_generators is not None else generators
-        self.negative_generators = negatives if self.generators is not None else None
+        self.generators = _one_each(generators, self.k)
+        self.negative_generators = _one_each(negative_generators, self.k) if negative_generators is not None \
+            else self.generators
+        self.random_negatives = [c.neg_sampling == "random" for c in replicas]
+        self.anchors_per_image = anchors_per_location() * sum(s * s for s in feature_map_sizes(images.shape[-1]))
         self.parts = self._parts(list(replicas))
         self.lr = torch.tensor(float(cfg.lr), device=device)
         self.sums = torch.zeros(self.k, 5, device=device, dtype=torch.float64)  # per replica: loss, loss_cls,
@@ -106,7 +107,7 @@ class TrainStep:
         self.step_index = torch.zeros((), device=device, dtype=torch.long)
         self.use_graph = device.type == "cuda" and cfg.cuda_graph
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_idx: torch.Tensor | None = None
+        self.static_inputs: tuple | None = None  # what a replay reads: batch indices, flip coins, negative draws
         self.graph_error: str | None = None
         self.timings: dict[str, float] = {}  # seconds of the one-time graph work: warm-up, capture
         self.num_anchors = 0
@@ -118,10 +119,8 @@ class TrainStep:
         def compiled(model):
             return torch.compile(model.forward_pack) if self.cfg.torch_compile else model.forward_pack
         if not isinstance(self.model, ReplicaLoop):
-            return [_Part(self.model, compiled(self.model), LossKnobs.of(replicas, self.device),
-                          self.negative_generators, slice(None))]
-        return [_Part(model, compiled(model), LossKnobs.of([cfg], self.device),
-                      None if self.negative_generators is None else [self.negative_generators[k]], slice(k, k + 1))
+            return [_Part(self.model, compiled(self.model), LossKnobs.of(replicas, self.device), slice(None))]
+        return [_Part(model, compiled(model), LossKnobs.of([cfg], self.device), slice(k, k + 1))
                 for k, (model, cfg) in enumerate(zip(self.model.models, replicas))]
 
     # -- the step ------------------------------------------------------------------------------
@@ -141,15 +140,18 @@ class TrainStep:
         images' device; [B] for a single replica)."""
         idx = idx.reshape(self.k, -1)
         full = idx.shape[1] == self.cfg.batch_size
+        inputs = (idx, *(self._on_device(t) for t in self.draws(idx.shape[1])))
         if self.use_graph and full and self.graph is None:
-            self._capture_or_fall_back(idx)
+            self._capture_or_fall_back(inputs)
         if self.graph is not None and full:
-            self.static_idx.copy_(idx)
+            for static, new in zip(self.static_inputs, inputs):
+                if static is not None:
+                    static.copy_(new)
             self.graph.replay()
         else:  # the CPU, the graph switched off, or an epoch's last, smaller batch
             self._zero_grads()
             with cudnn_benchmark(False) if not full else contextlib.nullcontext():  # once an epoch: too rare
-                self._compute(idx)                                                # to repay timing cuDNN for it
+                self._compute(*inputs)                                            # to repay timing cuDNN for it
         self.batches += 1
         self.images_seen += idx.shape[1]
 
@@ -157,33 +159,47 @@ class TrainStep:
         for p in self.params:
             p.grad = None
 
-    def _flip_coins(self, batch: int) -> torch.Tensor:
-        """[K, B] uniform draws: each replica's from its own generator on the CPU."""
-        if self.generators is None:
-            return torch.rand((self.k, batch), device=self.device)
-        return torch.stack([torch.rand(batch, generator=g) for g in self.generators]).to(self.device)
+    def draws(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """This step's random draws, on the CPU from each replica's own generators whatever the device: [K, B]
+        coins for the flips (None without flips), then [K, B, A] scores for the negatives of the replicas that
+        sample them at random (None when none does)."""
+        coins = torch.stack([torch.rand(batch, generator=g) for g in self.generators]) if self.cfg.hflip else None
+        negatives = None
+        if any(self.random_negatives):
+            negatives = draw_negative_scores(self.negative_generators, self.random_negatives, batch,
+                                             self.anchors_per_image)
+        return coins, negatives
 
-    def _compute(self, idx: torch.Tensor, capturing: bool = False) -> None:
+    def _on_device(self, draws: torch.Tensor | None) -> torch.Tensor | None:
+        if draws is None or self.device.type == "cpu":
+            return draws
+        return draws.pin_memory().to(self.device, non_blocking=True)  # no host sync: the host allocator keeps
+                                                                     # the pinned copy until the copy has run
+
+    def _compute(self, idx: torch.Tensor, coins: torch.Tensor | None, negative_draws: torch.Tensor | None,
+                 capturing: bool = False) -> None:
         cfg, (K, B) = self.cfg, idx.shape  # replicas, batch
         images = self.images[idx].to(self.device, non_blocking=True)  # [K, B, 3, S, S]
         targets = self.targets[idx].to(self.device, non_blocking=True)  # [K, B, M, 5]
         if cfg.hflip:
-            flipped = hflip_batch(images.flatten(0, 1), targets.flatten(0, 1), self._flip_coins(B).flatten() < 0.5)
+            flipped = hflip_batch(images.flatten(0, 1), targets.flatten(0, 1), coins.flatten() < 0.5)
             images, targets = flipped[0].unflatten(0, (K, B)), flipped[1].unflatten(0, (K, B))
         for part in self.parts:
-            self._forward_backward(part, images[part.rows], targets[part.rows], capturing)
+            draws = None if negative_draws is None else negative_draws[part.rows]
+            self._forward_backward(part, images[part.rows], targets[part.rows], draws, capturing)
         with torch.no_grad():
             sgd_update(self.params, self.lr, cfg.weight_decay)
         self.step_index += 1
 
-    def _forward_backward(self, part: "_Part", images: torch.Tensor, targets: torch.Tensor, capturing: bool) -> None:
+    def _forward_backward(self, part: "_Part", images: torch.Tensor, targets: torch.Tensor,
+                          negative_draws: torch.Tensor | None, capturing: bool) -> None:
         """Loss and gradients of the replicas in ``part`` on their batches, images [k, B, 3, S, S]."""
         cfg, (K, B) = self.cfg, images.shape[:2]
         x = part.model.pack_input(images, cfg.channels_last)
         with autocast(cfg.precision, self.device, cache=not capturing):
             anchors, cls_logits, box_pred = part.forward(x)  # [k, B, A, ...]
         box_target, mask, labels = (t.unflatten(0, (K, B)) for t in multibox_target(anchors, targets.flatten(0, 1)))
-        losses = pack_loss(cls_logits, box_pred, labels, box_target, mask, part.knobs, part.generators)
+        losses = pack_loss(cls_logits, box_pred, labels, box_target, mask, part.knobs, negative_draws)
         losses["loss"].sum().backward()  # the replicas' parameters are disjoint: each gets its own loss's gradient
         with torch.no_grad():
             self._add_stats(part.rows, losses, cls_logits, labels, box_pred, box_target, mask)
@@ -199,42 +215,41 @@ class TrainStep:
 
     # -- CUDA graph ----------------------------------------------------------------------------
 
-    def _capture_or_fall_back(self, idx: torch.Tensor) -> None:
+    def _capture_or_fall_back(self, inputs: tuple) -> None:
         """A step that cannot be captured (an op that syncs with the host, say) runs eagerly, with a warning."""
         try:
-            self._capture(idx)
+            self._capture(inputs)
         except RuntimeError as exc:
             self.graph, self.use_graph = None, False
             self.graph_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             warnings.warn(f"CUDA graph capture failed, training eagerly instead: {self.graph_error}", stacklevel=3)
             self._zero_grads()
 
-    def _capture(self, idx: torch.Tensor) -> None:
-        """Warm up on a side stream, put every tensor the warm-up touched back, then capture one step."""
-        self.static_idx = idx.clone()
+    def _capture(self, inputs: tuple) -> None:
+        """Warm up on a side stream, put every tensor the warm-up touched back, then capture one step that reads
+        its batch indices and random draws from static buffers (:meth:`run` fills them before each replay)."""
+        self.static_inputs = tuple(None if t is None else t.clone() for t in inputs)
         saved = {k: v.clone() for k, v in self.model.state_dict().items()}
         saved_stats = [t.clone() for t in (self.sums, self.first_bad_step, self.step_index)]
-        rng = torch.cuda.get_rng_state(self.device)
         started = time.perf_counter()
         side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
         side.wait_stream(main)  # the warm-up runs on a side stream, as torch.cuda.graph's capture will
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
                 self._zero_grads()
-                self._compute(self.static_idx, capturing=True)
+                self._compute(*self.static_inputs, capturing=True)
         main.wait_stream(side)
         with torch.no_grad():  # the warm-up must not count as training
             for key, value in self.model.state_dict().items():
                 value.copy_(saved[key])
             for tensor, value in zip((self.sums, self.first_bad_step, self.step_index), saved_stats):
                 tensor.copy_(value)
-        torch.cuda.set_rng_state(rng, self.device)
         torch.cuda.synchronize(self.device)
         captured = time.perf_counter()
         self._zero_grads()  # backward inside the capture allocates the grads from the graph's own pool
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self._compute(self.static_idx, capturing=True)
+            self._compute(*self.static_inputs, capturing=True)
         torch.cuda.synchronize(self.device)
         self.timings = {"graph_warmup_s": captured - started, "graph_capture_s": time.perf_counter() - captured}
 
@@ -264,13 +279,19 @@ class TrainStep:
 
 @dataclass(frozen=True)
 class _Part:
-    """Replicas that run one forward-backward together: their network, its forward, their knobs and generators,
-    and their rows in the step's per-replica metric sums."""
+    """Replicas that run one forward-backward together: their network, its forward, their knobs, and their rows
+    in the step's per-replica tensors (metric sums, random draws)."""
     model: object
     forward: object
     knobs: LossKnobs
-    generators: list | None
     rows: slice
+
+
+def _one_each(generators, k: int) -> list[torch.Generator]:
+    """One CPU generator per replica: a list of K as it is, one generator (or none: torch's default) for all."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return [generators if generators is not None else torch.default_generator] * k
+    return list(generators)
 
 
 @contextlib.contextmanager

@@ -185,7 +185,7 @@ class _Training:
         self.generators = [torch.Generator().manual_seed(seed) for seed in pack.seeds]  # batch order, flips
         self.negative_generators = [torch.Generator().manual_seed(negatives_seed(seed)) for seed in pack.seeds]
         self.model = build_model(pack, len(train.class_names), self.device)  # seeds each replica's weights
-        torch.manual_seed(self.cfg.seed)  # on CUDA, flips and negatives come from the device's generator
+        torch.manual_seed(self.cfg.seed)  # for any op that draws from torch's own generators (flips and negatives do not)
         train, val = held_on(train, self.device), held_on(val, self.device)
         state = resumable(load_latest_epoch_state(state_dir), pack, state_dir)
         self.start, history, self.train_seconds, self.diverged = resume(state, self.model, self.all_generators,

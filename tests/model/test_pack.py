@@ -229,3 +229,72 @@ def test_random_negatives_draw_from_their_own_stream_so_orders_and_flips_stay_pa
         states.append((generator.get_state(), negatives.get_state()))
     assert torch.equal(states[0][0], states[1][0])  # batch orders and flips: the same draws
     assert not torch.equal(states[0][1], states[1][1])  # the random setting drew its negatives
+
+
+def recorded_draws(configs, images, targets, monkeypatch, graph=False):
+    """Each replica's flip coins and negative draws at every step of two epochs of ``configs`` as one pack,
+    seeded as fit seeds them; with ``graph``, through the CUDA-graph path (capture once, then stage each step's
+    inputs into the captured buffers and replay), run on the CPU by a stand-in for the graph."""
+    from pipeline.training.train import negatives_seed
+
+    generators = [torch.Generator().manual_seed(c.seed) for c in configs]
+    negatives = [torch.Generator().manual_seed(negatives_seed(c.seed)) for c in configs]
+    model = build_model(Pack(tuple(configs)), 1, CPU)
+    step = TrainStep(model, images, targets, Pack(tuple(configs)), CPU, generators, negatives)
+    seen, real_draws = [], step.draws
+
+    def draws(batch):
+        coins, scores = real_draws(batch)
+        seen.append((coins, scores))
+        return coins, scores
+    monkeypatch.setattr(step, "draws", draws)
+    if graph:
+        monkeypatch.setattr(step, "use_graph", True)
+        monkeypatch.setattr(step, "_capture", lambda inputs: replay_on_the_cpu(step, inputs))
+    for _ in range(2):
+        _train_epoch(step, len(images), BASE, generators, ProgressView(False, 2, 3, 0))
+    return seen, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def replay_on_the_cpu(step, inputs):
+    """What TrainStep._capture leaves behind, on the CPU: static input buffers, and a 'graph' whose replay is one
+    step on whatever those buffers hold."""
+    step.static_inputs = tuple(None if t is None else t.clone() for t in inputs)
+
+    class Graph:
+        def replay(self):
+            step._zero_grads()
+            step._compute(*step.static_inputs)
+    step.graph = Graph()
+
+
+def test_a_seed_draws_the_same_alone_and_inside_a_pack_and_shares_its_controls_flips_at_every_step(monkeypatch):
+    """Pairing on every device: flips and random negatives come from each replica's own CPU generators, so seed 5
+    of a random-negatives setting draws inside a pack what it draws alone, and its flips are the control's on
+    seed 5 at every step (not only the first)."""
+    images, targets = random_data()
+    control = dataclasses.replace(BASE, seed=5)
+    setting = dataclasses.replace(control, neg_sampling="random", neg_pos_ratio=1.0)
+    alone, _ = recorded_draws([setting], images, targets, monkeypatch)
+    packed, _ = recorded_draws([dataclasses.replace(setting, seed=9), setting], images, targets, monkeypatch)
+    controls, _ = recorded_draws([control, dataclasses.replace(control, seed=9)], images, targets, monkeypatch)
+    assert len(alone) == len(packed) == len(controls) == 6  # 2 epochs of 3 batches
+    for (coins, scores), (pack_coins, pack_scores), (control_coins, control_scores) in zip(alone, packed, controls):
+        assert torch.equal(pack_coins[1], coins[0]) and torch.equal(pack_scores[1], scores[0])
+        assert torch.equal(control_coins[0], coins[0])  # the same flips as the control on its seed, every step
+        assert control_scores is None  # the control keeps every negative: it draws none
+    assert not torch.equal(packed[1][0][0], packed[1][0][1])  # seeds 9 and 5 flip differently
+
+
+def test_the_cuda_graph_path_replays_each_steps_own_draws(monkeypatch):
+    """The graph path, run on the CPU: each replay reads the batch, flips and negatives staged for its step, so
+    it trains exactly as eager steps do (the draws came from the device's generator before, unpaired)."""
+    images, targets = random_data(n=12)  # 3 full batches an epoch: two of them replays
+    configs = [dataclasses.replace(BASE, seed=3, neg_sampling="random", neg_pos_ratio=1.0),
+               dataclasses.replace(BASE, seed=4)]
+    eager_draws, eager = recorded_draws(configs, images, targets, monkeypatch)
+    graph_draws, graphed = recorded_draws(configs, images, targets, monkeypatch, graph=True)
+    for (coins, scores), (graph_coins, graph_scores) in zip(eager_draws, graph_draws, strict=True):
+        assert torch.equal(coins, graph_coins) and torch.equal(scores, graph_scores)
+    for key in eager:
+        assert torch.equal(eager[key], graphed[key]), key

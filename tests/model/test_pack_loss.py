@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.config import RunConfig
-from pipeline.model.losses import LossKnobs, detection_loss, pack_loss
+from pipeline.model.losses import LossKnobs, detection_loss, draw_negative_scores, pack_loss
 
 MIXED = [RunConfig(),  # the chapter
          RunConfig(cls_loss="focal", focal_gamma=2.0, focal_alpha=0.25, box_loss="smooth_l1", smooth_l1_sigma=3.0),
@@ -32,8 +32,9 @@ def test_a_pack_of_knobs_is_each_replica_alone_in_float64(configs):
     K = len(configs)
     logits, offsets, labels, targets, mask = replica_batches(K)
     logits.requires_grad_(), offsets.requires_grad_()
-    packed = pack_loss(logits, offsets, labels, targets, mask, float64(configs),
-                       [torch.Generator().manual_seed(10 + k) for k in range(K)])
+    draws = draw_negative_scores([torch.Generator().manual_seed(10 + k) for k in range(K)],
+                                 [c.neg_sampling == "random" for c in configs], *labels.shape[1:])
+    packed = pack_loss(logits, offsets, labels, targets, mask, float64(configs), draws)
     packed["loss"].sum().backward()
     for k, cfg in enumerate(configs):
         alone_logits, alone_offsets = logits[k].detach().requires_grad_(), offsets[k].detach().requires_grad_()
@@ -49,9 +50,13 @@ def test_a_pack_of_knobs_is_each_replica_alone_in_float64(configs):
 def test_only_a_random_replica_draws_from_its_generator():
     logits, offsets, labels, targets, mask = replica_batches(2)
     generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
-    pack_loss(logits, offsets, labels, targets, mask, float64([MIXED[0], MIXED[3]]), generators)
+    draws = draw_negative_scores(generators, [False, True], *labels.shape[1:])
+    assert torch.equal(draws[0], torch.zeros_like(draws[0]))
     assert torch.equal(generators[0].get_state(), torch.Generator().manual_seed(1).get_state())
     assert not torch.equal(generators[1].get_state(), torch.Generator().manual_seed(2).get_state())
+    assert torch.equal(draws[1], torch.rand(labels.shape[1:], generator=torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match="samples its negatives at random: pass its draws"):
+        pack_loss(logits, offsets, labels, targets, mask, float64([MIXED[0], MIXED[3]]))
 
 
 def test_a_pack_of_one_with_the_chapters_knobs_is_the_chapters_loss_to_the_bit():
