@@ -96,7 +96,8 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
     MLflow run of the experiment tinyssd-noise. See docs/noise-budget.md for measured budgets.
     """
     from pipeline.data import has_split, load_split
-    from pipeline.stats.noise import budget_of, how_rough
+    from pipeline.stats.noise import budget_of, how_rough, measured_paired_sd
+    from pipeline.terminal import print_noise_budget
     from pipeline.interrupts import sigterm_as_interrupt
     from pipeline.training.run import tracked_run
     from pipeline.tracking import MlflowTracker
@@ -112,23 +113,9 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
                              data=data, stop_on_divergence=False)
     test = load_split(cfg.dataset, "test", cfg.image_size, progress=False) if has_split(cfg.dataset, "test") else None
     budget = budget_of(result.fit, data[1], resamples, test)
-    table = Table(title=f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} profile "
-                        f"at {cfg.image_size} px, "
-                        f"{budget.seeds} seeds, {budget.validation_images} validation images")
-    for col in ("part", "sd (mAP)"):
-        table.add_column(col, justify="left" if col == "part" else "right")
-    for name, value in (("seed", budget.seed_sd), ("validation sampling (bootstrap)", budget.validation_sd),
-                        ("end of training (last 3 epochs) ¹", budget.end_of_training_sd),
-                        *([(f"test split sampling (bootstrap, {budget.test_images} images)", budget.test_sd)]
-                          if budget.test_images else []),
-                        ("√2 × seed sd ²", budget.paired_sd),
-                        ("seed, scoring the mean of the last 3 epochs", budget.last_epochs_mean_sd)):
-        table.add_row(name, f"{value:.4f}")
-    console.print(table)
-    console.print("¹ a convergence check (is the curve still moving?), already inside the seed sd, not a part of its "
-                  "own. ² the sd of an unpaired difference, not a bound on a paired one (docs/noise-budget.md).")
-    effects = ", ".join(f"{n} seeds: {v:.4f}" for n, v in budget.minimum_detectable_effects().items())
-    console.print(f"mean val/map {budget.mean:.4f} (mean of the last 3 epochs: {budget.last_epochs_mean:.4f}); smallest paired Δ detectable (80% power, 95%): {effects}")
+    print_noise_budget(budget, measured_paired_sd(cfg.dataset, chosen_profile(profile, device), cfg.image_size),
+                       f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} profile at "
+                       f"{cfg.image_size} px, {budget.seeds} seeds, {budget.validation_images} validation images")
     if rough := how_rough(budget.seed_sd, budget.seeds):
         console.print(f"[yellow]Too rough to size anything on {budget.seeds} seeds: the seed sd is {rough}.[/]")
     if json_out:

@@ -178,3 +178,38 @@ def print_anchor_fit(result: dict, recall: float) -> None:
     console.print(f"best possible recall {recall:.1%}; the anchor_scale that maximises it here: "
                   f"{result['suggested_anchor_scale']:g} ({result['suggested_best_possible_recall']:.1%}): "
                   f"--set anchor_scale={result['suggested_anchor_scale']:g}. Figure: {result['figure']}")
+
+
+def noise_rows(budget, measured) -> list[tuple[str, float]]:
+    """The noise command's table: each part of the spread, with the paired sd measured where a verdict measured it."""
+    rows = [("seed", budget.seed_sd), ("validation sampling (bootstrap)", budget.validation_sd),
+            ("validation sampling, paired ¹", budget.validation_paired_sd)]
+    if budget.test_images:
+        rows += [(f"test split sampling (bootstrap, {budget.test_images} images)", budget.test_sd),
+                 ("test split sampling, paired ¹", budget.test_paired_sd)]
+    rows += [("end of training (last 3 epochs) ²", budget.end_of_training_sd),
+             ("paired difference, measured by verdicts ³" if measured else "√2 × seed sd ³",
+              measured[0] if measured else budget.paired_sd),
+             ("seed, scoring the mean of the last 3 epochs", budget.last_epochs_mean_sd)]
+    return rows
+
+
+def print_noise_budget(budget, measured, title: str) -> None:
+    """The noise command's table, its footnotes and the smallest detectable differences; ``measured``: the paired
+    sds verdicts measured here (pipeline.stats.noise.measured_paired_sd), or None."""
+    table = Table(title=title)
+    for col in ("part", "sd (mAP)"):
+        table.add_column(col, justify="left" if col == "part" else "right")
+    for name, value in noise_rows(budget, measured):
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    console.print("¹ the same images drawn for two seeds: the image-sampling part of a paired difference. ² a "
+                  "convergence check (is the curve still moving?), already inside the seed sd, not a part of its own. "
+                  + ("³ the median over settings of the paired sd that verdicts measured (docs/noise-budget.md): "
+                     + "; ".join(f"{what} {sd:.4f} ({n} seeds)" for what, sd, n in measured[1]) if measured else
+                     "³ the sd of an unpaired difference, not a bound on a paired one: no verdict measured a paired "
+                     "sd here yet") + ".")
+    effects = budget.minimum_detectable_effects(paired_sd=measured[0] if measured else None)
+    console.print(f"mean val/map {budget.mean:.4f} (mean of the last 3 epochs: {budget.last_epochs_mean:.4f}); "
+                  "smallest paired Δ detectable (80% power, 95%) at the paired sd ³: "
+                  + ", ".join(f"{n} seeds: {v:.4f}" for n, v in effects.items()))

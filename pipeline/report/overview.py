@@ -7,6 +7,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -14,6 +15,7 @@ from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import params_text
 from pipeline.report.trials import best_row, control_row, is_seed_study, seed_spread, state_counts, trials_frame
 from pipeline.report.verdict_section import stored_verdict
+from pipeline.study.kept_packs import seed_span
 from pipeline.study.optuna_study import stored_base_config
 
 
@@ -23,13 +25,17 @@ def _verdict_columns(attrs: dict[str, Any]) -> dict[str, Any]:
     if record is None:
         return {"seeds": 0, "confirmed_delta": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p": math.nan,
                 "verdict": "not decided (one seed each; use --decide)", "outcome": "not decided", "split": "",
-                "verdict_hours": 0.0}
+                "verdict_hours": 0.0, "verdict_seeds": "", "shared_control": "", "candidate_diffs": []}
     first = record["candidates"][0]
     lo, hi = first["delta_ci95"]
     return {"seeds": len(first["seeds"]), "confirmed_delta": first["delta"], "ci_lo": lo, "ci_hi": hi,
             "p": first["p"], "verdict": first["verdict"] + f" (on {record.get('split', 'val')})",
             "outcome": first["verdict"], "split": record.get("split", "val"),
-            "verdict_hours": record.get("seconds", math.nan) / 3600}
+            "verdict_hours": record.get("seconds", math.nan) / 3600,
+            "verdict_seeds": seed_span(first["seeds"]) if first["seeds"] else "",
+            "shared_control": record.get("shared_control", {}).get("key", ""),
+            "control_mean": float(np.mean(first["control"])) if first["control"] else math.nan,
+            "candidate_diffs": [c["diffs"] for c in record["candidates"]]}  # the sheet's family: every setting tested
 
 
 EXTRA_METRICS = ("val/map50", "val/voc07_ap50", "val/voc_ap50", "val/f1_threshold", "val/best_f1")
@@ -86,7 +92,7 @@ def study_summary_row(study: optuna.Study) -> dict[str, Any]:
         row.update({"best_trial": None, "best_params": "", "best": math.nan, "delta": math.nan, "seeds": 0,
                     "confirmed_delta": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p": math.nan,
                     "seed_sd": spread["sd"] if spread else math.nan, "outcome": "seed noise", "split": "",
-                    "verdict_hours": 0.0,
+                    "verdict_hours": 0.0, "verdict_seeds": "", "shared_control": "", "candidate_diffs": [],
                     "verdict": f"seed noise: sd {spread['sd']:.4f} over {spread['n']} seeds" if spread
                     else "seed noise: fewer than 2 seeds complete"})
         return row

@@ -8,6 +8,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline.sqlite_files import sqlite_path
+from pipeline.study.kept_packs import SHARED_CONTROLS
 
 
 class ReportError(ValueError):
@@ -27,6 +28,8 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
     _check_storage(storage)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if summary.study_name == SHARED_CONTROLS:  # the verdicts' shared control seeds: no search of its own
+            continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         states = [t.state for t in study.get_trials(deepcopy=False)]
         rows.append({"name": summary.study_name, "variant": summary.user_attrs.get("variant"),

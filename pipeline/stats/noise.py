@@ -5,8 +5,12 @@ paired seeds can detect.
 - **seed**: the sd over seeds of the final score (a seed pack of the control).
 - **validation sampling**: the sd of the score over bootstrap resamples of the validation images, on the same
   predictions (pycocotools matches each image once; each resample only re-accumulates those matches).
-- **end of training**: within a seed, the sd of the score over its last validated epochs: how far a
-  one-epoch-later stop would have moved it.
+- **paired image sampling**: the sd of the difference between two seeds' scores over bootstrap resamples that
+  draw the same images for both (a paired bootstrap): the part of a verdict's paired difference that comes from
+  which test images there happen to be. Smaller than either score's own, as both models find the same images
+  easy or hard.
+- **end of training**: within a seed, the sd of the score over its last validated epochs. A convergence check (on
+  a curve still rising it is the slope), already inside the seed sd, not a part of its own.
 """
 
 from __future__ import annotations
@@ -58,12 +62,24 @@ def map_of_sample(evaluator: COCOeval, sample: list[int]) -> float:
 
 def bootstrap_maps(gt: dict, results: list[dict], resamples: int = 200, seed: int = 0) -> np.ndarray:
     """mAP over ``resamples`` bootstrap resamples of the images (with replacement, same size)."""
-    if not results:  # pycocotools cannot load no results; no detections score 0 on every resample
-        return np.zeros(resamples)
-    evaluator = evaluated(gt, results)
-    n = len(evaluator._paramsEval.imgIds)
-    rng = np.random.default_rng(seed)
-    return np.array([map_of_sample(evaluator, list(rng.integers(0, n, n))) for _ in range(resamples)])
+    return paired_bootstrap_maps(gt, [results], resamples, seed)[0]
+
+
+def paired_bootstrap_maps(gt: dict, arms: list[list[dict]], resamples: int = 200, seed: int = 0) -> np.ndarray:
+    """[arms, resamples]: each arm's mAP on the same bootstrap resamples of the images (a paired bootstrap: a
+    resample draws one set of images for every arm, as a verdict scores both arms on one test split)."""
+    if not gt["images"]:
+        return np.full((len(arms), resamples), math.nan)
+    n = len(gt["images"])
+    samples = [list(sample) for sample in np.random.default_rng(seed).integers(0, n, (resamples, n))]
+    out = []
+    for results in arms:
+        if not results:  # pycocotools cannot load no results; no detections score 0 on every resample
+            out.append(np.zeros(resamples))
+            continue
+        evaluator = evaluated(gt, results)
+        out.append(np.array([map_of_sample(evaluator, sample) for sample in samples]))
+    return np.array(out)
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,10 @@ class Budget:
     validation_images: int
     test_sd: float = math.nan  # the same bootstrap on the test split, where the data set has one
     test_images: int = 0
+    # the paired bootstrap's sd of a difference between two seeds (consecutive seeds of the pack), mean over pairs:
+    # the image-sampling part of a verdict's paired difference, on each split
+    validation_paired_sd: float = math.nan
+    test_paired_sd: float = math.nan
     # a candidate cure for the end-of-training swing, measured on the same seeds: score each seed by the mean of
     # its last LAST_EPOCHS validated val/map; their mean over the seeds, and their seed sd
     last_epochs_mean: float = math.nan
@@ -84,14 +104,15 @@ class Budget:
 
     @property
     def paired_sd(self) -> float:
-        """The sd of a difference between two settings on one seed, if their seed noise is independent (an upper
-        bound: paired seeds share their batch orders and initial weights, which can only cancel)."""
+        """The sd of a difference between two settings on one seed if their seed noise were independent: not a bound
+        (a setting's own spread can be larger than the control's), what sizes a plan until a verdict has measured
+        its paired sd (MEASURED_PAIRED_SD)."""
         return math.sqrt(2) * self.seed_sd
 
-    def minimum_detectable_effects(self, seeds=(5, 8, 10, 15, 20)) -> dict[int, float]:
+    def minimum_detectable_effects(self, seeds=(5, 8, 10, 15, 20), paired_sd: float | None = None) -> dict[int, float]:
         """The paired difference the verdict rule detects with 80% power at 95%, by number of paired seeds (it
-        decides nothing on fewer than 5)."""
-        return {n: minimum_detectable_effect(self.paired_sd, n) for n in seeds}
+        decides nothing on fewer than 5), at ``paired_sd`` (default: √2 × the seed sd)."""
+        return {n: minimum_detectable_effect(paired_sd or self.paired_sd, n) for n in seeds}
 
     def as_dict(self) -> dict:
         return {**asdict(self), "paired_sd": self.paired_sd,
@@ -109,20 +130,28 @@ def last_epochs_means(histories: list[list[float]], last: int = LAST_EPOCHS) -> 
     return [float(np.mean(h[-last:])) for h in histories if h]
 
 
-def split_sampling_sd(result, data, resamples: int = 200) -> float:
-    """The bootstrap sd of each live replica's mAP on another split (``data``: the test split), mean over them."""
+def split_sampling_sds(result, data, resamples: int = 200) -> tuple[float, float]:
+    """On another split (``data``: the test split), the bootstrap sd of each live replica's mAP, mean over them,
+    and the paired bootstrap's sd of the difference between consecutive replicas."""
     from pipeline.data import to_coco_dict
     from pipeline.evaluation.evaluate import predict_with_config, to_coco_results
     from pipeline.model.pack import replica_model
 
-    gt, sds = to_coco_dict(data), []
     device = next(result.model.parameters()).device
-    for k, replica in enumerate(result.replicas):
-        if replica.diverged is None:
-            found = predict_with_config(replica_model(result.model, k), data.images, device, replica.config)
-            sds.append(np.std(bootstrap_maps(gt, to_coco_results(found, data.orig_sizes), resamples, replica.seed),
-                              ddof=1))
-    return float(np.mean(sds)) if sds else math.nan
+    arms = [to_coco_results(predict_with_config(replica_model(result.model, k), data.images, device, replica.config),
+                            data.orig_sizes)
+            for k, replica in enumerate(result.replicas) if replica.diverged is None]
+    return sampling_sds(to_coco_dict(data), arms, resamples)
+
+
+def sampling_sds(gt: dict, arms: list[list[dict]], resamples: int = 200) -> tuple[float, float]:
+    """Each arm's bootstrap sd of mAP, mean over the arms; the paired bootstrap's sd of consecutive arms' difference."""
+    if not arms:
+        return math.nan, math.nan
+    maps = paired_bootstrap_maps(gt, arms, resamples)
+    own = float(np.mean([np.std(m, ddof=1) for m in maps]))
+    paired = [np.std(maps[i + 1] - maps[i], ddof=1) for i in range(0, len(arms) - 1, 2)]
+    return own, float(np.mean(paired)) if paired else math.nan
 
 
 def budget_of(result, val, resamples: int = 200, test=None) -> Budget:
@@ -134,19 +163,18 @@ def budget_of(result, val, resamples: int = 200, test=None) -> Budget:
 
     live = result.live
     finals = [r.metrics["val/map"] for r in live]
-    gt = to_coco_dict(val)
-    boot = [np.std(bootstrap_maps(gt, to_coco_results(r.detections, val.orig_sizes), resamples, seed=r.seed), ddof=1)
-            for r in live]
+    validation_sd, validation_paired_sd = sampling_sds(
+        to_coco_dict(val), [to_coco_results(r.detections, val.orig_sizes) for r in live], resamples)
+    test_sd, test_paired_sd = split_sampling_sds(result, test, resamples) if test is not None else (math.nan, math.nan)
     key = "val/map" if result.pack.k == 1 else None
     histories = [[epoch[key or seed_key("val/map", r.seed)] for epoch in result.history
                   if (key or seed_key("val/map", r.seed)) in epoch] for r in live]
     smoothed = last_epochs_means(histories)
     return Budget(seeds=len(live), mean=float(np.mean(finals)),
                   seed_sd=float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan,
-                  validation_sd=float(np.mean(boot)), end_of_training_sd=end_of_training_sd(histories),
-                  validation_images=len(val),
-                  test_sd=split_sampling_sd(result, test, resamples) if test is not None else math.nan,
-                  test_images=len(test) if test is not None else 0,
+                  validation_sd=validation_sd, end_of_training_sd=end_of_training_sd(histories),
+                  validation_images=len(val), test_sd=test_sd, test_images=len(test) if test is not None else 0,
+                  validation_paired_sd=validation_paired_sd, test_paired_sd=test_paired_sd,
                   last_epochs_mean=float(np.mean(smoothed)),
                   last_epochs_mean_sd=float(np.std(smoothed, ddof=1)) if len(smoothed) > 1 else math.nan)
 
@@ -157,6 +185,22 @@ def budget_of(result, val, resamples: int = 200, test=None) -> Budget:
 MEASURED_SEED_SD = {("bananas", "quick", 64): (0.047, 5), ("bananas", "quick", 128): (0.029, 5),
                     ("shapes", "quick", 128): (0.013, 3), ("bananas", "chapter", 256): (0.017, 2),
                     ("shapes", "chapter", 256): (0.0014, 2), ("shapes", "quick", 64): (0.0054, 5)}
+
+
+# Paired sds that verdicts measured (the sd of a setting's test/map minus the control's over paired seeds), by
+# (data set, profile, input side): (setting, sd, seeds). A setting's own spread sets its paired sd, so these vary
+# by setting; docs/noise-budget.md and docs/transfer.md give their sources (2-core AMD EPYC, CPU).
+MEASURED_PAIRED_SD = {("bananas", "quick", 64): (("negative-sampling: random, 10 negatives a positive", 0.023, 3),
+                                                 ("loss-weights: box weight 0.25", 0.0143, 3),
+                                                 ("loss-weights: box weight 0.5", 0.0141, 3),
+                                                 ("loss-weights: box weight 2", 0.0044, 3),
+                                                 ("loss-weights: box weight 4", 0.0718, 3))}
+
+
+def measured_paired_sd(dataset: str, profile: str, image_size: int) -> tuple[float, tuple] | None:
+    """(median, the verdicts' entries) of the paired sds measured for this data, profile and side, if any were."""
+    entries = MEASURED_PAIRED_SD.get((dataset, profile, image_size))
+    return (float(np.median([sd for _, sd, _ in entries])), entries) if entries else None
 
 
 def measured_seed_sd(dataset: str, profile: str, image_size: int) -> tuple[float, int] | None:

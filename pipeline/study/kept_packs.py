@@ -11,7 +11,7 @@ from typing import Callable
 
 import optuna
 
-from pipeline.config import RunConfig
+from pipeline.config import RESULTS_VERSION, RunConfig
 from pipeline.interrupts import deferred
 from pipeline.machine import resolve_device
 from pipeline.study.store_checks import check_kept_packs
@@ -22,6 +22,19 @@ def seed_span(seeds: list[int]) -> str:
     if len(seeds) == 1:
         return str(seeds[0])
     return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else "_".join(map(str, seeds))
+
+
+SHARED_CONTROLS = "shared-controls"  # the store's study that holds the controls every verdict shares
+
+
+def kept_name(role: str, metric: str, cfg: RunConfig) -> str:
+    """'ROLE METRIC DIGEST': the digest covers everything that shapes a run but its seed (the data set, the
+    profile's knobs, the device resolved) and the code's RESULTS_VERSION; the metric names the split scored."""
+    shape = dataclasses.asdict(dataclasses.replace(cfg, seed=0, val_every=0, device=resolve_device(cfg.device).type))
+    if RESULTS_VERSION != 1:
+        shape["results_version"] = RESULTS_VERSION
+    digest = hashlib.sha1(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{role} {metric} {digest[:10]}"
 
 
 class KeptPacks:
@@ -41,9 +54,7 @@ class KeptPacks:
         self.seconds = 0.0  # training time of the seeds this verdict used, kept ones included
 
     def name(self, role: str, cfg: RunConfig) -> str:
-        shape = dataclasses.replace(cfg, seed=0, val_every=0, device=resolve_device(cfg.device).type)
-        digest = hashlib.sha1(json.dumps(dataclasses.asdict(shape), sort_keys=True, default=str).encode()).hexdigest()
-        return f"{role} {self.metric} {digest[:10]}"
+        return kept_name(role, self.metric, cfg)
 
     def reuse_or(self, train_pack: Callable) -> Callable:
         def reuse_or_train(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
@@ -68,10 +79,14 @@ class KeptPacks:
                   ((s, scores.get(s)) for s in seeds)}
         entry = {"scores": {**entry["scores"], **finite}, "seconds": {**entry["seconds"], **{str(s): took for s in seeds}}}
         self.kept[name] = entry
+        self.save()
+        return self.kept[name]
+
+    def save(self) -> None:
+        """Store what this verdict keeps, merged seed by seed with what is stored (an interrupt waits for it)."""
         with deferred():
             self.kept = self._merged_with_stored()
             self.study.set_user_attr(self.ATTR, self.kept)
-        return self.kept[name]
 
     def _merged_with_stored(self) -> dict[str, dict]:
         """What is stored now, with this verdict's seeds added seed by seed: a seed kept by another process since
@@ -83,3 +98,37 @@ class KeptPacks:
             merged[name] = {"scores": {**old["scores"], **entry["scores"]},
                             "seconds": {**old["seconds"], **entry["seconds"]}}
         return merged
+
+
+class SharedControlPacks:
+    """A verdict's packs, with the control's kept on the store's ``shared-controls`` study rather than on the
+    verdict's own: every study of a store whose control is the same run (same data set, profile, split, device and
+    code) pairs against the same control seeds, trained once. The settings' packs stay on their own study.
+
+    Control seeds an older verdict kept on its own study are adopted into the shared ones (a seed already shared
+    wins). Two deciders on different studies may train the same control seed at once: both keep it, seed by seed."""
+
+    def __init__(self, study: optuna.Study, storage: str, metric: str, after_pack: Callable[[], None] = lambda: None):
+        shared = optuna.create_study(study_name=SHARED_CONTROLS, storage=storage, load_if_exists=True)
+        self.own = KeptPacks(study, metric, after_pack)
+        self.controls = KeptPacks(shared, metric, after_pack)
+        adopted = False
+        for name, entry in self.own.kept.items():
+            shared_entry = self.controls.kept.get(name, {"scores": {}, "seconds": {}})
+            if name.startswith("control ") and set(entry["scores"]) - set(shared_entry["scores"]):
+                self.controls.kept[name] = {"scores": {**entry["scores"], **shared_entry["scores"]},
+                                            "seconds": {**entry["seconds"], **shared_entry["seconds"]}}
+                adopted = True
+        if adopted:
+            self.controls.save()
+
+    @property
+    def seconds(self) -> float:
+        return self.own.seconds + self.controls.seconds
+
+    def control_name(self, cfg: RunConfig) -> str:
+        return self.controls.name("control", cfg)
+
+    def reuse_or(self, train_pack: Callable) -> Callable:
+        own, controls = self.own.reuse_or(train_pack), self.controls.reuse_or(train_pack)
+        return lambda role, cfg, seeds: (controls if role == "control" else own)(role, cfg, seeds)

@@ -22,7 +22,7 @@ from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, Plan, settl
 from pipeline.study import best as best_rule
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.faults import reconcile_runs
-from pipeline.study.kept_packs import KeptPacks, seed_span
+from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SharedControlPacks, seed_span
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
                                          check_some_trial_completed, counts, load_variant, prepare, remaining_trials,
                                          stored_base_config, study_objective)
@@ -201,10 +201,12 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
             return {}
         return seed_values(result.metrics, key) if pack.k > 1 else {seeds[0]: result.metrics[key]}
 
-    packs = KeptPacks(study, key, after_pack=update)
+    packs = SharedControlPacks(study, options.storage, key, after_pack=update)
+    shared_control = {"study": SHARED_CONTROLS, "key": packs.control_name(base)}
 
     def keep(record: dict) -> None:
-        study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": packs.seconds})
+        study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": packs.seconds,
+                                        "shared_control": shared_control})
         best = record["candidates"][0]
         study.set_user_attr("confirmation", {"best_trial": best["trial"], "seeds": best["seeds"],
                                              "best": best["scores"], "control": best["control"], "split": split})

@@ -350,13 +350,29 @@ def test_the_header_says_what_the_objective_measures():
 
 
 def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
-    from pipeline.report.answers import fidelity_blocks
+    from pipeline.report.answers import family_outcomes, fidelity_blocks
 
+    strong = [0.05, 0.06, 0.055, 0.052, 0.058, 0.061, 0.054, 0.057]
+    marginal = [0.0063, 0.0037, 0.0114, 0.006, -0.0004, 0.0086, 0.018, 0.0145, -0.002, -0.0077]  # better at 5% alone,
+    null = [0.001, -0.002, 0.003, -0.001, 0.0, 0.002]                                           # not at 2.5%
     frame = pd.DataFrame([
-        {"variant": "focal-loss", "profile": "quick", "image_size": 64.0, "outcome": "better"},
-        {"variant": "loss-weights", "profile": "chapter", "image_size": 256.0, "outcome": "equivalent"},
-        {"variant": "smooth-l1", "profile": "quick", "image_size": 64.0, "outcome": "undecided"}])
-    text = fidelity_blocks(frame)[1].text
+        {"variant": "focal-loss", "profile": "quick", "image_size": 64.0, "outcome": "better",
+         "candidate_diffs": [strong], "shared_control": "control test/map abc", "verdict_seeds": "1-6",
+         "control_mean": 0.1},
+        {"variant": "loss-weights", "profile": "chapter", "image_size": 256.0, "outcome": "better",
+         "candidate_diffs": [marginal], "shared_control": "control test/map def", "verdict_seeds": "1-10",
+         "control_mean": 0.2},
+        {"variant": "smooth-l1", "profile": "quick", "image_size": 64.0, "outcome": "equivalent",
+         "candidate_diffs": [null], "shared_control": "control test/map abc", "verdict_seeds": "1-6",
+         "control_mean": 0.1}])
+    blocks = fidelity_blocks(frame)
+    text = blocks[1].text
     assert "The chapter's answers: `loss-weights` (chapter profile, 256 px)." in text
     assert "not measured: `focal-loss` (quick profile, 64 px), `smooth-l1` (quick profile, 64 px)." in text
-    assert "Across the 2 decided verdicts here, the chance that at least one is wrong is at most 10%" in text
+    assert "corrects the sheet's 3 tested settings as one family" in blocks[2].text
+    assert "the chance that any better or worse there is wrong is at most 5%" in blocks[2].text
+    assert blocks[3].text.startswith("Shared control `control test/map abc`")
+    assert "`focal-loss` on seeds 1-6 (control mean 0.1000); `smooth-l1` on seeds 1-6" in blocks[3].text
+    # Holm: the strong one decides at 5%/3; the marginal one, better alone, is not at 5%/2 once it has company
+    assert list(family_outcomes(frame)) == ["better", "undecided", "equivalent"]
+    assert list(family_outcomes(frame.iloc[:2])) == ["better", "better"]  # two: the marginal one is tried at 5%

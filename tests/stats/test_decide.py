@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cli import app
 from conftest import tiny_args
 from pipeline.config import RunConfig
+from pipeline.report.select import list_studies
 from pipeline.stats.decide import Candidate, Plan, settle
 from pipeline.stats.verdict import minimum_detectable_effect, verdict
 from pipeline.tracking import tracking_uri
@@ -155,8 +156,8 @@ def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(work
 
     assert runner.invoke(app, args).exit_code != 0
     assert trained == ["verdict-control-seeds-1-2", "verdict-trial-1-seeds-1-2"]
-    study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
-    kept = study.user_attrs["verdict_packs"]
+    shared = optuna.load_study(study_name="shared-controls", storage="sqlite:///optuna.db")
+    kept = shared.user_attrs["verdict_packs"]  # the control's seeds are kept for every study of the store
     [control] = kept  # 'control test/map <digest of its settings>'
     assert control.startswith("control test/map ") and set(kept[control]["scores"]) == {"1", "2"}
 
@@ -239,3 +240,42 @@ def test_a_pending_candidate_carries_its_evidence_at_the_corrected_level_and_no_
     assert [r["verdict"] for r in rows] == ["pending", "pending"]
     assert rows[0]["delta_ci95"] == pytest.approx([alone.look.lo, alone.look.hi])
     assert rows[0]["decided_at"] is None and rows[0]["within_delta"] is False
+
+
+def test_studies_of_one_store_share_the_control_seeds_and_adopt_those_an_older_verdict_kept(workdir, tmp_path,
+                                                                                             monkeypatch):
+    """Two variants on the same data and profile pair against one control: the second trains no control seed.
+    A study whose verdict kept its control seeds on itself (before they were shared) hands them over."""
+    import pipeline.study.sweep
+    from pipeline.data import generate_bananas
+    from pipeline.study.kept_packs import KeptPacks, SharedControlPacks
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    real, trained = pipeline.study.sweep.tracked_run, []
+
+    def tracked_run(pack, tracker, **kw):
+        if kw["tags"].get("role") == "verdict":
+            trained.append(kw["name"])
+        return real(pack, tracker, **kw)
+    monkeypatch.setattr(pipeline.study.sweep, "tracked_run", tracked_run)
+    for variant in ("smooth-l1", "focal-loss"):
+        result = runner.invoke(app, ["sweep", variant, "--dataset", str(data), "--device", "cpu", *tiny_args(),
+                                     "--trials", "2", "--seeds", "2", "--json"])
+        assert result.exit_code == 0, result.output
+    assert trained == ["verdict-control-seeds-1-2", "verdict-trial-1-seeds-1-2", "verdict-trial-1-seeds-1-2"]
+    records = [optuna.load_study(study_name=name, storage="sqlite:///optuna.db").user_attrs["verdict"]
+               for name in ("smooth-l1-quick", "focal-loss-quick")]
+    assert records[0]["shared_control"] == records[1]["shared_control"]
+    assert records[0]["candidates"][0]["control"] == records[1]["candidates"][0]["control"]
+    assert records[0]["shared_control"]["study"] == "shared-controls"
+    assert [s["name"] for s in list_studies("sqlite:///optuna.db")] == ["smooth-l1-quick", "focal-loss-quick"]
+
+    study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
+    key = records[0]["shared_control"]["key"]
+    study.set_user_attr("verdict_packs", {key: {"scores": {"7": 0.25}, "seconds": {"7": 1.0}}})  # kept before
+    packs = SharedControlPacks(study, "sqlite:///optuna.db", "test/map")
+    shared = optuna.load_study(study_name="shared-controls", storage="sqlite:///optuna.db")
+    assert shared.user_attrs[KeptPacks.ATTR][key]["scores"] == {"1": records[0]["candidates"][0]["control"][0],
+                                                                "2": records[0]["candidates"][0]["control"][1],
+                                                                "7": 0.25}
+    assert packs.control_name(RunConfig()).startswith("control test/map ")

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.evaluation.evaluate import coco_evaluate
 from conftest import inline_set
-from pipeline.stats.noise import Budget, bootstrap_maps, end_of_training_sd, evaluated, last_epochs_means, map_of_sample
+from pipeline.stats.noise import (Budget, bootstrap_maps, end_of_training_sd, evaluated, last_epochs_means, map_of_sample,
+                                  paired_bootstrap_maps, sampling_sds)
 
 
 def resampled_set(gt, results, sample):
@@ -40,6 +41,22 @@ def test_bootstrap_spread_shrinks_with_more_images():
     assert np.std(bootstrap_maps(*small, resamples=60)) > np.std(bootstrap_maps(*large, resamples=60))
 
 
+def test_the_paired_bootstrap_resamples_both_arms_images_together():
+    """Each arm's resample is pycocotools on the same resampled set; two arms that find the same images easy or
+    hard differ by less over resamples than their own spreads add up to, and identical arms by nothing."""
+    gt, results = inline_set(40, seed=2)
+    rng = np.random.default_rng(0)
+    other = [{**r, "score": float(np.clip(r["score"] + rng.normal(0, 0.2), 0.01, 1))} for r in results]
+    maps = paired_bootstrap_maps(gt, [results, other, results], resamples=50)
+    sample = list(np.random.default_rng(0).integers(0, 40, (50, 40))[3])  # the 4th resample, as drawn
+    assert maps[1, 3] == pytest.approx(coco_evaluate(*resampled_set(gt, other, sample)).metrics["map"], abs=1e-12)
+    assert np.array_equal(maps[0], maps[2])
+    own, paired = sampling_sds(gt, [results, other], resamples=50)
+    assert 0 < paired < math.sqrt(np.var(maps[0], ddof=1) + np.var(maps[1], ddof=1))
+    assert own == pytest.approx((np.std(maps[0], ddof=1) + np.std(maps[1], ddof=1)) / 2)
+    assert sampling_sds(gt, [results, results], resamples=50)[1] == 0
+
+
 def test_end_of_training_and_the_budget_arithmetic():
     last_three = np.var([0.2, 0.3, 0.5], ddof=1)  # the first seed's last three; the second seed's do not move
     assert end_of_training_sd([[0.1, 0.2, 0.3, 0.5], [0.4, 0.4, 0.4]]) == pytest.approx(math.sqrt(last_three / 2))
@@ -67,8 +84,10 @@ def test_the_noise_command_budgets_a_real_pack(workdir, tiny_bananas):
     assert budget["paired_sd"] == pytest.approx(math.sqrt(2) * budget["seed_sd"])
     text = plain(result.output)
     assert "Too rough to size anything on 3 seeds: the seed sd is rough: its 95% interval is" in text
-    assert "¹ a convergence check (is the curve still moving?), already inside the seed sd" in text
-    assert "² the sd of an unpaired difference, not a bound on a paired one" in text
+    assert "² a convergence check (is the curve still moving?), already inside the seed sd" in text
+    assert "³ the sd of an unpaired difference, not a bound on a paired one: no verdict measured" in text
+    assert "validation sampling, paired ¹" in text and budget["validation_paired_sd"] >= 0  # seeds 0 and 1
+    assert "√2 × seed sd ³" in text
     from mlflow.tracking import MlflowClient
 
     from pipeline.training.seeds import seed_key
@@ -108,3 +127,19 @@ def test_an_sd_from_few_seeds_is_quoted_with_its_interval():
     text = noise_sd_text("shapes", "chapter", 256)
     assert "sd ≈ 0.0014 mAP (2 seeds)" in text and "From 2 seeds that sd is rough: its 95% interval is 0.00062 to 0.045." in text
     assert "rough" not in noise_sd_text("bananas", "quick", 64)  # 5 seeds
+
+
+def test_where_verdicts_measured_a_paired_sd_the_budget_shows_it_in_place_of_the_unpaired_one():
+    from pipeline.stats.noise import measured_paired_sd
+    from pipeline.terminal import noise_rows
+
+    budget = Budget(seeds=5, mean=0.15, seed_sd=0.047, validation_sd=0.02, end_of_training_sd=0.03,
+                    validation_images=100, test_sd=0.008, test_images=500, validation_paired_sd=0.01,
+                    test_paired_sd=0.004)
+    measured = measured_paired_sd("bananas", "quick", 64)
+    assert measured[0] == pytest.approx(0.0143)  # the median of the five settings' paired sds
+    rows = dict(noise_rows(budget, measured))
+    assert rows["paired difference, measured by verdicts ³"] == pytest.approx(0.0143) and "√2 × seed sd ³" not in rows
+    assert rows["test split sampling, paired ¹"] == 0.004
+    assert budget.minimum_detectable_effects(paired_sd=measured[0])[10] < budget.minimum_detectable_effects()[10]
+    assert measured_paired_sd("shapes", "quick", 64) is None
