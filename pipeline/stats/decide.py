@@ -26,6 +26,14 @@ DEFAULT_MAX_SEEDS = 15  # 80% power at an effect of one paired sd (docs/verdict-
 FAILED_SCORE = 0.0  # mAP (and VOC AP) of a model that detects nothing
 DEFAULT_DELTA = 0.01  # mAP: differences smaller than this are "equivalent" (the issue's and the chapter's scale)
 
+CONTROL_SEEDS_BEFORE_GIVING_UP = 2  # a control with no finite score on this many seeds ends the decision
+
+
+class NoControlScore(ValueError):
+    """The control scored nothing finite on any seed so far: a metric undefined on the split (COCO gives -1, a NaN
+    here, e.g. for small objects where the split has none) or a control that diverges; no verdict can be drawn."""
+
+
 TrainPack = Callable[[str, RunConfig, list[int]], dict[int, float]]  # (role, config, seeds) -> {seed: score}
 
 
@@ -77,6 +85,7 @@ def settle(candidates: list[Candidate], control: RunConfig, plan: Plan, train_pa
             break
         seeds = plan.seeds(look)
         control_scores.update(scored(train_pack("control", control, seeds), seeds, control_diverged))
+        check_control_scored(control_scores, control_diverged)
         for candidate in open_:
             candidate.scores.update(scored(train_pack(f"trial {candidate.trial}", candidate.config, seeds), seeds,
                                            candidate.diverged))
@@ -90,6 +99,18 @@ def settle(candidates: list[Candidate], control: RunConfig, plan: Plan, train_pa
                                                  look_ends=[c.look_ends for c in candidates])):
         candidate.verdict = final  # one candidate: Holm is its own rule at alpha
     return record(candidates, control_scores, plan, final=True, control_diverged=control_diverged)
+
+
+def check_control_scored(control_scores: dict[int, float], control_diverged: list[int]) -> None:
+    """Raise NoControlScore once CONTROL_SEEDS_BEFORE_GIVING_UP seeds of the control all scored nothing finite:
+    pairing failures against failures would read as 'equivalent, [0, 0]'."""
+    if len(control_scores) >= CONTROL_SEEDS_BEFORE_GIVING_UP and set(control_scores) <= set(control_diverged):
+        seeds = sorted(control_scores)
+        raise NoControlScore(
+            f"the control scored no finite value on any of seeds {seeds[0]}-{seeds[-1]}: the objective is undefined on "
+            "this split (COCO reports -1 where the split has no objects of that kind, e.g. no small objects for "
+            "map_small) or the control diverges on every seed; no verdict is drawn. Choose an objective the split "
+            "defines, or check the control's training")
 
 
 def scored(scores: dict[int, float], seeds: list[int], diverged: list[int]) -> dict[int, float]:

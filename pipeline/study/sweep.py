@@ -18,7 +18,7 @@ from pipeline.data import DetectionData, has_split, load_split
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import resolve_device
 from pipeline.model.pack import Pack, PackError, check_fits
-from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, Plan, settle
+from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, NoControlScore, Plan, settle
 from pipeline.study import best as best_rule
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.faults import reconcile_runs
@@ -218,6 +218,9 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
                        resolve_device(candidate.config.device))
         except PackError as exc:
             raise SweepError(f"{'--seeds' if options.seeds else '--decide'}: trial {candidate.trial}: {exc}") from None
-    record = settle(candidates, base, plan, packs.reuse_or(train_pack), on_look=keep)
+    try:
+        record = settle(candidates, base, plan, packs.reuse_or(train_pack), on_look=keep)
+    except NoControlScore as exc:
+        raise SweepError(f"{'--seeds' if options.seeds else '--decide'}: {exc}") from None
     keep(record)
     return record

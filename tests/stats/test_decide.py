@@ -84,6 +84,18 @@ def test_several_settings_are_holm_corrected_together():
     assert record["candidates"][0]["verdict"] == "better"
 
 
+def test_a_control_with_no_finite_score_ends_the_decision_rather_than_pairing_failures_into_equivalent():
+    """An objective the split does not define (NaN on every seed, both arms) used to read 'equivalent [0, 0]'."""
+    from pipeline.stats.decide import NoControlScore
+
+    undefined = lambda role, cfg, seeds: {s: float("nan") for s in seeds}  # noqa: E731
+    with pytest.raises(NoControlScore, match=r"no finite value on any of seeds 1-2: the objective is undefined"):
+        settle([Candidate(1, RunConfig())], RunConfig(), Plan(1, 1, 15), undefined)
+    train_pack, _ = fake_trainer({"control": 0.0, "trial 1": 0.0}, diverged={("control", 1)})
+    record = settle([Candidate(1, RunConfig())], RunConfig(), Plan(1, 1, 6), train_pack)  # one diverged seed: data
+    assert record["candidates"][0]["control_diverged"] == [1] and record["candidates"][0]["control"][0] == 0.0
+
+
 @pytest.mark.slow
 def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     from pipeline.data import generate_bananas
