@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from pipeline.evaluation.evaluate import AREA_RANGES
+from pipeline.evaluation.coco import AREA_RANGES
 from pipeline.model.boxes import anchors_per_location, feature_map_sizes
 from pipeline.model.tinyssd import TinySSD
 

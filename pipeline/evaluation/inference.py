@@ -10,7 +10,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor, resize
 
 from pipeline.data import DataError, load_split, to_coco_dict
-from pipeline.evaluation.evaluate import CocoResult, coco_evaluate, predict_with_config, to_coco_results
+from pipeline.evaluation.coco import CocoResult, coco_evaluate
+from pipeline.evaluation.evaluate import predict_with_config, to_coco_results
 from pipeline.evaluation.visualize import draw_detections, save_grid
 from pipeline.machine import resolve_device
 from pipeline.model.checkpoint import load_checkpoint

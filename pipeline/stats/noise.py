@@ -23,7 +23,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.evaluation.evaluate import silence_stdout_in_this_thread
+from pipeline.evaluation.coco import silence_stdout_in_this_thread
 from pipeline.stats.verdict import minimum_detectable_effect
 
 LAST_EPOCHS = 3  # the end-of-training swing is measured over this many last validated epochs

@@ -19,7 +19,8 @@ import torch
 
 from pipeline.config import RunConfig, validation_epochs
 from pipeline.data import DetectionData
-from pipeline.evaluation.evaluate import CocoResult, Detections
+from pipeline.evaluation.coco import CocoResult
+from pipeline.evaluation.evaluate import Detections
 from pipeline.interrupts import raise_if_interrupted
 from pipeline.machine import resolve_device
 from pipeline.model.averaging import WeightAverage

@@ -8,19 +8,25 @@ the detections leave the device in one copy and become plain Python columns ther
 runs only Python and numpy. A worker that ran torch ops as well (the conversion to COCO results)
 slowed CPU training by 20% (train_s 92-97 s against 77-82 s for the quick profile on 2 cores,
 measured 2026-11-26): torch's CPU ops in a second thread compete with the training thread's.
+
+A pack's replicas are scored in parallel processes (one per replica, at most one per core), started once per
+run with the split's ground truth: COCOeval is Python under the GIL, so threads would take turns. The processes
+import pipeline.evaluation.coco only, never torch.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 import torch
 
 from pipeline.config import RunConfig
 from pipeline.data import DetectionData, to_coco_dict
-from pipeline.evaluation.evaluate import (CocoColumns, CocoResult, Detections, coco_columns, coco_evaluate,
-                               predict_with_config)
+from pipeline.evaluation.coco import CocoColumns, CocoResult, coco_evaluate, remember_ground_truth, score_columns
+from pipeline.evaluation.evaluate import Detections, coco_columns, predict_with_config
 
 
 def detections_to_host(detections: list[Detections]) -> list[Detections]:
@@ -48,12 +54,15 @@ class Validator:
         self.val, self.cfg, self.device, self.split = val, cfg, device, split  # split names the metrics: val/map
         self.ground_truth = to_coco_dict(val)  # once per run, not once per validation
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco-scoring")
+        self.processes: ProcessPoolExecutor | None = None  # a pack's scorers, started at its first validation
 
     def __enter__(self) -> "Validator":
         return self
 
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.processes is not None:
+            self.processes.shutdown(wait=True, cancel_futures=True)
 
     def predict(self, model, replicas: list[int] | None = None):
         """Detections on the host: one list for a one-replica model, or one list per replica in ``replicas``."""
@@ -68,11 +77,31 @@ class Validator:
             return self.pool.submit(self.score, coco_columns(detections, self.val.orig_sizes), detections)
         per_replica = self.predict(model, replicas)
         columns = [coco_columns(detections, self.val.orig_sizes) for detections in per_replica]
-        return self.pool.submit(lambda: [self.score(c, d) for c, d in zip(columns, per_replica)])
+        if len(replicas) == 1:
+            return self.pool.submit(lambda: [self.score(columns[0], per_replica[0])])
+        scorers = self._scorers(len(replicas))
+        return self.pool.submit(lambda: self._score_in_parallel(scorers, columns, per_replica))
+
+    def _scorers(self, replicas: int) -> ProcessPoolExecutor:
+        if self.processes is None:  # spawned, not forked: a fork of a process running torch threads can hang
+            self.processes = ProcessPoolExecutor(min(replicas, os.cpu_count() or 1),
+                                                 mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=remember_ground_truth, initargs=(self.ground_truth,))
+        return self.processes
+
+    def _score_in_parallel(self, scorers: ProcessPoolExecutor, columns: list[CocoColumns],
+                           per_replica: list[list[Detections]]) -> list[Scored]:
+        """Each replica's COCOeval in a process of its own; seconds: the wall time of all of them, per replica."""
+        started = time.perf_counter()
+        results = list(scorers.map(score_columns, columns))
+        seconds = (time.perf_counter() - started) / len(results)
+        return [Scored(self._named(coco), coco, detections, seconds) for coco, detections in zip(results, per_replica)]
+
+    def _named(self, coco: CocoResult) -> dict[str, float]:
+        return {f"{self.split}/{k}": v for k, v in coco.metrics.items()}
 
     def score(self, columns: CocoColumns, detections: list[Detections]) -> Scored:
         """COCOeval on ``columns``: plain Python and numpy, no torch op (see the module's docstring)."""
         started = time.perf_counter()
         coco = coco_evaluate(self.ground_truth, columns.results())
-        metrics = {f"{self.split}/{k}": v for k, v in coco.metrics.items()}
-        return Scored(metrics, coco, detections, time.perf_counter() - started)
+        return Scored(self._named(coco), coco, detections, time.perf_counter() - started)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from pipeline.evaluation import evaluate
-from pipeline.evaluation.evaluate import (Detections, coco_evaluate, postprocess, silence_stdout_in_this_thread,
-                               to_coco_results)
+from pipeline.evaluation import coco
+from pipeline.evaluation.coco import coco_evaluate, silence_stdout_in_this_thread
+from pipeline.evaluation.evaluate import Detections, postprocess, to_coco_results
 from pipeline.model.boxes import encode
 
 
@@ -120,13 +120,13 @@ def test_scoring_in_a_worker_keeps_its_map_and_hides_only_its_own_prints(monkeyp
     monkeypatch.setattr(sys, "stdout", out)
     mid_scoring, other_printed = threading.Event(), threading.Event()
 
-    class PausingCOCOeval(evaluate.COCOeval):  # pycocotools printed before this and prints after it
+    class PausingCOCOeval(coco.COCOeval):  # pycocotools printed before this and prints after it
         def accumulate(self, *args, **kwargs):
             mid_scoring.set()
             assert other_printed.wait(timeout=10)
             return super().accumulate(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "COCOeval", PausingCOCOeval)
+    monkeypatch.setattr(coco, "COCOeval", PausingCOCOeval)
     gt = gt_dict()
     results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 150, 80], "score": 0.9},
                {"image_id": 2, "category_id": 1, "bbox": [100, 0, 30, 30], "score": 0.8}]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation.evaluate import coco_evaluate
+from pipeline.evaluation.coco import coco_evaluate
 from pipeline.evaluation.voc import ap_11_point, ap_all_points, precision_recall, voc_metrics
 from conftest import inline_set
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation.evaluate import coco_evaluate
+from pipeline.evaluation.coco import coco_evaluate
 from conftest import inline_set
 from pipeline.stats.noise import (Budget, bootstrap_maps, end_of_training_sd, evaluated, last_epochs_means, map_of_sample,
                                   paired_bootstrap_maps, sampling_sds)

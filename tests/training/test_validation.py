@@ -1,6 +1,7 @@
 """Validation while training: COCO scoring in a worker thread, epochs reported in order, epoch states
 saved with the weights of their own epoch."""
 
+import os
 import threading
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 from conftest import tiny_config
 from pipeline.data import to_coco_dict
-from pipeline.evaluation.evaluate import Detections, coco_columns, coco_evaluate, to_coco_results
+from pipeline.evaluation.coco import coco_evaluate
+from pipeline.evaluation.evaluate import Detections, coco_columns, to_coco_results
 from pipeline.training import validation
 from pipeline.training.step import TrainStep
 from pipeline.training.train import fit
@@ -45,6 +47,25 @@ def test_validator_scores_what_pycocotools_scores(splits):
     direct = coco_evaluate(to_coco_dict(val), to_coco_results(scored.detections, val.orig_sizes))
     assert scored.metrics == pytest.approx({f"val/{k}": v for k, v in direct.metrics.items()}, nan_ok=True)
     assert scored.seconds > 0
+
+
+def test_a_packs_replicas_are_scored_in_parallel_processes_as_pycocotools_scores_each(splits):
+    _, val = splits
+    from pipeline.model.pack import Pack, build_model
+
+    pack = Pack(tuple(tiny_config(seed=s) for s in range(3)))
+    model = build_model(pack, 1, torch.device("cpu"))
+    with validation.Validator(val, pack.shared, torch.device("cpu")) as validator:
+        scored = validator.start(model, replicas=[0, 1, 2]).result()
+        workers = validator.processes._processes  # spawned once, at the pack's first validation
+        assert 1 <= len(workers) <= 3 and all(pid != os.getpid() for pid in workers)
+        again = validator.start(model, replicas=[0, 1, 2]).result()
+        assert validator.processes._processes.keys() == workers.keys()  # the same processes, not new ones
+    for replica in (scored, again):
+        for s in replica:
+            direct = coco_evaluate(to_coco_dict(val), to_coco_results(s.detections, val.orig_sizes))
+            assert s.metrics == pytest.approx({f"val/{k}": v for k, v in direct.metrics.items()}, nan_ok=True)
+    assert len({tuple(s.metrics.values()) for s in scored}) == 3  # three replicas' own detections, not one's
 
 
 def test_scoring_runs_while_the_next_epoch_trains(splits, monkeypatch):
