@@ -361,6 +361,27 @@ def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`
     console.print(f"report written to {folder / 'report.html'} and {folder / 'report.md'}")
 
 
+@app.command()
+def transfer(quick_study: Annotated[str, typer.Argument(help="the study at the cheap profile")],
+             chapter_study: Annotated[str, typer.Argument(help="the same variant's study at the chapter's profile "
+                                                                 "(or a rung nearer to it)")],
+             storage: Annotated[str, typer.Option(help="the Optuna storage of both studies",
+                                                  callback=storage_url)] = DEFAULT_STORAGE,
+             out_root: Annotated[Path, typer.Option(help="written to OUT_ROOT/transfer-QUICK-CHAPTER/")] = Path("reports")):
+    """Does each setting's effect at a cheap profile carry over to the chapter's? From both studies' verdicts
+    (run each sweep with --seeds N --candidates M first): sign agreement, Kendall's tau with intervals, and a
+    scatter, in OUT_ROOT/transfer-QUICK-CHAPTER/report.md and report.html."""
+    from pipeline.report import ReportError
+    from pipeline.report.transfer import write_transfer
+
+    check_writable(out_root)
+    try:
+        folder = write_transfer(storage, quick_study, chapter_study, out_root / f"transfer-{quick_study}-{chapter_study}")
+    except ReportError as exc:
+        usage_error(str(exc))
+    console.print(f"transfer report written to {folder / 'report.html'} and {folder / 'report.md'}")
+
+
 def _print_experiment_links(uri: str, base: str) -> None:
     """A link per recent experiment that opens its runs table (MLflow 3 opens a bare experiment link in its
     GenAI view, where a store made before the project tagged its experiments shows no runs)."""

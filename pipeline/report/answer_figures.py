@@ -23,9 +23,12 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     shown["value"] = shown["confirmed_delta"].where(decided, shown["delta"])
     shown["lo"] = shown["ci_lo"].where(decided, np.nan)
     shown["hi"] = shown["ci_hi"].where(decided, np.nan)
-    shown["label"] = [f"{v}  ({o}, " + (f"{n} new seeds on {split}" if n else "the search on val") + ")"
-                      for v, o, n, split in zip(shown["variant"], shown["outcome"], shown["seeds"], shown["split"])]
-    return shown.iloc[::-1]
+    profiles = shown["profile"] if "profile" in shown else pd.Series("?", index=shown.index)
+    shown["label"] = [f"{v} at {p}  ({o}, " + (f"{n} new seeds on {split}" if n else "the search on val") + ")"
+                      for v, p, o, n, split in zip(shown["variant"], profiles, shown["outcome"], shown["seeds"],
+                                                   shown["split"])]
+    shown["marker"] = ["s" if p == "chapter" else "o" for p in profiles]
+    return shown.sort_values(["variant", "label"]).iloc[::-1]  # an exercise's profiles side by side
 
 
 def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
@@ -43,10 +46,10 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
         for yi, (_, p) in zip(y, points.iterrows()):
             color = OUTCOME_COLORS.get(p["outcome"], "#bbbbbb")
             if not np.isnan(p["lo"]):
-                ax.errorbar(p["value"], yi, xerr=[[p["value"] - p["lo"]], [p["hi"] - p["value"]]], fmt="o",
+                ax.errorbar(p["value"], yi, xerr=[[p["value"] - p["lo"]], [p["hi"] - p["value"]]], fmt=p["marker"],
                             color=color, ecolor=color, capsize=4, ms=6)
             else:
-                ax.plot(p["value"], yi, "o", mfc="white", mec=color, ms=6)
+                ax.plot(p["value"], yi, p["marker"], mfc="white", mec=color, ms=6)
         ax.set_yticks(y, points["label"])
         ax.xaxis.set_major_locator(MaxNLocator(6))
         ax.margins(x=0.08)  # a point at the end of the range stays off the frame
@@ -54,8 +57,11 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
         ax.set(xlabel="Δ mAP@[.5:.95], best − control (each row names its split)")
         handles = [Line2D([], [], marker="o", ls="", color=c, label=o) for o, c in OUTCOME_COLORS.items()
                    if o in set(points["outcome"])]
+        handles += [Line2D([], [], marker=m, ls="", color="#555555", mfc="none", label=f"{name} profile")
+                    for m, name in (("o", "a cheap"), ("s", "the chapter's")) if m in set(points["marker"])]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
     return (f"Right of 0: the exercise's best setting scored higher than the chapter's. A filled point with a bar is "
             f"a verdict on new seeds (the bar: its 95% interval, valid at any number of seeds); a hollow point is the "
-            f"search's own one-seed difference, not tested. The shaded band is ±{delta:g}, the margin within which "
+            f"search's own one-seed difference, not tested. A square is decided at the chapter's profile, a circle at "
+            f"a cheaper one; an exercise's profiles sit side by side. The shaded band is ±{delta:g}, the margin within which "
             "a difference counts as equivalent.")

@@ -376,3 +376,18 @@ def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
     # Holm: the strong one decides at 5%/3; the marginal one, better alone, is not at 5%/2 once it has company
     assert list(family_outcomes(frame)) == ["better", "undecided", "equivalent"]
     assert list(family_outcomes(frame.iloc[:2])) == ["better", "better"]  # two: the marginal one is tried at 5%
+
+
+def test_the_forest_shows_an_exercises_profiles_side_by_side(tmp_path):
+    from pipeline.report.answer_figures import _points, plot_forest
+
+    row = {"delta": 0.02, "confirmed_delta": 0.03, "ci_lo": 0.01, "ci_hi": 0.05, "outcome": "better", "seeds": 6,
+           "split": "test"}
+    frame = pd.DataFrame([{**row, "variant": "focal-loss", "profile": "quick"},
+                          {**row, "variant": "smooth-l1", "profile": "quick"},
+                          {**row, "variant": "focal-loss", "profile": "chapter", "outcome": "undecided"}])
+    points = _points(frame)
+    labels = list(points["label"])[::-1]  # top to bottom
+    assert labels[0].startswith("focal-loss at chapter") and labels[1].startswith("focal-loss at quick")
+    assert labels[2].startswith("smooth-l1 at quick") and list(points["marker"])[::-1] == ["s", "o", "o"]
+    assert "A square is decided at the chapter's profile" in plot_forest(frame, 0.01, tmp_path / "forest.png")

@@ -1,0 +1,143 @@
+"""Transfer of effects across profiles: does a grid point's effect at a cheap profile predict its effect at the
+chapter's? (`python cli.py transfer QUICK_STUDY CHAPTER_STUDY` -> out_root/transfer-QUICK_STUDY-CHAPTER_STUDY/).
+
+Each study's verdict record (``sweep VARIANT --seeds N --candidates M``, or ``--decide``) holds, per setting
+tested, its paired differences against the control on new seeds. A setting is matched across the two studies by
+its parameters. Reported: each setting's mean paired Δ at both profiles, how many agree in sign (with a
+Clopper-Pearson interval over the settings), Kendall's τ between the two profiles' effects (with a percentile
+interval from resampling each study's paired seeds, the same seeds for all its settings, as they share the
+control), and a scatter of one against the other. Multi-fidelity searches (Hyperband, ASHA) assume such a
+ranking carries across fidelities; this measures whether it does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from scipy import stats
+
+from pipeline.report.document import Block, write_documents
+from pipeline.report.figures import COLORS, Skipped, new_figure
+from pipeline.report.select import ReportError, pick_study
+from pipeline.report.text import fmt, params_text
+from pipeline.study.optuna_study import stored_base_config
+
+RESAMPLES = 2000
+
+
+def settings_tested(study: optuna.Study) -> pd.DataFrame:
+    """One row per setting the study's verdict tested: its parameters (as text), paired seeds and differences."""
+    record = study.user_attrs.get("verdict") or {}
+    params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    rows = [{"setting": params_text(pd.Series({"control": False,
+                                               **{f"params_{k}": v for k, v in params[c["trial"]].items()}})),
+             "trial": c["trial"], "seeds": list(c["seeds"]), "diffs": list(c["diffs"])}
+            for c in record.get("candidates", []) if c["trial"] in params and c["diffs"]]
+    if not rows:
+        raise ReportError(f"study {study.study_name!r} has no verdict with paired seeds: run its sweep with "
+                          "--seeds N --candidates M (M: every grid point) first")
+    return pd.DataFrame(rows)
+
+
+def paired_effects(quick: pd.DataFrame, chapter: pd.DataFrame) -> pd.DataFrame:
+    """The settings both studies tested, with each one's mean paired Δ and its standard error at both profiles."""
+    both = quick.merge(chapter, on="setting", suffixes=("_quick", "_chapter"))
+    for side in ("quick", "chapter"):
+        diffs = both[f"diffs_{side}"]
+        both[f"delta_{side}"] = [float(np.mean(d)) for d in diffs]
+        both[f"se_{side}"] = [float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else np.nan for d in diffs]
+    return both
+
+
+def _seed_resampled_means(diffs: list[list[float]], rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """[resamples, settings]: mean Δ of each setting over one resample of the paired seeds, the same resampled
+    seed positions for every setting (they share the control's seeds)."""
+    n = min(len(d) for d in diffs)
+    table = np.array([d[:n] for d in diffs])  # settings x seeds
+    picks = rng.integers(0, n, (resamples, n))
+    return table[:, picks].mean(axis=2).T
+
+
+def agreement(effects: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """Sign agreement (count, share, 95% Clopper-Pearson interval) and Kendall's τ (95% seed-bootstrap interval)."""
+    n = len(effects)
+    agree = int((np.sign(effects["delta_quick"]) == np.sign(effects["delta_chapter"])).sum())
+    out = {"settings": n, "sign_agree": agree, "sign_share": agree / n if n else np.nan}
+    out["sign_lo"], out["sign_hi"] = stats.binomtest(agree, n).proportion_ci(0.95) if n else (np.nan, np.nan)
+    if n < 3:
+        return {**out, "tau": np.nan, "tau_lo": np.nan, "tau_hi": np.nan}
+    out["tau"] = float(stats.kendalltau(effects["delta_quick"], effects["delta_chapter"]).statistic)
+    rng = np.random.default_rng(seed)
+    quick = _seed_resampled_means(list(effects["diffs_quick"]), rng, resamples)
+    chapter = _seed_resampled_means(list(effects["diffs_chapter"]), rng, resamples)
+    taus = np.array([stats.kendalltau(q, c).statistic for q, c in zip(quick, chapter)])
+    out["tau_lo"], out["tau_hi"] = (float(v) for v in np.nanpercentile(taus, [2.5, 97.5]))
+    return out
+
+
+def plot_transfer(effects: pd.DataFrame, labels: tuple[str, str], path: Path) -> str:
+    """Each setting's Δ at the cheap profile (x) against its Δ at the other (y), ±1 standard error, with the
+    diagonal; the shaded quadrants are where the two disagree in sign."""
+    if effects.empty:
+        raise Skipped("no setting was tested at both profiles")
+    with new_figure(path, width=6.5, height=5.5, title="Each setting's effect at both profiles") as (fig, (ax,)):
+        x, y = effects["delta_quick"], effects["delta_chapter"]
+        reach = 1.15 * float(np.nanmax(np.abs([*x, *y, 1e-3])))
+        ax.fill_between([-reach, 0], 0, reach, color="#f6e8e8", zorder=0)
+        ax.fill_between([0, reach], -reach, 0, color="#f6e8e8", zorder=0)
+        ax.plot([-reach, reach], [-reach, reach], color=COLORS["control"], lw=0.8, ls="--")
+        ax.axhline(0, color=COLORS["control"], lw=0.6)
+        ax.axvline(0, color=COLORS["control"], lw=0.6)
+        ax.errorbar(x, y, xerr=effects["se_quick"], yerr=effects["se_chapter"], fmt="o", color=COLORS["best"],
+                    capsize=3)
+        for xi, yi, text in zip(x, y, effects["setting"]):
+            ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set(xlim=(-reach, reach), ylim=(-reach, reach), xlabel=f"Δ mAP at {labels[0]}",
+               ylabel=f"Δ mAP at {labels[1]}")
+    return (f"Each setting's mean paired Δ against its control at {labels[0]} (x) and {labels[1]} (y), ±1 standard "
+            "error over its seeds. On the dashed diagonal the effect carries over unchanged; in the shaded quadrants "
+            "the two profiles disagree on its sign.")
+
+
+def write_transfer(storage: str, quick_name: str, chapter_name: str, folder: Path) -> Path:
+    """out_root/transfer-QUICK-CHAPTER/: report.md and report.html, transfer.csv and figures/transfer.png."""
+    studies = [pick_study(name, storage, name)[0] for name in (quick_name, chapter_name)]
+    effects = paired_effects(*(settings_tested(s) for s in studies))
+    summary = agreement(effects)
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    effects.to_csv(folder / "transfer.csv", index=False)
+    labels = tuple(_profile_label(s) for s in studies)
+    table = pd.DataFrame({"setting": effects["setting"],
+                          f"Δ at {labels[0]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
+                                                         zip(effects["delta_quick"], effects["seeds_quick"])],
+                          f"Δ at {labels[1]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
+                                                         zip(effects["delta_chapter"], effects["seeds_chapter"])]})
+    blocks = [Block("h1", f"Transfer: `{quick_name}` to `{chapter_name}`"),
+              Block("p", agreement_text(summary, labels)), Block("table", table=table)]
+    try:
+        blocks.append(Block("figure", plot_transfer(effects, labels, folder / "figures" / "transfer.png"),
+                            path=Path("figures/transfer.png")))
+    except Skipped as exc:
+        blocks.append(Block("p", f"The scatter is left out: {exc}."))
+    write_documents(folder, blocks, f"tinyssd-ablate: transfer {quick_name} to {chapter_name}")
+    return folder
+
+
+def agreement_text(summary: dict, labels: tuple[str, str]) -> str:
+    n = summary["settings"]
+    text = (f"Of {n} settings tested at both {labels[0]} and {labels[1]}, {summary['sign_agree']} agree on the sign of "
+            f"their effect (95% interval of the share: {fmt(summary['sign_lo'], 2)} to {fmt(summary['sign_hi'], 2)}).")
+    if np.isnan(summary["tau"]):
+        return text + " Kendall's τ needs at least 3 settings."
+    return text + (f" Kendall's τ between the two profiles' effects is {summary['tau']:+.2f} (95% interval from "
+                   f"resampling the paired seeds: {summary['tau_lo']:+.2f} to {summary['tau_hi']:+.2f}). Read both "
+                   "as rough on a handful of settings and seeds: a bootstrap over so few seeds understates the spread.")
+
+
+def _profile_label(study: optuna.Study) -> str:
+    base = stored_base_config(study)
+    return (f"{study.user_attrs.get('profile', '?')} ({base.get('image_size')} px, {base.get('epochs')} epochs, "
+            f"lr {base.get('lr')})")

@@ -1,0 +1,78 @@
+"""Transfer across profiles: settings matched by their parameters, sign agreement and Kendall's tau with their
+intervals, the scatter, and the command's refusal of a study without paired seeds."""
+
+import numpy as np
+import optuna
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import plain
+from pipeline.report.transfer import agreement, paired_effects, settings_tested, write_transfer
+
+QUICK = {1.0: [0.02, 0.03, 0.01], 2.0: [0.05, 0.04, 0.06], 4.0: [0.09, 0.12, 0.1], 0.5: [-0.02, -0.01, -0.03]}
+CHAPTER = {1.0: [-0.01, 0.0, -0.02], 2.0: [0.02, 0.03, 0.025], 4.0: [0.06, 0.05, 0.07], 0.5: [-0.04, -0.05, -0.03]}
+
+
+def grid_study(storage: str, name: str, effects: dict, profile: str, image_size: int) -> None:
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    distribution = {"box_weight": optuna.distributions.CategoricalDistribution([0.5, 1.0, 2.0, 4.0])}
+    candidates = []
+    for number, (weight, diffs) in enumerate(effects.items()):
+        study.add_trial(optuna.trial.create_trial(params={"box_weight": weight}, distributions=distribution, value=0.1))
+        candidates.append({"trial": number, "seeds": [1, 2, 3], "diffs": diffs})
+    study.set_user_attr("verdict", {"candidates": candidates[::-1]})  # a verdict's order is its own
+    study.set_user_attr("profile", profile)
+    study.set_user_attr("signature", {"base_config": {"image_size": image_size, "epochs": 10, "lr": 0.4}})
+
+
+def test_effects_are_matched_by_setting_and_agreement_is_what_scipy_says(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    grid_study(storage, "quick", QUICK, "quick", 64)
+    grid_study(storage, "chapter", {w: CHAPTER[w] for w in (4.0, 0.5, 2.0, 1.0)}, "chapter", 256)  # another order
+    effects = paired_effects(*(settings_tested(optuna.load_study(study_name=n, storage=storage))
+                               for n in ("quick", "chapter")))
+    by_setting = effects.set_index("setting")
+    assert by_setting.loc["box_weight=4", "delta_chapter"] == pytest.approx(0.06)
+    assert by_setting.loc["box_weight=0.5", "delta_quick"] == pytest.approx(-0.02)
+    assert by_setting.loc["box_weight=2", "se_quick"] == pytest.approx(0.01 / np.sqrt(3))
+    summary = agreement(effects, resamples=400)
+    assert summary["sign_agree"] == 3 and summary["settings"] == 4  # box weight 1 turns from + to -
+    assert (summary["sign_lo"], summary["sign_hi"]) == pytest.approx(stats.binomtest(3, 4).proportion_ci())
+    assert summary["tau"] == pytest.approx(stats.kendalltau(effects["delta_quick"], effects["delta_chapter"]).statistic)
+    assert summary["tau"] == 1.0 and summary["tau_lo"] <= summary["tau"] <= summary["tau_hi"] == 1.0
+    folder = write_transfer(storage, "quick", "chapter", tmp_path / "out")
+    text = (folder / "report.md").read_text()
+    assert "Of 4 settings tested at both quick (64 px, 10 epochs, lr 0.4) and chapter (256 px" in text
+    assert "3 agree on the sign" in text and "Kendall's τ between the two profiles' effects is +1.00" in text
+    assert (folder / "figures" / "transfer.png").stat().st_size > 10_000 and (folder / "transfer.csv").is_file()
+
+
+def test_the_interval_of_tau_is_wide_when_the_seeds_disagree():
+    noisy = {"setting": ["a", "b", "c", "d"],
+             "diffs_quick": [[0.1, -0.1, 0.0], [0.0, 0.1, -0.1], [-0.1, 0.0, 0.1], [0.05, -0.05, 0.02]],
+             "diffs_chapter": [[0.1, -0.1, 0.0], [-0.1, 0.0, 0.1], [0.0, 0.1, -0.1], [0.02, 0.05, -0.05]]}
+    import pandas as pd
+
+    frame = pd.DataFrame(noisy)
+    frame["delta_quick"] = [np.mean(d) for d in frame["diffs_quick"]]
+    frame["delta_chapter"] = [np.mean(d) for d in frame["diffs_chapter"]]
+    summary = agreement(frame, resamples=400)
+    assert summary["tau_lo"] <= -0.5 and summary["tau_hi"] >= 0.5
+
+
+def test_the_command_writes_the_page_and_refuses_a_study_without_paired_seeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = "sqlite:///optuna.db"
+    grid_study(storage, "quick", QUICK, "quick", 64)
+    grid_study(storage, "chapter", CHAPTER, "chapter", 256)
+    optuna.create_study(study_name="unconfirmed", storage=storage)
+    runner = CliRunner()
+    result = runner.invoke(app, ["transfer", "quick", "chapter"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports" / "transfer-quick-chapter" / "report.html").is_file()
+    refused = runner.invoke(app, ["transfer", "quick", "unconfirmed"])
+    assert refused.exit_code == 2 and "study 'unconfirmed' has no verdict with paired seeds" in plain(refused.output)
+    missing = runner.invoke(app, ["transfer", "quick", "nope"])
+    assert missing.exit_code == 2 and "no study named 'nope'" in plain(missing.output)
