@@ -19,8 +19,8 @@ from cli_options import (CandidatesOpt, DatasetOpt, DecideOpt, DeltaOpt, Device,
 from pipeline.config import knob_table, make_config
 from pipeline.sqlite_files import DEFAULT_STORAGE, sqlite_path
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
-from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_skipped,
-                               print_train_result, print_verdict, sweep_table, train_summary)
+from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_contrasts,
+                               print_skipped, print_train_result, print_verdict, sweep_table, train_summary)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
@@ -240,10 +240,13 @@ def variants(json_out: JsonOpt = False):
     for name in experiments.names():
         variant = experiments.load(name)
         base = make_config("chapter", variant.fixed_for("chapter"))
+        design = variant.is_design  # cells and contrasts, no search
         rows.append({"name": name, "question": variant.question.splitlines()[0], "fixed": variant.fixed,
                      "fixed_by_profile": variant.fixed_by_profile,
-                     "space": describe_space(variant, base), "sampler": type(variant.sampler(0)).__name__,
-                     "trials": variant.trials, "objective": variant.objective})
+                     "space": {} if design else describe_space(variant, base),
+                     "sampler": "design" if design else type(variant.sampler(0)).__name__,
+                     "trials": variant.trials, "objective": variant.objective,
+                     **({"cells": variant.cells, "contrasts": variant.contrasts} if design else {})})
     if json_out:
         typer.echo(json.dumps(rows))
         return
@@ -251,10 +254,11 @@ def variants(json_out: JsonOpt = False):
     for col in ("name", "question", "search space", "sampler", "trials"):
         table.add_column(col, overflow="fold")
     for row in rows:
-        space = "\n".join(f"{k}: {_describe_dist(v)}" for k, v in row["space"].items())
+        space = "\n".join(f"{k}: {_describe_dist(v)}" for k, v in row["space"].items()) or "\n".join(
+            f"contrast {k}" for k in row.get("contrasts", {}))
         fixed = "".join(f"\n(fixed {k}={v})" for k, v in row["fixed"].items())
         fixed += "".join(f"\n(fixed {k}={v} at {p})" for p, over in row["fixed_by_profile"].items() for k, v in over.items())
-        trials = ", ".join(f"{p}: {n}" for p, n in row["trials"].items())
+        trials = ", ".join(f"{p}: {n}" for p, n in row["trials"].items()) or f"{len(row.get('cells', {}))} cells"
         table.add_row(row["name"], row["question"], space + fixed, row["sampler"], trials)
     console.print(table)
 
@@ -309,9 +313,13 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                            max_seeds=max_seeds, candidates=candidates, out_dir=out_dir, trial_timeout=trial_timeout,
                            skip_invalid=skip_invalid)
     result = _run_sweep_or_exit(options)
-    console.print(sweep_table(result, options))
-    print_skipped(result)
-    print_verdict(result, options)
+    if "contrasts" in result:  # a designed variant: no search, its contrasts decided
+        print_contrasts(result)
+        print_skipped(result)
+    else:
+        console.print(sweep_table(result, options))
+        print_skipped(result)
+        print_verdict(result, options)
     if json_out:
         json_line(result)
 

@@ -10,6 +10,13 @@
 - EXERCISE (optional, default True): False for a question about the tool itself rather than one of the
   chapter's exercises (bf16 against fp32, say): the answer sheet leaves it out.
 
+A variant may instead ask its question as a designed contrast, with no search: CELLS names each cell's RunConfig
+overrides ({} is the control, the chapter's configuration), and CONTRASTS names each contrast that answers the
+question as weights over cells that sum to 0 (a main effect at matched balance: {"focal, box 4": 1, "ce, box 4":
+-1}; an interaction: four cells, +1 -1 -1 +1). ``sweep VARIANT --decide`` trains every cell on the same new seeds
+and decides each contrast on those paired seeds (pipeline.stats.contrasts). Such a file sets no TRIALS, space or
+sampler.
+
 Any other upper-case name must be a constant that ``space`` or ``sampler`` uses (a grid's values, say):
 a typo such as ``OBJECTVE`` would otherwise be ignored in silence, so it is refused, naming the file.
 Whether the median pruner may stop a variant's trials follows from its sampler: a grid never prunes,
@@ -47,6 +54,13 @@ class Variant:
     prune: bool = True  # whether the median pruner may stop this variant's trials early
     fixed_by_profile: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     exercise: bool = True  # one of the chapter's exercises, so a line of the answer sheet
+    cells: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # a designed contrast's cells
+    contrasts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> cell weights
+
+    @property
+    def is_design(self) -> bool:
+        """A question asked as contrasts over cells, with no search."""
+        return bool(self.cells)
 
     def fixed_for(self, profile: str) -> dict[str, Any]:
         """The overrides every trial of this variant uses under ``profile``, the control included."""
@@ -54,6 +68,8 @@ class Variant:
 
     @classmethod
     def from_module(cls, module: ModuleType) -> "Variant":
+        if hasattr(module, "CELLS"):
+            return cls._design(module)
         check_names(module)
         sampler = module.sampler
         return cls(name=module.__name__.rsplit(".", 1)[-1].replace("_", "-"), question=(module.__doc__ or "").strip(),
@@ -64,7 +80,18 @@ class Variant:
                    exercise=bool(getattr(module, "EXERCISE", True)))
 
 
+    @classmethod
+    def _design(cls, module: ModuleType) -> "Variant":
+        check_design(module)
+        return cls(name=module.__name__.rsplit(".", 1)[-1].replace("_", "-"), question=(module.__doc__ or "").strip(),
+                   fixed=dict(getattr(module, "FIXED", {})), trials={}, objective=getattr(module, "OBJECTIVE", "val/map"),
+                   space=None, sampler=None, prune=False, fixed_by_profile=dict(getattr(module, "FIXED_BY_PROFILE", {})),
+                   exercise=bool(getattr(module, "EXERCISE", True)), cells={k: dict(v) for k, v in module.CELLS.items()},
+                   contrasts={k: dict(v) for k, v in module.CONTRASTS.items()})
+
+
 SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "TRIALS", "OBJECTIVE", "EXERCISE"}  # the upper-case names a variant's module may set
+DESIGN_SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "OBJECTIVE", "EXERCISE", "CELLS", "CONTRASTS"}
 REQUIRED = {"TRIALS", "space", "sampler"}
 
 
@@ -103,6 +130,41 @@ def check_names(module: ModuleType) -> None:
         if name.isupper() and name not in SETTINGS and name not in used:
             raise VariantFileError(f"{where}: unknown setting {name}; a variant sets {', '.join(sorted(SETTINGS))}, "
                                    "and any other upper-case constant must be used by space() or sampler()")
+
+
+def check_design(module: ModuleType) -> None:
+    """Refuse a designed variant whose cells or contrasts do not make a question: an unknown knob, a contrast over
+    a cell that is not there, or weights that do not sum to 0; names the file and what is wrong."""
+    from pipeline.config import RunConfig
+
+    import difflib
+
+    where = getattr(module, "__file__", module.__name__)
+    if any(hasattr(module, name) for name in ("space", "sampler", "TRIALS")):
+        raise VariantFileError(f"{where}: a variant with CELLS is a designed contrast, with no search: it sets no "
+                               "TRIALS, space or sampler")
+    for name in vars(module):  # helper constants are fine; a setting's typo (OBJECTVE) is not
+        close = difflib.get_close_matches(name, SETTINGS | DESIGN_SETTINGS, n=1, cutoff=0.8) if name.isupper() else []
+        if close and name not in DESIGN_SETTINGS:
+            raise VariantFileError(f"{where}: {name} is not a setting of a designed contrast: did you mean "
+                                   f"{close[0]}? It sets {', '.join(sorted(DESIGN_SETTINGS))}")
+    knobs = {f.name for f in dataclasses.fields(RunConfig)}
+    if not getattr(module, "CONTRASTS", None):
+        raise VariantFileError(f"{where}: CELLS without CONTRASTS: name the differences that answer the question")
+    if {} not in [dict(v) for v in module.CELLS.values()]:
+        raise VariantFileError(f"{where}: no cell is the control ({{}}, the chapter's configuration)")
+    for cell, overrides in module.CELLS.items():
+        bad = sorted(set(overrides) - knobs)
+        if bad:
+            raise VariantFileError(f"{where}: cell {cell!r} sets unknown knob(s) {', '.join(bad)}; see `cli.py knobs`")
+    for name, weights in module.CONTRASTS.items():
+        missing = sorted(set(weights) - set(module.CELLS))
+        if missing:
+            raise VariantFileError(f"{where}: contrast {name!r} names cell(s) {', '.join(map(repr, missing))} that "
+                                   f"CELLS does not have; the cells are {', '.join(map(repr, module.CELLS))}")
+        if abs(sum(weights.values())) > 1e-9 or not any(weights.values()):
+            raise VariantFileError(f"{where}: contrast {name!r}: its weights sum to {sum(weights.values()):g}, not 0 "
+                                   "(a contrast compares cells: +1 for one, -1 for another)")
 
 
 def names() -> list[str]:

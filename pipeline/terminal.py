@@ -213,3 +213,19 @@ def print_noise_budget(budget, measured, title: str) -> None:
     console.print(f"mean val/map {budget.mean:.4f} (mean of the last 3 epochs: {budget.last_epochs_mean:.4f}); "
                   "smallest paired Δ detectable (80% power, 95%) at the paired sd ³: "
                   + ", ".join(f"{n} seeds: {v:.4f}" for n, v in effects.items()))
+
+
+def print_contrasts(result: dict) -> None:
+    """A designed variant's result: each contrast's verdict, then each cell's mean and seed spread."""
+    from pipeline.study.design import contrasts_text
+
+    table = Table(title=f"{result['study']}: cells (scored on {result['split']}, paired seeds)")
+    for col in ("cell", "mean", "seed sd [95% interval]", "seeds"):
+        table.add_column(col)
+    for cell, row in result["cells"].items():
+        scores = list(row["scores"].values())
+        mean = f"{sum(scores) / len(scores):.4f}" if scores else "n/a"
+        sd = "n/a" if math.isnan(row["sd"]) else f"{row['sd']:.4f} [{row['sd_lo']:.4f}, {row['sd_hi']:.4f}]"
+        table.add_row(cell, mean, sd, str(len(scores)))
+    console.print(table)
+    console.print(contrasts_text({"contrasts": result["contrasts"]}, result["split"]))

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from pipeline.report.answers import write_answers
+from pipeline.report.design_section import is_design, write_design_report
 from pipeline.report.select import ReportError, pick_study
 from pipeline.report.study_page import write_study_report
 from pipeline.sqlite_files import DEFAULT_STORAGE
@@ -42,6 +43,8 @@ def write_report(target: str, *, storage: str = DEFAULT_STORAGE, out_root: Path 
         if target == "all":
             return write_answers(storage, Path(out_root) / "answers")
         study, note = pick_study(target, storage, study_name)
+        if is_design(study):
+            return write_design_report(study, Path(out_root) / (study_name or target))
         return write_study_report(study, note, storage, Path(out_root) / (study_name or target))
     except json.JSONDecodeError as exc:  # a truncated or hand-edited study attribute: say which
         raise ReportError(str(unreadable_attrs_error(storage, exc))) from None

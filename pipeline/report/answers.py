@@ -18,7 +18,8 @@ from pipeline.report.answer_figures import plot_forest
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import Skipped
 from pipeline.report.overview import summary_frame
-from pipeline.report.select import ReportError
+from pipeline.report.design_section import effects_section, is_design
+from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import counted, fmt
 from pipeline.stats.verdict import holm
 
@@ -132,7 +133,7 @@ def unfinished_searches(frame: pd.DataFrame) -> list[str]:
 
 def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     have = set(frame["variant"])
-    missing = [name for name in experiments.exercises() if name not in have]
+    missing = [name for name in experiments.exercises() if name not in have and not experiments.load(name).is_design]
     unfinished = unfinished_searches(frame)
     blocks = []
     if missing:
@@ -191,6 +192,14 @@ def exercise_studies(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~frame["variant"].isin(own)].reset_index(drop=True)
 
 
+def design_studies(storage: str) -> list:
+    """The store's designed studies (contrasts over cells, no search), by name."""
+    import optuna
+
+    studies = [optuna.load_study(study_name=s["name"], storage=storage) for s in list_studies(storage)]
+    return [study for study in studies if is_design(study)]
+
+
 def write_answers(storage: str, folder: Path) -> Path:
     """out_root/answers/: report.md and report.html, answers.csv and figures/."""
     (folder / "figures").mkdir(parents=True, exist_ok=True)
@@ -209,7 +218,7 @@ def write_answers(storage: str, folder: Path) -> Path:
                          "(a file in `experiments/`), run as an Optuna study against its control, the chapter's own "
                          "configuration under the same profile.")]
     blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame) + _voc_blocks(frame) + anchor_blocks(frame, folder)
-    blocks += _threshold_blocks(frame) + _missing_blocks(frame)
+    blocks += effects_section(design_studies(storage)) + _threshold_blocks(frame) + _missing_blocks(frame)
     blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study."))
     write_documents(folder, blocks, "tinyssd-ablate: answers to the chapter's exercises")
     return folder

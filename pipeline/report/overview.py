@@ -107,5 +107,8 @@ def summary_frame(storage: str) -> pd.DataFrame:
     studies = list_studies(storage)
     if not studies:
         raise ReportError(f"no study in {storage}: run `python cli.py sweep VARIANT` first")
-    rows = [study_summary_row(optuna.load_study(study_name=s["name"], storage=storage)) for s in studies]
+    loaded = [optuna.load_study(study_name=s["name"], storage=storage) for s in studies]
+    rows = [study_summary_row(study) for study in loaded if "design" not in study.user_attrs]  # designs: no search
+    if not rows:
+        raise ReportError(f"no study with a search in {storage}: run `python cli.py sweep VARIANT` first")
     return pd.DataFrame(rows).sort_values(["variant", "study"]).reset_index(drop=True)

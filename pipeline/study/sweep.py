@@ -14,15 +14,15 @@ from optuna.trial import TrialState
 
 import experiments
 from pipeline.config import RunConfig
-from pipeline.data import DetectionData, has_split, load_split
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import resolve_device
-from pipeline.model.pack import Pack, PackError, check_fits
-from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Candidate, NoControlScore, Plan, settle
+from pipeline.model.pack import PackError, check_fits
+from pipeline.stats.decide import Candidate, NoControlScore, settle
 from pipeline.study import best as best_rule
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.faults import reconcile_runs
-from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SharedControlPacks, seed_span
+from pipeline.study.design import run_design
+from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
                                          check_some_trial_completed, counts, load_variant, prepare, remaining_trials,
                                          stored_base_config, study_objective)
@@ -31,10 +31,8 @@ from pipeline.study.store_checks import check_kept_packs, unreadable_attrs_error
 from pipeline.study.storage_lock import StorageLock
 from pipeline.study.trial import trial_config, trial_context
 from pipeline.study.workers import run_worker, spawn_workers, started_trials
+from pipeline.study.verdict_runs import check_splits, verdict_plan, verdict_split_and_key, verdict_trainer
 from pipeline.tracking import MlflowTracker
-from pipeline.training.run import load_data, tracked_run
-from pipeline.training.seeds import seed_values
-from pipeline.training.step import NonFiniteLossError
 
 
 def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, parent_run_id: str) -> dict[str, Any]:
@@ -105,8 +103,11 @@ def check_packs(variant: experiments.Variant, base: RunConfig, options: SweepOpt
 
 
 def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], None] | None = None) -> dict[str, Any]:
-    """Run or resume the study up to ``trials`` finished trials; returns the summary."""
+    """Run or resume the study up to ``trials`` finished trials; returns the summary. A designed variant (CELLS
+    and CONTRASTS) has no search: its contrasts are decided instead (pipeline.study.design)."""
     variant = load_variant(options.variant)
+    if variant.is_design:
+        return run_design(options)
     # data first: bad data must be refused before any store is created, and generated once, before workers race
     train, skipped = check_splits(base_config(variant, options), options)
     check_packs(variant, base_config(variant, options), options, len(train.class_names))
@@ -149,29 +150,6 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
             return result
 
 
-def check_splits(base: RunConfig, options: SweepOptions) -> tuple[DetectionData, dict[str, int]]:
-    """Every split the sweep will read, loaded and checked before anything is stored: train and val, and the test
-    split when a verdict (--seeds, --decide) will score on it. Returns the train split and, per split, the bad
-    records --skip-invalid skipped."""
-    train, val = load_data(base, progress=True, skip_invalid=options.skip_invalid)
-    skipped = {"train": train.skipped, "val": val.skipped}
-    if (options.seeds or options.decide) and has_split(base.dataset, "test"):
-        skipped["test"] = load_split(base.dataset, "test", base.image_size, progress=True,
-                                     skip_invalid=options.skip_invalid).skipped
-    return train, skipped
-
-
-def verdict_plan(base: RunConfig, options: SweepOptions) -> Plan:
-    """How a verdict spends seeds. ``--seeds N`` alone: one look of N. ``--decide``: looks of N seeds (3 without
-    --seeds) until decided or ``--max-seeds``. Every seed is new: the search trained base.seed and the next
-    seeds_per_trial - 1."""
-    first = base.seed + options.seeds_per_trial
-    if not options.decide:
-        return Plan(first, seeds_per_look=options.seeds, max_seeds=options.seeds, delta=options.delta)
-    per_look = options.seeds or DEFAULT_SEEDS_PER_LOOK
-    return Plan(first, seeds_per_look=per_look, max_seeds=max(options.max_seeds, per_look), delta=options.delta)
-
-
 def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, tracker: MlflowTracker,
                    parent_run_id: str, update: Callable = lambda: None) -> dict[str, Any]:
     """The verdict of the best trial (or the best ``--candidates``) against the control, on new seeds scored on
@@ -185,21 +163,8 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
     by_number = {t.number: t for t in trials}
     candidates = [Candidate(e.number, trial_config(optuna.trial.FixedTrial(by_number[e.number].params), ctx))
                   for e in ranked]
-    split = "test" if has_split(base.dataset, "test") else "val"
-    key = f"{split}/{study_objective(study).split('/', 1)[1]}"
-
-    def train_pack(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
-        pack = Pack(tuple(dataclasses.replace(cfg, seed=s, val_every=cfg.epochs) for s in seeds))
-        tags = {"study": study.study_name, "role": "verdict", "verdict_of": role, "seeds": ",".join(map(str, seeds)),
-                "scored_on": split}
-        try:
-            result = tracked_run(pack, tracker, name=f"verdict-{role.replace(' ', '-')}-seeds-{seed_span(seeds)}",
-                                 out_dir=options.out_dir, parent_run_id=parent_run_id, tags=tags, progress=False,
-                                 data=(ctx.data(cfg)[0], ctx.split(cfg, split)), stop_on_divergence=False,
-                                 score_split=split)
-        except NonFiniteLossError:  # every seed of the pack diverged: their pairs are left out (the run says so)
-            return {}
-        return seed_values(result.metrics, key) if pack.k > 1 else {seeds[0]: result.metrics[key]}
+    split, key = verdict_split_and_key(study, base)
+    train_pack = verdict_trainer(study, options, tracker, parent_run_id, ctx, split, key)
 
     packs = SharedControlPacks(study, options.storage, key, after_pack=update)
     shared_control = {"study": SHARED_CONTROLS, "key": packs.control_name(base)}

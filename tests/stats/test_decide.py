@@ -150,13 +150,13 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
 
 
 def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(workdir, tmp_path, monkeypatch):
-    import pipeline.study.sweep
+    import pipeline.study.verdict_runs
     from pipeline.data import generate_bananas
 
     data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
     args = ["sweep", "smooth-l1", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--trials", "2",
             "--seeds", "2", "--json"]
-    real, trained, kill = pipeline.study.sweep.tracked_run, [], {"at": 2}
+    real, trained, kill = pipeline.study.verdict_runs.tracked_run, [], {"at": 2}
 
     def tracked_run(pack, tracker, **kw):
         if kw["tags"].get("role") == "verdict":
@@ -164,7 +164,7 @@ def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(work
             if len(trained) == kill["at"]:
                 raise KeyboardInterrupt  # as Ctrl-C would, while the second pack (trial 1's) starts
         return real(pack, tracker, **kw)
-    monkeypatch.setattr(pipeline.study.sweep, "tracked_run", tracked_run)
+    monkeypatch.setattr(pipeline.study.verdict_runs, "tracked_run", tracked_run)
 
     assert runner.invoke(app, args).exit_code != 0
     assert trained == ["verdict-control-seeds-1-2", "verdict-trial-1-seeds-1-2"]
@@ -258,18 +258,18 @@ def test_studies_of_one_store_share_the_control_seeds_and_adopt_those_an_older_v
                                                                                              monkeypatch):
     """Two variants on the same data and profile pair against one control: the second trains no control seed.
     A study whose verdict kept its control seeds on itself (before they were shared) hands them over."""
-    import pipeline.study.sweep
+    import pipeline.study.verdict_runs
     from pipeline.data import generate_bananas
     from pipeline.study.kept_packs import KeptPacks, SharedControlPacks
 
     data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
-    real, trained = pipeline.study.sweep.tracked_run, []
+    real, trained = pipeline.study.verdict_runs.tracked_run, []
 
     def tracked_run(pack, tracker, **kw):
         if kw["tags"].get("role") == "verdict":
             trained.append(kw["name"])
         return real(pack, tracker, **kw)
-    monkeypatch.setattr(pipeline.study.sweep, "tracked_run", tracked_run)
+    monkeypatch.setattr(pipeline.study.verdict_runs, "tracked_run", tracked_run)
     for variant in ("smooth-l1", "focal-loss"):
         result = runner.invoke(app, ["sweep", variant, "--dataset", str(data), "--device", "cpu", *tiny_args(),
                                      "--trials", "2", "--seeds", "2", "--json"])

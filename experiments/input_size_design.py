@@ -1,0 +1,19 @@
+"""Does a bigger input help, or is it the anchors kept in pixels, and do the two add?
+
+A two-by-two on paired seeds on shapes, with no search: the input at 128 px (the quick profile's side for
+input-size) or 192, crossed with the chapter's anchors (fractions of the image side) or anchors shrunk by 1.5
+(anchor_scale 0.667: at 192 px, the same sizes in pixels as at 128). input-size's search (one seed a cell)
+said the anchors gave most of its gain; this decides it. Contrasts: the input's effect with the chapter's
+anchors, the anchors' effect at 128 px, and the interaction (0 when the two add). At the chapter's profile the
+control is 256 px and the sides are 256 and 384.
+"""
+
+FIXED = {"dataset": "shapes"}
+FIXED_BY_PROFILE = {"quick": {"image_size": 128}}
+CELLS = {"128 px, chapter's anchors": {}, "192 px, chapter's anchors": {"image_size": 192},
+         "128 px, anchors x0.667": {"anchor_scale": 0.667}, "192 px, anchors x0.667": {"image_size": 192,
+                                                                                       "anchor_scale": 0.667}}
+CONTRASTS = {"input 192 px": {"192 px, chapter's anchors": 1, "128 px, chapter's anchors": -1},
+             "anchors x0.667": {"128 px, anchors x0.667": 1, "128 px, chapter's anchors": -1},
+             "interaction": {"192 px, anchors x0.667": 1, "192 px, chapter's anchors": -1,
+                             "128 px, anchors x0.667": -1, "128 px, chapter's anchors": 1}}

@@ -1,0 +1,85 @@
+"""What each effect is made of: a designed variant's contrasts (a knob's effect at matched balance, the
+interaction) and each cell's mean and seed spread, for the answer sheet and for the study's own page."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from pipeline.report.document import Block, question_blocks, write_documents
+from pipeline.report.text import fmt
+
+ATTR = "contrasts"  # pipeline.study.design keeps its record under this study attribute
+
+
+def is_design(study: optuna.Study) -> bool:
+    return "design" in study.user_attrs
+
+
+def contrast_table(record: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"contrast": row["contrast"], "verdict": row["verdict"],
+                          "Δ mAP [95% interval, valid at any number of seeds]":
+                              f"{row['delta']:+.4f} [{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}]",
+                          "paired seeds": len(row["seeds"])} for row in record["contrasts"]])
+
+
+def cell_table(record: dict) -> pd.DataFrame:
+    rows = []
+    for cell, row in record["cells"].items():
+        scores = list(row["scores"].values())
+        spread = "n/a" if math.isnan(row["sd"]) else f"{row['sd']:.4f} [{row['sd_lo']:.4f}, {row['sd_hi']:.4f}]"
+        rows.append({"cell": cell + (" (the control)" if cell == record.get("control_cell") else ""),
+                     "mean": fmt(float(np.mean(scores))) if scores else "n/a", "seed sd [95% interval]": spread,
+                     "seeds": len(scores), "diverged": ", ".join(map(str, row["diverged"])) or "none"})
+    return pd.DataFrame(rows)
+
+
+def plain_answer(record: dict) -> str:
+    """One sentence per contrast, in words: which way it went, or that it is not decided yet."""
+    words = {"better": "helps", "worse": "hurts", "equivalent": "makes no difference (within the margin)",
+             "undecided": "is not decided yet", "pending": "is still being decided"}
+    parts = [f"{row['contrast']} {words.get(row['verdict'], row['verdict'])} ({row['delta']:+.4f})"
+             for row in record["contrasts"]]
+    return "; ".join(parts) + "."
+
+
+def design_blocks(study: optuna.Study) -> list[Block]:
+    """The contrasts and cells of one designed study, with where and on what they were decided."""
+    record = study.user_attrs.get(ATTR)
+    name = f"`{study.user_attrs.get('variant', study.study_name)}` ({study.user_attrs.get('profile', '?')} profile)"
+    if not record:
+        return [Block("p", f"{name}: no seeds trained yet (`python cli.py sweep VARIANT --decide`).")]
+    where = f"on the {record['split']} split, shared control `{record['shared_control']['key']}`"
+    return [Block("p", f"{name}, {where}: {plain_answer(record)}"), Block("table", table=contrast_table(record)),
+            Block("table", table=cell_table(record)),
+            Block("p", "A cell's seed spread is an outcome of its own: a setting that is as good on average but "
+                       "steadier is the safer choice. The sd's interval is the chi-square interval over its seeds.")]
+
+
+def effects_section(studies: list[optuna.Study]) -> list[Block]:
+    """The answer sheet's section: every designed study's contrasts."""
+    if not studies:
+        return []
+    blocks = [Block("h2", "What each effect is made of"),
+              Block("p", "Three of the single knobs that helped (box weight 4, focal loss with α 0.75, random "
+                         "negatives) all shrink the class loss against the box loss. A designed variant asks each "
+                         "knob's question at matched balance: the knob on or off, crossed with box weight 1 or 4, on "
+                         "the same paired seeds. Its effect at box weight 4 is what it adds beyond re-weighting; the "
+                         "interaction says whether the two add (0 when they do). Holm-corrected over each study's "
+                         "contrasts.")]
+    for study in studies:
+        blocks += design_blocks(study)
+    return blocks
+
+
+def write_design_report(study: optuna.Study, folder: Path) -> Path:
+    """out_root/<variant>/ for a designed study: its question, contrasts and cells."""
+    title, question = question_blocks(study.user_attrs.get("question", study.study_name))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_documents(folder, [Block("h1", title), *question, Block("h2", "Contrasts and cells"), *design_blocks(study)],
+                    f"tinyssd-ablate: {study.study_name}")
+    return folder

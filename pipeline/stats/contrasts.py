@@ -1,0 +1,81 @@
+"""Seeds until decided, for a designed question: every cell trains the same new seeds, and each contrast (weights
+over cells summing to 0: a knob's effect at matched balance, an interaction) is decided on its per-seed values
+Σ w·score, paired through the seeds, with the confidence sequence of pipeline.stats.verdict: the promise that
+survives extensions and resumes holds here too. While seeds come in, each open contrast is tried at alpha over
+the contrasts (Bonferroni); at the end Holm's step-down over them. A seed that diverged scores FAILED_SCORE in its
+cell, as in any verdict. Knows nothing of Optuna or MLflow: the caller hands in a function that trains a cell's
+seeds and returns their scores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from pipeline.config import RunConfig
+from pipeline.stats.decide import Plan, TrainPack, check_control_scored, scored
+from pipeline.stats.verdict import ALPHA, holm, to_record, verdict
+from pipeline.stats.noise import sd_interval
+
+
+def contrast_values(weights: dict[str, float], scores: dict[str, dict[int, float]]) -> tuple[list[int], list[float]]:
+    """The seeds every cell of the contrast has scored, in order, and Σ w·score on each."""
+    seeds = sorted(set.intersection(*(set(scores[cell]) for cell in weights)))
+    return seeds, [float(sum(w * scores[cell][s] for cell, w in weights.items())) for s in seeds]
+
+
+def settle_contrasts(cells: dict[str, RunConfig], contrasts: dict[str, dict[str, float]], control: str, plan: Plan,
+                     train_pack: TrainPack, on_look: Callable[[dict], None] = lambda record: None) -> dict:
+    """Look after look, train one pack of the look's seeds per cell whose contrasts are still open, until every
+    contrast is decided or the seeds run out; returns the record (JSON-ready), which ``on_look`` gets after every
+    look. The ``control`` cell trains under the role "control", so a store shares it with every other verdict."""
+    scores: dict[str, dict[int, float]] = {cell: {} for cell in cells}
+    diverged: dict[str, list[int]] = {cell: [] for cell in cells}
+    decided: dict[str, object] = {}
+    alpha = ALPHA / len(contrasts)
+    for look in range(plan.looks):
+        open_ = [name for name in contrasts if name not in decided]
+        if not open_:
+            break
+        seeds = plan.seeds(look)
+        for cell in sorted({c for name in open_ for c in contrasts[name]}):
+            role = "control" if cell == control else f"cell {cell}"
+            scores[cell].update(scored(train_pack(role, cells[cell], seeds), seeds, diverged[cell]))
+            if role == "control":
+                check_control_scored(scores[cell], diverged[cell])
+        for name in open_:
+            now = verdict(contrast_values(contrasts[name], scores)[1], plan.seeds_per_look, plan.max_seeds,
+                          plan.delta, alpha)
+            if now.outcome != "undecided" or look == plan.looks - 1:
+                decided[name] = now
+        on_look(record(contrasts, scores, diverged, plan, decided, final=False))
+    finals = holm([contrast_values(w, scores)[1] for w in contrasts.values()], plan.seeds_per_look, plan.max_seeds,
+                  plan.delta)
+    return record(contrasts, scores, diverged, plan, dict(zip(contrasts, finals)), final=True)
+
+
+def record(contrasts: dict[str, dict[str, float]], scores: dict[str, dict[int, float]],
+           diverged: dict[str, list[int]], plan: Plan, decided: dict, final: bool) -> dict:
+    """What the study keeps: each contrast's verdict and per-seed values, and each cell's scores and spread."""
+    rows = []
+    for name, weights in contrasts.items():
+        seeds, values = contrast_values(weights, scores)
+        evidence = to_record(decided[name]) if name in decided else {
+            **to_record(verdict(values, plan.seeds_per_look, plan.max_seeds, plan.delta, ALPHA / len(contrasts))),
+            "verdict": "pending", "decided_at": None, "within_delta": False}
+        rows.append({"contrast": name, "weights": weights, "seeds": seeds, "values": values, **evidence})
+    return {"final": final, "delta_margin": plan.delta, "max_seeds": plan.max_seeds, "contrasts": rows,
+            "cells": {cell: {"scores": {str(s): v for s, v in sorted(by_seed.items())},
+                             "diverged": sorted(set(diverged[cell])), **spread(list(by_seed.values()))}
+                      for cell, by_seed in scores.items()}}
+
+
+def spread(values: list[float]) -> dict:
+    """A cell's seed spread as an outcome of its own: sd over its seeds with a 95% chi-square interval."""
+    if len(values) < 2:
+        return {"sd": math.nan, "sd_lo": math.nan, "sd_hi": math.nan}
+    sd = float(np.std(values, ddof=1))
+    lo, hi = sd_interval(sd, len(values)) if sd > 0 else (0.0, 0.0)
+    return {"sd": sd, "sd_lo": float(lo), "sd_hi": float(hi)}

@@ -1,0 +1,83 @@
+"""A designed question (a variant with CELLS and CONTRASTS): no search, every cell trained on the same new seeds
+and each contrast decided on them (pipeline.stats.contrasts), kept on an Optuna study and logged as one MLflow
+parent run whose packs are nested under it, as a verdict's are. The control cell is the store's shared control."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optuna
+
+from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
+from pipeline.stats.contrasts import settle_contrasts
+from pipeline.stats.decide import NoControlScore
+from pipeline.study.decision_lock import decision_lock
+from pipeline.study.kept_packs import SHARED_CONTROLS, SharedControlPacks
+from pipeline.study.optuna_study import SweepError, SweepOptions, base_config, load_variant, open_storage, study_name_for
+from pipeline.study.storage_lock import StorageLock
+from pipeline.study.trial import trial_context
+from pipeline.study.verdict_runs import check_splits, verdict_plan, verdict_split_and_key, verdict_trainer
+from pipeline.tracking import MlflowTracker
+
+ATTR = "contrasts"  # the study's user attribute that holds the record
+
+
+def run_design(options: SweepOptions) -> dict[str, Any]:
+    """Train the variant's cells look by look until its contrasts are decided; returns the summary (JSON-ready).
+    Data, seeds and packs are checked, planned and trained as a verdict's are (pipeline.study.verdict_runs)."""
+    variant = load_variant(options.variant)
+    if not (options.decide or options.seeds):
+        raise SweepError(f"{variant.name} is a designed contrast, with no search: run it with --decide (or --seeds N)")
+    base = base_config(variant, options)
+    _, skipped = check_splits(base, options)
+    cells = {name: dataclasses.replace(base, **overrides) for name, overrides in variant.cells.items()}
+    control = next(name for name, overrides in variant.cells.items() if not overrides)
+    with StorageLock(options.storage).hold():
+        study = _open_study(options, variant, base)
+        tracker = MlflowTracker(study.study_name)
+    with sigterm_as_interrupt(), decision_lock(options.storage, study):
+        with tracker.run(f"{variant.name} · contrasts", params=dataclasses.asdict(base),
+                         tags={"study": study.study_name, "variant": variant.name, "role": "design",
+                               "profile": options.profile}) as parent:
+            split, key = verdict_split_and_key(study, base)
+            packs = SharedControlPacks(study, options.storage, key, after_pack=raise_if_interrupted)
+            train_pack = verdict_trainer(study, options, tracker, parent.run_id, trial_context(options, parent.run_id),
+                                 split, key)
+            shared = {"study": SHARED_CONTROLS, "key": packs.control_name(base)}
+
+            def keep(record: dict) -> None:
+                study.set_user_attr(ATTR, {**record, "split": split, "metric": key, "control_cell": control,
+                                           "seconds": packs.seconds, "shared_control": shared})
+            try:
+                record = settle_contrasts(cells, variant.contrasts, control, verdict_plan(base, options),
+                                          packs.reuse_or(train_pack), on_look=keep)
+            except NoControlScore as exc:
+                raise SweepError(f"--decide: {exc}") from None
+            keep(record)
+            parent.set_tags({**{f"contrast: {row['contrast']}": row["verdict"] for row in record["contrasts"]},
+                             "mlflow.note.content": contrasts_text(record, split)})
+    return {"study": study.study_name, "variant": variant.name, "skipped": skipped, "split": split,
+            "contrasts": record["contrasts"], "cells": record["cells"]}
+
+
+def _open_study(options: SweepOptions, variant, base) -> optuna.Study:
+    study = optuna.create_study(storage=open_storage(options.storage), study_name=study_name_for(options),
+                                direction="maximize", load_if_exists=True)
+    if "design" not in study.user_attrs:
+        study.set_user_attr("design", {"cells": variant.cells, "contrasts": variant.contrasts})
+        study.set_user_attr("signature", {"base_config": dataclasses.asdict(base), "objective": variant.objective})
+        study.set_user_attr("variant", variant.name)
+        study.set_user_attr("question", variant.question)
+        study.set_user_attr("profile", options.profile)
+    elif study.user_attrs["design"] != {"cells": variant.cells, "contrasts": variant.contrasts}:
+        raise SweepError(f"study {study.study_name!r} was run with other cells or contrasts than {variant.name}'s "
+                         "file has now: pass another --study-name")
+    return study
+
+
+def contrasts_text(record: dict, split: str) -> str:
+    """Each contrast's verdict in one line: what the terminal, the parent run's description and the sheet say."""
+    return "\n".join(f"{row['contrast']}: {row['verdict']}, Δ {row['delta']:+.4f} "
+                     f"[{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}] over {len(row['seeds'])} paired "
+                     f"seeds on {split}" for row in record["contrasts"])

@@ -1,0 +1,105 @@
+"""Designed contrasts: a planted interaction in a simulated 2x2 is decided, additive knobs are not called
+interacting, cells are trained only while a contrast needs them, and a file whose contrast names a missing cell
+is refused."""
+
+import types
+
+import numpy as np
+import pytest
+
+from pipeline.config import RunConfig
+from pipeline.stats.contrasts import contrast_values, settle_contrasts
+from pipeline.stats.decide import Plan
+
+CELLS = {"ce, box 1": RunConfig(), "focal, box 1": RunConfig(cls_loss="focal"),
+         "ce, box 4": RunConfig(box_weight=4.0), "focal, box 4": RunConfig(cls_loss="focal", box_weight=4.0)}
+CONTRASTS = {"focal at box 1": {"focal, box 1": 1, "ce, box 1": -1},
+             "focal at box 4": {"focal, box 4": 1, "ce, box 4": -1},
+             "interaction": {"focal, box 4": 1, "ce, box 4": -1, "focal, box 1": -1, "ce, box 1": 1}}
+
+
+def simulated_2x2(means: dict[str, float], sd: float = 0.005, study: int = 0):
+    """A trainer of the 2x2: a seed effect every cell shares (paired seeds), the cell's mean, and its own noise."""
+    calls = []
+    roles = {"control": "ce, box 1", **{f"cell {c}": c for c in means}}
+
+    def train_pack(role, cfg, seeds):
+        calls.append((role, list(seeds)))
+        cell = roles[role]
+        return {s: np.random.default_rng([study, s]).normal(0.15, 0.04) + means[cell]
+                + np.random.default_rng([study, s, sum(map(ord, cell))]).normal(0, sd) for s in seeds}
+    return train_pack, calls
+
+
+def test_a_planted_interaction_is_decided_and_each_simple_effect_with_it():
+    means = {"ce, box 1": 0.0, "focal, box 1": 0.0, "ce, box 4": 0.06, "focal, box 4": 0.10}  # focal helps at 4 only
+    train_pack, calls = simulated_2x2(means)
+    record = settle_contrasts(CELLS, CONTRASTS, "ce, box 1", Plan(1, 1, 15), train_pack)
+    outcome = {row["contrast"]: row for row in record["contrasts"]}
+    assert outcome["interaction"]["verdict"] == "better" and outcome["focal at box 4"]["verdict"] == "better"
+    assert outcome["interaction"]["delta"] == pytest.approx(0.04, abs=0.01)
+    assert outcome["focal at box 1"]["verdict"] in ("equivalent", "undecided")
+    assert record["final"] and ("control", [1]) in calls and all(role != "cell ce, box 1" for role, _ in calls)
+    seeds, values = contrast_values(CONTRASTS["interaction"], {c: {int(s): v for s, v in cell["scores"].items()}
+                                                               for c, cell in record["cells"].items()})
+    assert values == outcome["interaction"]["values"] and seeds == outcome["interaction"]["seeds"]
+
+
+def test_additive_knobs_are_rarely_called_interacting():
+    means = {"ce, box 1": 0.0, "focal, box 1": 0.04, "ce, box 4": 0.06, "focal, box 4": 0.10}  # adds up exactly
+    wrong = 0
+    for study in range(40):
+        train_pack, _ = simulated_2x2(means, sd=0.01, study=study)
+        record = settle_contrasts(CELLS, {"interaction": CONTRASTS["interaction"]}, "ce, box 1", Plan(1, 1, 15),
+                                  train_pack)
+        wrong += record["contrasts"][0]["verdict"] in ("better", "worse")
+    assert wrong <= 4  # 5% of 40 is 2; the bound leaves room for chance, not for a broken rule
+
+
+def test_a_decided_contrast_stops_training_the_cells_only_it_needs():
+    means = {"ce, box 1": 0.0, "focal, box 1": 0.2, "ce, box 4": 0.0, "focal, box 4": 0.01}  # on the margin
+    train_pack, calls = simulated_2x2(means, sd=0.01)
+    contrasts = {"focal at box 1": CONTRASTS["focal at box 1"], "focal at box 4": CONTRASTS["focal at box 4"]}
+    record = settle_contrasts(CELLS, contrasts, "ce, box 1", Plan(1, 1, 8), train_pack)
+    trained = {role: sum(len(seeds) for r, seeds in calls if r == role) for role, _ in calls}
+    assert trained["cell focal, box 1"] <= 6 < trained["cell focal, box 4"] == 8  # decided early, then left alone
+    assert record["cells"]["focal, box 4"]["sd"] > 0 and record["cells"]["focal, box 4"]["sd_lo"] > 0
+
+
+def design_module(**names):
+    module = types.ModuleType("experiments.my_design")
+    module.__file__ = "experiments/my_design.py"
+    module.__doc__ = "Does it help at matched balance?"
+    for key, value in names.items():
+        setattr(module, key, value)
+    return module
+
+
+def test_a_contrast_whose_cells_are_missing_is_refused_by_name():
+    from experiments import Variant, VariantFileError
+
+    cells = {"ce, box 1": {}, "focal, box 1": {"cls_loss": "focal"}}
+    with pytest.raises(VariantFileError, match=r"experiments/my_design.py: contrast 'focal at box 4' names cell\(s\) "
+                                               r"'ce, box 4', 'focal, box 4' that CELLS does not have"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS={"focal at box 4": CONTRASTS["focal at box 4"]}))
+    with pytest.raises(VariantFileError, match="its weights sum to 1, not 0"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS={"x": {"focal, box 1": 1}}))
+    with pytest.raises(VariantFileError, match="no cell is the control"):
+        Variant.from_module(design_module(CELLS={"a": {"cls_loss": "focal"}, "b": {"box_weight": 2.0}},
+                                          CONTRASTS={"x": {"a": 1, "b": -1}}))
+    with pytest.raises(VariantFileError, match="cell 'focal, box 1' sets unknown knob\\(s\\) focal_gama"):
+        Variant.from_module(design_module(CELLS={"ce, box 1": {}, "focal, box 1": {"focal_gama": 2}},
+                                          CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}}))
+    variant = Variant.from_module(design_module(CELLS=cells, CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}}))
+    assert variant.is_design and variant.name == "my-design"
+
+
+def test_a_designed_variant_refuses_a_misspelt_setting_and_a_search():
+    from experiments import Variant, VariantFileError
+
+    cells, contrasts = {"ce": {}, "focal": {"cls_loss": "focal"}}, {"x": {"focal": 1, "ce": -1}}
+    with pytest.raises(VariantFileError, match="OBJECTVE is not a setting of a designed contrast: did you mean OBJECTIVE"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, OBJECTVE="val/map"))
+    with pytest.raises(VariantFileError, match="no search: it sets no TRIALS, space or sampler"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, TRIALS={"quick": 2}))
+    assert Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, FOCAL={"cls_loss": "focal"})).is_design

@@ -1,0 +1,74 @@
+"""A designed variant end to end: `sweep focal-matched --decide` trains every cell on the same new seeds, keeps
+the contrasts on the study and the parent run, shares its control cell with the store's verdicts, and resumes
+without training a kept seed again."""
+
+import json
+
+import optuna
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import plain, tiny_args
+from pipeline.tracking import tracking_uri
+
+runner = CliRunner()
+
+
+def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(workdir, tmp_path, monkeypatch):
+    import pipeline.study.verdict_runs
+    from pipeline.data import generate_bananas
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    real, trained = pipeline.study.verdict_runs.tracked_run, []
+
+    def tracked_run(pack, tracker, **kw):
+        trained.append(kw["name"])
+        return real(pack, tracker, **kw)
+    monkeypatch.setattr(pipeline.study.verdict_runs, "tracked_run", tracked_run)
+    args = ["sweep", "focal-matched", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--decide",
+            "--seeds", "2", "--max-seeds", "2", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(trained) == ["verdict-cell-ce,-box-4-seeds-1-2", "verdict-cell-focal,-box-1-seeds-1-2",
+                               "verdict-cell-focal,-box-4-seeds-1-2", "verdict-control-seeds-1-2"]
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert [row["contrast"] for row in out["contrasts"]] == ["focal at box weight 1", "focal at box weight 4",
+                                                            "interaction"]
+    cells = {name: [cell["scores"][s] for s in ("1", "2")] for name, cell in out["cells"].items()}
+    interaction = out["contrasts"][2]
+    assert interaction["values"][0] == cells["focal, box 4"][0] - cells["ce, box 4"][0] - cells["focal, box 1"][0] \
+        + cells["ce, box 1"][0]
+    assert interaction["verdict"] == "undecided"  # two seeds decide nothing: the interval needs five
+    text = plain(result.output)
+    assert "interaction: undecided" in text and "seed sd [95% interval]" in text
+
+    study = optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db")
+    assert study.user_attrs["contrasts"]["control_cell"] == "ce, box 1"
+    shared = optuna.load_study(study_name="shared-controls", storage="sqlite:///optuna.db").user_attrs
+    [control] = shared["verdict_packs"]
+    assert [shared["verdict_packs"][control]["scores"][s] for s in ("1", "2")] == cells["ce, box 1"]
+    client = MlflowClient(tracking_uri())
+    [parent] = client.search_runs([client.get_experiment_by_name("focal-matched-quick").experiment_id],
+                                  "tags.role = 'design'")
+    assert parent.info.run_name == "focal-matched · contrasts" and parent.data.tags["contrast: interaction"] == "undecided"
+    assert parent.data.tags["mlflow.note.content"].startswith("focal at box weight 1: undecided, Δ ")
+
+    trained.clear()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and trained == []  # every cell's seeds were kept
+    refused = runner.invoke(app, args[:-6])  # no --decide
+    assert refused.exit_code == 2 and "focal-matched is a designed contrast, with no search" in plain(refused.output)
+
+    page = runner.invoke(app, ["report", "focal-matched"])
+    assert page.exit_code == 0, page.output
+    text = (workdir / "reports" / "focal-matched" / "report.md").read_text()
+    assert "focal at box weight 4 is not decided yet" in text and "| ce, box 1 (the control) |" in text
+    search = runner.invoke(app, ["sweep", "smooth-l1", "--dataset", str(data), "--device", "cpu", *tiny_args(),
+                                 "--trials", "2"])
+    assert search.exit_code == 0, search.output
+    sheet = runner.invoke(app, ["report", "all"])
+    assert sheet.exit_code == 0, sheet.output
+    answers = (workdir / "reports" / "answers" / "report.md").read_text()
+    assert "## What each effect is made of" in answers and "`focal-matched` (quick profile), on the test split" in answers
+    assert "focal-matched" not in answers.split("## What each effect is made of")[0]  # not a row of the searches
