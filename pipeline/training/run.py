@@ -23,6 +23,7 @@ from pipeline.evaluation.visualize import draw_detections, save_grid
 from pipeline.model.checkpoint import save_checkpoint
 from pipeline.model.pack import Pack, replica_model
 from pipeline.tracking import RunHandle
+from pipeline.training.balance import BALANCE_KEYS, training_means
 from pipeline.training.train import EpochCallback, FitResult, Pruned, fit
 
 PREVIEW_IMAGES = 8
@@ -168,7 +169,8 @@ def _log_results(result: FitResult, train: DetectionData, val: DetectionData, ru
                  started: float) -> RunResult:
     cfg = result.pack.shared
     logging_started = time.perf_counter()
-    final = {**result.metrics, "train_images_per_s": result.train_images_per_s}
+    final = {**result.metrics, "train_images_per_s": result.train_images_per_s,
+             **training_means(result.history, BALANCE_KEYS)}
     run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
     out_dir = Path(out_dir) / run.run_id
     checkpoints = _checkpoints(result, train.class_names, out_dir)

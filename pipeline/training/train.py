@@ -27,6 +27,7 @@ from pipeline.model.averaging import WeightAverage
 from pipeline.model.checkpoint import load_latest_epoch_state
 from pipeline.model.pack import Pack, PackModel, build_model
 from pipeline.tracking import RunHandle
+from pipeline.training.balance import loss_ratio, replica_gradient_ratio
 from pipeline.training.epochs import (EpochCallback, EpochReporter, ProgressView, TrainedEpoch, epoch_state, resumable,
                              resume)
 from pipeline.training.step import EXPLODED, ExplodedLossError, NonFiniteLossError, TrainStep, cudnn_benchmark
@@ -243,6 +244,7 @@ class _Training:
         seconds = time.perf_counter() - started  # bad_steps() waited for the device: the time is real
         self.train_seconds += seconds
         self.timings["train_s"] += seconds
+        self.add_balance(metrics)
         for k in self.live:
             self.last_metrics[k] = metrics[k]
         trained = TrainedEpoch(epoch, metrics, self.live)
@@ -257,6 +259,15 @@ class _Training:
                                             self.diverged, self.average.state(self.pack.k))
         self.reporter.add(trained)
         self.reporter.report(wait=False)
+
+    def add_balance(self, metrics: list[dict[str, float]]) -> None:
+        """Each live replica's class-to-box balance this epoch: of its weighted loss terms, and of their gradients on
+        the shared layers (one probe batch: the first batch_size training images)."""
+        images, targets = self.step.images[:self.cfg.batch_size], self.step.targets[:self.cfg.batch_size]
+        for k in self.live:
+            cfg = self.pack.replicas[k]
+            metrics[k]["train/cls_box_ratio"] = loss_ratio(metrics[k]["train/loss_cls"], metrics[k]["train/loss_box"], cfg)
+            metrics[k]["train/grad_ratio_cls_box"] = replica_gradient_ratio(self.model, k, images, targets, cfg)
 
     def replica_results(self) -> list[ReplicaResult]:
         results = []
