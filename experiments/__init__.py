@@ -171,6 +171,11 @@ def names() -> list[str]:
     return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
+def searches() -> list[str]:
+    """The variants that run a search (all but the designed contrasts)."""
+    return [name for name in names() if not load(name).is_design]
+
+
 def exercises() -> list[str]:
     """The variants that answer one of the chapter's exercises (all but those with EXERCISE = False)."""
     return [name for name in names() if load(name).exercise]

@@ -52,7 +52,7 @@ def test_a_missing_part_is_refused():
 
 
 def test_pruning_follows_the_sampler():
-    for name in experiments.names():
+    for name in experiments.searches():
         variant = experiments.load(name)
         assert variant.prune == isinstance(variant.sampler(0), TPESampler) != isinstance(variant.sampler(0), GridSampler)
 

@@ -103,3 +103,16 @@ def test_a_designed_variant_refuses_a_misspelt_setting_and_a_search():
     with pytest.raises(VariantFileError, match="no search: it sets no TRIALS, space or sampler"):
         Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, TRIALS={"quick": 2}))
     assert Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, FOCAL={"cls_loss": "focal"})).is_design
+
+
+def test_every_designed_variant_builds_valid_cells_at_every_profile():
+    import experiments
+    from pipeline.config import PROFILES, make_config
+
+    designs = [n for n in experiments.names() if experiments.load(n).is_design]
+    assert {"focal-matched", "negative-matched", "input-size-design"} <= set(designs)
+    for name in designs:
+        variant = experiments.load(name)
+        for profile in PROFILES:
+            configs = [make_config(profile, {**variant.fixed_for(profile), **cell}) for cell in variant.cells.values()]
+            assert len(set(configs)) == len(configs)  # every cell is a different run

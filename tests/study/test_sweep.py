@@ -34,7 +34,7 @@ def child_runs(study_name):
     return parents, children
 
 
-@pytest.mark.parametrize("name", experiments.names())
+@pytest.mark.parametrize("name", experiments.searches())
 def test_every_variant_samples_valid_configs(name):
     variant = experiments.load(name)
     assert variant.question and variant.objective == "val/map" and set(variant.trials) == {"chapter", "quick"}
@@ -91,7 +91,7 @@ def test_combined_study_records_every_conditional_knob():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", experiments.names())
+@pytest.mark.parametrize("name", experiments.searches())
 def test_every_study_runs_a_trial(name, workdir, tiny_bananas):
     result = sweep(name, tiny_bananas, "--trials", "2", "--no-prune")
     assert result.exit_code == 0, result.output
