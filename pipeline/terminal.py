@@ -133,15 +133,13 @@ def print_verdict(result: dict, options) -> None:
         each = "one seed each" if result["seeds"] == 1 else f"the same {result['seeds']} seeds each, on the split the search used"
         console.print(f"[bold]Verdict: not decided[/] ({each}). {note}")
     else:
+        from pipeline.study.sweep import verdict_claim
+
         lo, hi = result["delta_ci95"]
-        claim = {"better": "better than the control", "worse": "worse than the control",
-                 "equivalent": f"equivalent to the control within ±{result['delta_margin']:g}",
-                 "undecided": "undecided", "pending": "not decided yet (the last --decide was interrupted)"}[verdict]
+        claim = verdict_claim(result)
         needed = result["seeds_needed"]
         needed = ("" if not needed else "; more than 256 paired seeds would be needed" if needed > 256
                   else f"; about {needed} paired seeds would likely decide it")
-        if result.get("within_delta"):
-            claim += f", by less than {result['delta_margin']:g}"
         decided = f" (decided at {result['decided_at']})" if result.get("decided_at") else ""
         console.print(f"[bold]Verdict: trial {trial} is {claim}[/]")
         console.print(f"  Δ mAP {result['delta']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] (holds at any number of "

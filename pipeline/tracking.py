@@ -193,6 +193,13 @@ class MlflowTracker:
         query = [f"tags.`{k}` = '{v}'" for k, v in tag_filter.items()] + ([f"attributes.status = '{status}'"] if status else [])
         return self.client.search_runs([self.experiment_id], filter_string=" and ".join(query))
 
+    def tag_runs(self, tag_filter: dict[str, str], tags: dict[str, str]) -> int:
+        """Set ``tags`` on every run of this experiment whose tags match; returns how many."""
+        found = self.runs(tag_filter)
+        for run in found:
+            _MlflowRun(self.client, run.info.run_id).set_tags(tags)
+        return len(found)
+
     def running_runs(self, tag_filter: dict[str, str]) -> list:
         return self.runs(tag_filter, "RUNNING")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import time
+import math
 from typing import Any, Callable
 
 import optuna
@@ -52,6 +52,36 @@ def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, 
             "best_seed_values": best.user_attrs.get("seed_values") if best else None,
             **verdict_summary(study, best, control, options.seeds_per_trial),
             "mlflow_experiment_id": tracker.experiment_id, "parent_run_id": parent_run_id}
+
+
+def parent_name(variant: str, remaining: int, options: SweepOptions) -> str:
+    """What one sweep invocation's parent run did: 'focal-loss · search', '· verdict' or '· search + verdict'."""
+    parts = [part for part, done in (("search", remaining > 0), ("verdict", bool(options.seeds or options.decide)))
+             if done]
+    return f"{variant} · {' + '.join(parts) or 'search'}"
+
+
+def verdict_claim(result: dict) -> str:
+    """'better than the control', 'equivalent to the control within ±0.01', ...: what a decided verdict says."""
+    claim = {"better": "better than the control", "worse": "worse than the control",
+             "equivalent": f"equivalent to the control within ±{result['delta_margin']:g}", "undecided": "undecided",
+             "pending": "not decided yet (the last --decide was interrupted)"}[result["verdict"]]
+    return claim + (f", by less than {result['delta_margin']:g}" if result.get("within_delta") else "")
+
+
+def verdict_sentence(result: dict) -> str:
+    """The verdict in the terminal's words: the parent runs' description in MLflow."""
+    verdict, trial = result["verdict"], result["verdict_trial"]
+    if verdict == "not decided":
+        return (f"Verdict: not decided. The search's best is trial {trial} (one seed a trial, on the validation "
+                "split): run the sweep with --decide for a verdict on new seeds.")
+    claim = verdict_claim(result)
+    lo, hi = (bound if bound is not None else sign * math.inf  # --json writes an unbounded side as null
+              for bound, sign in zip(result["delta_ci95"], (-1, 1)))
+    decided = f" (decided at {result['decided_at']})" if result.get("decided_at") else ""
+    return (f"Verdict: trial {trial} is {claim}. Δ mAP {result['delta']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] "
+            f"(holds at any number of seeds), {result['seeds']} paired new seeds{decided}, scored on the "
+            f"{result['scored_on']} split.")
 
 
 def verdict_summary(study: optuna.Study, best, control, seeds_per_trial: int) -> dict[str, Any]:
@@ -128,7 +158,7 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     deciding = decision_lock(options.storage, study) if options.seeds or options.decide else contextlib.nullcontext()
     with sigterm_as_interrupt(), deciding:  # a second decider refuses before it starts a run
         update()
-        with tracker.run(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=dataclasses.asdict(base),
+        with tracker.run(parent_name(variant.name, remaining_trials(study, target), options), params=dataclasses.asdict(base),
                          tags={"study": study.study_name, "variant": variant.name, "role": "sweep",
                                "profile": options.profile, "workers": options.workers,
                                **{f"skipped_{split}": n for split, n in skipped.items() if n}}) as parent:
@@ -146,8 +176,11 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
                 settle_verdict(study, options, base, tracker, parent.run_id, update)
             result = {**summary(study, options, tracker, parent.run_id), "skipped": skipped}
             parent.log_metrics({k: v for k, v in result.items() if k.startswith("n_") or k.endswith("_value")})
-            parent.set_tags({"verdict": result["verdict"], "verdict_trial": result["verdict_trial"]})
-            return result
+        # every parent run of the study tells the same story: the search's too, not only this invocation's
+        tracker.tag_runs({"study": study.study_name, "role": "sweep"},
+                         {"verdict": result["verdict"], "verdict_trial": result["verdict_trial"],
+                          "mlflow.note.content": verdict_sentence(result)})
+        return result
 
 
 def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, tracker: MlflowTracker,

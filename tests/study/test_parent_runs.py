@@ -1,0 +1,39 @@
+"""One sweep invocation is one parent run, named by what it did, and every parent of a study shows the same
+verdict, with the terminal's sentence as its MLflow description."""
+
+import json
+
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import plain, tiny_args
+from pipeline.study.sweep import verdict_sentence
+from pipeline.tracking import tracking_uri
+
+runner = CliRunner()
+
+
+def test_the_search_and_the_verdict_parents_are_named_by_what_they_did_and_agree(workdir, tmp_path):
+    from pipeline.data import generate_bananas
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    args = ["sweep", "smooth-l1", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--trials", "2"]
+    search = runner.invoke(app, [*args, "--json"])
+    assert search.exit_code == 0, search.output
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name("smooth-l1-quick").experiment_id
+    [first] = client.search_runs([experiment], "tags.role = 'sweep'")
+    assert first.info.run_name == "smooth-l1 · search" and first.data.tags["verdict"] == "not decided"
+    assert first.data.tags["mlflow.note.content"].startswith("Verdict: not decided. The search's best is trial 1")
+
+    verdict = runner.invoke(app, [*args, "--seeds", "2", "--json"])
+    assert verdict.exit_code == 0, verdict.output
+    out = json.loads(verdict.output.strip().splitlines()[-1])
+    parents = {r.info.run_name: r for r in client.search_runs([experiment], "tags.role = 'sweep'")}
+    assert set(parents) == {"smooth-l1 · search", "smooth-l1 · verdict"}
+    for run in parents.values():  # the search's parent no longer says 'not decided'
+        assert run.data.tags["verdict"] == out["verdict"] != "not decided"
+        assert run.data.tags["mlflow.note.content"] == verdict_sentence(out)
+    assert f"Verdict: trial {out['verdict_trial']} is" in plain(verdict.output)
+    assert verdict_sentence(out).startswith(f"Verdict: trial {out['verdict_trial']} is ")
