@@ -195,11 +195,12 @@ def storage_url(url: str) -> str:
 
 
 def check_tracking_store() -> None:
-    """Refuse an MLFLOW_TRACKING_URI whose SQLite file cannot be an MLflow store, before anything is written."""
+    """Refuse an MLFLOW_TRACKING_URI whose SQLite file cannot be an MLflow store, or whose artifacts would be
+    written outside its folder (a copied or moved project folder), before anything is written."""
     from pipeline.sqlite_files import sqlite_problem
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking import artifacts_elsewhere, tracking_uri
 
-    if problem := sqlite_problem(tracking_uri(), "mlflow"):
+    if problem := sqlite_problem(tracking_uri(), "mlflow") or artifacts_elsewhere(tracking_uri()):
         usage_error(problem, "MLFLOW_TRACKING_URI")
 
 

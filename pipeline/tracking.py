@@ -15,6 +15,7 @@ import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -140,6 +141,35 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
         return None  # a tracking server decides for itself
     db = sqlite_path(uri).resolve()
     return (db.parent / "mlartifacts" / experiment).as_uri()
+
+
+def artifacts_elsewhere(uri: str) -> str | None:
+    """Why an embedded store would write outside its own folder, or None. MLflow records each experiment's
+    artifact root as an absolute path: in a project folder copied or moved elsewhere, the copy's store still
+    points into the original folder, and runs made in the copy would write their artifacts there."""
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    path = sqlite_path(uri)
+    if path is None or not path.is_file():
+        return None
+    home = path.resolve().parent
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT name, artifact_location FROM experiments WHERE experiment_id != 0").fetchall()
+    except sqlite3.Error:  # not an MLflow store yet (sqlite_problem says what is wrong with it)
+        return None
+    for name, location in rows:
+        if not location or not location.startswith("file://"):
+            continue
+        where = Path(unquote(urlparse(location).path))
+        if not where.is_relative_to(home):
+            return (f"{path} keeps the artifacts of experiment {name!r} in {where}, outside this folder ({home}): "
+                    "the project folder was copied or moved, and runs made here would write into the other folder. "
+                    "Run from the folder the store was made in, or give this copy a store of its own: move "
+                    f"{path.name} and mlartifacts/ aside (the old runs stay readable with `mlflow ui "
+                    "--backend-store-uri sqlite:///<the moved file>`).")
+    return None
 
 
 class MlflowTracker:

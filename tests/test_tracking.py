@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.tracking import MemoryTracker, MlflowTracker
+from pipeline.tracking import MemoryTracker, MlflowTracker, artifacts_elsewhere
 
 
 def test_memory_run_statuses():
@@ -91,3 +91,33 @@ def test_a_finished_run_of_a_trial_that_optuna_failed_is_marked_failed(tmp_path)
     assert failed.info.status == "FAILED" and failed.data.tags["trial_state"] == "FAIL"
     assert "failed in the Optuna study" in failed.data.tags["end_reason"]
     assert kept.info.status == "FINISHED" and kept.data.tags["trial_state"] == "COMPLETE"
+
+
+def test_a_copied_project_folder_refuses_to_write_into_the_original(tmp_path, monkeypatch):
+    """MLflow records artifact roots as absolute paths: a copy's store points into the original folder. Every
+    command that writes refuses there, naming both folders, and nothing in the original changes."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cli import app
+    from conftest import plain
+
+    original, copy = tmp_path / "project", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = MlflowTracker("smooth-l1-quick")
+    with tracker.run("a run") as run:
+        (original / "note.txt").write_text("kept")
+        run.log_artifact(original / "note.txt")
+    assert artifacts_elsewhere("sqlite:///mlflow.db") is None  # at home: fine
+    shutil.copytree(original, copy)
+    before = sorted((p.relative_to(original), p.stat().st_mtime_ns) for p in original.rglob("*"))
+    monkeypatch.chdir(copy)
+    refused = CliRunner().invoke(app, ["report", "all"])
+    assert refused.exit_code == 2
+    text = plain(refused.output)
+    assert "keeps the artifacts of experiment 'smooth-l1-quick' in" in text and "outside this folder" in text
+    assert f"{original}/mlartifacts/smooth-l1-quick" in text.replace(" ", "")
+    assert sorted((p.relative_to(original), p.stat().st_mtime_ns) for p in original.rglob("*")) == before
