@@ -409,9 +409,13 @@ def _print_experiment_links(uri: str, base: str) -> None:
 
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
-       host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1"):
+       host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+       workers: Annotated[int, typer.Option(min=1, max=64, help="web worker processes")] = 1,
+       jobs: Annotated[bool, typer.Option(help="also start MLflow's job workers (the project runs no MLflow jobs)")]
+       = False):
     """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI or sqlite:///mlflow.db); for an
-    embedded store, first print a link to each recent experiment's runs table."""
+    embedded store, first print a link to each recent experiment's runs table. One web worker and no job workers
+    by default: MLflow's own defaults start about 13 processes, too many for a 2-core machine."""
     from pipeline.tracking import tracking_uri
 
     check_tracking_store()
@@ -422,9 +426,17 @@ def ui(port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
     console.print(f"MLflow UI on http://{host}:{port} for {uri}")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host  # IPv6 in brackets
     _print_experiment_links(uri, f"http://{shown}:{port}")
-    # this interpreter's mlflow: an `mlflow` on PATH may belong to another environment, or be missing
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                              "--host", host, "--port", str(port)])
+    argv, env = ui_command(uri, host, port, workers, jobs)
+    os.execve(sys.executable, argv, env)
+
+
+def ui_command(uri: str, host: str, port: int, workers: int, jobs: bool) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow ui` command line and environment: this interpreter's mlflow (an `mlflow` on PATH may belong to
+    another environment), ``workers`` web workers, and MLflow's job execution off unless ``jobs``."""
+    env = {**os.environ, **({} if jobs else {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                                             "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS": "false"})}
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+            "--workers", str(workers)], env
 
 
 if __name__ == "__main__":

@@ -223,15 +223,55 @@ def test_a_storage_whose_driver_is_missing_is_a_usage_error_naming_the_driver(wo
 def test_ui_runs_this_interpreters_mlflow(workdir, monkeypatch):
     calls = []
     monkeypatch.setattr("shutil.which", lambda name: None)  # no `mlflow` on PATH
-    monkeypatch.setattr(cli.os, "execv", lambda path, argv: calls.append((path, argv)))
+    monkeypatch.setattr(cli.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
     result = runner.invoke(app, ["ui", "--port", "5001"])
     assert result.exit_code == 0, result.output
-    assert calls == [(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
-                                       "--host", "127.0.0.1", "--port", "5001"])]
+    [(path, argv, env)] = calls
+    assert (path, argv) == (sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                                             tracking_uri(), "--host", "127.0.0.1", "--port", "5001", "--workers", "1"])
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no job workers unless --jobs
+    runner.invoke(app, ["ui", "--jobs", "--workers", "2"])
+    assert calls[-1][1][-1] == "2" and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION" not in calls[-1][2]
+
+
+def test_the_ui_it_starts_is_sized_for_a_small_machine(workdir):
+    """MLflow's own defaults started about 13 processes on a 2-core machine; the project's `ui` starts a few."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv, env = cli.ui_command("sqlite:///mlflow.db", "127.0.0.1", port, 1, False)
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the UI did not come up"
+                time.sleep(0.5)
+        group = [p for p in os.listdir("/proc") if p.isdigit() and _in_group(int(p), server.pid)]
+        assert 1 <= len(group) <= 4, group  # the launcher, one web worker, and little else
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def _in_group(pid: int, group: int) -> bool:
+    try:
+        return os.getpgid(pid) == group
+    except OSError:
+        return False
 
 
 def test_ui_prints_a_link_to_each_experiments_runs_table(workdir, monkeypatch):
-    monkeypatch.setattr(cli.os, "execv", lambda path, argv: None)
+    monkeypatch.setattr(cli.os, "execve", lambda path, argv, env: None)
     assert "experiments/" not in plain(runner.invoke(app, ["ui"]).output)  # no store yet: none listed, none made
     assert not (workdir / "mlflow.db").exists()
     with MlflowTracker("focal-loss-quick").run("trial 0"):
