@@ -223,3 +223,20 @@ def knob_table() -> list[dict[str, Any]]:
         rows.append({"name": f.name, "type": kind.__name__ + (" | None" if optional else ""),
                      "default": f.default, "allowed": allowed, "help": meta["help"]})
     return rows
+
+
+# A knob that has no effect under another knob's value: (knob, the knob that decides, the values that leave it idle)
+IDLE_UNLESS = (("focal_gamma", "cls_loss", ("ce",)), ("focal_alpha", "cls_loss", ("ce",)),
+               ("smooth_l1_sigma", "box_loss", ("l1",)), ("neg_pos_ratio", "neg_sampling", ("all",)))
+
+
+def active_params(cfg: RunConfig) -> dict[str, Any]:
+    """The config's fields without the knobs that have no effect under its other settings (focal γ and α under
+    cross-entropy, σ under L1, the ratio when every negative counts): what MLflow shows as the run's params, so
+    that a comparison view does not read the control's idle focal_gamma=2.0 as a focal setting. The whole config
+    is kept beside it as the run's config.json."""
+    params = dataclasses.asdict(cfg)
+    for knob, decider, idle in IDLE_UNLESS:
+        if params[decider] in idle:
+            del params[knob]
+    return params

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow.artifacts
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -38,6 +39,10 @@ def test_train_logs_one_complete_mlflow_run(workdir, tiny_bananas):
     assert run.info.status == "FINISHED"
     assert run.data.params["image_size"] == "64" and run.data.params["box_loss"] == "l1"
     assert run.data.params["lr"] == str(PROFILES["quick"]["lr"])
+    assert "focal_gamma" not in run.data.params and "smooth_l1_sigma" not in run.data.params  # idle under CE, L1
+    config = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.json",
+                                                      tracking_uri=tracking_uri()))
+    assert json.loads(config.read_text())["focal_gamma"] == 2.0  # the whole config is kept
     for key in ("train/loss", "train/loss_cls", "train/loss_box", "train/class_err", "train/bbox_mae",
                 "val/map", "val/map50", "val/map75", "val/map_medium", "val/map_large", "val/mar100"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key

@@ -124,3 +124,14 @@ def test_a_bad_checkpoint_says_what_is_wrong_with_it(tmp_path):
             load_checkpoint(tmp_path / name)
         message = str(info.value)
         assert message.startswith(str(tmp_path / name)) and problem in message and "\n" not in message, message
+
+
+def test_idle_knobs_are_left_out_of_a_runs_params():
+    from pipeline.config import RunConfig, active_params
+
+    control = active_params(RunConfig())  # cross-entropy, L1, every negative: focal's and σ's knobs do nothing
+    assert {"focal_gamma", "focal_alpha", "smooth_l1_sigma", "neg_pos_ratio"}.isdisjoint(control)
+    assert control["cls_loss"] == "ce" and control["lr"] == 0.2
+    focal = active_params(RunConfig(cls_loss="focal", focal_gamma=0.5, box_loss="smooth_l1", neg_sampling="hard"))
+    assert (focal["focal_gamma"], focal["focal_alpha"], focal["smooth_l1_sigma"], focal["neg_pos_ratio"]) == \
+        (0.5, None, 1.0, 3.0)

@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from pipeline.config import RunConfig, make_config, parse_value
+from pipeline.config import IDLE_UNLESS, RunConfig, make_config, parse_value
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
 from pipeline.report.trials import best_row, is_seed_study
@@ -49,8 +49,10 @@ def best_config(d: StudyData) -> dict[str, Any] | None:
         return None
     run = d.runs.get(int(best["number"]))
     fields = {f.name for f in dataclasses.fields(RunConfig)}
-    if run is not None and fields <= set(run.params):
-        return {k: parse_value(k, run.params[k]) for k in fields}
+    idle = {knob for knob, _, _ in IDLE_UNLESS}  # left out of the params where they have no effect
+    if run is not None and fields - idle <= set(run.params):
+        base = dataclasses.asdict(RunConfig(**d.base_config)) if d.base_config else dataclasses.asdict(RunConfig())
+        return {k: parse_value(k, run.params[k]) if k in run.params else base[k] for k in fields}
     import experiments
     trial = d.study.trials[int(best["number"])]
     try:

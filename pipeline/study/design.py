@@ -9,6 +9,8 @@ from typing import Any
 
 import optuna
 
+from pipeline.config import active_params
+
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.stats.contrasts import settle_contrasts
 from pipeline.stats.decide import NoControlScore
@@ -37,7 +39,7 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
         study = _open_study(options, variant, base)
         tracker = MlflowTracker(study.study_name)
     with sigterm_as_interrupt(), decision_lock(options.storage, study):
-        with tracker.run(f"{variant.name} · contrasts", params=dataclasses.asdict(base),
+        with tracker.run(f"{variant.name} · contrasts", params=active_params(base),
                          tags={"study": study.study_name, "variant": variant.name, "role": "design",
                                "profile": options.profile}) as parent:
             split, key = verdict_split_and_key(study, base)

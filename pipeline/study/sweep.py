@@ -4,7 +4,6 @@ re-train the best setting and the control with new seeds for a verdict."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 from typing import Any, Callable
@@ -13,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 import experiments
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, active_params
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import resolve_device
 from pipeline.model.pack import PackError, check_fits
@@ -158,7 +157,7 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     deciding = decision_lock(options.storage, study) if options.seeds or options.decide else contextlib.nullcontext()
     with sigterm_as_interrupt(), deciding:  # a second decider refuses before it starts a run
         update()
-        with tracker.run(parent_name(variant.name, remaining_trials(study, target), options), params=dataclasses.asdict(base),
+        with tracker.run(parent_name(variant.name, remaining_trials(study, target), options), params=active_params(base),
                          tags={"study": study.study_name, "variant": variant.name, "role": "sweep",
                                "profile": options.profile, "workers": options.workers,
                                **{f"skipped_{split}": n for split, n in skipped.items() if n}}) as parent:

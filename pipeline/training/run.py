@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, active_params
 from pipeline.data import DataError, DetectionData, load_split
 from pipeline.evaluation.evaluate import Detections
 from pipeline.evaluation.visualize import draw_detections, save_grid
@@ -110,10 +110,10 @@ def _outcome_tagged(run: RunHandle):
 
 
 def run_params(setting: RunConfig | Pack) -> dict:
-    """The run's MLflow params: the config's fields (a pack's shared ones, seed = its first seed) and, for a
-    pack, its ``seeds``."""
+    """The run's MLflow params: the config's active fields (pipeline.config.active_params; a pack's shared ones,
+    seed = its first seed) and, for a pack, its ``seeds``."""
     pack = setting if isinstance(setting, Pack) else Pack((setting,))
-    params = dataclasses.asdict(pack.shared)
+    params = active_params(pack.shared)
     return params if pack.k == 1 else {**params, "seeds": ",".join(map(str, pack.seeds))}
 
 
@@ -176,6 +176,7 @@ def _log_results(result: FitResult, train: DetectionData, val: DetectionData, ru
     checkpoints = _checkpoints(result, train.class_names, out_dir)
     prediction_grid(val, result.detections, out_dir / "val_predictions.png")
     (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, default=float))
+    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))  # idle knobs too
     write_pr_curve(result.coco.precision_iou50, train.class_names, out_dir / "pr_curve_iou50.json")
     run.log_artifact(out_dir)
     seconds = time.perf_counter() - started
