@@ -182,6 +182,14 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
         return result
 
 
+def plain_verdict(best: dict, split: str) -> dict[str, object]:
+    """The best setting's verdict as flat study attributes, beside the full record: Optuna Dashboard lists these
+    by name, where the record is one JSON blob."""
+    return {"verdict_outcome": best["verdict"], "verdict_trial": best["trial"], "verdict_delta": best["delta"],
+            "verdict_interval": [float(b) for b in best["delta_ci95"]], "verdict_seeds": len(best["seeds"]),
+            "verdict_split": split}
+
+
 def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, tracker: MlflowTracker,
                    parent_run_id: str, update: Callable = lambda: None) -> dict[str, Any]:
     """The verdict of the best trial (or the best ``--candidates``) against the control, on new seeds scored on
@@ -205,6 +213,8 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
         study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": packs.seconds,
                                         "shared_control": shared_control})
         best = record["candidates"][0]
+        for name, value in plain_verdict(best, split).items():  # what a dashboard shows at a glance
+            study.set_user_attr(name, value)
         study.set_user_attr("confirmation", {"best_trial": best["trial"], "seeds": best["seeds"],
                                              "best": best["scores"], "control": best["control"], "split": split})
 

@@ -111,6 +111,9 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     assert "Verdict: trial 1 is" in result.output and "Creating initial MLflow" not in result.output
     study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
     assert study.user_attrs["verdict"]["candidates"][0]["verdict"] == out["verdict"]
+    assert (study.user_attrs["verdict_outcome"], study.user_attrs["verdict_seeds"], study.user_attrs["verdict_split"]) \
+        == (out["verdict"], out["seeds"], "test")  # flat, for Optuna Dashboard
+    assert study.user_attrs["verdict_delta"] == pytest.approx(out["delta"])
     assert study.metric_names == ["val/map"]
     client = MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("smooth-l1-quick")
