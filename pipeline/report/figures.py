@@ -150,6 +150,10 @@ def plot_heatmap(trials: pd.DataFrame, space: dict[str, dict], path: Path, y_lab
     grid = cells.pivot_table(index="y", columns="x", values="value", aggfunc=["mean", "count"], observed=False)
     mean = grid["mean"].reindex(index=y_order, columns=x_order)
     count = grid["count"].reindex(index=y_order, columns=x_order).fillna(0).astype(int)
+    control = control_row(trials)
+    versus = f" The {control_label(trials)} scored {control['value']:.4f}." if control is not None else ""
+    if (count > 0).to_numpy().mean() < 0.5:  # a mostly grey heatmap hides its few trials: draw them as points
+        return _grid_points(cells, x_order, y_order, (x_name, x_dist), (y_name, y_dist), y_label, path) + versus
     annot = np.where(count > 0, mean.map(lambda v: f"{v:.4f}") + "\nn=" + count.astype(str), "")
     with new_figure(path, width=7.2, height=4.8, style="white",
                  title=f"Mean {y_label} over {x_name} × {y_name}") as (fig, (ax,)):
@@ -159,10 +163,27 @@ def plot_heatmap(trials: pd.DataFrame, space: dict[str, dict], path: Path, y_lab
         ax.set_ylabel(_axis_label(y_name, y_dist))
         ax.tick_params(axis="y", labelrotation=0)
         ax.set_facecolor("#eeeeee")
-    control = control_row(trials)
-    versus = f" The {control_label(trials)} scored {control['value']:.4f}." if control is not None else ""
     return ("Mean over the complete trials in each cell (n = trials); a grey cell had no trial. Numeric "
             "parameters are cut into equal bins of their search range." + versus)
+
+
+def _grid_points(cells: pd.DataFrame, x_order: list, y_order: list, x: tuple, y: tuple, y_label: str,
+                 path: Path) -> str:
+    """The trials of a sparse two-parameter grid as points at their cells, coloured and labelled by the objective."""
+    xs = cells["x"].map({v: i for i, v in enumerate(x_order)}).astype(float)
+    ys = cells["y"].map({v: i for i, v in enumerate(y_order)}).astype(float)
+    with new_figure(path, width=7.2, height=4.8, title=f"{y_label} over {x[0]} × {y[0]}") as (fig, (ax,)):
+        points = ax.scatter(xs, ys, c=cells["value"], cmap="viridis", s=160, edgecolors="black", linewidths=0.5)
+        for xi, yi, value in zip(xs, ys, cells["value"]):
+            ax.annotate(f"{value:.4f}", (xi, yi), textcoords="offset points", xytext=(0, 11), ha="center", fontsize=8)
+        fig.colorbar(points, ax=ax, label=y_label)
+        ax.set_xticks(range(len(x_order)), x_order)
+        ax.set_yticks(range(len(y_order)), y_order)
+        ax.set(xlim=(-0.5, len(x_order) - 0.5), ylim=(-0.5, len(y_order) - 0.5),
+               xlabel=_axis_label(*x), ylabel=_axis_label(*y))
+    return (f"Each complete trial at its cell ({len(cells)} trials over {len(x_order) * len(y_order)} cells: too few "
+            "for a heatmap, which would be mostly empty). Numeric parameters are cut into equal bins of their search "
+            "range.")
 
 
 def plot_epochs(epochs: pd.DataFrame, path: Path) -> str:
@@ -182,7 +203,23 @@ def plot_epochs(epochs: pd.DataFrame, path: Path) -> str:
         ax.set_ylabel(OBJECTIVE_LABEL)
         _integer_axis(ax, epochs["epoch"])
         ax.legend(title=None, loc="best")
-    return "From the MLflow metric history of each trial's run (val/map, logged after every epoch)."
+    caption = "On the validation split: the MLflow metric history of each trial's run (val/map after every epoch)."
+    return caption + still_rising_note(epochs)
+
+
+def still_rising_note(epochs: pd.DataFrame) -> str:
+    """' Still rising at the last epoch: ...' when a curve's last step is its largest gain of the last three
+    epochs' span and positive: longer training would likely move it, so the comparison is of unfinished runs."""
+    rising = []
+    for label, curve in epochs.sort_values("epoch").groupby("label", sort=False):
+        values = curve["value"].to_numpy()
+        if len(values) >= 3 and values[-1] > values[-2] and values[-1] >= values[-3:].max():
+            rising.append(label)
+    if not rising:
+        return ""
+    return (f" Still rising at the last epoch: {', '.join(rising)}. Longer training would likely move these scores, "
+            "so the comparison is between runs that have not finished learning (the profile's epochs decide where "
+            "they are cut).")
 
 
 def _integer_axis(ax, values: pd.Series) -> None:
@@ -197,7 +234,8 @@ def plot_pr_curves(pr: pd.DataFrame, ap50: dict[str, float], path: Path) -> str:
     if pr.empty:
         raise Skipped("no pr_curve_iou50.json artifact was found for the control or the best trial")
     classes = list(dict.fromkeys(pr["class"]))
-    caption = "From COCOeval's precision array at IoU 0.5, all object sizes, 100 detections per image."
+    caption = ("On the validation split (the search's trials): COCOeval's precision array at IoU 0.5, all object sizes, "
+               "100 detections per image.")
     if len(classes) > 4:
         pr = pr.groupby(["label", "recall"], as_index=False)["precision"].mean().assign(**{"class": "class mean"})
         classes, caption = ["class mean"], caption + f" Mean over {len(classes)} classes."
@@ -242,7 +280,7 @@ def plot_ap_by_size(sizes: pd.DataFrame, empty: list[str], path: Path) -> str:
         ax.set(xlabel="object size (COCO areas)", ylabel="AP@[.5:.95]")
         ax.margins(y=0.15)
         ax.legend(title=None, loc="best")
-    caption = "COCO areas: small < 32², medium 32²–96², large > 96² pixels."
+    caption = "On the validation split (the search's trials). COCO areas: small < 32², medium 32²–96², large > 96² pixels."
     if empty:
         caption += f" Left out: {', '.join(empty)} (no object of that size in the validation set, so AP is NaN)."
     return caption

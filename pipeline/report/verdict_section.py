@@ -47,6 +47,28 @@ def _mde_sentence(sd: float, n: int, source: str, alpha: float = 0.05) -> str:
             "out undecided or within noise.")
 
 
+def narrow_bound_note(lo: float, hi: float, margin: float, outcome: str) -> str:
+    """A decided difference whose interval ends within a tenth of the margin of 0: say it only just clears 0."""
+    if outcome == "better" and 0 <= lo < margin / 10:
+        return (f" Its lower bound, {lo:+.4f}, clears 0 by less than a tenth of the margin: the gain is shown, "
+                "its size barely.")
+    if outcome == "worse" and -margin / 10 < hi <= 0:
+        return (f" Its upper bound, {hi:+.4f}, clears 0 by less than a tenth of the margin: the loss is shown, "
+                "its size barely.")
+    return ""
+
+
+def mde_beside_decision(row: dict, sd: float, level: float) -> str:
+    """Why a decided effect can be smaller than the 'smallest detectable' one: that size is where the rule finds an
+    effect in 80% of studies; a smaller true effect is found in fewer of them, and this one was."""
+    mde = minimum_detectable_effect(sd, len(row["seeds"]), level)
+    if row["verdict"] not in ("better", "worse") or not math.isfinite(mde) or abs(row["delta"]) >= mde:
+        return ""
+    return (f" This verdict's difference ({row['delta']:+.4f}) is smaller than that and was still decided: "
+            f"{mde:.4f} is the size the rule finds in 80% of studies; it finds smaller effects less often, not never, "
+            "and the interval's 95% holds either way.")
+
+
 def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     row = record["candidates"][0]
     lo, hi = row["delta_ci95"]
@@ -67,6 +89,7 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
                  "nothing (0 mAP), never dropped.")
     if row.get("seeds_needed"):
         text += f" About {row['seeds_needed']} paired seeds would likely decide it."
+    text += narrow_bound_note(lo, hi, record["delta_margin"], row["verdict"])
     sd = (row.get("look") or {}).get("sd", math.nan)
     blocks = [Block("p", text)]
     if not record.get("final", True):
@@ -75,7 +98,8 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     if sd == sd and sd > 0:  # at the level the rule used: 0.05 over the settings tested (and the looks, before)
         level = 0.05 / (len(record["candidates"]) * (1 if row.get("rule") else record["planned_looks"]))
         blocks.append(Block("p", _mde_sentence(sd, len(row["seeds"]), f"the sd of the paired differences, {sd:.4f}, "
-                                               "at the rule's level", level)))
+                                               "at the rule's level", level)
+                            + mde_beside_decision(row, sd, level)))
     if record.get("split") == "val":
         blocks.append(Block("p", "Scored on the validation split the search used: this data set has no test split, "
                                  "so the best setting's lead is biased upward (it was picked for scoring well there)."))

@@ -391,3 +391,53 @@ def test_the_forest_shows_an_exercises_profiles_side_by_side(tmp_path):
     assert labels[0].startswith("focal-loss at chapter") and labels[1].startswith("focal-loss at quick")
     assert labels[2].startswith("smooth-l1 at quick") and list(points["marker"])[::-1] == ["s", "o", "o"]
     assert "A square is decided at the chapter's profile" in plot_forest(frame, 0.01, tmp_path / "forest.png")
+
+
+def test_the_verdict_text_explains_a_detectable_size_above_the_decided_effect_and_flags_a_narrow_bound():
+    from pipeline.report.verdict_section import mde_beside_decision, narrow_bound_note
+    from pipeline.stats.verdict import minimum_detectable_effect
+
+    row = {"verdict": "better", "delta": 0.0438, "seeds": list(range(6))}
+    mde = minimum_detectable_effect(0.03, 6, 0.05)
+    assert mde > 0.0438
+    text = mde_beside_decision(row, 0.03, 0.05)
+    assert f"{mde:.4f} is the size the rule finds in 80% of studies" in text and "(+0.0438)" in text
+    assert mde_beside_decision({**row, "delta": mde + 0.01}, 0.03, 0.05) == ""  # larger than detectable: nothing to explain
+    assert mde_beside_decision({**row, "verdict": "undecided"}, 0.03, 0.05) == ""
+    assert "Its lower bound, +0.0005, clears 0 by less than a tenth of the margin" in narrow_bound_note(
+        0.0005, 0.09, 0.01, "better")
+    assert narrow_bound_note(0.002, 0.09, 0.01, "better") == ""  # a fifth of the margin: not flagged
+    assert "Its upper bound, -0.0002" in narrow_bound_note(-0.05, -0.0002, 0.01, "worse")
+
+
+def test_a_curve_still_rising_at_its_last_epoch_is_named():
+    from pipeline.report.figures import still_rising_note
+
+    epochs = pd.DataFrame({"label": ["control"] * 4 + ["trial 3 (best)"] * 4, "epoch": [0, 1, 2, 3] * 2,
+                           "value": [0.05, 0.08, 0.10, 0.13, 0.10, 0.15, 0.14, 0.12]})
+    note = still_rising_note(epochs)
+    assert note.startswith(" Still rising at the last epoch: control.") and "trial 3" not in note
+    assert still_rising_note(epochs[epochs["label"] != "control"]) == ""
+
+
+def test_a_sparse_grid_is_drawn_as_points_and_a_full_one_as_a_heatmap(tmp_path):
+    from pipeline.report.figures import plot_heatmap
+    from pipeline.report.trials import trials_frame
+
+    space = {"box_weight": {"type": "categorical", "choices": [0.5, 1.0, 2.0, 4.0]},
+             "smooth_l1_sigma": {"type": "categorical", "choices": [0.5, 1.0, 2.0, 3.0]}}
+    dists = {k: optuna.distributions.CategoricalDistribution(v["choices"]) for k, v in space.items()}
+
+    def study_with(points, name):
+        study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path / 'grid.db'}", direction="maximize")
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.1, user_attrs={"control": True}))
+        for i, (b, s) in enumerate(points):
+            study.add_trial(optuna.trial.create_trial(params={"box_weight": b, "smooth_l1_sigma": s},
+                                                      distributions=dists, value=0.1 + 0.01 * i))
+        return trials_frame(study)
+
+    sparse = study_with([(0.5, 0.5), (1.0, 2.0), (4.0, 3.0), (2.0, 1.0), (4.0, 0.5)], "sparse")
+    caption = plot_heatmap(sparse, space, tmp_path / "sparse.png")
+    assert "5 trials over 16 cells: too few for a heatmap" in caption and (tmp_path / "sparse.png").stat().st_size
+    full = study_with([(b, s) for b in (0.5, 1.0, 2.0, 4.0) for s in (0.5, 1.0, 2.0, 3.0)], "full")
+    assert plot_heatmap(full, space, tmp_path / "full.png").startswith("Mean over the complete trials")
