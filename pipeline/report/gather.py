@@ -26,6 +26,8 @@ class StudyData:
     epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # label, trial, epoch, value
     pr: pd.DataFrame = field(default_factory=pd.DataFrame)  # label, class, recall, precision
     runs: dict[int, RunRecord] = field(default_factory=dict)  # trial number → its MLflow run
+    parents: list[tuple[RunRecord, dict[str, int]]] = field(default_factory=list)  # each sweep's parent, and how
+    # many runs of each role (trial, verdict) are nested under it
     experiment_id: str | None = None
     tracking_uri: str = ""
     mlflow_note: str = ""  # why MLflow data is missing, if it is
@@ -108,6 +110,19 @@ def pr_frame(reader: MlflowReader, run_ids: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "class", "recall", "precision"])
 
 
+def parent_runs(records: list[RunRecord]) -> list[tuple[RunRecord, dict[str, int]]]:
+    """The study's parent runs, oldest first, each with the count of its nested runs by role: one sweep invocation
+    is one parent, and the search's trials and a verdict's packs may sit under different ones."""
+    parents = sorted((r for r in records if r.tags.get("role") == "sweep"), key=lambda r: r.start_time_ms or 0)
+    counts = {p.run_id: {} for p in parents}
+    for r in records:
+        held = counts.get(r.tags.get("mlflow.parentRunId"))
+        if held is not None:
+            role = "trial" if "trial_number" in r.tags else r.tags.get("role", "other")
+            held[role] = held.get(role, 0) + 1
+    return [(p, counts[p.run_id]) for p in parents]
+
+
 def gather(study: optuna.Study, note: str, storage: str) -> StudyData:
     """Read the study and its MLflow runs into one StudyData."""
     reader, mlflow_note = _open_reader()
@@ -122,6 +137,7 @@ def gather(study: optuna.Study, note: str, storage: str) -> StudyData:
         data.mlflow_note = (f"the MLflow store {reader.uri} has no experiment {study.study_name!r}: the figures "
                             "that need run histories and artifacts are left out")
         return data
+    data.parents = parent_runs(reader.find_runs(study.study_name))
     data.epochs = epochs_frame(reader, runs, curve_picks(trials))
     data.pr = pr_frame(reader, {label: runs[n].run_id for label, n in pr_picks(trials).items() if n in runs})
     return data

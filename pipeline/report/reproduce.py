@@ -63,6 +63,18 @@ def best_config(d: StudyData) -> dict[str, Any] | None:
         return None
 
 
+def parents_text(parents: list) -> str:
+    """One sentence per sweep invocation's parent run: its name, id and what is nested under it."""
+    if not parents:
+        return "No parent run was found."
+    def held(counts: dict[str, int]) -> str:
+        words = {"trial": "trial run", "verdict": "verdict pack"}
+        return ", ".join(f"{n} {words.get(role, role + ' run')}{'s' if n != 1 else ''}" for role, n in counts.items()) \
+            or "no nested runs"
+    return "Its parent runs, one per sweep: " + "; ".join(f"`{p.name}` (`{p.run_id}`) holds {held(c)}"
+                                                          for p, c in parents) + "."
+
+
 def shell_lines(words: list[str], width: int = 96) -> str:
     """One command, wrapped before a flag with backslash continuations, so it reads and still pastes."""
     lines, line = [], ""
@@ -118,8 +130,8 @@ def reproduce_blocks(d: StudyData, confirmation: dict | None) -> list[Block]:
                    Block("code", shell_lines(train))]
     parent = d.attrs.get("last_parent_run_id")
     if d.experiment_id:
-        blocks += [Block("p", f"MLflow: experiment `{d.study.study_name}` (id `{d.experiment_id}`), last sweep's "
-                              f"parent run `{parent}`; each trial is a nested run tagged with its `trial_number`. "
+        blocks += [Block("p", f"MLflow: experiment `{d.study.study_name}` (id `{d.experiment_id}`). "
+                              + parents_text(d.parents) + " Each trial is a nested run tagged with its `trial_number`. "
                               f"This report's files are also logged to the parent run under `report/`. Browse them "
                               f"with the command below, then open "
                               f"`{experiment_url(UI_BASE, d.experiment_id, parent)}`:"),

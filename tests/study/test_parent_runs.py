@@ -37,3 +37,9 @@ def test_the_search_and_the_verdict_parents_are_named_by_what_they_did_and_agree
         assert run.data.tags["mlflow.note.content"] == verdict_sentence(out)
     assert f"Verdict: trial {out['verdict_trial']} is" in plain(verdict.output)
     assert verdict_sentence(out).startswith(f"Verdict: trial {out['verdict_trial']} is ")
+
+    assert runner.invoke(app, ["report", "smooth-l1"]).exit_code == 0
+    report = (workdir / "reports" / "smooth-l1" / "report.md").read_text()
+    search_id, verdict_id = parents["smooth-l1 · search"].info.run_id, parents["smooth-l1 · verdict"].info.run_id
+    assert (f"Its parent runs, one per sweep: `smooth-l1 · search` (`{search_id}`) holds 2 trial runs; "
+            f"`smooth-l1 · verdict` (`{verdict_id}`) holds 2 verdict packs.") in report.replace("\n", " ")
