@@ -113,15 +113,17 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
                              data=data, stop_on_divergence=False)
     test = load_split(cfg.dataset, "test", cfg.image_size, progress=False) if has_split(cfg.dataset, "test") else None
     budget = budget_of(result.fit, data[1], resamples, test)
-    print_noise_budget(budget, measured_paired_sd(cfg.dataset, chosen_profile(profile, device), cfg.image_size),
-                       f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} profile at "
-                       f"{cfg.image_size} px, {budget.seeds} seeds, {budget.validation_images} validation images")
+    measured = measured_paired_sd(cfg.dataset, chosen_profile(profile, device), cfg.image_size)
+    print_noise_budget(budget, measured, f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} "
+                       f"profile at {cfg.image_size} px, {budget.seeds} seeds, {budget.validation_images} validation images")
     if rough := how_rough(budget.seed_sd, budget.seeds):
         console.print(f"[yellow]Too rough to size anything on {budget.seeds} seeds: the seed sd is {rough}.[/]")
     if json_out:
         json_line({"dataset": cfg.dataset, "profile": chosen_profile(profile, device), "image_size": cfg.image_size,
-                    "run_id": result.run_id,
-                    **budget.as_dict()})
+                    "run_id": result.run_id, **budget.as_dict(),
+                    **({"measured_paired_sd": measured[0], "minimum_detectable_effect_at_measured_paired_sd":
+                        {str(n): v for n, v in budget.minimum_detectable_effects(paired_sd=measured[0]).items()}}
+                       if measured else {})})
 
 
 @app.command()
