@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -106,9 +107,37 @@ for _name, _method in vars(optuna.storages.RDBStorage).items():
         setattr(WholeCallsStorage, _name, run_whole(_method))
 
 
+def worker_stamp(datetime_start: Any) -> dict[str, Any]:
+    """Who runs a trial's attempt: this host and process. ``started`` tells this attempt from a retried trial's
+    last one (a retry copies its user attrs)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": str(datetime_start)}
+
+
+class StampedStorage(WholeCallsStorage):
+    """A trial is stamped with its worker in the same whole call that starts it (a new trial, or a waiting retry
+    set RUNNING). Stamped only later, by the objective, a trial that a Ctrl-C caught between Optuna starting it
+    and the objective's first line stayed RUNNING with nothing to say whose it was, so no one failed it until
+    its heartbeat's grace ran out (CI saw it: a Ctrl-C'd two-worker sweep left ['FAIL', 'RUNNING'])."""
+
+    @run_whole
+    def _create_new_trial(self, study_id: int, template_trial: Any = None) -> optuna.trial.FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)  # what Optuna's cached storage calls
+        if trial.state == TrialState.RUNNING:  # not a finished (add_trial) or waiting (enqueue, retry) one
+            trial.set_user_attr("worker", worker_stamp(trial.datetime_start))
+            self.set_trial_user_attr(trial._trial_id, "worker", trial.user_attrs["worker"])
+        return trial
+
+    @run_whole
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        started = super().set_trial_state_values(trial_id, state, values)
+        if started and state == TrialState.RUNNING:  # a waiting trial taken: an enqueued one, or a retry
+            self.set_trial_user_attr(trial_id, "worker", worker_stamp(self.get_trial(trial_id).datetime_start))
+        return started
+
+
 def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.RDBStorage:
     """Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried."""
-    return WholeCallsStorage(
+    return StampedStorage(
         url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
         heartbeat_stale_trial_callback=on_stale or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
 

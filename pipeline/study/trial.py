@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from pipeline.interrupts import deferred
 from pipeline.machine import resolve_device
 from pipeline.model.pack import Pack, check_fits
 from pipeline.study.faults import deadline
-from pipeline.study.optuna_study import SweepOptions, base_config, study_name_for
+from pipeline.study.optuna_study import SweepOptions, base_config, study_name_for, worker_stamp
 from pipeline.tracking import MlflowTracker
 from pipeline.training.run import failure_reason, load_data, tracked_run
 from pipeline.training.seeds import seed_values
@@ -90,8 +88,8 @@ def _state_dir(trial: optuna.Trial, ctx: _TrialContext) -> Path:
 
 
 def objective(trial: optuna.Trial, ctx: _TrialContext) -> float:
-    # who runs this attempt (a retry copies its user attrs, so "started" tells this attempt's from the last one's)
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "started": str(trial.datetime_start)})
+    if "worker" not in trial.user_attrs or trial.user_attrs["worker"]["started"] != str(trial.datetime_start):
+        trial.set_user_attr("worker", worker_stamp(trial.datetime_start))  # a storage that does not stamp (in memory)
     try:
         with deadline(ctx.options.trial_timeout):
             return _train_trial(trial, ctx)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import experiments
 from cli import app
 from conftest import plain, tiny_args
-from pipeline.config import RunConfig, make_config, parse_overrides
+from pipeline.config import RunConfig, active_params, make_config, parse_overrides
 from pipeline.study.optuna_study import ensure_control
 from pipeline.study.space import describe_space
 
@@ -119,7 +119,8 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(workdir, tiny_bananas):
     control_params = by_number[0].data.params
     base = make_config("quick", {"dataset": str(tiny_bananas), "device": "cpu",
                                  **parse_overrides([s for s in tiny_args() if s != "--set"])})
-    assert control_params == {k: str(v) for k, v in dataclasses.asdict(base).items()}
+    assert control_params == {k: str(v) for k, v in active_params(base).items()}  # focal's γ, α and σ idle
+    assert not {"focal_gamma", "focal_alpha", "smooth_l1_sigma", "neg_pos_ratio"} & set(control_params)
     assert study.trials[0].user_attrs["control"] is True and study.trials[0].params == {}
 
     again = sweep("focal-loss", tiny_bananas, "--trials", "4")
