@@ -24,6 +24,7 @@ from pipeline.report.study_summary import confirmation_blocks, summary_blocks
 from pipeline.report.text import counted
 from pipeline.report.trials import pr_picks, ranked, state_counts
 from pipeline.report.verdict_section import verdict_blocks
+from pipeline.stats.verdict import stored_record
 from pipeline.tracking import MlflowReader
 
 MIN_TRIALS_FOR_IMPORTANCES = 10  # below this, fANOVA attributes mostly which values the sampler happened to pair
@@ -172,7 +173,7 @@ def study_blocks(d: StudyData, figures: list[FigureOut]) -> list[Block]:
     confirmation = confirmation_stats(d.attrs)
     blocks = header_blocks(d) + verdict_blocks(d) + summary_blocks(d, confirmation)
     if confirmation:
-        blocks += confirmation_blocks(confirmation, d.trials, d.attrs.get("verdict"))
+        blocks += confirmation_blocks(confirmation, d.trials, stored_record(d.attrs))
     return (blocks + left_out_blocks(d.trials) + figure_blocks(figures) + reproduce_blocks(d, confirmation)
             + [Block("p", "The data behind every figure and table: `trials.csv`, one row per trial.")])
 

@@ -23,6 +23,7 @@ from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import COLORS, Skipped, new_figure
 from pipeline.report.select import ReportError, pick_study
 from pipeline.report.text import fmt, params_text
+from pipeline.stats.verdict import stored_record
 from pipeline.study.optuna_study import stored_base_config
 
 RESAMPLES = 2000
@@ -30,7 +31,7 @@ RESAMPLES = 2000
 
 def settings_tested(study: optuna.Study) -> pd.DataFrame:
     """One row per setting the study's verdict tested: its parameters (as text), paired seeds and differences."""
-    record = study.user_attrs.get("verdict") or {}
+    record = stored_record(study.user_attrs) or {}
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
     rows = [{"setting": params_text(pd.Series({"control": False,
                                                **{f"params_{k}": v for k, v in params[c["trial"]].items()}})),

@@ -13,7 +13,7 @@ from pipeline.report.gather import StudyData
 from pipeline.report.text import params_text
 from pipeline.report.trials import best_row, control_row, is_seed_study
 from pipeline.stats.noise import how_rough, measured_seed_sd
-from pipeline.stats.verdict import minimum_detectable_effect, verdict
+from pipeline.stats.verdict import minimum_detectable_effect, stored_record, verdict
 
 CLAIMS = {"better": "**Better** than the control", "worse": "**Worse** than the control",
           "equivalent": "**Equivalent** to the control", "undecided": "**Undecided**",
@@ -23,7 +23,7 @@ CLAIMS = {"better": "**Better** than the control", "worse": "**Worse** than the 
 def stored_verdict(attrs: dict[str, Any]) -> dict[str, Any] | None:
     """The study's verdict record (pipeline.stats.decide), or one made from a confirmation of before verdicts: a
     single look of its seeds, with the default margin."""
-    record = attrs.get("verdict")
+    record = stored_record(attrs)
     if record and record.get("candidates"):
         return record
     c = attrs.get("confirmation")

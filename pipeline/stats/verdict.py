@@ -46,6 +46,16 @@ POINT_WEIGHT = 0.9  # the e-process's weight on ±DESIGN_EFFECT; the rest is a n
 NORMAL_PRIOR_VARIANCE = 1.0
 OUTCOMES = ("better", "worse", "equivalent", "undecided")
 MOST_SEEDS = 256  # the largest --max-seeds; an estimate beyond it is reported as "more than 256"
+RECORD_ATTR = "verdict_record"  # the study user attribute that keeps the whole record; "verdict" is its outcome
+
+
+def stored_record(attrs: dict) -> dict | None:
+    """The verdict record a study keeps (pipeline.study.sweep.settle_verdict). Stores written before the record
+    moved to ``verdict_record`` kept it under ``verdict``, which now holds the plain outcome."""
+    record = attrs.get(RECORD_ATTR)
+    if record is None and isinstance(attrs.get("verdict"), dict):
+        record = attrs["verdict"]
+    return record
 
 
 @dataclass(frozen=True)

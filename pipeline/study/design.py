@@ -16,7 +16,8 @@ from pipeline.stats.contrasts import settle_contrasts
 from pipeline.stats.decide import NoControlScore
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.kept_packs import SHARED_CONTROLS, SharedControlPacks
-from pipeline.study.optuna_study import SweepError, SweepOptions, base_config, load_variant, open_storage, study_name_for
+from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, load_variant, open_storage,
+                                         save_dashboard_note, study_name_for)
 from pipeline.study.storage_lock import StorageLock
 from pipeline.study.trial import trial_context
 from pipeline.study.verdict_runs import check_splits, verdict_plan, verdict_split_and_key, verdict_trainer
@@ -59,6 +60,7 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
             keep(record)
             parent.set_tags({**{f"contrast: {row['contrast']}": row["verdict"] for row in record["contrasts"]},
                              "mlflow.note.content": contrasts_text(record, split)})
+            save_dashboard_note(study, contrasts_text(record, split))
     return {"study": study.study_name, "variant": variant.name, "skipped": skipped, "split": split,
             "contrasts": record["contrasts"], "cells": record["cells"]}
 

@@ -142,6 +142,17 @@ def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.
         heartbeat_stale_trial_callback=on_stale or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
 
 
+def save_dashboard_note(study: optuna.Study, text: str) -> bool:
+    """``text`` as the study's note in Optuna Dashboard, where optuna-dashboard is installed (the ``dashboard``
+    extra; nothing needs it). Returns whether it was saved."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return False
+    save_note(study, text)
+    return True
+
+
 def study_name_for(options: SweepOptions) -> str:
     return options.study_name or f"{options.variant}-{options.profile}"
 

@@ -17,6 +17,7 @@ from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import resolve_device
 from pipeline.model.pack import PackError, check_fits
 from pipeline.stats.decide import Candidate, NoControlScore, settle
+from pipeline.stats.verdict import RECORD_ATTR, stored_record
 from pipeline.study import best as best_rule
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.faults import reconcile_runs
@@ -24,7 +25,7 @@ from pipeline.study.design import run_design
 from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
                                          check_some_trial_completed, counts, load_variant, prepare, remaining_trials,
-                                         stored_base_config, study_objective)
+                                         save_dashboard_note, stored_base_config, study_objective)
 from pipeline.study.space import describe_space
 from pipeline.study.store_checks import check_kept_packs, unreadable_attrs_error
 from pipeline.study.storage_lock import StorageLock
@@ -86,7 +87,7 @@ def verdict_sentence(result: dict) -> str:
 def verdict_summary(study: optuna.Study, best, control, seeds_per_trial: int) -> dict[str, Any]:
     """--json's verdict: the stored verdict of the best trial against the control, or 'not decided' with the
     search's own difference (one seed, or the mean of the same seeds, each)."""
-    record = study.user_attrs.get("verdict")
+    record = stored_record(study.user_attrs)
     if record and record.get("candidates"):
         first = record["candidates"][0]
         return {"verdict": first["verdict"], "verdict_trial": first["trial"], "delta": first.get("delta"),
@@ -179,13 +180,21 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
         tracker.tag_runs({"study": study.study_name, "role": "sweep"},
                          {"verdict": result["verdict"], "verdict_trial": result["verdict_trial"],
                           "mlflow.note.content": verdict_sentence(result)})
+        save_dashboard_note(study, dashboard_note(result, variant.name))
         return result
+
+
+def dashboard_note(result: dict, variant: str) -> str:
+    """The study's note in Optuna Dashboard: the verdict, and what the dashboard's own "Best Trial" is not."""
+    return (f"{verdict_sentence(result)}\n\nThe dashboard's *Best Trial* is the search's best on one seed, scored "
+            "on the validation split: a candidate, not the answer. The verdict above is the answer "
+            f"(`python cli.py report {variant}`).")
 
 
 def plain_verdict(best: dict, split: str) -> dict[str, object]:
     """The best setting's verdict as flat study attributes, beside the full record: Optuna Dashboard lists these
     by name, where the record is one JSON blob."""
-    return {"verdict_outcome": best["verdict"], "verdict_trial": best["trial"], "verdict_delta": best["delta"],
+    return {"verdict": best["verdict"], "verdict_trial": best["trial"], "verdict_delta": best["delta"],
             "verdict_interval": [float(b) for b in best["delta_ci95"]], "verdict_seeds": len(best["seeds"]),
             "verdict_split": split}
 
@@ -193,7 +202,7 @@ def plain_verdict(best: dict, split: str) -> dict[str, object]:
 def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, tracker: MlflowTracker,
                    parent_run_id: str, update: Callable = lambda: None) -> dict[str, Any]:
     """The verdict of the best trial (or the best ``--candidates``) against the control, on new seeds scored on
-    the data set's test split where it has one (pipeline.stats.decide). Kept on the study as ``verdict`` (and, for the
+    the data set's test split where it has one (pipeline.stats.decide). Kept on the study as ``verdict_record``, its outcome as ``verdict`` (and, for the
     report's table, the best one's seeds as ``confirmation``) after every look."""
     trials = study.get_trials(deepcopy=False)
     ranked = best_rule.candidates(best_rule.from_trials(trials))[:options.candidates]
@@ -210,7 +219,7 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
     shared_control = {"study": SHARED_CONTROLS, "key": packs.control_name(base)}
 
     def keep(record: dict) -> None:
-        study.set_user_attr("verdict", {**record, "split": split, "metric": key, "seconds": packs.seconds,
+        study.set_user_attr(RECORD_ATTR, {**record, "split": split, "metric": key, "seconds": packs.seconds,
                                         "shared_control": shared_control})
         best = record["candidates"][0]
         for name, value in plain_verdict(best, split).items():  # what a dashboard shows at a glance

@@ -218,7 +218,7 @@ def test_report_all_and_the_cli(swept):
     for section in ("## The answers at a glance", "## Whose answer each verdict is", "## Evaluating as the SSD paper does",
                     "## How the anchors", "## Choosing the threshold", "## Not measured yet"):
         assert section in page, section
-    verdict = load("focal-loss-quick").user_attrs["verdict"]["candidates"][0]["verdict"]
+    verdict = load("focal-loss-quick").user_attrs["verdict_record"]["candidates"][0]["verdict"]
     assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
     assert ("Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
             "measured: `focal-loss` (quick profile, 64 px)") in " ".join(page.split())

@@ -110,11 +110,14 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     assert out["verdict_trial"] == 1 and out["seeds"] in (2, 4, 6) and len(out["delta_ci95"]) == 2
     assert "Verdict: trial 1 is" in result.output and "Creating initial MLflow" not in result.output
     study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
-    assert study.user_attrs["verdict"]["candidates"][0]["verdict"] == out["verdict"]
-    assert (study.user_attrs["verdict_outcome"], study.user_attrs["verdict_seeds"], study.user_attrs["verdict_split"]) \
+    assert study.user_attrs["verdict_record"]["candidates"][0]["verdict"] == out["verdict"]
+    assert (study.user_attrs["verdict"], study.user_attrs["verdict_seeds"], study.user_attrs["verdict_split"]) \
         == (out["verdict"], out["seeds"], "test")  # flat, for Optuna Dashboard
     assert study.user_attrs["verdict_delta"] == pytest.approx(out["delta"])
     assert study.metric_names == ["val/map"]
+    from optuna_dashboard._note import get_note_from_system_attrs  # where optuna-dashboard reads its note
+    note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
+    assert note.startswith(f"Verdict: trial 1 is ") and "*Best Trial* is the search's best on one seed" in note
     client = MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("smooth-l1-quick")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -127,7 +130,7 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     report = (write_report("smooth-l1", out_root=workdir / "reports") / "report.md").read_text()
     assert report.index("## Verdict") < report.index("## Summary") and "scored on the test split" in report
     assert "| test/map per seed |" in report and "confirmed test/map, mean ± 95% CI" in report  # not val/map
-    record = study.user_attrs["verdict"]
+    record = study.user_attrs["verdict_record"]
     row, sd = record["candidates"][0], record["candidates"][0]["look"]["sd"]
     level = 0.05 / len(record["candidates"])  # the rule's level, as the page says: it holds at every seed
     detectable = "the smallest difference this could detect (80% power, 95% confidence) is about **"
@@ -144,7 +147,7 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     more = runner.invoke(app, ["sweep", "smooth-l1", "--dataset", str(data), "--device", "cpu", *tiny_args(),
                                "--trials", "2", "--decide", "--seeds", "2", "--max-seeds", "10", "--json"])
     assert more.exit_code == 0, more.output
-    extended = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db").user_attrs["verdict"]
+    extended = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db").user_attrs["verdict_record"]
     new_row = extended["candidates"][0]
     assert new_row["seeds"][:len(row["seeds"])] == row["seeds"] and new_row["diffs"][:len(row["diffs"])] == row["diffs"]
     assert row["delta_ci95"][0] <= new_row["delta_ci95"][0] and new_row["delta_ci95"][1] <= row["delta_ci95"][1]
@@ -182,7 +185,7 @@ def test_a_killed_verdict_resumes_without_training_its_finished_packs_again(work
     assert result.exit_code == 0, result.output
     assert trained == ["verdict-trial-1-seeds-1-2"]  # the control's pack was kept, not trained again
     first = json.loads(result.output.strip().splitlines()[-1])
-    record = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db").user_attrs["verdict"]
+    record = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db").user_attrs["verdict_record"]
     assert record["final"] and record["candidates"][0]["control"] == [kept[control]["scores"][s] for s in ("1", "2")]
     trained.clear()
     again = json.loads(runner.invoke(app, args).output.strip().splitlines()[-1])
@@ -278,7 +281,7 @@ def test_studies_of_one_store_share_the_control_seeds_and_adopt_those_an_older_v
                                      "--trials", "2", "--seeds", "2", "--json"])
         assert result.exit_code == 0, result.output
     assert trained == ["verdict-control-seeds-1-2", "verdict-trial-1-seeds-1-2", "verdict-trial-1-seeds-1-2"]
-    records = [optuna.load_study(study_name=name, storage="sqlite:///optuna.db").user_attrs["verdict"]
+    records = [optuna.load_study(study_name=name, storage="sqlite:///optuna.db").user_attrs["verdict_record"]
                for name in ("smooth-l1-quick", "focal-loss-quick")]
     assert records[0]["shared_control"] == records[1]["shared_control"]
     assert records[0]["candidates"][0]["control"] == records[1]["candidates"][0]["control"]

@@ -155,3 +155,11 @@ def test_the_minimum_detectable_effect_has_about_80_percent_power(rng):
     outcome, _ = first_decisions(rng.normal(mde, 1.0, (8000, n)), DELTA)
     assert 0.75 <= (outcome == "better").mean() <= 0.92
     assert math.isinf(minimum_detectable_effect(1.0, 4))
+
+
+def test_the_record_is_read_under_its_name_and_from_stores_that_kept_it_under_verdict():
+    from pipeline.stats.verdict import stored_record
+    record = {"candidates": [{"trial": 1, "verdict": "better"}], "delta_margin": 0.01}
+    assert stored_record({"verdict": "better", "verdict_record": record}) is record  # today: outcome + record
+    assert stored_record({"verdict": record}) is record  # a store written before the record had its own name
+    assert stored_record({"verdict": "better"}) is None and stored_record({}) is None

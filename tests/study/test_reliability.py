@@ -568,7 +568,7 @@ def test_a_second_decider_on_the_same_study_refuses_naming_the_first(workdir, ti
     verdict_runs = [r.data.tags["mlflow.runName"] for r in runs("smooth-l1-quick") if r.data.tags.get("role") == "verdict"]
     assert len(verdict_runs) == len(set(verdict_runs))  # no pack trained twice
     kept = load("smooth-l1-quick").user_attrs["verdict_packs"]
-    record = load("smooth-l1-quick").user_attrs["verdict"]
+    record = load("smooth-l1-quick").user_attrs["verdict_record"]
     seeds = {str(s) for s in record["candidates"][0]["seeds"]}
     assert all(seeds <= set(entry["scores"]) for entry in kept.values())
 

@@ -116,6 +116,9 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(workdir, tiny_bananas):
         assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
         assert run.data.tags["trial_state"] == trial.state.name
         assert run.data.metrics["final/val/map"] == pytest.approx(trial.value) if trial.value is not None else True
+        history = MlflowClient(tracking_uri()).get_metric_history(run.info.run_id, "val/map")
+        assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)  # one epoch numbering
+        assert sorted(trial.intermediate_values) == list(range(len(history)))  # epoch e, from 0: step e in both
     control_params = by_number[0].data.params
     base = make_config("quick", {"dataset": str(tiny_bananas), "device": "cpu",
                                  **parse_overrides([s for s in tiny_args() if s != "--set"])})
