@@ -85,6 +85,7 @@ class RunHandle:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def log_table(self, columns: dict[str, list], artifact_file: str) -> None: ...
 
 
 def process_alive(pid: int) -> bool:
@@ -133,6 +134,10 @@ class _MlflowRun(RunHandle):
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_table(self, columns, artifact_file):
+        import pandas as pd  # MLflow's table artifact, which its UI shows as a table
+        self.client.log_table(self.run_id, data=pd.DataFrame(columns), artifact_file=artifact_file)
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -263,6 +268,7 @@ class MemoryRun(RunHandle):
     metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)
     status: str = "RUNNING"
     outcome: str | None = None
 
@@ -281,6 +287,9 @@ class MemoryRun(RunHandle):
         path = Path(path)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         self.artifacts += [f"{artifact_path + '/' if artifact_path else ''}{p.name}" for p in files]
+
+    def log_table(self, columns, artifact_file):
+        self.tables[artifact_file] = columns
 
 
 class MemoryTracker:

@@ -16,6 +16,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.config import RunConfig
+from pipeline.metric_names import headline
 from pipeline.model.checkpoint import save_epoch_state
 from pipeline.model.pack import Pack
 from pipeline.tracking import RunHandle
@@ -112,7 +113,7 @@ class EpochReporter:
             save_epoch_state(self.state_dir, done.epoch, {**done.state, "history": self.history})
             self.timings["epoch_state_s"] += time.perf_counter() - saving
         if self.run is not None:
-            self.run.log_metrics(metrics, step=done.epoch)
+            self.run.log_metrics(headline(metrics), step=done.epoch)  # the rest: the run's table, at its end
         if self.view is not None:
             self.view.epoch_reported(done.epoch, metrics)
         if notify and self.on_epoch is not None:
@@ -165,6 +166,6 @@ def resume(state: dict | None, model, generators: list[torch.Generator], device:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
     if run is not None:
         for epoch, metrics in enumerate(state["history"]):
-            run.log_metrics(metrics, step=epoch)
+            run.log_metrics(headline(metrics), step=epoch)
         run.set_tags({"resumed_from_epoch": state["epoch"]})
     return state["epoch"] + 1, list(state["history"]), state["train_seconds"], dict(state.get("diverged", {}))

@@ -20,10 +20,12 @@ from pipeline.config import RunConfig, active_params
 from pipeline.data import DataError, DetectionData, load_split
 from pipeline.evaluation.evaluate import Detections
 from pipeline.evaluation.visualize import draw_detections, save_grid
+from pipeline.metric_names import headline
 from pipeline.model.checkpoint import save_checkpoint
 from pipeline.model.pack import Pack, replica_model
 from pipeline.tracking import RunHandle
 from pipeline.training.balance import BALANCE_KEYS, training_means
+from pipeline.training.run_table import TABLE_FILE, table_columns
 from pipeline.training.train import EpochCallback, FitResult, Pruned, fit
 
 PREVIEW_IMAGES = 8
@@ -171,7 +173,8 @@ def _log_results(result: FitResult, train: DetectionData, val: DetectionData, ru
     logging_started = time.perf_counter()
     final = {**result.metrics, "train_images_per_s": result.train_images_per_s,
              **training_means(result.history, BALANCE_KEYS)}
-    run.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.epochs)
+    run.log_metrics(headline({f"final/{k}": v for k, v in final.items()}), step=cfg.epochs)
+    run.log_table(table_columns(result.history, final), TABLE_FILE)  # per seed, per class, the intervals
     out_dir = Path(out_dir) / run.run_id
     checkpoints = _checkpoints(result, train.class_names, out_dir)
     prediction_grid(val, result.detections, out_dir / "val_predictions.png")
