@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny generated banana folder and a CPU-sized config for end-to-end runs."""
 
+import socket
 import time
 from pathlib import Path
 
@@ -55,6 +56,12 @@ def splits(tiny_bananas):
 
     return (load_split(str(tiny_bananas), "train", 64, progress=False).subset(8),
             load_split(str(tiny_bananas), "val", 64, progress=False))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout=120.0):

@@ -241,14 +241,12 @@ def test_ui_runs_this_interpreters_mlflow(workdir, monkeypatch):
 
 def test_the_ui_it_starts_is_sized_for_a_small_machine(workdir):
     """MLflow's own defaults started about 13 processes on a 2-core machine; the project's `ui` starts a few."""
-    import socket
     import subprocess
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from conftest import free_port
+    port = free_port()
     argv, env = cli.ui_command("sqlite:///mlflow.db", "127.0.0.1", port, 1, False)
     server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)

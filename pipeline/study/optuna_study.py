@@ -36,6 +36,9 @@ HEARTBEAT_INTERVAL = int(os.environ.get("TINYSSD_HEARTBEAT_INTERVAL", "10"))
 
 HEARTBEAT_GRACE = int(os.environ.get("TINYSSD_HEARTBEAT_GRACE", "60"))
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+# A study's verdict as plain user attributes, until --decide settles one (pipeline.study.sweep.plain_verdict)
+NOT_DECIDED = {"verdict": "not decided", "verdict_trial": None, "verdict_delta": None, "verdict_interval": None,
+               "verdict_seeds": 0, "verdict_split": None}
 
 
 class SweepError(ValueError):
@@ -199,6 +202,8 @@ def prepare(options: SweepOptions) -> tuple[optuna.Study, experiments.Variant, R
     if "signature" in study.user_attrs:
         _check_unchanged(study.user_attrs["signature"], signature, name)
     else:
+        for key, value in NOT_DECIDED.items():  # first, so that Optuna Dashboard lists the verdict first
+            study.set_user_attr(key, value)
         study.set_user_attr("signature", signature)
         study.set_user_attr("variant", variant.name)
         study.set_user_attr("question", variant.question)

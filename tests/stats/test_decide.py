@@ -114,6 +114,10 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     assert (study.user_attrs["verdict"], study.user_attrs["verdict_seeds"], study.user_attrs["verdict_split"]) \
         == (out["verdict"], out["seeds"], "test")  # flat, for Optuna Dashboard
     assert study.user_attrs["verdict_delta"] == pytest.approx(out["delta"])
+    from pipeline.study.optuna_study import NOT_DECIDED
+    [listed] = [s.user_attrs for s in optuna.get_all_study_summaries("sqlite:///optuna.db")  # as the dashboard
+                if s.study_name == "smooth-l1-quick"]  # reads them: in the order they were first written
+    assert list(listed)[:len(NOT_DECIDED)] == list(NOT_DECIDED) and listed["verdict"] == out["verdict"]
     assert study.metric_names == ["val/map"]
     from optuna_dashboard._note import get_note_from_system_attrs  # where optuna-dashboard reads its note
     note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,17 +20,11 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import tiny_args
-from conftest import CLI, wait_for
+from conftest import CLI, free_port, wait_for
 from test_reliability import fast_heartbeat_env
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pg_bin(name: str) -> Path | None:
