@@ -14,8 +14,9 @@ A variant may instead ask its question as a designed contrast, with no search: C
 overrides ({} is the control, the chapter's configuration), and CONTRASTS names each contrast that answers the
 question as weights over cells that sum to 0 (a main effect at matched balance: {"focal, box 4": 1, "ce, box 4":
 -1}; an interaction: four cells, +1 -1 -1 +1). ``sweep VARIANT --decide`` trains every cell on the same new seeds
-and decides each contrast on those paired seeds (pipeline.stats.contrasts). Such a file sets no TRIALS, space or
-sampler.
+and decides each contrast on those paired seeds (pipeline.stats.contrasts). SECONDARY (optional) names more
+metrics, as OBJECTIVE does ("val/map_small"): each contrast is also reported on them, on the same seeds, with its
+own interval; they never decide when to stop. Such a file sets no TRIALS, space or sampler.
 
 Any other upper-case name must be a constant that ``space`` or ``sampler`` uses (a grid's values, say):
 a typo such as ``OBJECTVE`` would otherwise be ignored in silence, so it is refused, naming the file.
@@ -56,6 +57,7 @@ class Variant:
     exercise: bool = True  # one of the chapter's exercises, so a line of the answer sheet
     cells: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # a designed contrast's cells
     contrasts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> cell weights
+    secondary: tuple[str, ...] = ()  # a designed contrast's secondary outcomes (metrics, as objective)
 
     @property
     def is_design(self) -> bool:
@@ -87,11 +89,12 @@ class Variant:
                    fixed=dict(getattr(module, "FIXED", {})), trials={}, objective=getattr(module, "OBJECTIVE", "val/map"),
                    space=None, sampler=None, prune=False, fixed_by_profile=dict(getattr(module, "FIXED_BY_PROFILE", {})),
                    exercise=bool(getattr(module, "EXERCISE", True)), cells={k: dict(v) for k, v in module.CELLS.items()},
-                   contrasts={k: dict(v) for k, v in module.CONTRASTS.items()})
+                   contrasts={k: dict(v) for k, v in module.CONTRASTS.items()},
+                   secondary=tuple(getattr(module, "SECONDARY", ())))
 
 
 SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "TRIALS", "OBJECTIVE", "EXERCISE"}  # the upper-case names a variant's module may set
-DESIGN_SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "OBJECTIVE", "EXERCISE", "CELLS", "CONTRASTS"}
+DESIGN_SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "OBJECTIVE", "EXERCISE", "CELLS", "CONTRASTS", "SECONDARY"}
 REQUIRED = {"TRIALS", "space", "sampler"}
 
 
@@ -149,6 +152,11 @@ def check_design(module: ModuleType) -> None:
             raise VariantFileError(f"{where}: {name} is not a setting of a designed contrast: did you mean "
                                    f"{close[0]}? It sets {', '.join(sorted(DESIGN_SETTINGS))}")
     knobs = {f.name for f in dataclasses.fields(RunConfig)}
+    objectives = objective_choices()
+    for metric in [getattr(module, "OBJECTIVE", "val/map"), *getattr(module, "SECONDARY", ())]:
+        if metric not in objectives:
+            raise VariantFileError(f"{where}: {metric!r} (OBJECTIVE or SECONDARY) is not a metric a trial logs; "
+                                   f"one of {', '.join(objectives)}")
     if not getattr(module, "CONTRASTS", None):
         raise VariantFileError(f"{where}: CELLS without CONTRASTS: name the differences that answer the question")
     if {} not in [dict(v) for v in module.CELLS.values()]:

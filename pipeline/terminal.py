@@ -226,4 +226,5 @@ def print_contrasts(result: dict) -> None:
         sd = "n/a" if math.isnan(row["sd"]) else f"{row['sd']:.4f} [{row['sd_lo']:.4f}, {row['sd_hi']:.4f}]"
         table.add_row(cell, mean, sd, str(len(scores)))
     console.print(table)
-    console.print(contrasts_text({"contrasts": result["contrasts"]}, result["split"]))
+    console.print(contrasts_text({"contrasts": result["contrasts"], "secondary": result.get("secondary", {})},
+                                 result["split"]))

@@ -20,11 +20,23 @@ def is_design(study: optuna.Study) -> bool:
     return "design" in study.user_attrs
 
 
-def contrast_table(record: dict) -> pd.DataFrame:
+def contrast_table(rows: list[dict], metric: str = "mAP") -> pd.DataFrame:
     return pd.DataFrame([{"contrast": row["contrast"], "verdict": row["verdict"],
-                          "Δ mAP [95% interval, valid at any number of seeds]":
+                          f"Δ {metric} [95% interval, valid at any number of seeds]":
                               f"{row['delta']:+.4f} [{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}]",
-                          "paired seeds": len(row["seeds"])} for row in record["contrasts"]])
+                          "paired seeds": len(row["seeds"])} for row in rows])
+
+
+def secondary_blocks(record: dict) -> list[Block]:
+    """Each secondary outcome's contrasts, on the seeds of the primary's, as a table of its own."""
+    blocks = []
+    for metric, rows in record.get("secondary", {}).items():
+        blocks += [Block("p", f"Secondary outcome `{metric}`: the same contrasts on the same seeds, each with its own "
+                              "interval. It was declared in the variant's file before any seed trained, and it never "
+                              "decided when to stop; a seed with no value kept for it (trained before it was declared, "
+                              "or a metric undefined on the split) is left out, so its seeds can be fewer."),
+                   Block("table", table=contrast_table(rows, metric))]
+    return blocks
 
 
 def cell_table(record: dict) -> pd.DataFrame:
@@ -54,7 +66,8 @@ def design_blocks(study: optuna.Study) -> list[Block]:
     if not record:
         return [Block("p", f"{name}: no seeds trained yet (`python cli.py sweep VARIANT --decide`).")]
     where = f"on the {record['split']} split, shared control `{record['shared_control']['key']}`"
-    return [Block("p", f"{name}, {where}: {plain_answer(record)}"), Block("table", table=contrast_table(record)),
+    return [Block("p", f"{name}, {where}: {plain_answer(record)}"),
+            Block("table", table=contrast_table(record["contrasts"])), *secondary_blocks(record),
             Block("table", table=cell_table(record)),
             Block("p", "A cell's seed spread is an outcome of its own: a setting that is as good on average but "
                        "steadier is the safer choice. The sd's interval is the chi-square interval over its seeds.")]

@@ -26,6 +26,23 @@ def contrast_values(weights: dict[str, float], scores: dict[str, dict[int, float
     return seeds, [float(sum(w * scores[cell][s] for cell, w in weights.items())) for s in seeds]
 
 
+def cell_role(cell: str, control: str) -> str:
+    """The role a cell's packs train and are kept under: "control" for the control cell (the store shares it)."""
+    return "control" if cell == control else f"cell {cell}"
+
+
+def secondary_rows(contrasts: dict[str, dict[str, float]], scores: dict[str, dict[int, float]], plan: Plan) -> list[dict]:
+    """Each contrast on a secondary outcome: Σ w·score on the seeds every cell has, with the confidence sequence's
+    interval at alpha over the contrasts. Reported beside the decided contrasts; it never decides when to stop."""
+    rows = []
+    for name, weights in contrasts.items():
+        seeds, values = contrast_values(weights, scores)
+        evidence = to_record(verdict(values, plan.seeds_per_look, plan.max_seeds, plan.delta, ALPHA / len(contrasts))) \
+            if len(values) >= 2 else {"verdict": "undecided", "delta": math.nan, "delta_ci95": [-math.inf, math.inf]}
+        rows.append({"contrast": name, "seeds": seeds, "values": values, **evidence})
+    return rows
+
+
 def settle_contrasts(cells: dict[str, RunConfig], contrasts: dict[str, dict[str, float]], control: str, plan: Plan,
                      train_pack: TrainPack, on_look: Callable[[dict], None] = lambda record: None) -> dict:
     """Look after look, train one pack of the look's seeds per cell whose contrasts are still open, until every
@@ -41,7 +58,7 @@ def settle_contrasts(cells: dict[str, RunConfig], contrasts: dict[str, dict[str,
             break
         seeds = plan.seeds(look)
         for cell in sorted({c for name in open_ for c in contrasts[name]}):
-            role = "control" if cell == control else f"cell {cell}"
+            role = cell_role(cell, control)
             scores[cell].update(scored(train_pack(role, cells[cell], seeds), seeds, diverged[cell]))
             if role == "control":
                 check_control_scored(scores[cell], diverged[cell])

@@ -9,13 +9,12 @@ from typing import Any
 
 import optuna
 
-from pipeline.config import active_params
-
+from pipeline.config import RunConfig, active_params
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
-from pipeline.stats.contrasts import settle_contrasts
-from pipeline.stats.decide import NoControlScore
+from pipeline.stats.contrasts import cell_role, secondary_rows, settle_contrasts
+from pipeline.stats.decide import FAILED_SCORE, NoControlScore
 from pipeline.study.decision_lock import decision_lock
-from pipeline.study.kept_packs import SHARED_CONTROLS, SharedControlPacks
+from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, load_variant, open_storage,
                                          save_dashboard_note, study_name_for)
 from pipeline.study.storage_lock import StorageLock
@@ -45,8 +44,12 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                                "profile": options.profile}) as parent:
             split, key = verdict_split_and_key(study, base)
             packs = SharedControlPacks(study, options.storage, key, after_pack=raise_if_interrupted)
+            secondary = {f"{split}/{m.split('/', 1)[1]}": KeptPacks(study, f"{split}/{m.split('/', 1)[1]}")
+                         for m in variant.secondary}  # kept on this study, the control's too
             train_pack = verdict_trainer(study, options, tracker, parent.run_id, trial_context(options, parent.run_id),
-                                 split, key)
+                                         split, key, also=tuple(secondary),
+                                         on_also=lambda role, cfg, seeds, metric, scores:
+                                         secondary[metric].keep(role, cfg, seeds, scores, 0.0))
             shared = {"study": SHARED_CONTROLS, "key": packs.control_name(base)}
 
             def keep(record: dict) -> None:
@@ -57,12 +60,14 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                                           packs.reuse_or(train_pack), on_look=keep)
             except NoControlScore as exc:
                 raise SweepError(f"--decide: {exc}") from None
+            record["secondary"] = {metric: secondary_rows(variant.contrasts, secondary_scores(
+                record, kept, cells, control), verdict_plan(base, options)) for metric, kept in secondary.items()}
             keep(record)
             parent.set_tags({**{f"contrast: {row['contrast']}": row["verdict"] for row in record["contrasts"]},
                              "mlflow.note.content": contrasts_text(record, split)})
             save_dashboard_note(study, contrasts_text(record, split))
     return {"study": study.study_name, "variant": variant.name, "skipped": skipped, "split": split,
-            "contrasts": record["contrasts"], "cells": record["cells"]}
+            "contrasts": record["contrasts"], "cells": record["cells"], "secondary": record.get("secondary", {})}
 
 
 def _open_study(options: SweepOptions, variant, base) -> optuna.Study:
@@ -80,8 +85,26 @@ def _open_study(options: SweepOptions, variant, base) -> optuna.Study:
     return study
 
 
+def secondary_scores(record: dict, kept: KeptPacks, cells: dict[str, RunConfig], control: str
+                     ) -> dict[str, dict[int, float]]:
+    """Each cell's secondary scores on the seeds its primary used: a seed that diverged scores FAILED_SCORE, as in
+    the primary; a seed with none kept (trained before the outcome was declared, or undefined on the split) is out."""
+    out = {}
+    for cell, info in record["cells"].items():
+        have = kept.scores(cell_role(cell, control), cells[cell])
+        out[cell] = {int(s): FAILED_SCORE if int(s) in info["diverged"] else have[int(s)]
+                     for s in info["scores"] if int(s) in info["diverged"] or int(s) in have}
+    return out
+
+
 def contrasts_text(record: dict, split: str) -> str:
     """Each contrast's verdict in one line: what the terminal, the parent run's description and the sheet say."""
-    return "\n".join(f"{row['contrast']}: {row['verdict']}, Δ {row['delta']:+.4f} "
-                     f"[{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}] over {len(row['seeds'])} paired "
-                     f"seeds on {split}" for row in record["contrasts"])
+    lines = [f"{row['contrast']}: {row['verdict']}, {_effect(row)} on {split}" for row in record["contrasts"]]
+    lines += [f"{row['contrast']} on {metric} (secondary, not a stopping rule): {_effect(row)}"
+              for metric, rows in record.get("secondary", {}).items() for row in rows]
+    return "\n".join(lines)
+
+
+def _effect(row: dict) -> str:
+    return (f"Δ {row['delta']:+.4f} [{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}] over "
+            f"{len(row['seeds'])} paired seeds")

@@ -74,13 +74,23 @@ class KeptPacks:
                seeds: list[int]) -> dict:
         started = time.perf_counter()
         scores = train_pack(role, cfg, seeds)
-        took = (time.perf_counter() - started) / len(seeds)
+        return self.keep(role, cfg, seeds, scores, (time.perf_counter() - started) / len(seeds))
+
+    def keep(self, role: str, cfg: RunConfig, seeds: list[int], scores: dict[int, float], seconds: float) -> dict:
+        """Keep the seeds' scores (a seed with none, or no finite one, as null) and each seed's training time."""
+        name = self.name(role, cfg)
+        entry = self.kept.get(name, {"scores": {}, "seconds": {}})
         finite = {str(s): v if v is not None and math.isfinite(v) else None for s, v in
                   ((s, scores.get(s)) for s in seeds)}
-        entry = {"scores": {**entry["scores"], **finite}, "seconds": {**entry["seconds"], **{str(s): took for s in seeds}}}
-        self.kept[name] = entry
+        self.kept[name] = {"scores": {**entry["scores"], **finite},
+                           "seconds": {**entry["seconds"], **{str(s): seconds for s in seeds}}}
         self.save()
         return self.kept[name]
+
+    def scores(self, role: str, cfg: RunConfig) -> dict[int, float]:
+        """The finite scores kept for a setting, by seed."""
+        entry = self.kept.get(self.name(role, cfg), {"scores": {}})
+        return {int(s): v for s, v in entry["scores"].items() if v is not None}
 
     def save(self) -> None:
         """Store what this verdict keeps, merged seed by seed with what is stored (an interrupt waits for it)."""

@@ -90,8 +90,12 @@ def test_a_contrast_whose_cells_are_missing_is_refused_by_name():
     with pytest.raises(VariantFileError, match="cell 'focal, box 1' sets unknown knob\\(s\\) focal_gama"):
         Variant.from_module(design_module(CELLS={"ce, box 1": {}, "focal, box 1": {"focal_gama": 2}},
                                           CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}}))
-    variant = Variant.from_module(design_module(CELLS=cells, CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}}))
-    assert variant.is_design and variant.name == "my-design"
+    with pytest.raises(VariantFileError, match="'val/map_smal' \\(OBJECTIVE or SECONDARY\\) is not a metric a trial logs"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}},
+                                          SECONDARY=("val/map_smal",)))
+    variant = Variant.from_module(design_module(CELLS=cells, CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}},
+                                                SECONDARY=("val/map_small",)))
+    assert variant.is_design and variant.name == "my-design" and variant.secondary == ("val/map_small",)
 
 
 def test_a_designed_variant_refuses_a_misspelt_setting_and_a_search():

@@ -5,6 +5,7 @@ without training a kept seed again."""
 import json
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -72,3 +73,38 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     answers = (workdir / "reports" / "answers" / "report.md").read_text()
     assert "## What each effect is made of" in answers and "`focal-matched` (quick profile), on the test split" in answers
     assert "focal-matched" not in answers.split("## What each effect is made of")[0]  # not a row of the searches
+
+
+def test_a_secondary_outcome_is_reported_on_the_same_seeds_and_kept_for_a_resume(workdir, tmp_path, monkeypatch):
+    import dataclasses
+
+    import experiments
+    import pipeline.study.design
+    from pipeline.data import generate_bananas
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    with_secondary = dataclasses.replace(experiments.load("focal-matched"), secondary=("val/map50",))
+    monkeypatch.setattr(pipeline.study.design, "load_variant", lambda name: with_secondary)
+    args = ["sweep", "focal-matched", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--decide",
+            "--seeds", "2", "--max-seeds", "2", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    kept = optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db").user_attrs["verdict_packs"]
+    map50 = {name.split(" test/map50 ")[0].removeprefix("cell "): entry["scores"] for name, entry in kept.items()
+             if " test/map50 " in name}
+    assert sorted(map50) == sorted(["control", "focal, box 1", "ce, box 4", "focal, box 4"])  # the control's too
+    map50["ce, box 1"] = map50.pop("control")
+    [interaction] = [row for row in out["secondary"]["test/map50"] if row["contrast"] == "interaction"]
+    assert interaction["seeds"] == [1, 2]
+    for k, seed in enumerate(("1", "2")):  # Σ w·score over the kept secondary scores, seed by seed
+        assert interaction["values"][k] == pytest.approx(map50["focal, box 4"][seed] - map50["ce, box 4"][seed]
+                                                         - map50["focal, box 1"][seed] + map50["ce, box 1"][seed])
+    assert "interaction on test/map50 (secondary, not a stopping rule): Δ " in plain(result.output)
+    again = runner.invoke(app, args)  # nothing trains; the secondary comes back from what was kept
+    assert again.exit_code == 0
+    assert json.loads(again.output.strip().splitlines()[-1])["secondary"] == out["secondary"]
+    page = runner.invoke(app, ["report", "focal-matched"])
+    assert page.exit_code == 0, page.output
+    text = (workdir / "reports" / "focal-matched" / "report.md").read_text()
+    assert "Secondary outcome `test/map50`" in text and "| Δ test/map50 [95% interval" in text
