@@ -86,7 +86,7 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
                 or process_alive(int(worker["pid"]))):
             continue
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process failed it first
-            if "fail_reason" not in trial.user_attrs:  # a finished trial takes no attribute: say why, first
+            if not trial.user_attrs.get("fail_reason"):  # a finished trial takes no attribute: say why, first
                 storage.set_trial_user_attr(trial._trial_id, "fail_reason", ENDED_UNRECORDED.format(**worker))
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 failed.append(trial.number)

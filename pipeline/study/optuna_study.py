@@ -117,25 +117,36 @@ def worker_stamp(datetime_start: Any) -> dict[str, Any]:
 
 
 class StampedStorage(WholeCallsStorage):
-    """A trial is stamped with its worker in the same whole call that starts it (a new trial, or a waiting retry
-    set RUNNING). Stamped only later, by the objective, a trial that a Ctrl-C caught between Optuna starting it
-    and the objective's first line stayed RUNNING with nothing to say whose it was, so no one failed it until
-    its heartbeat's grace ran out (CI saw it: a Ctrl-C'd two-worker sweep left ['FAIL', 'RUNNING'])."""
+    """A trial is stamped with its worker, and its first heartbeat recorded, in the same whole call that starts it
+    (a new trial, or a waiting retry set RUNNING). Stamped only later by the objective, a trial that a Ctrl-C or a
+    kill caught between Optuna starting it and the objective's first line stayed RUNNING with nothing to say whose
+    it was (CI saw a Ctrl-C'd two-worker sweep leave ['FAIL', 'RUNNING']); and since Optuna marks stale only trials
+    with a heartbeat recorded, and records the first once the objective's thread starts, no other host ever failed
+    it either. A retry's copied ``fail_reason`` (the attempt before's) is cleared as it starts."""
 
     @run_whole
     def _create_new_trial(self, study_id: int, template_trial: Any = None) -> optuna.trial.FrozenTrial:
         trial = super()._create_new_trial(study_id, template_trial)  # what Optuna's cached storage calls
         if trial.state == TrialState.RUNNING:  # not a finished (add_trial) or waiting (enqueue, retry) one
-            trial.set_user_attr("worker", worker_stamp(trial.datetime_start))
-            self.set_trial_user_attr(trial._trial_id, "worker", trial.user_attrs["worker"])
+            trial.set_user_attr("worker", self._start(trial._trial_id))
         return trial
 
     @run_whole
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         started = super().set_trial_state_values(trial_id, state, values)
         if started and state == TrialState.RUNNING:  # a waiting trial taken: an enqueued one, or a retry
-            self.set_trial_user_attr(trial_id, "worker", worker_stamp(self.get_trial(trial_id).datetime_start))
+            self._start(trial_id)
         return started
+
+    def _start(self, trial_id: int) -> dict[str, Any]:
+        stored = self.get_trial(trial_id)  # its start as stored (a database may keep less of it than Python)
+        stamp = worker_stamp(stored.datetime_start)
+        self.set_trial_user_attr(trial_id, "worker", stamp)
+        if stored.user_attrs.get("fail_reason"):
+            self.set_trial_user_attr(trial_id, "fail_reason", None)  # the failed attempt's, copied by its retry
+        if self.get_heartbeat_interval():
+            self.record_heartbeat(trial_id)
+        return stamp
 
 
 def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.RDBStorage:
