@@ -288,8 +288,10 @@ class MemoryRun(RunHandle):
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         self.artifacts += [f"{artifact_path + '/' if artifact_path else ''}{p.name}" for p in files]
 
-    def log_table(self, columns, artifact_file):
-        self.tables[artifact_file] = columns
+    def log_table(self, columns, artifact_file):  # appended, as MLflow's log_table does
+        table = self.tables.setdefault(artifact_file, {column: [] for column in columns})
+        for column, values in columns.items():
+            table[column] += values
 
 
 class MemoryTracker:

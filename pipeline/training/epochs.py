@@ -20,6 +20,7 @@ from pipeline.metric_names import headline
 from pipeline.model.checkpoint import save_epoch_state
 from pipeline.model.pack import Pack
 from pipeline.tracking import RunHandle
+from pipeline.training.run_table import TABLE_FILE, table_columns
 from pipeline.training.seeds import combine
 from pipeline.training.validation import Scored
 
@@ -113,7 +114,8 @@ class EpochReporter:
             save_epoch_state(self.state_dir, done.epoch, {**done.state, "history": self.history})
             self.timings["epoch_state_s"] += time.perf_counter() - saving
         if self.run is not None:
-            self.run.log_metrics(headline(metrics), step=done.epoch)  # the rest: the run's table, at its end
+            self.run.log_metrics(headline(metrics), step=done.epoch)
+            self.run.log_table(table_columns([(done.epoch, metrics)]), TABLE_FILE)  # every value, seeds included
         if self.view is not None:
             self.view.epoch_reported(done.epoch, metrics)
         if notify and self.on_epoch is not None:
@@ -167,5 +169,7 @@ def resume(state: dict | None, model, generators: list[torch.Generator], device:
     if run is not None:
         for epoch, metrics in enumerate(state["history"]):
             run.log_metrics(headline(metrics), step=epoch)
+        if state["history"]:
+            run.log_table(table_columns(list(enumerate(state["history"]))), TABLE_FILE)
         run.set_tags({"resumed_from_epoch": state["epoch"]})
     return state["epoch"] + 1, list(state["history"]), state["train_seconds"], dict(state.get("diverged", {}))

@@ -174,7 +174,7 @@ def _log_results(result: FitResult, train: DetectionData, val: DetectionData, ru
     final = {**result.metrics, "train_images_per_s": result.train_images_per_s,
              **training_means(result.history, BALANCE_KEYS)}
     run.log_metrics(headline({f"final/{k}": v for k, v in final.items()}), step=cfg.epochs)
-    run.log_table(table_columns(result.history, final), TABLE_FILE)  # per seed, per class, the intervals
+    run.log_table(table_columns([(None, final)]), TABLE_FILE)  # after the epochs' rows (EpochReporter)
     out_dir = Path(out_dir) / run.run_id
     checkpoints = _checkpoints(result, train.class_names, out_dir)
     prediction_grid(val, result.detections, out_dir / "val_predictions.png")

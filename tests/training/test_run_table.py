@@ -22,7 +22,7 @@ def test_a_packs_table_holds_every_value_it_does_not_log_as_a_metric():
     per_seed = {1: {"val/map": 0.2, "val/voc_ap50/banana": 0.5}, 4: {"val/map": 0.4, "val/voc_ap50/banana": 0.7}}
     epoch = combine(per_seed, 2)
     final = {**epoch, "trial_seconds": 3.0}
-    table = table_columns([epoch, epoch], final)
+    table = table_columns([(0, epoch), (1, epoch), (None, final)])
     rows = list(zip(*table.values()))
     assert set(table) == {"epoch", "metric", "seed", "statistic", "value"}
     assert len(rows) == 2 * len(epoch) + len(final)  # every value, once per epoch and once as final

@@ -157,4 +157,6 @@ def test_a_failure_still_reports_the_epochs_scored_before_it(splits, monkeypatch
             on_epoch=lambda epoch, metrics, run: notified.append(epoch))
     logged = tracker.runs[0].metrics
     assert [step for step, _ in logged["val/map"]] == [0, 1] and [step for step, _ in logged["train/loss"]] == [0, 1]
+    table = tracker.runs[0].tables["metrics_table.json"]  # a failed run keeps its epochs' rows in its table too
+    assert sorted(set(table["epoch"])) == [0, 1] and "val/map" in table["metric"]
     assert notified == [0] or notified == [0, 1]  # epoch 1 reached on_epoch only if its score was in before the failure
