@@ -153,10 +153,14 @@ def check_design(module: ModuleType) -> None:
                                    f"{close[0]}? It sets {', '.join(sorted(DESIGN_SETTINGS))}")
     knobs = {f.name for f in dataclasses.fields(RunConfig)}
     objectives = objective_choices()
-    for metric in [getattr(module, "OBJECTIVE", "val/map"), *getattr(module, "SECONDARY", ())]:
+    objective, secondary = getattr(module, "OBJECTIVE", "val/map"), list(getattr(module, "SECONDARY", ()))
+    for metric in [objective, *secondary]:
         if metric not in objectives:
             raise VariantFileError(f"{where}: {metric!r} (OBJECTIVE or SECONDARY) is not a metric a trial logs; "
                                    f"one of {', '.join(objectives)}")
+    if objective in secondary or len(set(secondary)) < len(secondary):
+        raise VariantFileError(f"{where}: SECONDARY {tuple(secondary)!r} repeats a metric, or the OBJECTIVE "
+                               f"{objective!r}: each secondary outcome is another metric, once")
     if not getattr(module, "CONTRASTS", None):
         raise VariantFileError(f"{where}: CELLS without CONTRASTS: name the differences that answer the question")
     if {} not in [dict(v) for v in module.CELLS.values()]:

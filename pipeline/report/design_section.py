@@ -32,9 +32,9 @@ def secondary_blocks(record: dict) -> list[Block]:
     blocks = []
     for metric, rows in record.get("secondary", {}).items():
         blocks += [Block("p", f"Secondary outcome `{metric}`: the same contrasts on the same seeds, each with its own "
-                              "interval. It was declared in the variant's file before any seed trained, and it never "
-                              "decided when to stop; a seed with no value kept for it (trained before it was declared, "
-                              "or a metric undefined on the split) is left out, so its seeds can be fewer."),
+                              "interval; it never decided when to stop. A seed with no value kept for it (trained by a "
+                              "version that kept no other metrics, or a metric undefined on the split) is left out, "
+                              "so its seeds can be fewer."),
                    Block("table", table=contrast_table(rows, metric))]
     return blocks
 

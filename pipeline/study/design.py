@@ -14,7 +14,7 @@ from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.stats.contrasts import cell_role, secondary_rows, settle_contrasts
 from pipeline.stats.decide import FAILED_SCORE, NoControlScore
 from pipeline.study.decision_lock import decision_lock
-from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SharedControlPacks
+from pipeline.study.kept_packs import SHARED_CONTROLS, SecondaryPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, load_variant, open_storage,
                                          save_dashboard_note, study_name_for)
 from pipeline.study.storage_lock import StorageLock
@@ -44,12 +44,9 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                                "profile": options.profile}) as parent:
             split, key = verdict_split_and_key(study, base)
             packs = SharedControlPacks(study, options.storage, key, after_pack=raise_if_interrupted)
-            secondary = {f"{split}/{m.split('/', 1)[1]}": KeptPacks(study, f"{split}/{m.split('/', 1)[1]}")
-                         for m in variant.secondary}  # kept on this study, the control's too
+            others = SecondaryPacks(study, options.storage, split, key)
             train_pack = verdict_trainer(study, options, tracker, parent.run_id, trial_context(options, parent.run_id),
-                                         split, key, also=tuple(secondary),
-                                         on_also=lambda role, cfg, seeds, metric, scores:
-                                         secondary[metric].keep(role, cfg, seeds, scores, 0.0))
+                                         split, key, also=others.metrics, on_also=others.keep)
             shared = {"study": SHARED_CONTROLS, "key": packs.control_name(base)}
 
             def keep(record: dict) -> None:
@@ -61,7 +58,8 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
             except NoControlScore as exc:
                 raise SweepError(f"--decide: {exc}") from None
             record["secondary"] = {metric: secondary_rows(variant.contrasts, secondary_scores(
-                record, kept, cells, control), verdict_plan(base, options)) for metric, kept in secondary.items()}
+                record, others, metric, cells, control), verdict_plan(base, options))
+                for metric in (f"{split}/{m.split('/', 1)[1]}" for m in variant.secondary)}
             keep(record)
             parent.set_tags({**{f"contrast: {row['contrast']}": row["verdict"] for row in record["contrasts"]},
                              "mlflow.note.content": contrasts_text(record, split)})
@@ -85,13 +83,14 @@ def _open_study(options: SweepOptions, variant, base) -> optuna.Study:
     return study
 
 
-def secondary_scores(record: dict, kept: KeptPacks, cells: dict[str, RunConfig], control: str
+def secondary_scores(record: dict, others: SecondaryPacks, metric: str, cells: dict[str, RunConfig], control: str
                      ) -> dict[str, dict[int, float]]:
-    """Each cell's secondary scores on the seeds its primary used: a seed that diverged scores FAILED_SCORE, as in
-    the primary; a seed with none kept (trained before the outcome was declared, or undefined on the split) is out."""
+    """Each cell's ``metric`` on the seeds its primary used: a seed that diverged scores FAILED_SCORE, as in the
+    primary; a seed with none kept (trained by a version that kept no other metrics, or undefined on the split)
+    is out."""
     out = {}
     for cell, info in record["cells"].items():
-        have = kept.scores(cell_role(cell, control), cells[cell])
+        have = others.scores(cell_role(cell, control), cells[cell], metric)
         out[cell] = {int(s): FAILED_SCORE if int(s) in info["diverged"] else have[int(s)]
                      for s in info["scores"] if int(s) in info["diverged"] or int(s) in have}
     return out

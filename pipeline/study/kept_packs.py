@@ -14,6 +14,7 @@ import optuna
 from pipeline.config import RESULTS_VERSION, RunConfig
 from pipeline.interrupts import deferred
 from pipeline.machine import resolve_device
+from pipeline.metric_names import objective_choices
 from pipeline.study.store_checks import check_kept_packs
 
 
@@ -78,19 +79,17 @@ class KeptPacks:
 
     def keep(self, role: str, cfg: RunConfig, seeds: list[int], scores: dict[int, float], seconds: float) -> dict:
         """Keep the seeds' scores (a seed with none, or no finite one, as null) and each seed's training time."""
-        name = self.name(role, cfg)
+        name = self._put(self.name(role, cfg), seeds, scores, seconds)
+        self.save()
+        return self.kept[name]
+
+    def _put(self, name: str, seeds: list[int], scores: dict[int, float], seconds: float) -> str:
         entry = self.kept.get(name, {"scores": {}, "seconds": {}})
         finite = {str(s): v if v is not None and math.isfinite(v) else None for s, v in
                   ((s, scores.get(s)) for s in seeds)}
         self.kept[name] = {"scores": {**entry["scores"], **finite},
                            "seconds": {**entry["seconds"], **{str(s): seconds for s in seeds}}}
-        self.save()
-        return self.kept[name]
-
-    def scores(self, role: str, cfg: RunConfig) -> dict[int, float]:
-        """The finite scores kept for a setting, by seed."""
-        entry = self.kept.get(self.name(role, cfg), {"scores": {}})
-        return {int(s): v for s, v in entry["scores"].items() if v is not None}
+        return name
 
     def save(self) -> None:
         """Store what this verdict keeps, merged seed by seed with what is stored (an interrupt waits for it)."""
@@ -142,3 +141,39 @@ class SharedControlPacks:
     def reuse_or(self, train_pack: Callable) -> Callable:
         own, controls = self.own.reuse_or(train_pack), self.controls.reuse_or(train_pack)
         return lambda role, cfg, seeds: (controls if role == "control" else own)(role, cfg, seeds)
+
+
+class _OtherMetrics(KeptPacks):
+    ATTR = "secondary_packs"  # apart from verdict_packs: never reused as a verdict's own scores, never adopted
+
+    def __init__(self, study: optuna.Study):
+        super().__init__(study, metric="")
+
+    def keep_many(self, role: str, cfg: RunConfig, seeds: list[int], by_metric: dict[str, dict[int, float]]) -> None:
+        for metric, scores in by_metric.items():
+            self._put(kept_name(role, metric, cfg), seeds, scores, 0.0)  # their training is the primary's
+        self.save()
+
+    def scores_of(self, role: str, cfg: RunConfig, metric: str) -> dict[int, float]:
+        entry = self.kept.get(kept_name(role, metric, cfg), {"scores": {}})
+        return {int(s): v for s, v in entry["scores"].items() if v is not None}
+
+
+class SecondaryPacks:
+    """Every other metric a verdict's packs score on its split, kept per seed beside the one it decides on
+    (``secondary_packs``; the control's on the shared-controls study, as its primary is): a designed variant that
+    reports a secondary outcome (pipeline.study.design) finds it for seeds trained before, the shared control's
+    among them, and a verdict costs nothing more for it (the packs score every metric anyway)."""
+
+    def __init__(self, study: optuna.Study, storage: str, split: str, primary: str):
+        shared = optuna.create_study(study_name=SHARED_CONTROLS, storage=storage, load_if_exists=True)
+        self.metrics = tuple(key for key in (f"{split}/{m.split('/', 1)[1]}" for m in objective_choices())
+                             if key != primary)
+        self.own, self.controls = _OtherMetrics(study), _OtherMetrics(shared)
+
+    def keep(self, role: str, cfg: RunConfig, seeds: list[int], by_metric: dict[str, dict[int, float]]) -> None:
+        (self.controls if role == "control" else self.own).keep_many(role, cfg, seeds, by_metric)
+
+    def scores(self, role: str, cfg: RunConfig, metric: str) -> dict[int, float]:
+        """The finite values of ``metric`` kept for a setting, by seed."""
+        return (self.controls if role == "control" else self.own).scores_of(role, cfg, metric)

@@ -22,7 +22,7 @@ from pipeline.study import best as best_rule
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.faults import reconcile_runs
 from pipeline.study.design import run_design
-from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SharedControlPacks
+from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SecondaryPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
                                          check_some_trial_completed, counts, load_variant, prepare, remaining_trials,
                                          save_dashboard_note, stored_base_config, study_objective)
@@ -213,7 +213,9 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
     candidates = [Candidate(e.number, trial_config(optuna.trial.FixedTrial(by_number[e.number].params), ctx))
                   for e in ranked]
     split, key = verdict_split_and_key(study, base)
-    train_pack = verdict_trainer(study, options, tracker, parent_run_id, ctx, split, key)
+    others = SecondaryPacks(study, options.storage, split, key)  # for a designed variant's secondary outcomes
+    train_pack = verdict_trainer(study, options, tracker, parent_run_id, ctx, split, key, also=others.metrics,
+                                 on_also=others.keep)
 
     packs = SharedControlPacks(study, options.storage, key, after_pack=update)
     shared_control = {"study": SHARED_CONTROLS, "key": packs.control_name(base)}

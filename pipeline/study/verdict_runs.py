@@ -4,6 +4,7 @@ seeds, the split and metric a verdict scores, and the function that trains a ver
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import optuna
@@ -52,8 +53,9 @@ def verdict_split_and_key(study: optuna.Study, base: RunConfig) -> tuple[str, st
 def verdict_trainer(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, parent_run_id: str, ctx,
                     split: str, key: str, also: tuple[str, ...] = (), on_also: Callable | None = None
                     ) -> Callable[[str, RunConfig, list[int]], dict[int, float]]:
-    """(role, config, seeds) -> {seed: score on ``split``}: one MLflow run nested under the parent per pack. Each
-    metric in ``also`` (a secondary outcome) is handed to ``on_also(role, config, seeds, metric, {seed: value})``."""
+    """(role, config, seeds) -> {seed: score on ``split``}: one MLflow run nested under the parent per pack. The
+    metrics in ``also`` go to ``on_also(role, config, seeds, {metric: {seed: value}})`` (pipeline.study.kept_packs
+    SecondaryPacks.keep)."""
     def train_pack(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
         pack = Pack(tuple(dataclasses.replace(cfg, seed=s, val_every=cfg.epochs) for s in seeds))
         tags = {"study": study.study_name, "role": "verdict", "verdict_of": role, "seeds": ",".join(map(str, seeds)),
@@ -65,12 +67,12 @@ def verdict_trainer(study: optuna.Study, options: SweepOptions, tracker: MlflowT
                                  score_split=split)
         except NonFiniteLossError:  # every seed of the pack diverged: each scores as a failure (decide.scored)
             return {}
-        for metric in also:
-            on_also(role, cfg, seeds, metric, per_seed(result.metrics, metric, seeds))
+        if also:
+            on_also(role, cfg, seeds, {metric: per_seed(result.metrics, metric, seeds) for metric in also})
         return per_seed(result.metrics, key, seeds)
     return train_pack
 
 
 def per_seed(metrics: dict[str, float], key: str, seeds: list[int]) -> dict[int, float]:
     """A pack's per-seed values of ``key`` (a single seed's run logs its value under ``key`` itself)."""
-    return seed_values(metrics, key) if len(seeds) > 1 else {seeds[0]: metrics[key]}
+    return seed_values(metrics, key) if len(seeds) > 1 else {seeds[0]: metrics.get(key, math.nan)}

@@ -93,6 +93,9 @@ def test_a_contrast_whose_cells_are_missing_is_refused_by_name():
     with pytest.raises(VariantFileError, match="'val/map_smal' \\(OBJECTIVE or SECONDARY\\) is not a metric a trial logs"):
         Variant.from_module(design_module(CELLS=cells, CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}},
                                           SECONDARY=("val/map_smal",)))
+    with pytest.raises(VariantFileError, match="repeats a metric, or the OBJECTIVE 'val/map'"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}},
+                                          SECONDARY=("val/map",)))
     variant = Variant.from_module(design_module(CELLS=cells, CONTRASTS={"x": {"focal, box 1": 1, "ce, box 1": -1}},
                                                 SECONDARY=("val/map_small",)))
     assert variant.is_design and variant.name == "my-design" and variant.secondary == ("val/map_small",)

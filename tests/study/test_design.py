@@ -75,34 +75,46 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert "focal-matched" not in answers.split("## What each effect is made of")[0]  # not a row of the searches
 
 
-def test_a_secondary_outcome_is_reported_on_the_same_seeds_and_kept_for_a_resume(workdir, tmp_path, monkeypatch):
+def test_a_secondary_outcome_is_reported_on_the_same_seeds_the_shared_controls_included(workdir, tmp_path,
+                                                                                          monkeypatch):
+    """The control cell's seeds come from an earlier verdict's shared control, trained before any design asked for
+    a secondary outcome: every verdict pack keeps its other metrics, so the design still has them."""
     import dataclasses
 
     import experiments
     import pipeline.study.design
+    import pipeline.study.verdict_runs
     from pipeline.data import generate_bananas
 
     data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    common = ["--dataset", str(data), "--device", "cpu", *tiny_args(), "--decide", "--seeds", "2", "--max-seeds", "2"]
+    verdict = runner.invoke(app, ["sweep", "smooth-l1", "--trials", "2", *common])
+    assert verdict.exit_code == 0, verdict.output
+    real, trained = pipeline.study.verdict_runs.tracked_run, []
+    monkeypatch.setattr(pipeline.study.verdict_runs, "tracked_run",
+                        lambda pack, tracker, **kw: trained.append(kw["name"]) or real(pack, tracker, **kw))
     with_secondary = dataclasses.replace(experiments.load("focal-matched"), secondary=("val/map50",))
     monkeypatch.setattr(pipeline.study.design, "load_variant", lambda name: with_secondary)
-    args = ["sweep", "focal-matched", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--decide",
-            "--seeds", "2", "--max-seeds", "2", "--json"]
+    args = ["sweep", "focal-matched", *common, "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "verdict-control-seeds-1-2" not in trained  # the shared control's seeds, reused
     out = json.loads(result.output.strip().splitlines()[-1])
-    kept = optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db").user_attrs["verdict_packs"]
-    map50 = {name.split(" test/map50 ")[0].removeprefix("cell "): entry["scores"] for name, entry in kept.items()
-             if " test/map50 " in name}
-    assert sorted(map50) == sorted(["control", "focal, box 1", "ce, box 4", "focal, box 4"])  # the control's too
-    map50["ce, box 1"] = map50.pop("control")
+
+    def map50(study):
+        kept = optuna.load_study(study_name=study, storage="sqlite:///optuna.db").user_attrs["secondary_packs"]
+        return {name.split(" test/map50 ")[0].removeprefix("cell "): entry["scores"] for name, entry in kept.items()
+                if " test/map50 " in name}
+    cells = {**map50("focal-matched-quick"), "ce, box 1": map50("shared-controls")["control"]}
     [interaction] = [row for row in out["secondary"]["test/map50"] if row["contrast"] == "interaction"]
     assert interaction["seeds"] == [1, 2]
     for k, seed in enumerate(("1", "2")):  # Σ w·score over the kept secondary scores, seed by seed
-        assert interaction["values"][k] == pytest.approx(map50["focal, box 4"][seed] - map50["ce, box 4"][seed]
-                                                         - map50["focal, box 1"][seed] + map50["ce, box 1"][seed])
+        assert interaction["values"][k] == pytest.approx(cells["focal, box 4"][seed] - cells["ce, box 4"][seed]
+                                                         - cells["focal, box 1"][seed] + cells["ce, box 1"][seed])
     assert "interaction on test/map50 (secondary, not a stopping rule): Δ " in plain(result.output)
+    trained.clear()
     again = runner.invoke(app, args)  # nothing trains; the secondary comes back from what was kept
-    assert again.exit_code == 0
+    assert again.exit_code == 0 and trained == []
     assert json.loads(again.output.strip().splitlines()[-1])["secondary"] == out["secondary"]
     page = runner.invoke(app, ["report", "focal-matched"])
     assert page.exit_code == 0, page.output
