@@ -62,6 +62,10 @@ class KeptPacks:
             name = self.name(role, cfg)
             entry = self.kept.get(name, {"scores": {}, "seconds": {}})
             missing = [s for s in seeds if str(s) not in entry["scores"]]
+            if missing:  # another decider (of this study, or sharing its control) may have kept them since
+                self.kept = self._merged_with_stored()
+                entry = self.kept.get(name, entry)
+                missing = [s for s in seeds if str(s) not in entry["scores"]]
             if missing:
                 try:
                     entry = self._train(name, entry, train_pack, role, cfg, missing)

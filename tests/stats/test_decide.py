@@ -246,6 +246,10 @@ def test_kept_packs_merge_seed_by_seed_with_what_another_process_kept():
     second.reuse_or(lambda role, c, seeds: {s: 0.2 for s in seeds})("control", cfg, [4])
     [entry] = study.user_attrs["verdict_packs"].values()
     assert entry["scores"] == {"1": 0.1, "2": 0.1, "3": 0.1, "4": 0.2}
+    trained = []  # a seed the other process kept since this one loaded is reused, not trained again
+    assert first.reuse_or(lambda role, c, seeds: trained.append(seeds) or {s: 0.3 for s in seeds}
+                          )("control", cfg, [4, 5]) == {4: 0.2, 5: 0.3}
+    assert trained == [[5]]
 
 
 def test_a_pending_candidate_carries_its_evidence_at_the_corrected_level_and_no_decision():
