@@ -57,8 +57,9 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
         ax.set(xlabel="Δ mAP@[.5:.95], best − control (each row names its split)")
         handles = [Line2D([], [], marker="o", ls="", color=c, label=o) for o, c in OUTCOME_COLORS.items()
                    if o in set(points["outcome"])]
-        handles += [Line2D([], [], marker=m, ls="", color="#555555", mfc="none", label=f"{name} profile")
-                    for m, name in (("o", "a cheap"), ("s", "the chapter's")) if m in set(points["marker"])]
+        handles += [Line2D([], [], marker=m, ls="", color="#555555", label=f"{name} profile")  # filled: a hollow
+                    for m, name in (("o", "a cheaper"), ("s", "the chapter's"))  # point means untested
+                    if m in set(points["marker"])]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
     return (f"Right of 0: the exercise's best setting scored higher than the chapter's. A filled point with a bar is "
             f"a verdict on new seeds (the bar: its 95% interval, valid at any number of seeds); a hollow point is the "
