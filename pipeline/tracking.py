@@ -88,6 +88,21 @@ class RunHandle:
     def log_table(self, columns: dict[str, list], artifact_file: str) -> None: ...
 
 
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """MLflow's download progress bars off inside: one bar per small file is noise."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host."""
     try:
@@ -137,7 +152,8 @@ class _MlflowRun(RunHandle):
 
     def log_table(self, columns, artifact_file):
         import pandas as pd  # MLflow's table artifact, which its UI shows as a table
-        self.client.log_table(self.run_id, data=pd.DataFrame(columns), artifact_file=artifact_file)
+        with no_progress_bars():  # appending downloads the table so far: a bar each epoch would scroll the sweep
+            self.client.log_table(self.run_id, data=pd.DataFrame(columns), artifact_file=artifact_file)
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -375,18 +391,11 @@ class MlflowReader:
 
     def download_artifact(self, run_id: str, path: str, dst_dir: Path) -> Path | None:
         """A copy of the run's artifact ``path`` under ``dst_dir``; None when the run has no such file."""
-        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-        previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # one bar per small file is noise
-        try:
-            return Path(self.client.download_artifacts(run_id, path, str(dst_dir)))
-        except Exception:  # missing file, or a run whose artifacts were removed
-            return None
-        finally:
-            if previous is None:
-                os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
-            else:
-                os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
+        with no_progress_bars():
+            try:
+                return Path(self.client.download_artifacts(run_id, path, str(dst_dir)))
+            except Exception:  # missing file, or a run whose artifacts were removed
+                return None
 
     def log_artifacts_to_run(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         """Add the files of ``local_dir`` to an existing (possibly finished) run."""

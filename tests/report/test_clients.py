@@ -59,6 +59,7 @@ def test_mlflow_ui_and_optuna_dashboard_show_the_terminals_verdict(workdir, tmp_
                                       "--trials", "2", "--decide", "--seeds", "2", "--max-seeds", "2"])
     assert result.exit_code == 0, result.output
     terminal = " ".join(plain(result.output).split())
+    assert "Downloading artifacts" not in terminal  # each epoch's table rows are appended without a progress bar
     client = MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("smooth-l1-quick")
     runs = client.search_runs([experiment.experiment_id])
