@@ -34,6 +34,11 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if is_headline(k)}
 
 
+def on_split(metric: str, split: str) -> str:
+    """The same metric scored on another split: 'val/map_small' on 'test' is 'test/map_small'."""
+    return f"{split}/{metric.split('/', 1)[1]}"
+
+
 def objective_choices() -> list[str]:
     """What a variant may maximise: a validation metric every trial logs (COCO's, or the SSD paper's VOC AP50)."""
     return [f"val/{name}" for name in dict.fromkeys([*STAT_NAMES, *METRIC_MEANINGS])]

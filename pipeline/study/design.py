@@ -11,6 +11,7 @@ import optuna
 
 from pipeline.config import RunConfig, active_params
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
+from pipeline.metric_names import on_split
 from pipeline.stats.contrasts import cell_role, secondary_rows, settle_contrasts
 from pipeline.stats.decide import FAILED_SCORE, NoControlScore
 from pipeline.study.decision_lock import decision_lock
@@ -59,7 +60,7 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                 raise SweepError(f"--decide: {exc}") from None
             record["secondary"] = {metric: secondary_rows(variant.contrasts, secondary_scores(
                 record, others, metric, cells, control), verdict_plan(base, options))
-                for metric in (f"{split}/{m.split('/', 1)[1]}" for m in variant.secondary)}
+                for metric in (on_split(m, split) for m in variant.secondary)}
             keep(record)
             parent.set_tags({**{f"contrast: {row['contrast']}": row["verdict"] for row in record["contrasts"]},
                              "mlflow.note.content": contrasts_text(record, split)})

@@ -14,7 +14,7 @@ import optuna
 from pipeline.config import RESULTS_VERSION, RunConfig
 from pipeline.interrupts import deferred
 from pipeline.machine import resolve_device
-from pipeline.metric_names import objective_choices
+from pipeline.metric_names import objective_choices, on_split
 from pipeline.study.store_checks import check_kept_packs
 
 
@@ -171,7 +171,7 @@ class SecondaryPacks:
 
     def __init__(self, study: optuna.Study, storage: str, split: str, primary: str):
         shared = optuna.create_study(study_name=SHARED_CONTROLS, storage=storage, load_if_exists=True)
-        self.metrics = tuple(key for key in (f"{split}/{m.split('/', 1)[1]}" for m in objective_choices())
+        self.metrics = tuple(key for key in (on_split(m, split) for m in objective_choices())
                              if key != primary)
         self.own, self.controls = _OtherMetrics(study), _OtherMetrics(shared)
 

@@ -11,6 +11,7 @@ import optuna
 
 from pipeline.config import RunConfig
 from pipeline.data import DetectionData, has_split, load_split
+from pipeline.metric_names import on_split
 from pipeline.model.pack import Pack
 from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Plan
 from pipeline.study.kept_packs import seed_span
@@ -47,7 +48,7 @@ def verdict_plan(base: RunConfig, options: SweepOptions) -> Plan:
 def verdict_split_and_key(study: optuna.Study, base: RunConfig) -> tuple[str, str]:
     """The split verdicts score (test where the data set has one) and the metric kept: the study's objective on it."""
     split = "test" if has_split(base.dataset, "test") else "val"
-    return split, f"{split}/{study_objective(study).split('/', 1)[1]}"
+    return split, on_split(study_objective(study), split)
 
 
 def verdict_trainer(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, parent_run_id: str, ctx,
