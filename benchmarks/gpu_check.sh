@@ -26,7 +26,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TINYSSD_CACHE=${TINYSSD_C
 # as on any normal install; the import below fills it.
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 work=$(mktemp -d); logs=$work/logs; mkdir -p "$logs"
-if [ -n "${RESUME:-}" ]; then  # a results.tgz of an earlier call: its stores, so its studies and kept seeds resume
+RESUME=${RESUME:-}
+if [ "$RESUME" != "${RESUME%.db}" ]; then  # the optuna.db an earlier call's answers part left in $OUT
+  cp "$RESUME" "$logs/optuna.db"
+elif [ -n "${RESUME:-}" ]; then  # a results.tgz of an earlier call: its stores, so its studies and kept seeds resume
   tar xzf "$RESUME" -C "$logs" ./optuna.db ./mlflow.db 2>/dev/null || tar xzf "$RESUME" -C "$logs" ./optuna.db
 fi
 export MLFLOW_TRACKING_URI=sqlite:///$logs/mlflow.db
@@ -86,7 +89,7 @@ if lines:
         if part:
             print("    " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in part.items()}))
 EOF
-  cp "$out/summary.txt" "$logs/" && tar czf "$out/results.tgz" --exclude=mlartifacts -C "$logs" .
+  [ "${SNAPSHOT:-1}" = 1 ] && cp "$out/summary.txt" "$logs/" && tar czf "$out/results.tgz" --exclude=mlartifacts -C "$logs" .
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
@@ -98,8 +101,10 @@ nproc | sed 's/^/cpu cores: /' | tee -a "$out/summary.txt"
 part_tests() {  # the CUDA graph trains like eager steps (the GPU-only tests; on a CPU they skip)
   step tests 120 python3 -m pytest -q -p no:cacheprovider tests/training/test_step.py tests/training/test_validation.py \
     tests/model/test_pack.py; }
-part_data() {  # the data set, generated once into the cache (on all cores), not timed as part of a trial
-  step data 120 python3 cli.py data bananas --preview "$work/preview.png"; }
+part_data() {  # the data sets, generated once into the cache (on all cores), not timed as part of a trial
+  for dataset in ${DATASETS:-bananas}; do
+    step "data_$dataset" 120 python3 cli.py data "$dataset" --preview "$work/preview_$dataset.png"
+  done; }
 part_bench() {  # training images/s of the chapter's loop and of the fast path with its switches, one run
   step bench 150 python3 benchmarks/run.py --device "$DEVICE" --rounds 3 --steps 30 \
     --variants "${BENCH_VARIANTS:-eager,bf16,bf16+eager,autotune}" "${bench_tiny[@]}" --json; }
@@ -154,20 +159,41 @@ part_precision() {  # issue 16: is bf16 equivalent to fp32 within ±0.01 mAP at 
   step precision "${PRECISION_TIMEOUT:-240}" python3 cli.py sweep precision --profile quick --device "$DEVICE" \
     --storage "sqlite:///$logs/optuna.db" \
     --decide --delta 0.01 --seeds "${PRECISION_LOOK:-16}" --max-seeds "${PRECISION_MAX_SEEDS:-128}" "${tiny[@]}" --json; }
-part_chapter() {  # the chapter's answers at the chapter's protocol: each exercise's grid against the shared seeds
+part_answers() {  # issue 26: each exercise's grid at the chapter's profile (and the quick one) against shared seeds
   # --candidates: every grid point gets its paired seeds (the transfer table compares each point's effect across
-  # profiles); looks of CHAPTER_LOOK seeds as grouped packs until decided or CHAPTER_MAX_SEEDS. A step cut short
-  # keeps its finished trials and kept seeds in results.tgz's optuna.db: the next call with RESUME=that results.tgz
-  # resumes them.
-  for variant in ${CHAPTER_VARIANTS:-loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
-    step "chapter_$variant" "${CHAPTER_TIMEOUT:-240}" python3 cli.py sweep "$variant" --profile chapter --device "$DEVICE" \
-      --storage "sqlite:///$logs/optuna.db" --decide --seeds "${CHAPTER_LOOK:-5}" --max-seeds "${CHAPTER_MAX_SEEDS:-15}" \
-      --delta "${CHAPTER_DELTA:-0.01}" \
-      --candidates "${CHAPTER_CANDIDATES:-4}" ${CHAPTER_DATASET:+--dataset "$CHAPTER_DATASET"} "${tiny[@]}" --json
-  done; }
+  # profiles); looks of ANSWERS_LOOK seeds as grouped packs until decided or ANSWERS_MAX_SEEDS. focal-loss searches
+  # FOCAL_TRIALS trials (the quick study's 6: the same sampler seed draws the same settings). ANSWERS_PARALLEL
+  # studies run at once, sharing the GPU and the store (the shared controls are trained once per profile). Measured
+  # on the H200 on 2026-12-04: 10 at once made each trial 35-90 s against 9.5 s alone, so no more than 2. Each step
+  # runs under ANSWERS_TIMEOUT (default: what is left of BUDGET less 30 s); the store is copied to $OUT/optuna.db
+  # every 30 s and when the part ends, so a call cut short from outside keeps it too: RESUME=that optuna.db goes on.
+  local limit=${ANSWERS_TIMEOUT:-$(( $(left) - 30 ))}
+  snapshots & local snapshotter=$!
+  [ "${ANSWERS_WITH_TESTS:-0}" = 1 ] && { SNAPSHOT=0 part_tests & }  # the CUDA graph's tests beside them
+  for profile in ${ANSWERS_PROFILES:-chapter}; do
+    for variant in ${ANSWERS_VARIANTS:-loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
+      while [ "$(jobs -rp | grep -cvx "$snapshotter")" -ge "${ANSWERS_PARALLEL:-1}" ]; do wait -n; done
+      local trials=(); [ "$variant" = focal-loss ] && trials=(--trials "${FOCAL_TRIALS:-6}")
+      SNAPSHOT=0 step "${profile}_$variant" "$limit" python3 cli.py sweep "$variant" --profile "$profile" \
+        --device "$DEVICE" --storage "sqlite:///$logs/optuna.db" --study-name "$variant-$profile-$DEVICE" \
+        "${trials[@]}" --decide --seeds "${ANSWERS_LOOK:-5}" --max-seeds "${ANSWERS_MAX_SEEDS:-15}" \
+        --delta "${ANSWERS_DELTA:-0.01}" --candidates "${ANSWERS_CANDIDATES:-6}" \
+        ${ANSWERS_DATASET:+--dataset "$ANSWERS_DATASET"} "${tiny[@]}" --json &
+      sleep 2  # the first process creates the store's tables alone
+    done
+  done
+  wait $(jobs -p | grep -vx "$snapshotter"); kill "$snapshotter" 2>/dev/null
+  snapshot; }
+snapshots() { while sleep 30; do snapshot; done; }
+snapshot() {  # the store as one consistent copy (SQLite's backup API), then the logs beside it in results.tgz
+  python3 -c "import sqlite3, sys; a = sqlite3.connect(sys.argv[1], timeout=60); b = sqlite3.connect(sys.argv[2]); a.backup(b); b.close()" \
+    "$logs/optuna.db" "$out/optuna.db" 2>/dev/null
+  cp "$out/summary.txt" "$logs/" 2>/dev/null
+  tar czf "$out/results.tgz.part" --exclude=mlartifacts --exclude='optuna.db*' -C "$logs" . 2>/dev/null \
+    && mv "$out/results.tgz.part" "$out/results.tgz"; }
 # Not in the default list (they answer issue 16, not the fast path): PARTS="precision noise" BUDGET=560, in a call
 # with a timeout of 600 s: the parts' limits add up to 780 s, but on 16 cores the data steps take seconds.
-# PARTS="data chapter" answers issue 26 (one chapter trial took 9.5 s on an H200; a variant's grid and verdict a
-# few minutes): CHAPTER_VARIANTS picks the exercises, one step each; RESUME=results.tgz of a call cut short goes on.
+# PARTS="data answers" DATASETS="bananas shapes" answers issue 26: ANSWERS_VARIANTS picks the exercises, one step
+# each, ANSWERS_PROFILES the profiles; RESUME=measurements/h200-answers.optuna.db goes on from the last call.
 for part in ${PARTS:-tests data bench concurrency profile trial sweeps compile kernels packs packfit roofline}; do "part_$part"; done
 log "done"

@@ -281,44 +281,47 @@ def test_roofline_on_a_gpu_measures_its_peaks():
 
 @pytest.mark.slow
 def test_gpu_check_keeps_what_a_part_measured_when_its_timeout_cuts_it_short(tmp_path):
-    """The chapter part on the CPU at toy sizes, with a limit that ends its sweep mid-way: results.jsonl still has
-    the step's row (cut short, its exit code), and results.tgz the Optuna store whose finished trials resume."""
-    import tarfile
+    """The answers part on the CPU at toy sizes, two studies at once (the chapter's and the quick profile) sharing
+    one store, with a limit that ends both sweeps mid-way: results.jsonl still has each step's row (cut short, its
+    exit code), $OUT/optuna.db the store whose finished trials a second call resumes from it."""
+    import optuna
 
     from pipeline.data import generate_bananas
 
     data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=4, progress=False)
     out = tmp_path / "out"
-    env = {**os.environ, "SMOKE": "1", "DEVICE": "cpu", "PARTS": "chapter", "CHAPTER_VARIANTS": "smooth-l1",
-           "CHAPTER_DATASET": str(data), "CHAPTER_TIMEOUT": "60", "BUDGET": "150",
+    env = {**os.environ, "SMOKE": "1", "DEVICE": "cpu", "PARTS": "answers", "ANSWERS_VARIANTS": "smooth-l1",
+           "ANSWERS_PROFILES": "chapter quick", "ANSWERS_PARALLEL": "2",
+           "ANSWERS_DATASET": str(data), "ANSWERS_TIMEOUT": "60", "BUDGET": "150",
            # a verdict that cannot end within the limit: a seed a look, up to 64, a margin nothing fits inside
-           "CHAPTER_LOOK": "1", "CHAPTER_MAX_SEEDS": "64", "CHAPTER_DELTA": "0.0001", "OUT": str(out),
+           "ANSWERS_LOOK": "1", "ANSWERS_MAX_SEEDS": "64", "ANSWERS_DELTA": "0.0001", "OUT": str(out),
            "TINYSSD_CACHE": str(tmp_path / "cache")}
+    env.pop("RESUME", None)
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    [row] = [r for r in rows if r["step"] == "chapter_smooth-l1"]
-    assert row["rc"] == 124 and row["cut_short"] and row["row"] is None, rows
-    with tarfile.open(out / "results.tgz") as tgz:
-        store = tmp_path / "kept"
-        tgz.extract("./optuna.db", store)
-    import optuna
-    trials = optuna.load_study(study_name="smooth-l1-chapter", storage=f"sqlite:///{store}/optuna.db").trials
-    done = {t.number for t in trials if t.state.name == "COMPLETE"}
-    assert done, (out / "summary.txt").read_text()  # what finished before the cut is kept
+    steps = {r["step"]: r for r in rows}
+    assert set(steps) == {"chapter_smooth-l1", "quick_smooth-l1"}, rows
+    for row in steps.values():
+        assert row["rc"] in (124, 137) and row["cut_short"] and row["row"] is None, rows
+    kept = tmp_path / "first.db"
+    (out / "optuna.db").rename(kept)
+
+    def finished(store: Path) -> dict[str, set[int]]:
+        return {name: {t.number for t in optuna.load_study(study_name=name, storage=f"sqlite:///{store}").trials
+                       if t.state.name == "COMPLETE"} for name in ("smooth-l1-chapter-cpu", "smooth-l1-quick-cpu")}
+
+    first = finished(kept)
+    assert all(first.values()), (first, (out / "summary.txt").read_text())  # what finished before the cut is kept
 
     (out / "results.jsonl").unlink()
-    kept = tmp_path / "first.tgz"
-    (out / "results.tgz").rename(kept)
     again = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, capture_output=True,
-                           text=True, timeout=240, env={**env, "RESUME": str(kept), "CHAPTER_TIMEOUT": "20"})
+                           text=True, timeout=240, env={**env, "RESUME": str(kept), "ANSWERS_TIMEOUT": "20"})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    with tarfile.open(out / "results.tgz") as tgz:
-        tgz.extract("./optuna.db", tmp_path / "resumed")
-    resumed = optuna.load_study(study_name="smooth-l1-chapter", storage=f"sqlite:///{tmp_path}/resumed/optuna.db")
-    assert done <= {t.number for t in resumed.trials if t.state.name == "COMPLETE"}, (  # resumed, not started over
-        (out / "summary.txt").read_text())
+    resumed = finished(out / "optuna.db")
+    for name, numbers in first.items():  # resumed, not started over
+        assert numbers <= resumed[name], (name, (out / "summary.txt").read_text())
 
 
 def test_the_control_variate_simulation_adjusts_as_it_says_and_breaks_the_rate_it_was_run_to_check():

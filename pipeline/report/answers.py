@@ -57,13 +57,20 @@ def family_outcomes(frame: pd.DataFrame) -> pd.Series:
     return family
 
 
+def decided_at(r: pd.Series) -> str:
+    """Where a study's answer was decided: its profile, data set and input side ("?" for what it did not record)."""
+    size = r.get("image_size")
+    data = Path(str(r["dataset"])).name if isinstance(r.get("dataset"), str) else "?"
+    return f"{r.get('profile') or '?'} profile, {data}" + (f", {int(size)} px" if size == size and size else "")
+
+
 def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     seeds = [f"{n} (seeds {span})" if n else "0" for n, span in zip(frame["seeds"], frame["verdict_seeds"])]
     return pd.DataFrame({"exercise": [_link(v, folder) for v in frame["variant"]], "question": frame["question"],
                          "verdict": frame["outcome"], "verdict, as one family of the sheet": family_outcomes(frame),
                          "Δ mAP [interval, 95% for the decision]": frame.apply(_interval, axis=1),
                          "best setting": frame["best_params"], "new seeds": seeds,
-                         "scored on": frame["split"], "hours (search + verdict)": frame.apply(_hours, axis=1)})
+                         "decided at": frame.apply(decided_at, axis=1), "scored on": frame["split"], "hours (search + verdict)": frame.apply(_hours, axis=1)})
 
 
 def _glance_blocks(frame: pd.DataFrame, folder: Path) -> list[Block]:
@@ -151,8 +158,7 @@ def fidelity_blocks(frame: pd.DataFrame) -> list[Block]:
     """Whose answer each verdict is: the chapter's only where it was decided at the chapter's protocol. A verdict at
     another profile answers that profile's question until its effects' transfer to the chapter's is measured."""
     def where(r) -> str:
-        size = r.get("image_size")
-        return f"`{r['variant']}` ({r['profile']} profile" + (f", {int(size)} px)" if size == size and size else ")")
+        return f"`{r['variant']}` ({decided_at(r)})"
     chapter = [where(r) for _, r in frame.iterrows() if r["profile"] == "chapter"]
     proxy = [where(r) for _, r in frame.iterrows() if r["profile"] != "chapter"]
     text = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import signal
 import socket
@@ -96,11 +97,40 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Queue again, once, each trial that a Ctrl-C or SIGTERM interrupted and whose setting nothing has measured
+    since: "run the same command again to resume" then measures what the interrupt cut, instead of a grid losing
+    that point for good (Optuna's grid counts a failed point as visited) or TPE moving on past it. The retry is
+    Optuna's own (the failed trial's params and grid point, at most 3 retries in its history). The control is
+    queued by ensure_control; a killed worker's trial by the stale-trial callback; a timeout or a NaN is not an
+    interrupt, so it is not run again. Returns the numbers of the trials queued again."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    measured = {_setting(t) for t in trials
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)}
+    retry, queued = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3), []
+    for trial in trials:
+        setting = _setting(trial)
+        if (trial.state == TrialState.FAIL and not trial.user_attrs.get("control") and trial.number not in retried
+                and str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted by")
+                and setting not in measured):
+            retry(study, trial)
+            measured.add(setting)
+            queued.append(trial.number)
+    return queued
+
+
+def _setting(trial: optuna.trial.FrozenTrial) -> str:
+    """A trial's setting, also for a queued one whose params are still only its fixed ones."""
+    return json.dumps({**trial.system_attrs.get("fixed_params", {}), **trial.params}, sort_keys=True)
+
+
 def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
     """Close MLflow runs that a killed process left RUNNING: trials that Optuna no longer runs, and any run
     whose process on this host is gone (another host's sweep may still be alive: left alone)."""
     optuna.storages.fail_stale_trials(study)
     fail_dead_local_trials(study)
+    requeue_interrupted(study)
     running = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     closed = [tracker.close_stale(run, "its trial is no longer running in the Optuna study")
               for run in tracker.running_runs({"study": study.study_name})

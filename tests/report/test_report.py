@@ -226,7 +226,8 @@ def test_report_all_and_the_cli(swept):
     verdict = load("focal-loss-quick").user_attrs["verdict_record"]["candidates"][0]["verdict"]
     assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
     assert ("Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
-            "measured: `focal-loss` (quick profile, 64 px)") in " ".join(page.split())
+            "measured: `focal-loss` (quick profile, tiny_bananas, 64 px)") in " ".join(page.split())
+    assert "| decided at |" in page and "| quick profile, tiny_bananas, 64 px |" in page  # each answer names its data
     assert "The chapter's answers:" not in page  # nothing here was decided at the chapter's protocol
     assert "not decided (one seed each; use --decide)" in set(table["verdict"])
     assert "`precision`" not in page and "`input-size`" in page  # not an exercise, so not missing from the sheet
@@ -361,19 +362,21 @@ def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
     marginal = [0.0063, 0.0037, 0.0114, 0.006, -0.0004, 0.0086, 0.018, 0.0145, -0.002, -0.0077]  # better at 5% alone,
     null = [0.001, -0.002, 0.003, -0.001, 0.0, 0.002]                                           # not at 2.5%
     frame = pd.DataFrame([
-        {"variant": "focal-loss", "profile": "quick", "image_size": 64.0, "outcome": "better",
+        {"variant": "focal-loss", "profile": "quick", "image_size": 64.0, "dataset": "bananas", "outcome": "better",
          "candidate_diffs": [strong], "shared_control": "control test/map abc", "verdict_seeds": "1-6",
          "control_mean": 0.1},
-        {"variant": "loss-weights", "profile": "chapter", "image_size": 256.0, "outcome": "better",
+        {"variant": "loss-weights", "profile": "chapter", "image_size": 256.0, "dataset": "/data/bananas",
+         "outcome": "better",
          "candidate_diffs": [marginal], "shared_control": "control test/map def", "verdict_seeds": "1-10",
          "control_mean": 0.2},
-        {"variant": "smooth-l1", "profile": "quick", "image_size": 64.0, "outcome": "equivalent",
+        {"variant": "smooth-l1", "profile": "quick", "image_size": 64.0, "dataset": None, "outcome": "equivalent",
          "candidate_diffs": [null], "shared_control": "control test/map abc", "verdict_seeds": "1-6",
          "control_mean": 0.1}])
     blocks = fidelity_blocks(frame)
     text = blocks[1].text
-    assert "The chapter's answers: `loss-weights` (chapter profile, 256 px)." in text
-    assert "not measured: `focal-loss` (quick profile, 64 px), `smooth-l1` (quick profile, 64 px)." in text
+    assert "The chapter's answers: `loss-weights` (chapter profile, bananas, 256 px)." in text
+    assert ("not measured: `focal-loss` (quick profile, bananas, 64 px), `smooth-l1` (quick profile, ?, 64 px)."
+            in text)  # a study that did not record its data set says so
     assert "corrects the sheet's 3 tested settings as one family" in blocks[2].text
     assert "the chance that any better or worse there is wrong is at most 5%" in blocks[2].text
     assert blocks[3].text.startswith("Shared control `control test/map abc`")
