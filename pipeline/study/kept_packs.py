@@ -66,6 +66,9 @@ class KeptPacks:
                 self.kept = self._merged_with_stored()
                 entry = self.kept.get(name, entry)
                 missing = [s for s in seeds if str(s) not in entry["scores"]]
+            if missing:  # the same runs, kept by the store's other studies
+                entry = self._adopt_runs(name, missing) or entry
+                missing = [s for s in seeds if str(s) not in entry["scores"]]
             if missing:
                 try:
                     entry = self._train(name, entry, train_pack, role, cfg, missing)
@@ -74,6 +77,29 @@ class KeptPacks:
             self.seconds += sum(entry["seconds"][str(s)] for s in seeds)
             return {s: entry["scores"][str(s)] for s in seeds if entry["scores"][str(s)] is not None}
         return reuse_or_train
+
+    def _adopt_runs(self, name: str, seeds: list[int]) -> dict | None:
+        """Adopt the seeds among ``seeds`` that another study of the store kept for the same run (the same metric
+        and digest, whatever its role there: combined-additivity's "box 4" cell is loss-weights' box weight 4),
+        with every other metric kept for them (``secondary_packs``): a seed of a run is the same run whichever
+        study asked for it, bit for bit on a CPU, as the shared control's seeds are. Returns the entry, or None."""
+        same_run, wanted, found = _run_of(name), {str(s) for s in seeds}, {}
+        storage = getattr(self.study, "_storage", None)  # None: a study on its own, with no store around it
+        for other in storage.get_all_studies() if storage is not None else []:
+            if other.study_name == self.study.study_name:
+                continue
+            for key, entry in other.user_attrs.get(self.ATTR, {}).items():
+                if _run_of(key) == same_run and isinstance(entry, dict):
+                    for seed in wanted & set(entry.get("scores", {})) - set(found):
+                        found[seed] = (other, key, entry["scores"][seed], entry.get("seconds", {}).get(seed, 0.0))
+        if not found:
+            return None
+        entry = self.kept.get(name, {"scores": {}, "seconds": {}})
+        self.kept[name] = {"scores": {**entry["scores"], **{s: f[2] for s, f in found.items()}},
+                           "seconds": {**entry["seconds"], **{s: f[3] for s, f in found.items()}}}
+        self.save()
+        _adopt_secondary(self.study, name, found)
+        return self.kept[name]
 
     def _train(self, name: str, entry: dict, train_pack: Callable, role: str, cfg: RunConfig,
                seeds: list[int]) -> dict:
@@ -111,6 +137,32 @@ class KeptPacks:
             merged[name] = {"scores": {**old["scores"], **entry["scores"]},
                             "seconds": {**old["seconds"], **entry["seconds"]}}
         return merged
+
+
+def _run_of(name: str) -> str:
+    """'METRIC DIGEST' of a kept name 'ROLE METRIC DIGEST': the run and the split, without the role."""
+    return " ".join(name.split()[-2:])
+
+
+def _adopt_secondary(study: optuna.Study, name: str, found: dict[str, tuple]) -> None:
+    """Copy, for seeds adopted from other studies, the other metrics those studies kept for them."""
+    digest, role = name.split()[-1], " ".join(name.split()[:-2])
+    adopted = {}
+    for seed, (other, key, _, _) in found.items():
+        other_role = " ".join(key.split()[:-2])
+        for other_key, entry in other.user_attrs.get(_OtherMetrics.ATTR, {}).items():
+            parts = other_key.split()
+            if parts[-1] == digest and " ".join(parts[:-2]) == other_role and seed in entry.get("scores", {}):
+                own_key = f"{role} {parts[-2]} {digest}"
+                slot = adopted.setdefault(own_key, {"scores": {}, "seconds": {}})
+                slot["scores"][seed], slot["seconds"][seed] = entry["scores"][seed], 0.0
+    if adopted:
+        others = _OtherMetrics(study)
+        for key, entry in adopted.items():
+            old = others.kept.get(key, {"scores": {}, "seconds": {}})
+            others.kept[key] = {"scores": {**entry["scores"], **old["scores"]},
+                                "seconds": {**entry["seconds"], **old["seconds"]}}
+        others.save()
 
 
 class SharedControlPacks:

@@ -305,3 +305,37 @@ def test_studies_of_one_store_share_the_control_seeds_and_adopt_those_an_older_v
                                                                 "2": records[0]["candidates"][0]["control"][1],
                                                                 "7": 0.25}
     assert packs.control_name(RunConfig()).startswith("control test/map ")
+
+
+def test_a_run_kept_by_another_study_is_adopted_with_its_other_metrics_not_trained_again(tmp_path):
+    """combined-additivity's "box 4" cell is loss-weights' box weight 4: the seeds another study of the store kept
+    for the same run (same metric, same digest, any role) are adopted with their secondary metrics; a run that
+    differs in anything but the seed, or a metric on another split, is trained."""
+    import optuna
+
+    from pipeline.study.kept_packs import KeptPacks, SecondaryPacks, kept_name
+
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    first = optuna.create_study(study_name="loss-weights-quick", storage=storage)
+    box4, other = RunConfig(device="cpu", box_weight=4.0), RunConfig(device="cpu", box_weight=2.0)
+    KeptPacks(first, "test/map").reuse_or(lambda role, c, seeds: {s: {1: 0.21, 2: 0.22}[s] for s in seeds})(
+        "setting", box4, [1, 2])
+    SecondaryPacks(first, storage, "test", "test/map").keep("setting", box4, [1, 2],
+                                                             {"test/map_small": {1: 0.05, 2: 0.06}})
+    design = optuna.create_study(study_name="combined-additivity-quick", storage=storage)
+    trained = []
+
+    def train(role, cfg, seeds):
+        trained.append((role, cfg.box_weight, seeds))
+        return {s: 0.9 for s in seeds}
+
+    packs = KeptPacks(design, "test/map")
+    assert packs.reuse_or(train)("cell box 4", box4, [1, 2, 3]) == {1: 0.21, 2: 0.22, 3: 0.9}
+    assert trained == [("cell box 4", 4.0, [3])]  # only the seed no study had
+    assert packs.reuse_or(train)("cell box 2", other, [1]) == {1: 0.9}  # another run: trained
+    assert KeptPacks(design, "val/map").reuse_or(train)("cell box 4", box4, [1]) == {1: 0.9}  # another split
+    assert len(trained) == 3
+    kept = design.user_attrs["verdict_packs"][kept_name("cell box 4", "test/map", box4)]["scores"]
+    assert kept == {"1": 0.21, "2": 0.22, "3": 0.9}  # adopted onto the design's own study: it survives the other
+    assert SecondaryPacks(design, storage, "test", "test/map").scores("cell box 4", box4, "test/map_small") == {
+        1: 0.05, 2: 0.06}
