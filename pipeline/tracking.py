@@ -11,6 +11,7 @@ as FAILED by the next command that uses the experiment (:meth:`MlflowTracker.clo
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -69,6 +70,12 @@ class _WholeCalls:
 def _client(uri: str) -> _WholeCalls:
     from mlflow.tracking import MlflowClient
     return _WholeCalls(MlflowClient(tracking_uri=uri))
+
+
+def tag_key(text: str) -> str:
+    """``text`` as an MLflow tag key: MLflow refuses any key with a character but letters, digits, ``_ - . : /``
+    and spaces (a contrast named "additivity (all three minus ...)" failed a finished design's last step)."""
+    return " ".join(re.sub(r"[^\w\-.:/ ]", " ", text).split())
 
 
 def _param_value(value: Any) -> str:
@@ -141,7 +148,7 @@ class _MlflowRun(RunHandle):
 
     def set_tags(self, tags):
         from mlflow.entities import RunTag
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(tag_key(k), str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path, artifact_path=None):
         path = Path(path)
@@ -297,7 +304,7 @@ class MemoryRun(RunHandle):
                 self.metrics.setdefault(k, []).append((step or 0, float(v)))
 
     def set_tags(self, tags):
-        self.tags.update({k: str(v) for k, v in tags.items()})
+        self.tags.update({tag_key(k): str(v) for k, v in tags.items()})  # as MLflow would take them
 
     def log_artifact(self, path, artifact_path=None):
         path = Path(path)

@@ -39,6 +39,24 @@ def test_mlflow_runs_are_always_closed(tmp_path):
     assert got_failing.info.status == "FAILED"
 
 
+def test_a_tag_named_in_words_mlflow_refuses_is_kept_under_a_key_it_takes(tmp_path):
+    """combined-additivity's contrast is named with parentheses, and MLflow refused its tag after the whole design
+    had been decided; MemoryRun keys tags as MLflow would, so tests on it see the same keys."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import MemoryRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    name = "contrast: additivity (all three minus the sum of the single effects), γ × 2"
+    with MlflowTracker("test", uri=uri).run("parent") as parent:
+        parent.set_tags({name: "undecided"})
+    tags = MlflowClient(uri).get_run(parent.run_id).data.tags
+    assert tags["contrast: additivity all three minus the sum of the single effects γ 2"] == "undecided"
+    memory = MemoryRun("x", "parent")
+    memory.set_tags({name: "undecided"})
+    assert set(memory.tags) & set(tags) == {"contrast: additivity all three minus the sum of the single effects γ 2"}
+
+
 def test_runs_whose_process_is_gone_are_closed_failed(tmp_path):
     import os
     import subprocess
