@@ -20,7 +20,7 @@ from pipeline.report.figures import Skipped
 from pipeline.report.overview import summary_frame
 from pipeline.report.design_section import effects_section, is_design
 from pipeline.report.select import ReportError, list_studies
-from pipeline.report.text import counted, fmt
+from pipeline.report.text import counted, decided_at, fmt
 from pipeline.stats.verdict import holm
 
 DELTA = 0.01  # the equivalence margin the verdicts use by default (sweep --delta)
@@ -55,13 +55,6 @@ def family_outcomes(frame: pd.DataFrame) -> pd.Series:
         if k == 0:  # the sheet shows each study's best setting
             family.at[i] = v.outcome
     return family
-
-
-def decided_at(r: pd.Series) -> str:
-    """Where a study's answer was decided: its profile, data set and input side ("?" for what it did not record)."""
-    size = r.get("image_size")
-    data = Path(str(r["dataset"])).name if isinstance(r.get("dataset"), str) else "?"
-    return f"{r.get('profile') or '?'} profile, {data}" + (f", {int(size)} px" if size == size and size else "")
 
 
 def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:

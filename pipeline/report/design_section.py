@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 
 from pipeline.report.document import Block, question_blocks, write_documents
-from pipeline.report.text import fmt
+from pipeline.report.text import counted, decided_at, fmt
 
 ATTR = "contrasts"  # pipeline.study.design keeps its record under this study attribute
 
@@ -61,10 +61,13 @@ def plain_answer(record: dict) -> str:
 
 def design_blocks(study: optuna.Study) -> list[Block]:
     """The contrasts and cells of one designed study, with where and on what they were decided."""
-    record = study.user_attrs.get(ATTR)
-    name = f"`{study.user_attrs.get('variant', study.study_name)}` ({study.user_attrs.get('profile', '?')} profile)"
+    record, variant = study.user_attrs.get(ATTR), study.user_attrs.get("variant", study.study_name)
+    base = study.user_attrs.get("signature", {}).get("base_config", {})
+    name = f"`{variant}` ({decided_at({**base, 'profile': study.user_attrs.get('profile')})})"
     if not record:
-        return [Block("p", f"{name}: no seeds trained yet (`python cli.py sweep VARIANT --decide`).")]
+        kept = sum(len(entry.get("scores", {})) for entry in study.user_attrs.get("verdict_packs", {}).values())
+        return [Block("p", f"{name}: nothing decided yet, {counted(kept, 'seed')} of its cells kept so far "
+                           f"(`python cli.py sweep {variant} --decide` trains the rest).")]
     where = f"on the {record['split']} split, shared control `{record['shared_control']['key']}`"
     return [Block("p", f"{name}, {where}: {plain_answer(record)}"),
             Block("table", table=contrast_table(record["contrasts"])), *secondary_blocks(record),

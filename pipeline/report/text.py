@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,14 @@ def choice_label(value: Any) -> str:
     if value is None or value == "None":
         return "None"
     return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def decided_at(r) -> str:
+    """Where a study's answer was decided, from a row or dict with profile, dataset and image_size: its profile,
+    data set and input side ("?" for what it did not record)."""
+    size = r.get("image_size")
+    data = Path(str(r["dataset"])).name if isinstance(r.get("dataset"), str) else "?"
+    return f"{r.get('profile') or '?'} profile, {data}" + (f", {int(size)} px" if size == size and size else "")
 
 
 def fmt(value: Any, digits: int = 4) -> str:

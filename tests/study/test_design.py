@@ -3,6 +3,7 @@ the contrasts on the study and the parent run, shares its control cell with the 
 without training a kept seed again."""
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -71,7 +72,8 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     sheet = runner.invoke(app, ["report", "all"])
     assert sheet.exit_code == 0, sheet.output
     answers = (workdir / "reports" / "answers" / "report.md").read_text()
-    assert "## What each effect is made of" in answers and "`focal-matched` (quick profile), on the test split" in answers
+    assert "## What each effect is made of" in answers
+    assert f"`focal-matched` (quick profile, {Path(data).name}, 64 px), on the test split" in answers  # where decided
     assert "focal-matched" not in answers.split("## What each effect is made of")[0]  # not a row of the searches
 
 
@@ -120,3 +122,19 @@ def test_a_secondary_outcome_is_reported_on_the_same_seeds_the_shared_controls_i
     assert page.exit_code == 0, page.output
     text = (workdir / "reports" / "focal-matched" / "report.md").read_text()
     assert "Secondary outcome `test/map50`" in text and "| Δ test/map50 [95% interval" in text
+
+
+def test_a_design_started_but_not_decided_says_what_it_kept_and_how_to_go_on():
+    from pipeline.report.design_section import design_blocks
+
+    study = optuna.create_study()
+    for key, value in {"variant": "input-size-design", "profile": "quick",
+                       "signature": {"base_config": {"dataset": "shapes", "image_size": 128}},
+                       "verdict_packs": {"cell 192 px test/map 0123456789": {"scores": {"1": 0.1, "2": None},
+                                                                             "seconds": {"1": 9.0, "2": 9.0}},
+                                         "cell x0.667 test/map 9876543210": {"scores": {"1": 0.2}, "seconds": {}}}
+                       }.items():
+        study.set_user_attr(key, value)
+    [block] = design_blocks(study)
+    assert block.text == ("`input-size-design` (quick profile, shapes, 128 px): nothing decided yet, 3 seeds of its "
+                          "cells kept so far (`python cli.py sweep input-size-design --decide` trains the rest).")
