@@ -167,27 +167,33 @@ part_answers() {  # issue 26: each exercise's grid at the chapter's profile (and
   # on the H200 on 2026-12-04: 10 at once made each trial 35-90 s against 9.5 s alone, so no more than 2. Each step
   # runs under ANSWERS_TIMEOUT (default: what is left of BUDGET less 30 s); the store is copied to $OUT/optuna.db
   # every 30 s and when the part ends, so a call cut short from outside keeps it too: RESUME=that optuna.db goes on.
-  local limit=${ANSWERS_TIMEOUT:-$(( $(left) - 30 ))}
+  # (RESUME=that optuna.db restores the Optuna store only: the MLflow runs of the call before stay in its results.tgz.)
+  local deadline=$(( SECONDS + ${ANSWERS_TIMEOUT:-$(( $(left) - 30 ))} )) sweeps=() tests=""
   snapshots & local snapshotter=$!
-  [ "${ANSWERS_WITH_TESTS:-0}" = 1 ] && { SNAPSHOT=0 part_tests & }  # the CUDA graph's tests beside them
+  if [ "${ANSWERS_WITH_TESTS:-0}" = 1 ]; then SNAPSHOT=0 part_tests & tests=$!; fi  # the CUDA graph's, beside them
   for profile in ${ANSWERS_PROFILES:-chapter}; do
     for variant in ${ANSWERS_VARIANTS:-loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
-      while [ "$(jobs -rp | grep -cvx "$snapshotter")" -ge "${ANSWERS_PARALLEL:-1}" ]; do wait -n; done
+      while [ "$(alive "${sweeps[@]}")" -ge "${ANSWERS_PARALLEL:-1}" ]; do sleep 1; done
+      if [ $(( deadline - SECONDS )) -lt 20 ]; then log "SKIP ${profile}_$variant: $(( deadline - SECONDS )) s left"; continue; fi
       local trials=(); [ "$variant" = focal-loss ] && trials=(--trials "${FOCAL_TRIALS:-6}")
-      SNAPSHOT=0 step "${profile}_$variant" "$limit" python3 cli.py sweep "$variant" --profile "$profile" \
+      SNAPSHOT=0 step "${profile}_$variant" $(( deadline - SECONDS )) python3 cli.py sweep "$variant" --profile "$profile" \
         --device "$DEVICE" --storage "sqlite:///$logs/optuna.db" --study-name "$variant-$profile-$DEVICE" \
         "${trials[@]}" --decide --seeds "${ANSWERS_LOOK:-5}" --max-seeds "${ANSWERS_MAX_SEEDS:-15}" \
         --delta "${ANSWERS_DELTA:-0.01}" --candidates "${ANSWERS_CANDIDATES:-6}" \
         ${ANSWERS_DATASET:+--dataset "$ANSWERS_DATASET"} "${tiny[@]}" --json &
+      sweeps+=($!)
       sleep 2  # the first process creates the store's tables alone
     done
   done
-  wait $(jobs -p | grep -vx "$snapshotter"); kill "$snapshotter" 2>/dev/null
+  for pid in "${sweeps[@]}" $tests; do wait "$pid"; done
+  kill "$snapshotter" 2>/dev/null; wait "$snapshotter" 2>/dev/null  # a snapshot under way ends first
   snapshot; }
-snapshots() { while sleep 30; do snapshot; done; }
-snapshot() {  # the store as one consistent copy (SQLite's backup API), then the logs beside it in results.tgz
+alive() { local n=0 pid; for pid in "$@"; do kill -0 "$pid" 2>/dev/null && n=$((n + 1)); done; echo "$n"; }
+snapshots() { trap 'exit 0' TERM; while true; do sleep 30 & wait $!; snapshot; done; }
+snapshot() {  # the store as one consistent copy (SQLite's backup API), then the logs beside it in results.tgz; each
+  # written beside its place and moved in, so a call killed mid-copy keeps the copy before
   python3 -c "import sqlite3, sys; a = sqlite3.connect(sys.argv[1], timeout=60); b = sqlite3.connect(sys.argv[2]); a.backup(b); b.close()" \
-    "$logs/optuna.db" "$out/optuna.db" 2>/dev/null
+    "$logs/optuna.db" "$out/optuna.db.part" 2>/dev/null && mv "$out/optuna.db.part" "$out/optuna.db"
   cp "$out/summary.txt" "$logs/" 2>/dev/null
   tar czf "$out/results.tgz.part" --exclude=mlartifacts --exclude='optuna.db*' -C "$logs" . 2>/dev/null \
     && mv "$out/results.tgz.part" "$out/results.tgz"; }

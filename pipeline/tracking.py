@@ -227,7 +227,7 @@ class MlflowTracker:
     @contextmanager
     def run(self, name: str, *, params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
             parent_run_id: str | None = None) -> Iterator[RunHandle]:
-        all_tags = {"host": socket.gethostname(), "pid": str(os.getpid()), **{k: str(v) for k, v in (tags or {}).items()}}
+        all_tags = {"host": socket.gethostname(), "pid": str(os.getpid()), **{tag_key(k): str(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         handle: _MlflowRun | None = None

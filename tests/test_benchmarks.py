@@ -292,13 +292,13 @@ def test_gpu_check_keeps_what_a_part_measured_when_its_timeout_cuts_it_short(tmp
     out = tmp_path / "out"
     env = {**os.environ, "SMOKE": "1", "DEVICE": "cpu", "PARTS": "answers", "ANSWERS_VARIANTS": "smooth-l1",
            "ANSWERS_PROFILES": "chapter quick", "ANSWERS_PARALLEL": "2",
-           "ANSWERS_DATASET": str(data), "ANSWERS_TIMEOUT": "60", "BUDGET": "150",
+           "ANSWERS_DATASET": str(data), "ANSWERS_TIMEOUT": "90", "BUDGET": "180",
            # a verdict that cannot end within the limit: a seed a look, up to 64, a margin nothing fits inside
            "ANSWERS_LOOK": "1", "ANSWERS_MAX_SEEDS": "64", "ANSWERS_DELTA": "0.0001", "OUT": str(out),
            "TINYSSD_CACHE": str(tmp_path / "cache")}
     env.pop("RESUME", None)
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     steps = {r["step"]: r for r in rows}
@@ -317,7 +317,7 @@ def test_gpu_check_keeps_what_a_part_measured_when_its_timeout_cuts_it_short(tmp
 
     (out / "results.jsonl").unlink()
     again = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, capture_output=True,
-                           text=True, timeout=240, env={**env, "RESUME": str(kept), "ANSWERS_TIMEOUT": "20"})
+                           text=True, timeout=300, env={**env, "RESUME": str(kept), "ANSWERS_TIMEOUT": "20"})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     resumed = finished(out / "optuna.db")
     for name, numbers in first.items():  # resumed, not started over

@@ -38,6 +38,9 @@ class _InterruptWithoutTraceback(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(_InterruptWithoutTraceback())  # where Optuna logs it
 
 
+MAX_RETRIES = 3  # attempts after the first that a killed or interrupted trial gets
+
+
 class TrialTimeout(TimeoutError):
     """The trial ran past --trial-timeout."""
 
@@ -62,7 +65,7 @@ def deadline(seconds: float | None):
 
 def stale_callback(tracker: MlflowTracker, study_name: str):
     """Retry a killed worker's trial, and close its MLflow run as FAILED."""
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
     def on_stale(study, trial):
         tracker.fail_stale_runs({"study": study_name, "trial_number": str(trial.number)},
@@ -97,25 +100,29 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
-def requeue_interrupted(study: optuna.Study) -> list[int]:
-    """Queue again, once, each trial that a Ctrl-C or SIGTERM interrupted and whose setting nothing has measured
-    since: "run the same command again to resume" then measures what the interrupt cut, instead of a grid losing
-    that point for good (Optuna's grid counts a failed point as visited) or TPE moving on past it. The retry is
-    Optuna's own (the failed trial's params and grid point, at most 3 retries in its history). The control is
-    queued by ensure_control; a killed worker's trial by the stale-trial callback; a timeout or a NaN is not an
-    interrupt, so it is not run again. Returns the numbers of the trials queued again."""
+def requeue_interrupted(study: optuna.Study, limit: int) -> list[int]:
+    """Queue again, once, up to ``limit`` trials (the finished trials the study still wants, less those already
+    queued) that a Ctrl-C or SIGTERM interrupted and whose setting nothing has measured since: "run the same
+    command again to resume" then measures what the interrupt cut, instead of a grid losing that point for good
+    (Optuna's grid counts a failed point as visited and re-runs another in its place) or TPE moving on past it.
+    The retry is Optuna's own (the failed trial's params and grid point), at most MAX_RETRIES in a trial's
+    history. The control is queued by ensure_control; a killed worker's trial by the stale-trial callback; a
+    timeout or a NaN is not an interrupt, so it is not run again. Returns the numbers of the trials queued."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}  # every attempt retried
     measured = {_setting(t) for t in trials
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)}
-    retry, queued = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3), []
+    retry, queued = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES), []
+    limit -= sum(t.state == TrialState.WAITING for t in trials)  # a queued control or retry takes a slot too
     for trial in trials:
-        setting = _setting(trial)
+        if len(queued) >= limit:
+            break
         if (trial.state == TrialState.FAIL and not trial.user_attrs.get("control") and trial.number not in retried
                 and str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted by")
-                and setting not in measured):
-            retry(study, trial)
-            measured.add(setting)
+                and len(trial.system_attrs.get("retry_history", [])) < MAX_RETRIES
+                and _setting(trial) not in measured):
+            retry(study, copy.deepcopy(trial))  # Optuna appends to the history of the trial it is given
+            measured.add(_setting(trial))
             queued.append(trial.number)
     return queued
 
@@ -130,7 +137,6 @@ def reconcile_runs(study: optuna.Study, tracker: MlflowTracker) -> list[str]:
     whose process on this host is gone (another host's sweep may still be alive: left alone)."""
     optuna.storages.fail_stale_trials(study)
     fail_dead_local_trials(study)
-    requeue_interrupted(study)
     running = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     closed = [tracker.close_stale(run, "its trial is no longer running in the Optuna study")
               for run in tracker.running_runs({"study": study.study_name})

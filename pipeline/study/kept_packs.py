@@ -231,5 +231,8 @@ class SecondaryPacks:
         (self.controls if role == "control" else self.own).keep_many(role, cfg, seeds, by_metric)
 
     def scores(self, role: str, cfg: RunConfig, metric: str) -> dict[int, float]:
-        """The finite values of ``metric`` kept for a setting, by seed."""
-        return (self.controls if role == "control" else self.own).scores_of(role, cfg, metric)
+        """The finite values of ``metric`` kept for a setting, by seed, as stored now: seeds adopted from another
+        study since these packs were loaded bring theirs (KeptPacks._adopt_runs)."""
+        packs = self.controls if role == "control" else self.own
+        packs.kept = packs._merged_with_stored()
+        return packs.scores_of(role, cfg, metric)

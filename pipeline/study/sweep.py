@@ -20,7 +20,7 @@ from pipeline.stats.decide import Candidate, NoControlScore, settle
 from pipeline.stats.verdict import RECORD_ATTR, stored_record
 from pipeline.study import best as best_rule
 from pipeline.study.decision_lock import decision_lock
-from pipeline.study.faults import reconcile_runs
+from pipeline.study.faults import reconcile_runs, requeue_interrupted
 from pipeline.study.design import run_design
 from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SecondaryPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
@@ -150,7 +150,8 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
             check_kept_packs(study.user_attrs.get(KeptPacks.ATTR, {}), study.study_name, KeptPacks.ATTR)
         tracker = MlflowTracker(study.study_name)
         reconcile_runs(study, tracker)
-    target = options.trials or variant.trials[options.profile]
+        target = options.trials or variant.trials[options.profile]
+        requeue_interrupted(study, remaining_trials(study, target))
     def update() -> None:
         raise_if_interrupted()  # a safe point between trials and verdict packs
         if on_update:

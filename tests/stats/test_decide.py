@@ -329,7 +329,7 @@ def test_a_run_kept_by_another_study_is_adopted_with_its_other_metrics_not_train
         trained.append((role, cfg.box_weight, seeds))
         return {s: 0.9 for s in seeds}
 
-    packs = KeptPacks(design, "test/map")
+    packs, others = KeptPacks(design, "test/map"), SecondaryPacks(design, storage, "test", "test/map")  # as run_design
     assert packs.reuse_or(train)("cell box 4", box4, [1, 2, 3]) == {1: 0.21, 2: 0.22, 3: 0.9}
     assert trained == [("cell box 4", 4.0, [3])]  # only the seed no study had
     assert packs.reuse_or(train)("cell box 2", other, [1]) == {1: 0.9}  # another run: trained
@@ -337,5 +337,4 @@ def test_a_run_kept_by_another_study_is_adopted_with_its_other_metrics_not_train
     assert len(trained) == 3
     kept = design.user_attrs["verdict_packs"][kept_name("cell box 4", "test/map", box4)]["scores"]
     assert kept == {"1": 0.21, "2": 0.22, "3": 0.9}  # adopted onto the design's own study: it survives the other
-    assert SecondaryPacks(design, storage, "test", "test/map").scores("cell box 4", box4, "test/map_small") == {
-        1: 0.05, 2: 0.06}
+    assert others.scores("cell box 4", box4, "test/map_small") == {1: 0.05, 2: 0.06}  # loaded before the adoption
