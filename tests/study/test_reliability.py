@@ -201,6 +201,24 @@ def test_sigterm_fails_the_trial_and_kills_the_run(workdir, tiny_bananas):
         ("FAIL", True), ("COMPLETE", True), ("COMPLETE", False)]
 
 
+def test_a_setting_cut_by_sigterm_is_measured_when_the_sweep_resumes(workdir, tiny_bananas):
+    """Not only the control: trial 1's setting, interrupted, is run again by the resumed sweep (Optuna would
+    otherwise move on; a grid would lose the point for good), and no more trials than --trials are finished."""
+    worker = start_sweep(workdir, tiny_bananas, "--trials", "2", *SLOW)
+    wait_for(lambda: any((workdir / "outputs" / "state").glob("*/trial-1/epoch-0000.pt")), timeout=300)
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=60)
+    cut = load().trials[1]
+    assert cut.state.name == "FAIL" and cut.user_attrs["fail_reason"] == "interrupted by signal SIGTERM"
+
+    resumed = subprocess.run([sys.executable, CLI, *sweep_args(tiny_bananas, "--trials", "2", *SLOW)], cwd=workdir,
+                             env=fast_heartbeat_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    finished = [t for t in load().trials if t.state.name == "COMPLETE"]
+    assert len(finished) == 2 and finished[1].params == cut.params, [(t.number, t.params) for t in load().trials]
+    assert finished[1].system_attrs["failed_trial"] == 1
+
+
 def test_truncated_epoch_state_falls_back_to_the_previous_one(tmp_path):
     for epoch in range(3):
         save_epoch_state(tmp_path, epoch, {"weights": torch.full((4,), float(epoch))})
