@@ -63,7 +63,8 @@ def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
                          "verdict": frame["outcome"], "verdict, as one family of the sheet": family_outcomes(frame),
                          "Δ mAP [interval, 95% for the decision]": frame.apply(_interval, axis=1),
                          "best setting": frame["best_params"], "new seeds": seeds,
-                         "decided at": frame.apply(decided_at, axis=1), "scored on": frame["split"], "hours (search + verdict)": frame.apply(_hours, axis=1)})
+                         "decided at": frame.apply(decided_at, axis=1), "scored on": frame["split"],
+                         "hours (search + verdict)": frame.apply(_hours, axis=1)})
 
 
 def _glance_blocks(frame: pd.DataFrame, folder: Path) -> list[Block]:

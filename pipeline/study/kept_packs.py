@@ -139,21 +139,28 @@ class KeptPacks:
         return merged
 
 
+def _name_parts(name: str) -> tuple[str, str, str]:
+    """(ROLE, METRIC, DIGEST) of a kept name 'ROLE METRIC DIGEST' (a role may hold spaces; the others do not)."""
+    parts = name.rsplit(" ", 2)
+    role, metric, digest = [""] * (3 - len(parts)) + parts  # a hand-made key of fewer words matches no run
+    return role, metric, digest
+
+
 def _run_of(name: str) -> str:
-    """'METRIC DIGEST' of a kept name 'ROLE METRIC DIGEST': the run and the split, without the role."""
-    return " ".join(name.split()[-2:])
+    """'METRIC DIGEST' of a kept name: the run and the split, without the role."""
+    return " ".join(_name_parts(name)[1:])
 
 
 def _adopt_secondary(study: optuna.Study, name: str, found: dict[str, tuple]) -> None:
     """Copy, for seeds adopted from other studies, the other metrics those studies kept for them."""
-    digest, role = name.split()[-1], " ".join(name.split()[:-2])
+    role, _, digest = _name_parts(name)
     adopted = {}
     for seed, (other, key, _, _) in found.items():
-        other_role = " ".join(key.split()[:-2])
+        other_role = _name_parts(key)[0]
         for other_key, entry in other.user_attrs.get(_OtherMetrics.ATTR, {}).items():
-            parts = other_key.split()
-            if parts[-1] == digest and " ".join(parts[:-2]) == other_role and seed in entry.get("scores", {}):
-                own_key = f"{role} {parts[-2]} {digest}"
+            kept_role, metric, kept_digest = _name_parts(other_key)
+            if kept_digest == digest and kept_role == other_role and seed in entry.get("scores", {}):
+                own_key = f"{role} {metric} {digest}"
                 slot = adopted.setdefault(own_key, {"scores": {}, "seconds": {}})
                 slot["scores"][seed], slot["seconds"][seed] = entry["scores"][seed], 0.0
     if adopted:
