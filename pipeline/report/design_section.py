@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 
 from pipeline.report.document import Block, question_blocks, write_documents
-from pipeline.report.text import counted, decided_at, fmt
+from pipeline.report.text import counted, decided_at, fmt, interval
 
 ATTR = "contrasts"  # pipeline.study.design keeps its record under this study attribute
 
@@ -23,7 +23,7 @@ def is_design(study: optuna.Study) -> bool:
 def contrast_table(rows: list[dict], metric: str = "mAP") -> pd.DataFrame:
     return pd.DataFrame([{"contrast": row["contrast"], "verdict": row["verdict"],
                           f"Δ {metric} [95% interval, valid at any number of seeds]":
-                              f"{row['delta']:+.4f} [{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}]",
+                              f"{row['delta']:+.4f} {interval(*row['delta_ci95'])}",
                           "paired seeds": len(row["seeds"])} for row in rows])
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
-from pipeline.report.text import params_text
+from pipeline.report.text import interval, params_text
 from pipeline.report.trials import best_row, control_row, is_seed_study
 from pipeline.stats.noise import how_rough, measured_seed_sd
 from pipeline.stats.verdict import minimum_detectable_effect, stored_record, verdict
@@ -77,9 +77,9 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     setting = f"trial {row['trial']}" + (f" ({params_text(best.iloc[0])})" if not best.empty else "")
     looks = ("one look" if record["planned_looks"] == 1 else f"{row.get('looks', '?')} looks")
     decided = f", decided at {row['decided_at']} seeds" if row.get("decided_at") else ""
-    interval = ("a confidence sequence: 95% at every number of seeds at once, so adding seeds later keeps it"
+    kind = ("a confidence sequence: 95% at every number of seeds at once, so adding seeds later keeps it"
                 if row.get("rule") else "95% for the whole decision")
-    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, interval [{lo:+.4f}, {hi:+.4f}] ({interval}), over "
+    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, interval {interval(lo, hi)} ({kind}), over "
             f"{len(row['seeds'])} paired new seeds ({looks}{decided}), scored on the {record.get('split', 'val')} "
             "split.")
     if row.get("within_delta"):

@@ -3,6 +3,7 @@ the contrasts on the study and the parent run, shares its control cell with the 
 without training a kept seed again."""
 
 import json
+import math
 from pathlib import Path
 
 import optuna
@@ -138,3 +139,14 @@ def test_a_design_started_but_not_decided_says_what_it_kept_and_how_to_go_on():
     [block] = design_blocks(study)
     assert block.text == ("`input-size-design` (quick profile, shapes, 128 px): nothing decided yet, 3 seeds of its "
                           "cells kept so far (`python cli.py sweep input-size-design --decide` trains the rest).")
+
+
+def test_a_contrast_whose_interval_is_still_unbounded_reads_no_bound_yet_not_inf():
+    from pipeline.report.design_section import contrast_table
+
+    rows = [{"contrast": "interaction", "verdict": "pending", "delta": 0.046, "delta_ci95": [-math.inf, math.inf],
+             "seeds": [1, 2, 3, 4, 5]},
+            {"contrast": "input 192 px", "verdict": "better", "delta": 0.03, "delta_ci95": [0.0051, 0.0549],
+             "seeds": [1, 2, 3, 4, 5]}]
+    column = contrast_table(rows).iloc[:, 2].tolist()
+    assert column == ["+0.0460 [no bound yet]", "+0.0300 [+0.0051, +0.0549]"]
