@@ -13,7 +13,7 @@ from rich.table import Table
 
 from cli_options import (CandidatesOpt, DatasetOpt, DecideOpt, DeltaOpt, Device, DeviceOpt, JsonOpt, MaxSeedsOpt,
                          ProfileOpt, SeedsOpt, SeedsPerTrialOpt, SetOpt, SkipOpt, Split, build_config, check_device,
-                         check_image_out, check_tracking_store, check_writable, chosen_profile, finite_in,
+                         check_image_out, check_tracking_store, check_writable, chosen_profile, existing_storage_url, finite_in,
                          json_line, load_or_exit, seconds_since_process_start, seed_pack, storage_url,
                          study_name_option, threshold_value, usage_error, user_overrides, variant_name)
 from pipeline.config import knob_table, make_config
@@ -390,6 +390,34 @@ def transfer(quick_study: Annotated[str, typer.Argument(help="the study at the c
     except ReportError as exc:
         usage_error(str(exc))
     console.print(f"transfer report written to {folder / 'report.html'} and {folder / 'report.md'}")
+
+
+@app.command()
+def merge(source: Annotated[str, typer.Argument(help="the Optuna store to copy studies from, such as a GPU call's "
+                                                     "optuna.db (sqlite:///FILE)", callback=existing_storage_url)],
+          storage: Annotated[str, typer.Option(help="the Optuna store that receives them",
+                                               callback=storage_url)] = DEFAULT_STORAGE,
+          json_out: JsonOpt = False):
+    """Copy every study of SOURCE into --storage, so that one answer sheet (`report all`) shows the exercises at
+    every profile and device they were decided at. The stores' shared controls are merged seed by seed; a study
+    copied before from SOURCE is replaced by its newer copy; a study of --storage's own is never changed. Only the
+    Optuna side travels: the MLflow runs stay in SOURCE's own tracking store."""
+    import optuna
+
+    from pipeline.study.merge_stores import merge_stores
+    from pipeline.study.optuna_study import SweepError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study copied, not Optuna's own
+    try:
+        done = merge_stores(source, storage)
+    except SweepError as exc:
+        usage_error(str(exc), "SOURCE")
+    if json_out:
+        json_line(done)
+        return
+    for what, names in done.items():
+        if names:
+            console.print(f"{what}: {', '.join(names)}")
 
 
 def _print_experiment_links(uri: str, base: str) -> None:

@@ -194,6 +194,16 @@ def storage_url(url: str) -> str:
     return url
 
 
+def existing_storage_url(url: str) -> str:
+    """storage_url for a store that is read, never created: a SQLite file must exist and hold something."""
+    from pipeline.sqlite_files import sqlite_path
+
+    path = sqlite_path(url)
+    if path is not None and (not path.is_file() or path.stat().st_size == 0):
+        usage_error(f"{path}: no such Optuna store (a SQLite file that is there and not empty)", "SOURCE")
+    return storage_url(url)
+
+
 def check_tracking_store() -> None:
     """Refuse an MLFLOW_TRACKING_URI whose SQLite file cannot be an MLflow store, or whose artifacts would be
     written outside its folder (a copied or moved project folder), before anything is written."""

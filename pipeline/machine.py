@@ -44,3 +44,13 @@ def resolve_device(name: str) -> "torch.device":
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device")
     return torch.device(name)
+
+
+def device_description(device: str) -> str:
+    """What the trials run on, for the report: 'cpu: AMD EPYC (2 cores)' or the GPU's name."""
+    import torch
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        return torch.cuda.get_device_name(resolved)
+    return cpu_description()

@@ -150,18 +150,22 @@ def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
 
 def fidelity_blocks(frame: pd.DataFrame) -> list[Block]:
     """Whose answer each verdict is: the chapter's only where it was decided at the chapter's protocol. A verdict at
-    another profile answers that profile's question until its effects' transfer to the chapter's is measured."""
-    def where(r) -> str:
-        return f"`{r['variant']}` ({decided_at(r)})"
-    chapter = [where(r) for _, r in frame.iterrows() if r["profile"] == "chapter"]
-    proxy = [where(r) for _, r in frame.iterrows() if r["profile"] != "chapter"]
+    another profile answers that profile's question until its effects' transfer to the chapter's is measured; a
+    study with the search's one-seed trials only answers nothing yet."""
+    def where(rows: pd.DataFrame) -> str:
+        return ", ".join(f"`{r['variant']}` ({decided_at(r)})" for _, r in rows.iterrows())
+    tested = frame["seeds"].fillna(0).astype(int) > 0
+    at_chapter = frame["profile"] == "chapter"
     text = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "
             "batch 32, lr 0.2), or at a profile whose effects were shown to carry over to it.")
-    if chapter:
-        text += " The chapter's answers: " + ", ".join(chapter) + "."
-    if proxy:
+    if (tested & at_chapter).any():
+        text += " The chapter's answers: " + where(frame[tested & at_chapter]) + "."
+    if (tested & ~at_chapter).any():
         text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
-                 "measured: " + ", ".join(proxy) + ".")
+                 "measured: " + where(frame[tested & ~at_chapter]) + ".")
+    if (~tested & at_chapter).any():
+        text += (" Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): "
+                 + where(frame[~tested & at_chapter]) + ".")
     return [Block("h2", "Whose answer each verdict is"), Block("p", text), *family_blocks(frame)]
 
 

@@ -63,7 +63,7 @@ def design_blocks(study: optuna.Study) -> list[Block]:
     """The contrasts and cells of one designed study, with where and on what they were decided."""
     record, variant = study.user_attrs.get(ATTR), study.user_attrs.get("variant", study.study_name)
     base = study.user_attrs.get("signature", {}).get("base_config", {})
-    name = f"`{variant}` ({decided_at({**base, 'profile': study.user_attrs.get('profile')})})"
+    name = f"`{variant}` ({decided_at({**base, 'profile': study.user_attrs.get('profile'), 'device': study.user_attrs.get('device_used')})})"
     if not record:
         kept = sum(len(entry.get("scores", {})) for entry in study.user_attrs.get("verdict_packs", {}).values())
         return [Block("p", f"{name}: nothing decided yet, {counted(kept, 'seed')} of its cells kept so far "

@@ -22,10 +22,12 @@ def choice_label(value: Any) -> str:
 
 def decided_at(r) -> str:
     """Where a study's answer was decided, from a row or dict with profile, dataset and image_size: its profile,
-    data set and input side ("?" for what it did not record)."""
+    data set and input side ("?" for what it did not record), and the machine where the row names one (device)."""
     size = r.get("image_size")
     data = Path(str(r["dataset"])).name if isinstance(r.get("dataset"), str) else "?"
-    return f"{r.get('profile') or '?'} profile, {data}" + (f", {int(size)} px" if size == size and size else "")
+    device = r.get("device")
+    return (f"{r.get('profile') or '?'} profile, {data}" + (f", {int(size)} px" if size == size and size else "")
+            + (f", on {device}" if isinstance(device, str) and device else ""))
 
 
 def fmt(value: Any, digits: int = 4) -> str:

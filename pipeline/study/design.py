@@ -11,6 +11,7 @@ import optuna
 
 from pipeline.config import RunConfig, active_params
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
+from pipeline.machine import device_description
 from pipeline.metric_names import on_split
 from pipeline.stats.contrasts import cell_role, secondary_rows, settle_contrasts
 from pipeline.stats.decide import FAILED_SCORE, NoControlScore
@@ -38,6 +39,7 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
     control = next(name for name, overrides in variant.cells.items() if not overrides)
     with StorageLock(options.storage).hold():
         study = _open_study(options, variant, base)
+        study.set_user_attr("device_used", device_description(base.device))
         tracker = MlflowTracker(study.study_name)
     with sigterm_as_interrupt(), decision_lock(options.storage, study):
         with tracker.run(f"{variant.name} · contrasts", params=active_params(base),

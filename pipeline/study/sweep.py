@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 import experiments
 from pipeline.config import RunConfig, active_params
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
-from pipeline.machine import resolve_device
+from pipeline.machine import device_description, resolve_device
 from pipeline.model.pack import PackError, check_fits
 from pipeline.stats.decide import Candidate, NoControlScore, settle
 from pipeline.stats.verdict import RECORD_ATTR, stored_record
@@ -101,18 +101,6 @@ def verdict_summary(study: optuna.Study, best, control, seeds_per_trial: int) ->
             "verdict_final": False, "seeds_needed": None, "decided_at": None, "within_delta": False, "diverged": []}
 
 
-def _device_description(device: str) -> str:
-    """What the trials run on, for the report: 'cpu: AMD EPYC (2 cores)' or the GPU's name."""
-    import torch
-
-    from pipeline.machine import cpu_description
-
-    resolved = resolve_device(device)
-    if resolved.type == "cuda":
-        return torch.cuda.get_device_name(resolved)
-    return cpu_description()
-
-
 def check_packs(variant: experiments.Variant, base: RunConfig, options: SweepOptions, num_classes: int) -> None:
     """Refuse, before anything is stored, packs that cannot work: seeds per trial or a verdict for a variant that
     searches the seed itself, or a pack of the control's size (a trial's, a verdict look's) that will not fit."""
@@ -164,7 +152,7 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
                                "profile": options.profile, "workers": options.workers,
                                **{f"skipped_{split}": n for split, n in skipped.items() if n}}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
-            study.set_user_attr("device_used", _device_description(base.device))
+            study.set_user_attr("device_used", device_description(base.device))
             # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials
             todo, started = 2 * remaining_trials(study, target), started_trials(study)
             if options.workers == 1:

@@ -371,12 +371,18 @@ def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
          "control_mean": 0.2},
         {"variant": "smooth-l1", "profile": "quick", "image_size": 64.0, "dataset": None, "outcome": "equivalent",
          "candidate_diffs": [null], "shared_control": "control test/map abc", "verdict_seeds": "1-6",
-         "control_mean": 0.1}])
-    blocks = fidelity_blocks(frame)
+         "control_mean": 0.1, "device": "cpu: AMD EPYC (2 cores)"}])
+    frame["seeds"] = [len(d[0]) for d in frame["candidate_diffs"]]
+    searched = {"variant": "smooth-l1", "profile": "chapter", "image_size": 256.0, "dataset": "bananas",
+                "outcome": "not decided", "candidate_diffs": [], "shared_control": "", "verdict_seeds": "",
+                "control_mean": float("nan"), "device": "NVIDIA H200", "seeds": 0}  # the search's trials only
+    blocks = fidelity_blocks(pd.concat([frame, pd.DataFrame([searched])], ignore_index=True))
     text = blocks[1].text
     assert "The chapter's answers: `loss-weights` (chapter profile, bananas, 256 px)." in text
-    assert ("not measured: `focal-loss` (quick profile, bananas, 64 px), `smooth-l1` (quick profile, ?, 64 px)."
-            in text)  # a study that did not record its data set says so
+    assert ("not measured: `focal-loss` (quick profile, bananas, 64 px), `smooth-l1` (quick profile, ?, 64 px, on "
+            "cpu: AMD EPYC (2 cores)).") in text  # a study that did not record its data set says so
+    assert text.endswith("no verdict on new seeds yet (so no answer): `smooth-l1` (chapter profile, bananas, 256 px, "
+                         "on NVIDIA H200).")
     assert "corrects the sheet's 3 tested settings as one family" in blocks[2].text
     assert "the chance that any better or worse there is wrong is at most 5%" in blocks[2].text
     assert blocks[3].text.startswith("Shared control `control test/map abc`")
