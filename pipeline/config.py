@@ -192,6 +192,21 @@ def make_config(profile: str = "chapter", overrides: dict[str, Any] | None = Non
     return dataclasses.replace(RunConfig(), **merged)
 
 
+PROTOCOL_KNOBS = ("image_size", "epochs", "batch_size", "lr", "lr_schedule")  # what makes a run the chapter's
+
+
+def protocol(base: dict[str, Any]) -> str:
+    """How a study's base configuration trains, in words: '64 px, 10 epochs, batch 16, lr 0.4 constant'."""
+    size, epochs, batch, lr, schedule = (base.get(knob) for knob in PROTOCOL_KNOBS)
+    return f"{size} px, {epochs} epochs, batch {batch}, lr {lr} {schedule}"
+
+
+def at_chapter_protocol(base: dict[str, Any]) -> bool:
+    """Whether a study's base configuration trains as the chapter does (256 px, 20 epochs, batch 32, lr 0.2 at a
+    constant rate): the chapter profile with a knob of its protocol changed (a 128-px rung, say) is not."""
+    return protocol(base) == protocol(dataclasses.asdict(RunConfig()))
+
+
 GPU_VAL_EVERY = 5  # measured: COCOeval of 100 images takes ~0.25 s, longer than a GPU epoch of the chapter
 
 

@@ -27,7 +27,7 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     shown["label"] = [f"{v} at {p}  ({o}, " + (f"{n} new seeds on {split}" if n else "the search on val") + ")"
                       for v, p, o, n, split in zip(shown["variant"], profiles, shown["outcome"], shown["seeds"],
                                                    shown["split"])]
-    shown["marker"] = ["s" if p == "chapter" else "o" for p in profiles]
+    shown["marker"] = ["s" if at else "o" for at in shown.get("chapter_protocol", profiles == "chapter")]
     return shown.sort_values(["variant", "label"]).iloc[::-1]  # an exercise's profiles side by side
 
 

@@ -21,6 +21,7 @@ from pipeline.report.overview import summary_frame
 from pipeline.report.design_section import effects_section, is_design
 from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import counted, decided_at, fmt, interval
+from pipeline.report.transfer_section import transfer_section
 from pipeline.stats.verdict import holm
 
 DELTA = 0.01  # the equivalence margin the verdicts use by default (sweep --delta)
@@ -148,21 +149,27 @@ def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     return [Block("h2", "Not measured yet"), *blocks] if blocks else []
 
 
-def fidelity_blocks(frame: pd.DataFrame) -> list[Block]:
-    """Whose answer each verdict is: the chapter's only where it was decided at the chapter's protocol. A verdict at
-    another profile answers that profile's question until its effects' transfer to the chapter's is measured; a
-    study with the search's one-seed trials only answers nothing yet."""
+def fidelity_blocks(frame: pd.DataFrame, carried: set[tuple[str, str]] = frozenset()) -> list[Block]:
+    """Whose answer each verdict is: the chapter's where it was decided at the chapter's protocol, or at a protocol
+    whose transfer to it was shown for that exercise (``carried``: (variant, protocol) pairs, from
+    pipeline.report.transfer_section). Any other verdict answers its own profile's question; a study with the
+    search's one-seed trials only answers nothing yet."""
     def where(rows: pd.DataFrame) -> str:
         return ", ".join(f"`{r['variant']}` ({decided_at(r)})" for _, r in rows.iterrows())
     tested = frame["seeds"].fillna(0).astype(int) > 0
-    at_chapter = frame["profile"] == "chapter"
+    at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
+    protocols = frame.get("protocol", pd.Series("", index=frame.index))
+    shown = pd.Series([(v, p) in carried for v, p in zip(frame["variant"], protocols)], index=frame.index, dtype=bool)
     text = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "
             "batch 32, lr 0.2), or at a profile whose effects were shown to carry over to it.")
     if (tested & at_chapter).any():
         text += " The chapter's answers: " + where(frame[tested & at_chapter]) + "."
-    if (tested & ~at_chapter).any():
+    if (tested & ~at_chapter & shown).any():
+        text += (" The chapter's answers by transfer, decided on a proxy whose effects on that exercise were shown to "
+                 "carry over (the section below): " + where(frame[tested & ~at_chapter & shown]) + ".")
+    if (tested & ~at_chapter & ~shown).any():
         text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
-                 "measured: " + where(frame[tested & ~at_chapter]) + ".")
+                 "shown: " + where(frame[tested & ~at_chapter & ~shown]) + ".")
     if (~tested & at_chapter).any():
         text += (" Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): "
                  + where(frame[~tested & at_chapter]) + ".")
@@ -221,7 +228,9 @@ def write_answers(storage: str, folder: Path) -> Path:
                          + ". Each exercise is a variant "
                          "(a file in `experiments/`), run as an Optuna study against its control, the chapter's own "
                          "configuration under the same profile.")]
-    blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame) + _voc_blocks(frame) + anchor_blocks(frame, folder)
+    transfer, carried = transfer_section(storage, folder)
+    blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame, carried) + transfer + _voc_blocks(frame)
+    blocks += anchor_blocks(frame, folder)
     blocks += effects_section(design_studies(storage)) + _threshold_blocks(frame) + _missing_blocks(frame)
     blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study."))
     write_documents(folder, blocks, "tinyssd-ablate: answers to the chapter's exercises")

@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from pipeline.config import at_chapter_protocol, protocol
 from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import params_text
 from pipeline.report.trials import best_row, control_row, is_seed_study, seed_spread, state_counts, trials_frame
@@ -71,6 +72,7 @@ def _setting(study: optuna.Study) -> dict[str, Any]:
     return {"question": (study.user_attrs.get("question") or "").splitlines()[0] if study.user_attrs.get("question")
             else "", "dataset": base.get("dataset"), "image_size": base.get("image_size"),
             "anchor_scale": base.get("anchor_scale", 1.0), "device": study.user_attrs.get("device_used"),
+            "protocol": protocol(base), "chapter_protocol": at_chapter_protocol(base),
             "search_hours": busy_hours(spans) if spans else math.nan}
 
 

@@ -105,26 +105,34 @@ def plot_transfer(effects: pd.DataFrame, labels: tuple[str, str], path: Path) ->
 
 def write_transfer(storage: str, quick_name: str, chapter_name: str, folder: Path) -> Path:
     """out_root/transfer-QUICK-CHAPTER/: report.md and report.html, transfer.csv and figures/transfer.png."""
-    studies = [pick_study(name, storage, name)[0] for name in (quick_name, chapter_name)]
+    studies = tuple(pick_study(name, storage, name)[0] for name in (quick_name, chapter_name))
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks, _, effects = transfer_blocks(studies, folder, Path("figures/transfer.png"))
+    effects.to_csv(folder / "transfer.csv", index=False)
+    write_documents(folder, [Block("h1", f"Transfer: `{quick_name}` to `{chapter_name}`"), *blocks],
+                    f"tinyssd-ablate: transfer {quick_name} to {chapter_name}")
+    return folder
+
+
+def transfer_blocks(studies: tuple[optuna.Study, optuna.Study], folder: Path, figure: Path
+                    ) -> tuple[list[Block], dict, pd.DataFrame]:
+    """The agreement in words, the table of effects at both profiles and the scatter (written to folder/figure),
+    with the agreement's numbers and the effects; raises ReportError when a study has no paired seeds."""
     effects = paired_effects(*(settings_tested(s) for s in studies))
     summary = agreement(effects)
-    (folder / "figures").mkdir(parents=True, exist_ok=True)
-    effects.to_csv(folder / "transfer.csv", index=False)
     labels = tuple(_profile_label(s) for s in studies)
     table = pd.DataFrame({"setting": effects["setting"],
                           f"Δ at {labels[0]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
                                                          zip(effects["delta_quick"], effects["seeds_quick"])],
                           f"Δ at {labels[1]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
                                                          zip(effects["delta_chapter"], effects["seeds_chapter"])]})
-    blocks = [Block("h1", f"Transfer: `{quick_name}` to `{chapter_name}`"),
-              Block("p", agreement_text(summary, labels)), Block("table", table=table)]
+    blocks = [Block("p", agreement_text(summary, labels)), Block("table", table=table)]
+    (folder / figure).parent.mkdir(parents=True, exist_ok=True)
     try:
-        blocks.append(Block("figure", plot_transfer(effects, labels, folder / "figures" / "transfer.png"),
-                            path=Path("figures/transfer.png")))
+        blocks.append(Block("figure", plot_transfer(effects, labels, folder / figure), path=figure))
     except Skipped as exc:
         blocks.append(Block("p", f"The scatter is left out: {exc}."))
-    write_documents(folder, blocks, f"tinyssd-ablate: transfer {quick_name} to {chapter_name}")
-    return folder
+    return blocks, summary, effects
 
 
 def agreement_text(summary: dict, labels: tuple[str, str]) -> str:
@@ -140,5 +148,6 @@ def agreement_text(summary: dict, labels: tuple[str, str]) -> str:
 
 def _profile_label(study: optuna.Study) -> str:
     base = stored_base_config(study)
+    device = study.user_attrs.get("device_used")
     return (f"{study.user_attrs.get('profile', '?')} ({base.get('image_size')} px, {base.get('epochs')} epochs, "
-            f"lr {base.get('lr')})")
+            f"lr {base.get('lr')}{f', on {device}' if device else ''})")

@@ -225,9 +225,11 @@ def test_report_all_and_the_cli(swept):
         assert section in page, section
     verdict = load("focal-loss-quick").user_attrs["verdict_record"]["candidates"][0]["verdict"]
     assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
+    where = f"quick profile, tiny_bananas, 64 px, on cpu: {cpu_model()} ({cpu_cores()} cores)"
     assert ("Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
-            "measured: `focal-loss` (quick profile, tiny_bananas, 64 px)") in " ".join(page.split())
-    assert "| decided at |" in page and "| quick profile, tiny_bananas, 64 px |" in page  # each answer names its data
+            f"shown: `focal-loss` ({where})") in " ".join(page.split())
+    assert "| decided at |" in page and f"| {where} |" in page  # each answer names its data and machine
+    assert "## Do the effects carry over to the chapter's protocol?\n\nNot measured yet: no exercise" in page
     assert "The chapter's answers:" not in page  # nothing here was decided at the chapter's protocol
     assert "not decided (one seed each; use --decide)" in set(table["verdict"])
     assert "`precision`" not in page and "`input-size`" in page  # not an exercise, so not missing from the sheet
@@ -373,17 +375,19 @@ def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
          "candidate_diffs": [null], "shared_control": "control test/map abc", "verdict_seeds": "1-6",
          "control_mean": 0.1, "device": "cpu: AMD EPYC (2 cores)"}])
     frame["seeds"] = [len(d[0]) for d in frame["candidate_diffs"]]
+    frame["chapter_protocol"] = frame["profile"] == "chapter"
     searched = {"variant": "smooth-l1", "profile": "chapter", "image_size": 256.0, "dataset": "bananas",
                 "outcome": "not decided", "candidate_diffs": [], "shared_control": "", "verdict_seeds": "",
-                "control_mean": float("nan"), "device": "NVIDIA H200", "seeds": 0}  # the search's trials only
-    blocks = fidelity_blocks(pd.concat([frame, pd.DataFrame([searched])], ignore_index=True))
+                "control_mean": float("nan"), "device": "NVIDIA H200", "seeds": 0, "chapter_protocol": True}
+    rung = {**frame.iloc[1].to_dict(), "image_size": 128.0, "chapter_protocol": False}  # the chapter's, at 128 px
+    blocks = fidelity_blocks(pd.concat([frame, pd.DataFrame([searched, rung])], ignore_index=True))
     text = blocks[1].text
     assert "The chapter's answers: `loss-weights` (chapter profile, bananas, 256 px)." in text
-    assert ("not measured: `focal-loss` (quick profile, bananas, 64 px), `smooth-l1` (quick profile, ?, 64 px, on "
-            "cpu: AMD EPYC (2 cores)).") in text  # a study that did not record its data set says so
+    assert ("not shown: `focal-loss` (quick profile, bananas, 64 px), `smooth-l1` (quick profile, ?, 64 px, on "
+            "cpu: AMD EPYC (2 cores)), `loss-weights` (chapter profile, bananas, 128 px).") in text  # a study that did not record its data set says so
     assert text.endswith("no verdict on new seeds yet (so no answer): `smooth-l1` (chapter profile, bananas, 256 px, "
                          "on NVIDIA H200).")
-    assert "corrects the sheet's 3 tested settings as one family" in blocks[2].text
+    assert "corrects the sheet's 4 tested settings as one family" in blocks[2].text
     assert "the chance that any better or worse there is wrong is at most 5%" in blocks[2].text
     assert blocks[3].text.startswith("Shared control `control test/map abc`")
     assert "`focal-loss` on seeds 1-6 (control mean 0.1000); `smooth-l1` on seeds 1-6" in blocks[3].text
