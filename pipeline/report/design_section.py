@@ -12,6 +12,7 @@ import pandas as pd
 
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.text import counted, decided_at, fmt, interval
+from pipeline.stats.noise import sd_ratio_interval
 
 ATTR = "contrasts"  # pipeline.study.design keeps its record under this study attribute
 
@@ -41,13 +42,25 @@ def secondary_blocks(record: dict) -> list[Block]:
 
 def cell_table(record: dict) -> pd.DataFrame:
     rows = []
+    control = record.get("control_cell")
     for cell, row in record["cells"].items():
         scores = list(row["scores"].values())
         spread = "n/a" if math.isnan(row["sd"]) else f"{row['sd']:.4f} [{row['sd_lo']:.4f}, {row['sd_hi']:.4f}]"
-        rows.append({"cell": cell + (" (the control)" if cell == record.get("control_cell") else ""),
+        rows.append({"cell": cell + (" (the control)" if cell == control else ""),
                      "mean": fmt(float(np.mean(scores))) if scores else "n/a", "seed sd [95% interval]": spread,
+                     "sd ÷ the control's [95%, paired seeds]": _sd_ratio(row, record["cells"].get(control))
+                     if cell != control else "",
                      "seeds": len(scores), "diverged": ", ".join(map(str, row["diverged"])) or "none"})
     return pd.DataFrame(rows)
+
+
+def _sd_ratio(cell: dict, control: dict | None) -> str:
+    """The cell's seed sd over the control's on the seeds both have, with Pitman-Morgan's paired interval."""
+    if control is None:
+        return "n/a"
+    seeds = [s for s in cell["scores"] if s in control["scores"]]
+    ratio, lo, hi = sd_ratio_interval([cell["scores"][s] for s in seeds], [control["scores"][s] for s in seeds])
+    return "n/a" if math.isnan(lo) else f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def plain_answer(record: dict) -> str:
@@ -73,7 +86,11 @@ def design_blocks(study: optuna.Study) -> list[Block]:
             Block("table", table=contrast_table(record["contrasts"])), *secondary_blocks(record),
             Block("table", table=cell_table(record)),
             Block("p", "A cell's seed spread is an outcome of its own: a setting that is as good on average but "
-                       "steadier is the safer choice. The sd's interval is the chi-square interval over its seeds.")]
+                       "steadier is the safer choice. The sd's interval is the chi-square interval over its seeds; "
+                       "the ratio to the control's is Pitman-Morgan's interval for paired seeds (below 1: steadier "
+                       "than the control; an interval that holds 1 has not shown a difference). Both are fixed-seed "
+                       "intervals at the seeds the design stopped at, not valid at any number of seeds as the "
+                       "contrasts' are.")]
 
 
 def effects_section(studies: list[optuna.Study]) -> list[Block]:

@@ -240,3 +240,23 @@ def sd_interval(sd: float, n: int, confidence: float = 0.95) -> tuple[float, flo
 
     tail = (1 - confidence) / 2
     return (sd * math.sqrt((n - 1) / chi2.ppf(1 - tail, n - 1)), sd * math.sqrt((n - 1) / chi2.ppf(tail, n - 1)))
+
+
+def sd_ratio_interval(x: list[float], y: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """sd(x) / sd(y) for paired values (the same seeds) and its interval: Pitman-Morgan's for the variance ratio of
+    a bivariate normal sample, whose pairs are correlated (a shared seed's data order and initialisation), so
+    the F interval for independent samples does not apply. The ratio r is in the interval exactly when, for
+    u = x / r + y and v = x / r - y, the t test finds no correlation between u and v; solved in closed form:
+    F (K -+ sqrt(K^2 - 1)), F the variance ratio, K = 1 + 2 (1 - rho^2) t^2 / (n - 2), rho the correlation of
+    x and y. Square roots are taken for the sds. Needs 3 pairs; nan where a side has no spread."""
+    from scipy.stats import t as student
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(x)
+    if n < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan, math.nan, math.nan
+    ratio = float(np.var(x, ddof=1) / np.var(y, ddof=1))
+    rho = float(np.corrcoef(x, y)[0, 1])
+    k = 1 + 2 * (1 - rho ** 2) * student.ppf(1 - (1 - confidence) / 2, n - 2) ** 2 / (n - 2)
+    width = math.sqrt(k * k - 1)
+    return math.sqrt(ratio), math.sqrt(ratio * (k - width)), math.sqrt(ratio * (k + width))

@@ -144,3 +144,35 @@ def test_where_verdicts_measured_a_paired_sd_the_budget_shows_it_in_place_of_the
     assert rows["test split sampling, paired ¹"] == 0.004
     assert budget.minimum_detectable_effects(paired_sd=measured[0])[10] < budget.minimum_detectable_effects()[10]
     assert measured_paired_sd("shapes", "quick", 64) is None
+
+
+def test_the_paired_sd_ratio_interval_is_where_pitman_morgans_test_does_not_reject():
+    """At each end of the interval, u = x/r + y and v = x/r - y have the correlation scipy's t test puts at
+    p = 0.05 exactly; inside, p is larger."""
+    from scipy import stats
+
+    from pipeline.stats.noise import sd_ratio_interval
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(0.1, 0.02, 9)
+    x = 0.5 * y + rng.normal(0.1, 0.03, 9)
+    ratio, lo, hi = sd_ratio_interval(list(x), list(y))
+    assert ratio == pytest.approx(np.std(x, ddof=1) / np.std(y, ddof=1))
+    for end in (lo, hi):
+        assert stats.pearsonr(x / end + y, x / end - y).pvalue == pytest.approx(0.05, abs=1e-9)
+    assert stats.pearsonr(x / ratio + y, x / ratio - y).pvalue > 0.05
+    assert np.isnan(sd_ratio_interval([0.1, 0.2], [0.3, 0.1])[1])  # 2 pairs: no interval
+
+
+@pytest.mark.parametrize("rho, true_ratio, n", [(0.0, 1.0, 5), (0.7, 2.0, 8), (-0.4, 0.5, 15)])
+def test_the_paired_sd_ratio_interval_covers_95_percent_in_simulation(rho, true_ratio, n):
+    from pipeline.stats.noise import sd_ratio_interval
+
+    rng = np.random.default_rng(11)
+    cov = [[true_ratio ** 2, rho * true_ratio], [rho * true_ratio, 1.0]]
+    covered = 0
+    for _ in range(3000):
+        x, y = rng.multivariate_normal([0, 0], cov, n).T
+        _, lo, hi = sd_ratio_interval(list(x), list(y))
+        covered += lo <= true_ratio <= hi
+    assert 0.94 <= covered / 3000 <= 0.96  # binomial sd at 95%: 0.004

@@ -150,3 +150,19 @@ def test_a_contrast_whose_interval_is_still_unbounded_reads_no_bound_yet_not_inf
              "seeds": [1, 2, 3, 4, 5]}]
     column = contrast_table(rows).iloc[:, 2].tolist()
     assert column == ["+0.0460 [no bound yet]", "+0.0300 [+0.0051, +0.0549]"]
+
+
+def test_each_cells_spread_is_reported_against_the_controls_on_the_paired_seeds():
+    from pipeline.report.design_section import cell_table
+    from pipeline.stats.contrasts import spread
+    from pipeline.stats.noise import sd_ratio_interval
+
+    control = {1: 0.10, 2: 0.14, 3: 0.07, 4: 0.12, 5: 0.09, 6: 0.13}
+    steady = {1: 0.17, 2: 0.18, 3: 0.165, 4: 0.175, 5: 0.17, 6: 0.18, 7: 0.5}  # seed 7: the control has none
+    cells = {name: {"scores": {str(s): v for s, v in by_seed.items()}, "diverged": [], **spread(list(by_seed.values()))}
+             for name, by_seed in (("ce", control), ("focal", steady))}
+    table = cell_table({"cells": cells, "control_cell": "ce"}).set_index("cell")
+    ratio, lo, hi = sd_ratio_interval(list(steady.values())[:6], list(control.values()))
+    assert hi < 1  # steadier than the control, shown
+    assert table.loc["focal", "sd ÷ the control's [95%, paired seeds]"] == f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
+    assert table.loc["ce (the control)", "sd ÷ the control's [95%, paired seeds]"] == ""
