@@ -172,6 +172,11 @@ def study_name_option(name: str | None) -> str | None:
 
 def storage_url(url: str) -> str:
     """Refuse an Optuna storage URL that does not parse or cannot be connected to, before any data is loaded."""
+    return checked_storage_url(url, "--storage")
+
+
+def checked_storage_url(url: str, flag: str) -> str:
+    """storage_url's checks, its errors naming ``flag``."""
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
@@ -183,14 +188,14 @@ def storage_url(url: str) -> str:
             with sqlalchemy.create_engine(parsed, poolclass=NullPool).connect():
                 pass
         elif problem := sqlite_problem(url, "optuna"):
-            usage_error(problem, "--storage")
+            usage_error(problem, flag)
     except sqlalchemy.exc.ArgumentError as exc:  # not a URL, or an unknown database
-        usage_error(f"{exc} (expected sqlite:///FILE or postgresql://USER@HOST/DB)", "--storage")
+        usage_error(f"{exc} (expected sqlite:///FILE or postgresql://USER@HOST/DB)", flag)
     except ImportError as exc:
-        usage_error(f"{parsed}: its database driver is not installed ({exc})", "--storage")
+        usage_error(f"{parsed}: its database driver is not installed ({exc})", flag)
     except sqlalchemy.exc.SQLAlchemyError as exc:  # the driver's own words, without SQLAlchemy's links
         usage_error(f"cannot connect to {parsed}: {' '.join(str(getattr(exc, 'orig', None) or exc).split())}",
-                     "--storage")
+                     flag)
     return url
 
 
@@ -201,7 +206,7 @@ def existing_storage_url(url: str) -> str:
     path = sqlite_path(url)
     if path is not None and (not path.is_file() or path.stat().st_size == 0):
         usage_error(f"{path}: no such Optuna store (a SQLite file that is there and not empty)", "SOURCE")
-    return storage_url(url)
+    return checked_storage_url(url, "SOURCE")
 
 
 def check_tracking_store() -> None:

@@ -192,18 +192,23 @@ def make_config(profile: str = "chapter", overrides: dict[str, Any] | None = Non
     return dataclasses.replace(RunConfig(), **merged)
 
 
-PROTOCOL_KNOBS = ("image_size", "epochs", "batch_size", "lr", "lr_schedule")  # what makes a run the chapter's
+PROTOCOL_KNOBS = ("image_size", "epochs", "batch_size", "lr", "lr_schedule")  # how a run trains, in words
+PROTOCOL_EXTRAS = ("train_images", "val_images", "weight_decay", "average_last", "precision")  # named when changed
 
 
 def protocol(base: dict[str, Any]) -> str:
-    """How a study's base configuration trains, in words: '64 px, 10 epochs, batch 16, lr 0.4 constant'."""
+    """How a study's base configuration trains, in words: '64 px, 10 epochs, batch 16, lr 0.4 constant', with any
+    other knob of the protocol that differs from the chapter's after it ('..., precision=bf16')."""
     size, epochs, batch, lr, schedule = (base.get(knob) for knob in PROTOCOL_KNOBS)
-    return f"{size} px, {epochs} epochs, batch {batch}, lr {lr} {schedule}"
+    chapter = dataclasses.asdict(RunConfig())
+    extras = [f"{k}={base[k]}" for k in PROTOCOL_EXTRAS if k in base and base[k] != chapter[k]]
+    return ", ".join([f"{size} px, {epochs} epochs, batch {batch}, lr {lr} {schedule}", *extras])
 
 
 def at_chapter_protocol(base: dict[str, Any]) -> bool:
     """Whether a study's base configuration trains as the chapter does (256 px, 20 epochs, batch 32, lr 0.2 at a
-    constant rate): the chapter profile with a knob of its protocol changed (a 128-px rung, say) is not."""
+    constant rate, every image, fp32): the chapter profile with a knob of its protocol changed (a 128-px rung,
+    say) is not."""
     return protocol(base) == protocol(dataclasses.asdict(RunConfig()))
 
 

@@ -24,11 +24,25 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     shown["lo"] = shown["ci_lo"].where(decided, np.nan)
     shown["hi"] = shown["ci_hi"].where(decided, np.nan)
     profiles = shown["profile"] if "profile" in shown else pd.Series("?", index=shown.index)
-    shown["label"] = [f"{v} at {p}  ({o}, " + (f"{n} new seeds on {split}" if n else "the search on val") + ")"
-                      for v, p, o, n, split in zip(shown["variant"], profiles, shown["outcome"], shown["seeds"],
+    where = [f"{p}, {_px(size)}{_machine(device)}" for p, size, device in
+             zip(profiles, shown.get("image_size", pd.Series(np.nan, index=shown.index)),
+                 shown.get("device", pd.Series(None, index=shown.index)))]
+    shown["label"] = [f"{v} at {w}  ({o}, " + (f"{n} new seeds on {split}" if n else "the search on val") + ")"
+                      for v, w, o, n, split in zip(shown["variant"], where, shown["outcome"], shown["seeds"],
                                                    shown["split"])]
     shown["marker"] = ["s" if at else "o" for at in shown.get("chapter_protocol", profiles == "chapter")]
     return shown.sort_values(["variant", "label"]).iloc[::-1]  # an exercise's profiles side by side
+
+
+def _px(size) -> str:
+    return "? px" if size != size or size is None else f"{int(size)} px"
+
+
+def _machine(device) -> str:
+    """' on CPU' or ' on NVIDIA H200': the row's machine, short."""
+    if not isinstance(device, str) or not device:
+        return ""
+    return " on CPU" if device.startswith("cpu") else f" on {device}"
 
 
 def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
@@ -57,12 +71,13 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
         ax.set(xlabel="Δ mAP@[.5:.95], best − control (each row names its split)")
         handles = [Line2D([], [], marker="o", ls="", color=c, label=o) for o, c in OUTCOME_COLORS.items()
                    if o in set(points["outcome"])]
-        handles += [Line2D([], [], marker=m, ls="", color="#555555", label=f"{name} profile")  # filled: a hollow
+        handles += [Line2D([], [], marker=m, ls="", color="#555555", label=f"{name} protocol")  # filled: a hollow
                     for m, name in (("o", "a cheaper"), ("s", "the chapter's"))  # point means untested
                     if m in set(points["marker"])]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
     return (f"Right of 0: the exercise's best setting scored higher than the chapter's. A filled point with a bar is "
             f"a verdict on new seeds (the bar: its 95% interval, valid at any number of seeds); a hollow point is the "
-            f"search's own one-seed difference, not tested. A square is decided at the chapter's profile, a circle at "
-            f"a cheaper one; an exercise's profiles sit side by side. The shaded band is ±{delta:g}, the margin within which "
+            f"search's own one-seed difference, not tested. A square is decided at the chapter's protocol (256 px, 20 "
+            f"epochs, batch 32, lr 0.2), a circle at a cheaper one; an exercise's profiles sit side by side, each row "
+            f"naming its input side and machine. The shaded band is ±{delta:g}, the margin within which "
             "a difference counts as equivalent.")

@@ -149,24 +149,22 @@ def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     return [Block("h2", "Not measured yet"), *blocks] if blocks else []
 
 
-def fidelity_blocks(frame: pd.DataFrame, carried: set[tuple[str, str]] = frozenset()) -> list[Block]:
-    """Whose answer each verdict is: the chapter's where it was decided at the chapter's protocol, or at a protocol
-    whose transfer to it was shown for that exercise (``carried``: (variant, protocol) pairs, from
-    pipeline.report.transfer_section). Any other verdict answers its own profile's question; a study with the
-    search's one-seed trials only answers nothing yet."""
+def fidelity_blocks(frame: pd.DataFrame, carried: set[str] = frozenset()) -> list[Block]:
+    """Whose answer each verdict is: the chapter's where it was decided at the chapter's protocol, or in a study
+    whose own transfer to it was shown (``carried``: study names, from pipeline.report.transfer_section). Any other
+    verdict answers its own profile's question; a study with the search's one-seed trials only answers nothing."""
     def where(rows: pd.DataFrame) -> str:
         return ", ".join(f"`{r['variant']}` ({decided_at(r)})" for _, r in rows.iterrows())
     tested = frame["seeds"].fillna(0).astype(int) > 0
     at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
-    protocols = frame.get("protocol", pd.Series("", index=frame.index))
-    shown = pd.Series([(v, p) in carried for v, p in zip(frame["variant"], protocols)], index=frame.index, dtype=bool)
+    shown = frame["study"].isin(carried)
     text = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "
             "batch 32, lr 0.2), or at a profile whose effects were shown to carry over to it.")
     if (tested & at_chapter).any():
         text += " The chapter's answers: " + where(frame[tested & at_chapter]) + "."
     if (tested & ~at_chapter & shown).any():
-        text += (" The chapter's answers by transfer, decided on a proxy whose effects on that exercise were shown to "
-                 "carry over (the section below): " + where(frame[tested & ~at_chapter & shown]) + ".")
+        text += (" The chapter's answers by transfer, decided on a proxy whose study's effects were shown to carry "
+                 "over (the section below): " + where(frame[tested & ~at_chapter & shown]) + ".")
     if (tested & ~at_chapter & ~shown).any():
         text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
                  "shown: " + where(frame[tested & ~at_chapter & ~shown]) + ".")

@@ -58,7 +58,8 @@ def _sd_ratio(cell: dict, control: dict | None) -> str:
     """The cell's seed sd over the control's on the seeds both have, with Pitman-Morgan's paired interval."""
     if control is None:
         return "n/a"
-    seeds = [s for s in cell["scores"] if s in control["scores"]]
+    out = {str(s) for s in [*cell["diverged"], *control["diverged"]]}  # a diverged seed's 0 is no spread
+    seeds = [s for s in cell["scores"] if s in control["scores"] and s not in out]
     ratio, lo, hi = sd_ratio_interval([cell["scores"][s] for s in seeds], [control["scores"][s] for s in seeds])
     return "n/a" if math.isnan(lo) else f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
 

@@ -46,9 +46,9 @@ def params_text(row: pd.Series) -> str:
 
 
 def interval(lo: float, hi: float) -> str:
-    """A confidence interval as [lo, hi], signed; "[no bound yet]" while either end is still infinite (an
-    anytime-valid sequence at few seeds, or under a strict Holm level, can be unbounded)."""
-    if math.isinf(lo) or math.isinf(hi):
+    """A confidence interval as [lo, hi], signed; "[no bound yet]" while both ends are still infinite (an
+    anytime-valid sequence at few seeds, or under a strict Holm level, is unbounded until then)."""
+    if math.isinf(lo) and math.isinf(hi):
         return "[no bound yet]"
     return f"[{lo:+.4f}, {hi:+.4f}]"
 

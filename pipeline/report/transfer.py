@@ -19,6 +19,7 @@ import optuna
 import pandas as pd
 from scipy import stats
 
+from pipeline.config import protocol
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import COLORS, Skipped, new_figure
 from pipeline.report.select import ReportError, pick_study
@@ -149,5 +150,4 @@ def agreement_text(summary: dict, labels: tuple[str, str]) -> str:
 def _profile_label(study: optuna.Study) -> str:
     base = stored_base_config(study)
     device = study.user_attrs.get("device_used")
-    return (f"{study.user_attrs.get('profile', '?')} ({base.get('image_size')} px, {base.get('epochs')} epochs, "
-            f"lr {base.get('lr')}{f', on {device}' if device else ''})")
+    return f"{study.user_attrs.get('profile', '?')} ({protocol(base)}{f', on {device}' if device else ''})"

@@ -259,4 +259,4 @@ def sd_ratio_interval(x: list[float], y: list[float], confidence: float = 0.95) 
     rho = float(np.corrcoef(x, y)[0, 1])
     k = 1 + 2 * (1 - rho ** 2) * student.ppf(1 - (1 - confidence) / 2, n - 2) ** 2 / (n - 2)
     width = math.sqrt(k * k - 1)
-    return math.sqrt(ratio), math.sqrt(ratio * (k - width)), math.sqrt(ratio * (k + width))
+    return math.sqrt(ratio), math.sqrt(ratio / (k + width)), math.sqrt(ratio * (k + width))  # (k-w)(k+w) = 1

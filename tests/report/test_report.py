@@ -376,10 +376,12 @@ def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
          "control_mean": 0.1, "device": "cpu: AMD EPYC (2 cores)"}])
     frame["seeds"] = [len(d[0]) for d in frame["candidate_diffs"]]
     frame["chapter_protocol"] = frame["profile"] == "chapter"
+    frame["study"] = frame["variant"] + "-" + frame["profile"]
     searched = {"variant": "smooth-l1", "profile": "chapter", "image_size": 256.0, "dataset": "bananas",
                 "outcome": "not decided", "candidate_diffs": [], "shared_control": "", "verdict_seeds": "",
-                "control_mean": float("nan"), "device": "NVIDIA H200", "seeds": 0, "chapter_protocol": True}
-    rung = {**frame.iloc[1].to_dict(), "image_size": 128.0, "chapter_protocol": False}  # the chapter's, at 128 px
+                "control_mean": float("nan"), "device": "NVIDIA H200", "seeds": 0, "chapter_protocol": True,
+                "study": "smooth-l1-chapter-cuda"}
+    rung = {**frame.iloc[1].to_dict(), "image_size": 128.0, "chapter_protocol": False, "study": "rung"}  # the chapter's, at 128 px
     blocks = fidelity_blocks(pd.concat([frame, pd.DataFrame([searched, rung])], ignore_index=True))
     text = blocks[1].text
     assert "The chapter's answers: `loss-weights` (chapter profile, bananas, 256 px)." in text
@@ -403,12 +405,16 @@ def test_the_forest_shows_an_exercises_profiles_side_by_side(tmp_path):
            "split": "test"}
     frame = pd.DataFrame([{**row, "variant": "focal-loss", "profile": "quick"},
                           {**row, "variant": "smooth-l1", "profile": "quick"},
-                          {**row, "variant": "focal-loss", "profile": "chapter", "outcome": "undecided"}])
+                          {**row, "variant": "focal-loss", "profile": "chapter", "outcome": "undecided",
+                           "image_size": 256, "device": "NVIDIA H200"}])
+    frame["chapter_protocol"] = frame["profile"] == "chapter"
+    frame.loc[frame["profile"] == "quick", ["image_size", "device"]] = [64, "cpu: AMD EPYC (2 cores)"]
     points = _points(frame)
     labels = list(points["label"])[::-1]  # top to bottom
-    assert labels[0].startswith("focal-loss at chapter") and labels[1].startswith("focal-loss at quick")
-    assert labels[2].startswith("smooth-l1 at quick") and list(points["marker"])[::-1] == ["s", "o", "o"]
-    assert "A square is decided at the chapter's profile" in plot_forest(frame, 0.01, tmp_path / "forest.png")
+    assert labels[0].startswith("focal-loss at chapter, 256 px on NVIDIA H200  (undecided, 6 new seeds on test)")
+    assert labels[1].startswith("focal-loss at quick, 64 px on CPU") and labels[2].startswith("smooth-l1 at quick")
+    assert list(points["marker"])[::-1] == ["s", "o", "o"]
+    assert "A square is decided at the chapter's protocol" in plot_forest(frame, 0.01, tmp_path / "forest.png")
 
 
 def test_the_verdict_text_explains_a_detectable_size_above_the_decided_effect_and_flags_a_narrow_bound():

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import plain
-from pipeline.config import make_config, protocol
+from pipeline.config import make_config
 from pipeline.report.answers import fidelity_blocks
 from pipeline.report.transfer import agreement, paired_effects, settings_tested, write_transfer
 
@@ -22,14 +22,14 @@ CHAPTER = {1.0: [-0.01, 0.0, -0.02], 2.0: [0.02, 0.03, 0.025], 4.0: [0.06, 0.05,
 
 def grid_study(storage: str, name: str, effects: dict, profile: str, image_size: int) -> None:
     """A loss-weights study at ``profile`` (the chapter's protocol at 256 px, else the quick one's at image_size)
-    whose verdict tested every grid point against the control on seeds 1-3 with these paired differences."""
+    whose verdict tested every grid point against the control on seeds 1, 2, ... with these paired differences."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     study.set_user_attr("variant", "loss-weights")
     distribution = {"box_weight": optuna.distributions.CategoricalDistribution([0.5, 1.0, 2.0, 4.0])}
     candidates = []
     for number, (weight, diffs) in enumerate(effects.items()):
         study.add_trial(optuna.trial.create_trial(params={"box_weight": weight}, distributions=distribution, value=0.1))
-        candidates.append({"trial": number, "seeds": [1, 2, 3], "diffs": diffs})
+        candidates.append({"trial": number, "seeds": list(range(1, len(diffs) + 1)), "diffs": diffs})
     study.set_user_attr("verdict", {"candidates": candidates[::-1]})  # a verdict's order is its own
     study.set_user_attr("profile", profile)
     protocol = dataclasses.asdict(make_config(profile, {"image_size": image_size}))
@@ -53,7 +53,8 @@ def test_effects_are_matched_by_setting_and_agreement_is_what_scipy_says(tmp_pat
     assert summary["tau"] == 1.0 and summary["tau_lo"] <= summary["tau"] <= summary["tau_hi"] == 1.0
     folder = write_transfer(storage, "quick", "chapter", tmp_path / "out")
     text = (folder / "report.md").read_text()
-    assert "Of 4 settings tested at both quick (64 px, 10 epochs, lr 0.4) and chapter (256 px, 20 epochs" in text
+    assert ("Of 4 settings tested at both quick (64 px, 10 epochs, batch 16, lr 0.4 constant) and chapter (256 px, "
+            "20 epochs, batch 32, lr 0.2 constant)") in text
     assert "3 agree on the sign" in text and "Kendall's τ between the two profiles' effects is +1.00" in text
     assert (folder / "figures" / "transfer.png").stat().st_size > 10_000 and (folder / "transfer.csv").is_file()
 
@@ -87,31 +88,38 @@ def test_the_command_writes_the_page_and_refuses_a_study_without_paired_seeds(tm
     assert missing.exit_code == 2 and "no study named 'nope'" in plain(missing.output)
 
 
-def test_the_sheet_counts_a_cheaper_profiles_verdict_as_the_chapters_only_where_transfer_is_shown(tmp_path):
+def five_seeds(effects: dict) -> dict:
+    """Each setting's three paired differences, and two more around their mean."""
+    return {w: [*d, np.mean(d) + 0.004, np.mean(d) - 0.004] for w, d in effects.items()}
+
+
+def test_the_sheet_counts_a_cheaper_studys_verdict_as_the_chapters_only_where_its_transfer_is_shown(tmp_path):
     from pipeline.report.transfer_section import transfer_section
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    agreeing = {**CHAPTER, 1.0: [0.01, 0.0, 0.02]}  # every sign as at the quick profile, the same order
-    grid_study(storage, "loss-weights-quick", QUICK, "quick", 64)
+    agreeing = five_seeds({**CHAPTER, 1.0: [0.01, 0.0, 0.02]})  # every sign as at the quick profile, the same order
+    grid_study(storage, "loss-weights-quick", five_seeds(QUICK), "quick", 64)
+    grid_study(storage, "loss-weights-quick-3-seeds", QUICK, "quick", 64)  # agrees too, on too few seeds
     grid_study(storage, "loss-weights-chapter", agreeing, "chapter", 256)
-    grid_study(storage, "loss-weights-chapter128", CHAPTER, "chapter", 128)  # a rung: the chapter's lr, 128 px
+    grid_study(storage, "loss-weights-chapter128", five_seeds(CHAPTER), "chapter", 128)  # box weight 1 turns to -
     blocks, shown = transfer_section(storage, tmp_path)
-    quick = protocol(dataclasses.asdict(make_config("quick")))
-    rung = protocol(dataclasses.asdict(make_config("chapter", {"image_size": 128})))
-    assert shown == {("loss-weights", quick)}  # the rung's box weight 1 turns to - at the chapter's: not shown
-    titles = [b.text for b in blocks if b.kind == "h3"]
-    assert titles == ["`loss-weights`: `loss-weights-quick` to `loss-weights-chapter` (transfer shown)",
-                      "`loss-weights`: `loss-weights-chapter128` to `loss-weights-chapter` (transfer not shown)"]
+    assert shown == {"loss-weights-quick"}
+    titles = sorted(b.text for b in blocks if b.kind == "h3")
+    assert titles == ["`loss-weights`: `loss-weights-chapter128` to `loss-weights-chapter` (transfer not shown)",
+                      "`loss-weights`: `loss-weights-quick-3-seeds` to `loss-weights-chapter` (transfer not shown)",
+                      "`loss-weights`: `loss-weights-quick` to `loss-weights-chapter` (transfer shown)"]
     assert (tmp_path / "figures" / "transfer-loss-weights-quick-loss-weights-chapter.png").stat().st_size > 10_000
     row = {"variant": "loss-weights", "profile": "quick", "image_size": 64.0, "dataset": "bananas", "seeds": 8,
            "candidate_diffs": [], "shared_control": "", "chapter_protocol": False}
-    frame = pd.DataFrame([{**row, "protocol": quick},
-                          {**row, "profile": "chapter", "image_size": 128.0, "protocol": rung}])
+    frame = pd.DataFrame([{**row, "study": "loss-weights-quick"},
+                          {**row, "study": "loss-weights-quick-3-seeds", "device": "NVIDIA H200"},
+                          {**row, "study": "loss-weights-chapter128", "profile": "chapter", "image_size": 128.0}])
     text = fidelity_blocks(frame, shown)[1].text
-    assert ("The chapter's answers by transfer, decided on a proxy whose effects on that exercise were shown to carry "
-            "over (the section below): `loss-weights` (quick profile, bananas, 64 px).") in text
-    assert text.endswith("is not shown: `loss-weights` (chapter profile, bananas, 128 px).")
-    assert fidelity_blocks(frame)[1].text.count("not shown") == 1  # no transfer given: neither counts
+    assert ("The chapter's answers by transfer, decided on a proxy whose study's effects were shown to carry over (the "
+            "section below): `loss-weights` (quick profile, bananas, 64 px).") in text
+    assert text.endswith("is not shown: `loss-weights` (quick profile, bananas, 64 px, on NVIDIA H200), `loss-weights` "
+                         "(chapter profile, bananas, 128 px).")  # the same protocol, but not its own transfer
+    assert fidelity_blocks(frame)[1].text.count("by transfer") == 0  # no transfer given: none counts
 
 
 def test_the_sheet_says_transfer_is_not_measured_when_no_exercise_has_both(tmp_path):

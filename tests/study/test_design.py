@@ -74,7 +74,10 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert sheet.exit_code == 0, sheet.output
     answers = (workdir / "reports" / "answers" / "report.md").read_text()
     assert "## What each effect is made of" in answers
-    assert f"`focal-matched` (quick profile, {Path(data).name}, 64 px), on the test split" in answers  # where decided
+    from pipeline.machine import cpu_description
+
+    where = f"(quick profile, {Path(data).name}, 64 px, on {cpu_description()}), on the test split"
+    assert f"`focal-matched` {where}" in answers  # where decided, and on what
     assert "focal-matched" not in answers.split("## What each effect is made of")[0]  # not a row of the searches
 
 

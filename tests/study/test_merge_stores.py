@@ -1,6 +1,8 @@
 """`python cli.py merge SOURCE --storage TARGET`: a GPU call's studies join the answer store, its shared controls
 merged seed by seed, a re-merge replaces what the last one copied, and a clash changes nothing."""
 
+import shutil
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -10,6 +12,7 @@ from typer.testing import CliRunner
 from cli import app
 from pipeline.study.merge_stores import merge_stores
 from pipeline.study.optuna_study import SweepError
+from pipeline.study.store_checks import StoreError
 
 runner = CliRunner()
 
@@ -55,20 +58,40 @@ def test_a_gpu_stores_studies_join_and_its_controls_merge_seed_by_seed(tmp_path)
     assert packs["control test/map cccc"] == kept({1: 0.5})
 
 
-def test_merging_again_replaces_what_the_last_merge_copied(tmp_path):
+def test_merging_a_later_calls_store_replaces_what_the_last_merge_copied_and_an_older_one_is_refused(tmp_path):
     source = make_store(tmp_path / "gpu.db", {"smooth-l1-chapter-cuda": 1}, {})
     target = make_store(tmp_path / "answers.db", {}, {})
     merge_stores(source, target)
-    more = optuna.load_study(study_name="smooth-l1-chapter-cuda", storage=source)  # the next GPU call resumed it
+    [cut] = [t for t in optuna.load_study(study_name="smooth-l1-chapter-cuda", storage=target).trials
+             if t.state == TrialState.FAIL]
+    assert cut.user_attrs["fail_reason"] == f"running in {source} when it was copied: no process's in this store"
+    assert "worker" not in cut.system_attrs  # copied as it was: not stamped as this merge's own trial
+    later = tmp_path / "call2" / "optuna.db"  # the next GPU call resumed the store and came back elsewhere
+    later.parent.mkdir()
+    shutil.copy(tmp_path / "gpu.db", later)
+    more = optuna.load_study(study_name="smooth-l1-chapter-cuda", storage=f"sqlite:///{later}")
     more.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.3))
-    assert merge_stores(source, target)["replaced"] == ["smooth-l1-chapter-cuda"]
+    assert merge_stores(f"sqlite:///{later}", target)["replaced"] == ["smooth-l1-chapter-cuda"]
     assert trials_of(target, "smooth-l1-chapter-cuda") == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    with pytest.raises(SweepError, match=r"trials do not extend that copy \(an older store"):
+        merge_stores(source, target)  # the first call's store again: it would lose the later trial
+    assert len(trials_of(target, "smooth-l1-chapter-cuda")) == 3
+
+
+def test_a_malformed_kept_seed_in_the_source_refuses_the_merge_before_anything_is_written(tmp_path):
+    source = make_store(tmp_path / "gpu.db", {"focal-loss-chapter-cuda": 1}, {})
+    optuna.load_study(study_name="shared-controls", storage=source).set_user_attr(
+        "verdict_packs", {"control test/map aaaa": {"scores": {"1": 7.0}, "seconds": {"1": 9.0}}})  # not an mAP
+    target = make_store(tmp_path / "answers.db", {}, {"control test/map aaaa": {1: 0.2}})
+    with pytest.raises(StoreError, match="shared-controls.*control test/map aaaa"):
+        merge_stores(source, target)
+    assert optuna.get_all_study_names(target) == ["shared-controls"]
 
 
 def test_a_study_the_target_has_of_its_own_refuses_the_merge_before_anything_is_written(tmp_path):
     source = make_store(tmp_path / "gpu.db", {"a-new-one": 1, "loss-weights-quick": 3}, {"control test/map aaaa": {5: 0.1}})
     target = make_store(tmp_path / "answers.db", {"loss-weights-quick": 1}, {"control test/map aaaa": {1: 0.2}})
-    with pytest.raises(SweepError, match="study 'loss-weights-quick' is in both stores.*nothing was merged"):
+    with pytest.raises(SweepError, match="study 'loss-weights-quick' is in both stores and the target's is its own"):
         merge_stores(source, target)
     assert optuna.get_all_study_names(target) == ["loss-weights-quick", "shared-controls"]
     packs = optuna.load_study(study_name="shared-controls", storage=target).user_attrs["verdict_packs"]
