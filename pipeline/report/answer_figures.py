@@ -53,7 +53,8 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
     if points.empty:
         raise Skipped("no study has both a complete control and a complete setting besides it")
     y = np.arange(len(points))
-    with new_figure(path, width=9.5, height=1.6 + 0.5 * len(points),
+    width = max(9.5, 5.5 + 0.075 * max(len(label) for label in points["label"]))  # the rows' labels fit beside
+    with new_figure(path, width=width, height=1.6 + 0.5 * len(points),
                     title="Each exercise: best setting minus the chapter's, mAP") as (fig, (ax,)):
         ax.axvspan(-delta, delta, color="#e8eef5", zorder=0)
         ax.axvline(0, color=COLORS["control"], lw=1)
@@ -68,7 +69,7 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
         ax.xaxis.set_major_locator(MaxNLocator(6))
         ax.margins(x=0.08)  # a point at the end of the range stays off the frame
         ax.set_ylim(-0.6, len(points) - 0.4)  # and so does the first or last row
-        ax.set(xlabel="Δ mAP@[.5:.95], best − control (each row names its split)")
+        ax.set(xlabel="Δ mAP@[.5:.95], best − control (on the split each row names)")
         handles = [Line2D([], [], marker="o", ls="", color=c, label=o) for o, c in OUTCOME_COLORS.items()
                    if o in set(points["outcome"])]
         handles += [Line2D([], [], marker=m, ls="", color="#555555", label=f"{name} protocol")  # filled: a hollow
