@@ -90,7 +90,8 @@ def _voc_blocks(frame: pd.DataFrame) -> list[Block]:
     rows = []
     for _, r in frame[frame["outcome"] != "seed noise"].iterrows():
         for role, value in (("control", r["control"]), ("best", r["best"])):
-            rows.append({"exercise": r["variant"], "trial": role, "COCO mAP@[.5:.95]": fmt(value),
+            rows.append({"exercise": r["variant"], "measured at": decided_at(r), "trial": role,
+                         "COCO mAP@[.5:.95]": fmt(value),
                          "COCO AP50": fmt(r[f"{role}:val/map50"]), "VOC07 AP50 (11-point)": fmt(r[f"{role}:val/voc07_ap50"]),
                          "VOC AP50 (all points)": fmt(r[f"{role}:val/voc_ap50"])})
     return _section("Evaluating as the SSD paper does: VOC AP at IoU 0.5",
@@ -108,7 +109,7 @@ def _section(title: str, text: str, rows: list[dict]) -> list[Block]:
 
 
 def _threshold_blocks(frame: pd.DataFrame) -> list[Block]:
-    rows = [{"exercise": r["variant"],
+    rows = [{"exercise": r["variant"], "measured at": decided_at(r),
              "control: threshold (F1)": f"{fmt(r['control:val/f1_threshold'], 3)} ({fmt(r['control:val/best_f1'], 3)})",
              "best setting: threshold (F1)": f"{fmt(r['best:val/f1_threshold'], 3)} ({fmt(r['best:val/best_f1'], 3)})"}
             for _, r in frame[frame["outcome"] != "seed noise"].iterrows()]

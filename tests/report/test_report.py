@@ -229,6 +229,7 @@ def test_report_all_and_the_cli(swept):
     assert ("Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
             f"shown: `focal-loss` ({where})") in " ".join(page.split())
     assert "| decided at |" in page and f"| {where} |" in page  # each answer names its data and machine
+    assert f"| focal-loss | {where} | control |" in page  # so does each row of the VOC table
     assert "## Do the effects carry over to the chapter's protocol?\n\nNot measured yet: no exercise" in page
     assert "The chapter's answers:" not in page  # nothing here was decided at the chapter's protocol
     assert "not decided (one seed each; use --decide)" in set(table["verdict"])
