@@ -8,6 +8,8 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.stats.verdict import interval_text
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -142,7 +144,7 @@ def print_verdict(result: dict, options) -> None:
                   else f"; about {needed} paired seeds would likely decide it")
         decided = f" (decided at {result['decided_at']})" if result.get("decided_at") else ""
         console.print(f"[bold]Verdict: trial {trial} is {claim}[/]")
-        console.print(f"  Δ mAP {result['delta']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] (holds at any number of "
+        console.print(f"  Δ mAP {result['delta']:+.4f}, 95% interval {interval_text(lo, hi)} (holds at any number of "
                       f"seeds), {result['seeds']} paired new seeds{decided}, scored on the {result['scored_on']} "
                       f"split{needed}")
     name = options.study_name or f"{options.variant}-{options.profile}"

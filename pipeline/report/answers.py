@@ -20,9 +20,9 @@ from pipeline.report.figures import Skipped
 from pipeline.report.overview import summary_frame
 from pipeline.report.design_section import effects_section, is_design
 from pipeline.report.select import ReportError, list_studies
-from pipeline.report.text import counted, decided_at, fmt, interval
+from pipeline.report.text import counted, decided_at, fmt
 from pipeline.report.transfer_section import transfer_section
-from pipeline.stats.verdict import holm
+from pipeline.stats.verdict import holm, interval_text
 
 DELTA = 0.01  # the equivalence margin the verdicts use by default (sweep --delta)
 
@@ -30,7 +30,7 @@ DELTA = 0.01  # the equivalence margin the verdicts use by default (sweep --delt
 def _interval(r: pd.Series) -> str:
     if not r["seeds"]:
         return "n/a" if pd.isna(r["delta"]) else f"{r['delta']:+.4f} (one seed, not tested)"
-    return f"{r['confirmed_delta']:+.4f} {interval(r['ci_lo'], r['ci_hi'])}"
+    return f"{r['confirmed_delta']:+.4f} {interval_text(r['ci_lo'], r['ci_hi'])}"
 
 
 def _hours(r: pd.Series) -> str:

@@ -11,8 +11,9 @@ import optuna
 import pandas as pd
 
 from pipeline.report.document import Block, question_blocks, write_documents
-from pipeline.report.text import counted, decided_at, fmt, interval
+from pipeline.report.text import counted, decided_at, fmt
 from pipeline.stats.noise import sd_ratio_interval
+from pipeline.stats.verdict import interval_text
 
 ATTR = "contrasts"  # pipeline.study.design keeps its record under this study attribute
 
@@ -24,7 +25,7 @@ def is_design(study: optuna.Study) -> bool:
 def contrast_table(rows: list[dict], metric: str = "mAP") -> pd.DataFrame:
     return pd.DataFrame([{"contrast": row["contrast"], "verdict": row["verdict"],
                           f"Δ {metric} [95% interval, valid at any number of seeds]":
-                              f"{row['delta']:+.4f} {interval(*row['delta_ci95'])}",
+                              f"{row['delta']:+.4f} {interval_text(*row['delta_ci95'])}",
                           "paired seeds": len(row["seeds"])} for row in rows])
 
 

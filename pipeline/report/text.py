@@ -45,14 +45,6 @@ def params_text(row: pd.Series) -> str:
     return ", ".join(f"{k}={choice_label(v) if not isinstance(v, float) else f'{v:.4g}'}" for k, v in items)
 
 
-def interval(lo: float, hi: float) -> str:
-    """A confidence interval as [lo, hi], signed; "[no bound yet]" while both ends are still infinite (an
-    anytime-valid sequence at few seeds, or under a strict Holm level, is unbounded until then)."""
-    if math.isinf(lo) and math.isinf(hi):
-        return "[no bound yet]"
-    return f"[{lo:+.4f}, {hi:+.4f}]"
-
-
 def signed(value: float) -> str:
     return "n/a" if missing(value) else f"{value:+.4f}"
 

@@ -10,10 +10,10 @@ import numpy as np
 
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
-from pipeline.report.text import interval, params_text
+from pipeline.report.text import params_text
 from pipeline.report.trials import best_row, control_row, is_seed_study
 from pipeline.stats.noise import how_rough, measured_seed_sd
-from pipeline.stats.verdict import minimum_detectable_effect, stored_record, verdict
+from pipeline.stats.verdict import interval_text, minimum_detectable_effect, stored_record, verdict
 
 CLAIMS = {"better": "**Better** than the control", "worse": "**Worse** than the control",
           "equivalent": "**Equivalent** to the control", "undecided": "**Undecided**",
@@ -79,7 +79,7 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
     decided = f", decided at {row['decided_at']} seeds" if row.get("decided_at") else ""
     kind = ("a confidence sequence: 95% at every number of seeds at once, so adding seeds later keeps it"
                 if row.get("rule") else "95% for the whole decision")
-    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, interval {interval(lo, hi)} ({kind}), over "
+    text = (f"{claim}: {setting}. Δ mAP {row['delta']:+.4f}, interval {interval_text(lo, hi)} ({kind}), over "
             f"{len(row['seeds'])} paired new seeds ({looks}{decided}), scored on the {record.get('split', 'val')} "
             "split.")
     if row.get("within_delta"):

@@ -291,3 +291,11 @@ def _detectable_in_sds(n: int, alpha: float, power: float) -> float:
 def to_record(v: Verdict) -> dict:
     """JSON-ready (Optuna user attrs, --json): the verdict and its evidence."""
     return {**v.as_dict(), "look": asdict(v.look)}
+
+
+def interval_text(lo: float, hi: float) -> str:
+    """An interval as it is printed everywhere, signed: [lo, hi], or "[no bound yet]" while both ends are still
+    infinite (a confidence sequence at few seeds, or under a strict Holm level, is unbounded until then)."""
+    if math.isinf(lo) and math.isinf(hi):
+        return "[no bound yet]"
+    return f"[{lo:+.4f}, {hi:+.4f}]"

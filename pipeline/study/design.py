@@ -15,6 +15,7 @@ from pipeline.machine import device_description
 from pipeline.metric_names import on_split
 from pipeline.stats.contrasts import cell_role, secondary_rows, settle_contrasts
 from pipeline.stats.decide import FAILED_SCORE, NoControlScore
+from pipeline.stats.verdict import interval_text
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.kept_packs import SHARED_CONTROLS, SecondaryPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, load_variant, open_storage,
@@ -108,5 +109,5 @@ def contrasts_text(record: dict, split: str) -> str:
 
 
 def _effect(row: dict) -> str:
-    return (f"Δ {row['delta']:+.4f} [{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}] over "
+    return (f"Δ {row['delta']:+.4f} {interval_text(*row['delta_ci95'])} over "
             f"{len(row['seeds'])} paired seeds")

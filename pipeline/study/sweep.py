@@ -17,7 +17,7 @@ from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import device_description, resolve_device
 from pipeline.model.pack import PackError, check_fits
 from pipeline.stats.decide import Candidate, NoControlScore, settle
-from pipeline.stats.verdict import RECORD_ATTR, stored_record
+from pipeline.stats.verdict import RECORD_ATTR, interval_text, stored_record
 from pipeline.study import best as best_rule
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.faults import reconcile_runs, requeue_interrupted
@@ -79,7 +79,7 @@ def verdict_sentence(result: dict) -> str:
     lo, hi = (bound if bound is not None else sign * math.inf  # --json writes an unbounded side as null
               for bound, sign in zip(result["delta_ci95"], (-1, 1)))
     decided = f" (decided at {result['decided_at']})" if result.get("decided_at") else ""
-    return (f"Verdict: trial {trial} is {claim}. Δ mAP {result['delta']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] "
+    return (f"Verdict: trial {trial} is {claim}. Δ mAP {result['delta']:+.4f}, 95% interval {interval_text(lo, hi)} "
             f"(holds at any number of seeds), {result['seeds']} paired new seeds{decided}, scored on the "
             f"{result['scored_on']} split.")
 

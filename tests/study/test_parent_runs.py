@@ -43,3 +43,12 @@ def test_the_search_and_the_verdict_parents_are_named_by_what_they_did_and_agree
     search_id, verdict_id = parents["smooth-l1 · search"].info.run_id, parents["smooth-l1 · verdict"].info.run_id
     assert (f"Its parent runs, one per sweep: `smooth-l1 · search` (`{search_id}`) holds 2 trial runs; "
             f"`smooth-l1 · verdict` (`{verdict_id}`) holds 2 verdict packs.") in report.replace("\n", " ")
+
+
+def test_a_verdict_still_unbounded_says_no_bound_yet_in_the_runs_description():
+    result = {"verdict": "undecided", "verdict_trial": 1, "delta": 0.0704, "delta_ci95": [None, None],  # as --json
+              "delta_margin": 0.01, "seeds": 5, "scored_on": "test"}                                 # writes inf
+    assert verdict_sentence(result) == ("Verdict: trial 1 is undecided. Δ mAP +0.0704, 95% interval [no bound yet] "
+                                        "(holds at any number of seeds), 5 paired new seeds, scored on the test split.")
+    bounded = {**result, "verdict": "better", "delta_ci95": [0.0012, 0.14]}
+    assert "95% interval [+0.0012, +0.1400] (holds" in verdict_sentence(bounded)
