@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.stats.verdict import interval_text
@@ -144,9 +145,9 @@ def print_verdict(result: dict, options) -> None:
                   else f"; about {needed} paired seeds would likely decide it")
         decided = f" (decided at {result['decided_at']})" if result.get("decided_at") else ""
         console.print(f"[bold]Verdict: trial {trial} is {claim}[/]")
-        console.print(f"  Δ mAP {result['delta']:+.4f}, 95% interval {interval_text(lo, hi)} (holds at any number of "
-                      f"seeds), {result['seeds']} paired new seeds{decided}, scored on the {result['scored_on']} "
-                      f"split{needed}")
+        console.print(f"  Δ mAP {result['delta']:+.4f}, 95% interval {escape(interval_text(lo, hi))} (holds at "
+                      f"any number of seeds), {result['seeds']} paired new seeds{decided}, scored on the "
+                      f"{result['scored_on']} split{needed}")
     name = options.study_name or f"{options.variant}-{options.profile}"
     console.print("Next:")
     if verdict in ("not decided", "pending") and trial is not None:
@@ -228,5 +229,5 @@ def print_contrasts(result: dict) -> None:
         sd = "n/a" if math.isnan(row["sd"]) else f"{row['sd']:.4f} [{row['sd_lo']:.4f}, {row['sd_hi']:.4f}]"
         table.add_row(cell, mean, sd, str(len(scores)))
     console.print(table)
-    console.print(contrasts_text({"contrasts": result["contrasts"], "secondary": result.get("secondary", {})},
-                                 result["split"]))
+    console.print(escape(contrasts_text({"contrasts": result["contrasts"], "secondary": result.get("secondary", {})},
+                                        result["split"])))  # "[no bound yet]" is text, not rich markup

@@ -52,3 +52,13 @@ def test_a_verdict_still_unbounded_says_no_bound_yet_in_the_runs_description():
                                         "(holds at any number of seeds), 5 paired new seeds, scored on the test split.")
     bounded = {**result, "verdict": "better", "delta_ci95": [0.0012, 0.14]}
     assert "95% interval [+0.0012, +0.1400] (holds" in verdict_sentence(bounded)
+
+
+def test_the_terminal_prints_an_unbounded_interval_as_words_not_as_markup(capsys):
+    from pipeline.terminal import console, print_contrasts
+
+    row = {"contrast": "interaction", "verdict": "pending", "delta": 0.046, "delta_ci95": [float("-inf"), float("inf")],
+           "seeds": [1, 2]}
+    with console.capture() as captured:
+        print_contrasts({"study": "s", "split": "test", "cells": {}, "contrasts": [row]})
+    assert "interaction: pending, Δ +0.0460 [no bound yet] over 2 paired seeds on test" in captured.get()
