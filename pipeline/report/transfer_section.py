@@ -60,8 +60,9 @@ def transfer_section(storage: str, folder: Path) -> tuple[list[Block], set[str]]
     for cheap, chapter in pairs:
         figure = Path("figures") / f"transfer-{cheap.study_name}-{chapter.study_name}.png"
         pair_blocks, summary, effects = transfer_blocks((cheap, chapter), folder, figure)
-        (shown if is_shown(summary, effects) else failed).add(cheap.study_name)
-        verdict = "shown" if is_shown(summary, effects) else "not shown"
+        passed = is_shown(summary, effects)
+        (shown if passed else failed).add(cheap.study_name)
+        verdict = "shown" if passed else "not shown"
         variant = cheap.user_attrs.get("variant", cheap.study_name)
         blocks += [Block("h3", f"`{variant}`: `{cheap.study_name}` to `{chapter.study_name}` (transfer {verdict})"),
                    *pair_blocks]
