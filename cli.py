@@ -13,9 +13,9 @@ from rich.table import Table
 
 from cli_options import (CandidatesOpt, DatasetOpt, DecideOpt, DeltaOpt, Device, DeviceOpt, JsonOpt, MaxSeedsOpt,
                          ProfileOpt, SeedsOpt, SeedsPerTrialOpt, SetOpt, SkipOpt, Split, build_config, check_device,
-                         check_image_out, check_tracking_store, check_writable, chosen_profile, existing_storage_url, finite_in,
-                         json_line, load_or_exit, seconds_since_process_start, seed_pack, storage_url,
-                         study_name_option, threshold_value, usage_error, user_overrides, variant_name)
+                         check_image_out, check_tracking_store, check_writable, chosen_profile, existing_storage_url,
+                         existing_store_url, finite_in, json_line, load_or_exit, seconds_since_process_start, seed_pack,
+                         storage_url, study_name_option, threshold_value, usage_error, user_overrides, variant_name)
 from pipeline.config import knob_table, make_config
 from pipeline.sqlite_files import DEFAULT_STORAGE, sqlite_path
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
@@ -355,15 +355,21 @@ def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`
            storage: Annotated[str, typer.Option(help="the Optuna storage the sweep used",
                                                 callback=storage_url)] = DEFAULT_STORAGE,
            study_name: Annotated[Optional[str], typer.Option(help="default: the variant's study in the storage")] = None,
-           out_root: Annotated[Path, typer.Option(help="reports are written to OUT_ROOT/<name>/")] = Path("reports")):
+           out_root: Annotated[Path, typer.Option(help="reports are written to OUT_ROOT/<name>/")] = Path("reports"),
+           transfer_storage: Annotated[Optional[list[str]], typer.Option(
+               help="with 'all': another Optuna store whose transfer measurements (a cheap profile against a rung "
+                    "or the chapter's protocol) the sheet shows as evidence only (repeatable)")] = None):
     """Write reports/<name>/report.md and report.html with figures and trials.csv, from the study and its MLflow runs;
     for 'all', the answer sheet: reports/answers/, every exercise's verdict on one page."""
     from pipeline.report import ReportError, write_report
 
+    if transfer_storage and target != "all":
+        usage_error("only the answer sheet ('report all') reads other stores", "--transfer-storage")
+    evidence = [existing_store_url(url, "--transfer-storage") for url in transfer_storage or []]
     check_writable(out_root)
     check_tracking_store()
     try:
-        folder = write_report(target, storage=storage, out_root=out_root, study_name=study_name)
+        folder = write_report(target, storage=storage, out_root=out_root, study_name=study_name, evidence=evidence)
     except ReportError as exc:
         usage_error(str(exc))
     except OSError as exc:  # a report folder or file inside OUT_ROOT that cannot be written

@@ -200,13 +200,18 @@ def checked_storage_url(url: str, flag: str) -> str:
 
 
 def existing_storage_url(url: str) -> str:
+    """storage_url for a store that is read, never created (merge's SOURCE)."""
+    return existing_store_url(url, "SOURCE")
+
+
+def existing_store_url(url: str, flag: str) -> str:
     """storage_url for a store that is read, never created: a SQLite file must exist and hold something."""
     from pipeline.sqlite_files import sqlite_path
 
     path = sqlite_path(url)
     if path is not None and (not path.is_file() or path.stat().st_size == 0):
-        usage_error(f"{path}: no such Optuna store (a SQLite file that is there and not empty)", "SOURCE")
-    return checked_storage_url(url, "SOURCE")
+        usage_error(f"{path}: no such Optuna store (a SQLite file that is there and not empty)", flag)
+    return checked_storage_url(url, flag)
 
 
 def check_tracking_store() -> None:

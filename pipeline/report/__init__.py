@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from pipeline.report.answers import write_answers
 from pipeline.report.design_section import is_design, write_design_report
@@ -33,15 +34,16 @@ __all__ = ["ReportError", "write_report"]
 
 
 def write_report(target: str, *, storage: str = DEFAULT_STORAGE, out_root: Path = Path("reports"),
-                 study_name: str | None = None) -> Path:
+                 study_name: str | None = None, evidence: Sequence[str] = ()) -> Path:
     """Write out_root/<target>/ (report.md, report.html, trials.csv, figures/) or, for 'all', the answer sheet in
     out_root/answers/ (report.md, report.html, answers.csv, figures/).
 
+    ``evidence``: for 'all', more Optuna stores whose transfer pairs the sheet shows as evidence only.
     Returns the folder written. ReportError when there is no such study (the message lists those that exist).
     """
     try:
         if target == "all":
-            return write_answers(storage, Path(out_root) / "answers")
+            return write_answers(storage, Path(out_root) / "answers", evidence)
         study, note = pick_study(target, storage, study_name)
         if is_design(study):
             return write_design_report(study, Path(out_root) / (study_name or target))

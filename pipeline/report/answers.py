@@ -9,6 +9,7 @@ and how to choose the threshold detections are displayed at.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -210,8 +211,9 @@ def design_studies(storage: str) -> list:
     return [study for study in studies if is_design(study)]
 
 
-def write_answers(storage: str, folder: Path) -> Path:
-    """out_root/answers/: report.md and report.html, answers.csv and figures/."""
+def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> Path:
+    """out_root/answers/: report.md and report.html, answers.csv and figures/. ``evidence``: more Optuna stores
+    whose transfer pairs the sheet shows as evidence only (pipeline.report.transfer_section)."""
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     frame = exercise_studies(summary_frame(storage))
     if frame.empty:
@@ -227,7 +229,7 @@ def write_answers(storage: str, folder: Path) -> Path:
                          + ". Each exercise is a variant "
                          "(a file in `experiments/`), run as an Optuna study against its control, the chapter's own "
                          "configuration under the same profile.")]
-    transfer, carried = transfer_section(storage, folder)
+    transfer, carried = transfer_section(storage, folder, evidence)
     blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame, carried) + transfer + _voc_blocks(frame)
     blocks += anchor_blocks(frame, folder)
     blocks += effects_section(design_studies(storage)) + _threshold_blocks(frame) + _missing_blocks(frame)

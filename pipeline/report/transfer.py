@@ -25,22 +25,33 @@ from pipeline.report.figures import COLORS, Skipped, new_figure
 from pipeline.report.select import ReportError, pick_study
 from pipeline.report.text import fmt, params_text
 from pipeline.stats.verdict import stored_record
+from pipeline.study.design import ATTR as DESIGN_ATTR
 from pipeline.study.optuna_study import stored_base_config
 
 RESAMPLES = 2000
 
 
-def settings_tested(study: optuna.Study) -> pd.DataFrame:
-    """One row per setting the study's verdict tested: its parameters (as text), paired seeds and differences."""
+def paired_settings(study: optuna.Study) -> list[dict]:
+    """One row per setting the study tested against its control on new seeds: its parameters as text (a design's
+    contrast: its name), its paired seeds and differences. Empty when nothing has paired seeds yet."""
+    design = study.user_attrs.get(DESIGN_ATTR)
+    if design is not None:
+        return [{"setting": row["contrast"], "trial": None, "seeds": list(row["seeds"]), "diffs": list(row["values"])}
+                for row in design.get("contrasts", []) if row["values"]]
     record = stored_record(study.user_attrs) or {}
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
-    rows = [{"setting": params_text(pd.Series({"control": False,
+    return [{"setting": params_text(pd.Series({"control": False,
                                                **{f"params_{k}": v for k, v in params[c["trial"]].items()}})),
              "trial": c["trial"], "seeds": list(c["seeds"]), "diffs": list(c["diffs"])}
             for c in record.get("candidates", []) if c["trial"] in params and c["diffs"]]
+
+
+def settings_tested(study: optuna.Study) -> pd.DataFrame:
+    """paired_settings as a table; ReportError when the study has none."""
+    rows = paired_settings(study)
     if not rows:
         raise ReportError(f"study {study.study_name!r} has no verdict with paired seeds: run its sweep with "
-                          "--seeds N --candidates M (M: every grid point) first")
+                          "--seeds N --candidates M (M: every grid point), or a design's with --decide, first")
     return pd.DataFrame(rows)
 
 

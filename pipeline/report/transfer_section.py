@@ -1,40 +1,64 @@
 """The answer sheet's section on transfer: for each exercise with verdicts both at a cheaper profile and at the
 chapter's protocol, do its settings' effects carry over (pipeline.report.transfer)? Where they are shown to, the
-cheaper study's verdicts count as the chapter's answers (pipeline.report.answers)."""
+cheaper study's verdicts count as the chapter's answers (pipeline.report.answers).
+
+Rungs are shown too: a cheaper study against one nearer the chapter's protocol (a 128-px rung with the chapter's
+epochs, batch and lr, say), from the answer store and from any evidence store (`report all --transfer-storage`).
+A rung's transfer is evidence about the proxy, never an answer: only a pair whose nearer study is at the chapter's
+protocol, both in the answer store, makes a cheaper study's verdicts the chapter's."""
 
 from __future__ import annotations
 
-from itertools import product
+import dataclasses
+from itertools import permutations
 from pathlib import Path
+from typing import Sequence
 
 import optuna
 
-from pipeline.config import PROTOCOL_KNOBS, at_chapter_protocol
+from pipeline.config import PROTOCOL_KNOBS, RunConfig, at_chapter_protocol, protocol
 from pipeline.report.document import Block
-from pipeline.report.transfer import transfer_blocks
-from pipeline.stats.verdict import stored_record
+from pipeline.report.transfer import paired_settings, transfer_blocks
 from pipeline.study.optuna_study import stored_base_config
 
 MIN_SETTINGS, MIN_SEEDS = 3, 5
 SHOWN = (f"every setting tested at both agrees in sign with its effect at the chapter's protocol, over at least "
          f"{MIN_SETTINGS} settings with at least {MIN_SEEDS} paired seeds each at both, and the 95% interval of "
          "Kendall's τ between the two lies above 0")
+NOT_MEASURED = ("Not measured yet: no exercise has a verdict with paired seeds both at a cheaper profile and at the "
+                "chapter's protocol. `python cli.py sweep VARIANT --profile chapter --decide --candidates 6` gives it "
+                "one (on a GPU, `PARTS=\"data answers\" bash benchmarks/gpu_check.sh`, then `python cli.py merge` its "
+                "optuna.db into this store).")
+RUNGS = ("Evidence only, below: pairs whose nearer study is a rung, a protocol between a cheap one and the "
+         "chapter's (the chapter's epochs, batch and lr at a smaller image, say), and pairs from the evidence stores "
+         "(`report all --transfer-storage`). Whether effects carry over to a rung says how far the proxy holds on "
+         "the way to the chapter's protocol; no verdict becomes the chapter's answer on it. Each pair is judged by "
+         "the same rule, with the nearer study in the chapter's place.")
 
 
 def tested_studies(storage: str) -> list[optuna.Study]:
-    """The store's studies whose verdict holds paired seeds for at least one setting."""
+    """The store's studies whose verdict (or design) holds paired seeds for at least one setting."""
     studies = [optuna.load_study(study_name=name, storage=storage) for name in optuna.get_all_study_names(storage)]
-    return [s for s in studies if any(c.get("diffs") for c in (stored_record(s.user_attrs) or {}).get("candidates", []))]
+    return [study for study in studies if paired_settings(study)]
+
+
+def knobs_off_chapter(study: optuna.Study) -> int:
+    """How many of the protocol's knobs (image side, epochs, batch, lr, schedule) differ from the chapter's."""
+    base, chapter = stored_base_config(study), dataclasses.asdict(RunConfig())
+    return sum(base.get(knob) != chapter[knob] for knob in PROTOCOL_KNOBS)
 
 
 def transfer_pairs(studies: list[optuna.Study]) -> list[tuple[optuna.Study, optuna.Study]]:
-    """(cheaper, chapter's protocol) pairs of studies of the same variant."""
+    """(cheaper, nearer) pairs of studies of the same variant: the nearer one at the chapter's protocol, or a rung
+    that differs from it in fewer of the protocol's knobs than the cheaper one does."""
     def variant(study):
         return study.user_attrs.get("variant", study.study_name)
+
+    def nearer(cheap, near):
+        return at_chapter_protocol(stored_base_config(near)) or knobs_off_chapter(near) < knobs_off_chapter(cheap)
     known = [s for s in studies if all(stored_base_config(s).get(k) is not None for k in PROTOCOL_KNOBS)]
-    chapter = [s for s in known if at_chapter_protocol(stored_base_config(s))]
-    cheaper = [s for s in known if s not in chapter]
-    return [(c, ch) for c, ch in product(cheaper, chapter) if variant(c) == variant(ch)]
+    return [(c, n) for c, n in permutations(known, 2) if variant(c) == variant(n)
+            and not at_chapter_protocol(stored_base_config(c)) and nearer(c, n)]
 
 
 def is_shown(summary: dict, effects) -> bool:
@@ -43,27 +67,42 @@ def is_shown(summary: dict, effects) -> bool:
             and summary["tau_lo"] > 0)
 
 
-def transfer_section(storage: str, folder: Path) -> tuple[list[Block], set[str]]:
-    """The section's blocks, and the names of the cheaper studies whose transfer to the chapter's protocol is
-    shown (against every chapter-protocol study of their variant)."""
-    pairs = transfer_pairs(tested_studies(storage))
+def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: Path, source: str
+                 ) -> tuple[list[Block], bool]:
+    """One pair's heading, agreement, table and scatter; and whether its transfer is shown."""
+    cheap, near = pair
+    pair_blocks, summary, effects = transfer_blocks(pair, folder, figure)
+    shown = is_shown(summary, effects)
+    variant = cheap.user_attrs.get("variant", cheap.study_name)
+    if at_chapter_protocol(stored_base_config(near)):
+        title = f"`{variant}`: `{cheap.study_name}` to `{near.study_name}` (transfer {'shown' if shown else 'not shown'})"
+    else:
+        title = (f"`{variant}`: `{cheap.study_name}` to the rung `{near.study_name}`, "
+                 f"{protocol(stored_base_config(near))} ({'carries over' if shown else 'not shown'} by the rule)")
+    return [Block("h3", title + source), *pair_blocks], shown
+
+
+def transfer_section(storage: str, folder: Path, evidence: Sequence[str] = ()) -> tuple[list[Block], set[str]]:
+    """The section's blocks, and the names of the answer store's cheaper studies whose transfer to the chapter's
+    protocol is shown (against every chapter-protocol study of their variant). ``evidence``: more stores whose
+    pairs (to the chapter's protocol or to a rung) are shown as evidence only."""
     blocks = [Block("h2", "Do the effects carry over to the chapter's protocol?")]
-    if not pairs:
-        return blocks + [Block("p", "Not measured yet: no exercise has a verdict with paired seeds both at a cheaper "
-                                    "profile and at the chapter's protocol. `python cli.py sweep VARIANT --profile "
-                                    "chapter --decide --candidates 6` gives it one (on a GPU, `PARTS=\"data answers\" "
-                                    "bash benchmarks/gpu_check.sh`, then `python cli.py merge` its optuna.db into "
-                                    "this store).")], set()
-    blocks.append(Block("p", "A cheaper study's verdicts count as the chapter's answers only where its transfer is "
-                             f"shown: {SHOWN}."))
-    shown, failed = set(), set()
-    for cheap, chapter in pairs:
-        figure = Path("figures") / f"transfer-{cheap.study_name}-{chapter.study_name}.png"
-        pair_blocks, summary, effects = transfer_blocks((cheap, chapter), folder, figure)
-        passed = is_shown(summary, effects)
-        (shown if passed else failed).add(cheap.study_name)
-        verdict = "shown" if passed else "not shown"
-        variant = cheap.user_attrs.get("variant", cheap.study_name)
-        blocks += [Block("h3", f"`{variant}`: `{cheap.study_name}` to `{chapter.study_name}` (transfer {verdict})"),
-                   *pair_blocks]
+    shown, failed, rungs = set(), set(), []
+    for index, store in enumerate([storage, *evidence]):
+        tag, source = (("", "") if index == 0 else (f"store{index}-", f", from `{store}` (evidence only)"))
+        for pair in transfer_pairs(tested_studies(store)):
+            figure = Path("figures") / f"transfer-{tag}{pair[0].study_name}-{pair[1].study_name}.png"
+            pair_blocks, passed = pair_section(pair, folder, figure, source)
+            if index == 0 and at_chapter_protocol(stored_base_config(pair[1])):
+                (shown if passed else failed).add(pair[0].study_name)
+                blocks += pair_blocks
+            else:
+                rungs += pair_blocks
+    if not shown | failed:
+        blocks.append(Block("p", NOT_MEASURED))
+    else:
+        blocks.insert(1, Block("p", "A cheaper study's verdicts count as the chapter's answers only where its "
+                                    f"transfer is shown: {SHOWN}."))
+    if rungs:
+        blocks += [Block("p", RUNGS), *rungs]
     return blocks, shown - failed

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 import experiments
 from cli import app
 from conftest import plain, tiny_args
+from test_transfer import CHAPTER, QUICK, grid_study
 from pipeline.config import make_config
 from pipeline.machine import cpu_cores, cpu_model
 from pipeline.report import ReportError, write_report
@@ -209,7 +210,10 @@ def test_control_only_and_pruned_only_studies_still_report(swept):
 @pytest.mark.slow
 def test_report_all_and_the_cli(swept):
     root, reports = swept
-    result = runner.invoke(app, ["report", "all", "--out-root", str(root / "reports")])
+    evidence = f"sqlite:///{root / 'transfer.db'}"  # a store of transfer measurements beside the answer store
+    grid_study(evidence, "loss-weights-quick", QUICK, "quick", 64)
+    grid_study(evidence, "loss-weights-chapter128", CHAPTER, "chapter", 128)
+    result = runner.invoke(app, ["report", "all", "--out-root", str(root / "reports"), "--transfer-storage", evidence])
     assert result.exit_code == 0, result.output
     summary = root / "reports" / "answers"
     table = pd.read_csv(summary / "answers.csv")
@@ -231,6 +235,8 @@ def test_report_all_and_the_cli(swept):
     assert "| decided at |" in page and f"| {where} |" in page  # each answer names its data and machine
     assert f"| focal-loss | {where} | control |" in page  # so does each row of the VOC table
     assert "## Do the effects carry over to the chapter's protocol?\n\nNot measured yet: no exercise" in page
+    assert (f"### `loss-weights`: `loss-weights-quick` to the rung `loss-weights-chapter128`, 128 px, 20 epochs, batch "
+            f"32, lr 0.2 constant (not shown by the rule), from `{evidence}` (evidence only)") in page
     assert "The chapter's answers:" not in page  # nothing here was decided at the chapter's protocol
     assert "not decided (one seed each; use --decide)" in set(table["verdict"])
     assert "`precision`" not in page and "`input-size`" in page  # not an exercise, so not missing from the sheet

@@ -104,10 +104,16 @@ def test_the_sheet_counts_a_cheaper_studys_verdict_as_the_chapters_only_where_it
     grid_study(storage, "loss-weights-chapter128", five_seeds(CHAPTER), "chapter", 128)  # box weight 1 turns to -
     blocks, shown = transfer_section(storage, tmp_path)
     assert shown == {"loss-weights-quick"}
-    titles = sorted(b.text for b in blocks if b.kind == "h3")
-    assert titles == ["`loss-weights`: `loss-weights-chapter128` to `loss-weights-chapter` (transfer not shown)",
+    titles = [b.text for b in blocks if b.kind == "h3"]
+    rungs = titles.index(next(t for t in titles if "the rung" in t))
+    assert sorted(titles[:rungs]) + sorted(titles[rungs:]) == [
+                      "`loss-weights`: `loss-weights-chapter128` to `loss-weights-chapter` (transfer not shown)",
                       "`loss-weights`: `loss-weights-quick-3-seeds` to `loss-weights-chapter` (transfer not shown)",
-                      "`loss-weights`: `loss-weights-quick` to `loss-weights-chapter` (transfer shown)"]
+                      "`loss-weights`: `loss-weights-quick` to `loss-weights-chapter` (transfer shown)",
+                      "`loss-weights`: `loss-weights-quick-3-seeds` to the rung `loss-weights-chapter128`, 128 px, 20 "
+                      "epochs, batch 32, lr 0.2 constant (not shown by the rule)",
+                      "`loss-weights`: `loss-weights-quick` to the rung `loss-weights-chapter128`, 128 px, 20 epochs, "
+                      "batch 32, lr 0.2 constant (not shown by the rule)"]  # box weight 1 turns from + to -
     assert (tmp_path / "figures" / "transfer-loss-weights-quick-loss-weights-chapter.png").stat().st_size > 10_000
     row = {"variant": "loss-weights", "profile": "quick", "image_size": 64.0, "dataset": "bananas", "seeds": 8,
            "candidate_diffs": [], "shared_control": "", "chapter_protocol": False}
@@ -129,3 +135,70 @@ def test_the_sheet_says_transfer_is_not_measured_when_no_exercise_has_both(tmp_p
     grid_study(storage, "loss-weights-quick", QUICK, "quick", 64)
     blocks, shown = transfer_section(storage, tmp_path)
     assert shown == set() and blocks[1].text.startswith("Not measured yet: no exercise has a verdict with paired seeds")
+
+
+def test_rungs_and_evidence_stores_are_shown_as_evidence_and_never_make_an_answer(tmp_path):
+    from pipeline.report.transfer_section import RUNGS, transfer_section
+
+    storage, evidence = (f"sqlite:///{tmp_path / name}" for name in ("answers.db", "transfer.db"))
+    agreeing = five_seeds({**CHAPTER, 1.0: [0.01, 0.0, 0.02]})
+    grid_study(storage, "loss-weights-quick", five_seeds(QUICK), "quick", 64)
+    grid_study(evidence, "loss-weights-quick", five_seeds(QUICK), "quick", 64)  # the same name in another store
+    grid_study(evidence, "loss-weights-chapter128", agreeing, "chapter", 128)
+    grid_study(evidence, "loss-weights-chapter", agreeing, "chapter", 256)
+    blocks, shown = transfer_section(storage, tmp_path, [evidence])
+    assert shown == set()  # shown in the evidence store, but the answer store's own study has no chapter pair
+    texts = [b.text for b in blocks]
+    assert texts[1].startswith("Not measured yet") and texts[2] == RUNGS
+    source = f", from `{evidence}` (evidence only)"
+    assert sorted(b.text for b in blocks if b.kind == "h3") == [
+        "`loss-weights`: `loss-weights-chapter128` to `loss-weights-chapter` (transfer shown)" + source,
+        "`loss-weights`: `loss-weights-quick` to `loss-weights-chapter` (transfer shown)" + source,
+        "`loss-weights`: `loss-weights-quick` to the rung `loss-weights-chapter128`, 128 px, 20 epochs, batch 32, lr 0.2 "
+        "constant (carries over by the rule)" + source]
+    figure = tmp_path / "figures" / "transfer-store1-loss-weights-quick-loss-weights-chapter128.png"
+    assert figure.stat().st_size > 10_000
+    rung_only = transfer_section(evidence, tmp_path / "rung")[1]
+    assert rung_only == {"loss-weights-quick", "loss-weights-chapter128"}  # as the answer store, its own pairs count
+
+
+def test_report_refuses_a_transfer_store_it_cannot_read_before_writing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = CliRunner().invoke(app, ["report", "all", "--transfer-storage", "sqlite:///transfer.db"])
+    assert missing.exit_code == 2
+    assert "--transfer-storage" in plain(missing.output) and "transfer.db: no such Optuna store" in plain(missing.output)
+    one_study = CliRunner().invoke(app, ["report", "loss-weights", "--transfer-storage", "sqlite:///transfer.db"])
+    assert one_study.exit_code == 2 and "only the answer sheet ('report all') reads other stores" in plain(one_study.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no report folder made
+
+
+def design_study(storage: str, name: str, effects: dict, profile: str) -> None:
+    """A quick-winners design at ``profile`` whose contrasts hold these paired differences on seeds 1, 2, ..."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    study.set_user_attr("variant", "quick-winners")
+    study.set_user_attr("profile", profile)
+    study.set_user_attr("signature", {"base_config": dataclasses.asdict(make_config(profile, {}))})
+    rows = [{"contrast": f"{cell} against the chapter", "weights": {cell: 1, "chapter": -1},
+             "seeds": list(range(1, len(values) + 1)), "values": values} for cell, values in effects.items()]
+    study.set_user_attr("contrasts", {"contrasts": rows + [{"contrast": "untrained", "seeds": [], "values": []}]})
+
+
+def test_a_designs_contrasts_transfer_as_settings_matched_by_name(tmp_path):
+    from pipeline.report.transfer_section import transfer_section
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    quick = five_seeds({"box 4": [0.06, 0.07, 0.05], "focal": [0.04, 0.03, 0.05], "smooth L1": [-0.01, 0.0, -0.005]})
+    chapter = five_seeds({"focal": [-0.06, -0.07, -0.05], "box 4": [0.02, 0.03, 0.01], "smooth L1": [0.0, -0.01, 0.0]})
+    design_study(storage, "quick-winners-quick", quick, "quick")
+    design_study(storage, "quick-winners-chapter", chapter, "chapter")
+    effects = paired_effects(*(settings_tested(optuna.load_study(study_name=name, storage=storage))
+                               for name in ("quick-winners-quick", "quick-winners-chapter")))
+    by_setting = effects.set_index("setting")
+    assert list(by_setting.index) == ["box 4 against the chapter", "focal against the chapter",
+                                      "smooth L1 against the chapter"]  # the untrained contrast is left out
+    assert by_setting.loc["focal against the chapter", "delta_chapter"] == pytest.approx(-0.06)
+    blocks, shown = transfer_section(storage, tmp_path)
+    assert shown == set()  # focal turns from + to -
+    assert [b.text for b in blocks if b.kind == "h3"] == [
+        "`quick-winners`: `quick-winners-quick` to `quick-winners-chapter` (transfer not shown)"]
+    assert "Of 3 settings tested at both" in blocks[3].text and "2 agree on the sign" in blocks[3].text
