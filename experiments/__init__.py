@@ -16,7 +16,10 @@ question as weights over cells that sum to 0 (a main effect at matched balance: 
 -1}; an interaction: four cells, +1 -1 -1 +1). ``sweep VARIANT --decide`` trains every cell on the same new seeds
 and decides each contrast on those paired seeds (pipeline.stats.contrasts). SECONDARY (optional) names more
 metrics, as OBJECTIVE does ("val/map_small"): each contrast is also reported on them, on the same seeds, with its
-own interval; they never decide when to stop. Such a file sets no TRIALS, space or sampler.
+own interval; they never decide when to stop. ANSWERS (optional) names the exercise a contrast answers
+({"box 4 against the chapter": "loss-weights"}, for a contrast of one setting against the control): the answer
+sheet then lists that contrast's verdict as one of the exercise's, at the design's profile. Such a file sets no
+TRIALS, space or sampler.
 
 Any other upper-case name must be a constant that ``space`` or ``sampler`` uses (a grid's values, say):
 a typo such as ``OBJECTVE`` would otherwise be ignored in silence, so it is refused, naming the file.
@@ -58,6 +61,7 @@ class Variant:
     cells: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # a designed contrast's cells
     contrasts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> cell weights
     secondary: tuple[str, ...] = ()  # a designed contrast's secondary outcomes (metrics, as objective)
+    answers: dict[str, str] = dataclasses.field(default_factory=dict)  # contrast -> the exercise it answers
 
     @property
     def is_design(self) -> bool:
@@ -90,11 +94,11 @@ class Variant:
                    space=None, sampler=None, prune=False, fixed_by_profile=dict(getattr(module, "FIXED_BY_PROFILE", {})),
                    exercise=bool(getattr(module, "EXERCISE", True)), cells={k: dict(v) for k, v in module.CELLS.items()},
                    contrasts={k: dict(v) for k, v in module.CONTRASTS.items()},
-                   secondary=tuple(getattr(module, "SECONDARY", ())))
+                   secondary=tuple(getattr(module, "SECONDARY", ())), answers=dict(getattr(module, "ANSWERS", {})))
 
 
 SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "TRIALS", "OBJECTIVE", "EXERCISE"}  # the upper-case names a variant's module may set
-DESIGN_SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "OBJECTIVE", "EXERCISE", "CELLS", "CONTRASTS", "SECONDARY"}
+DESIGN_SETTINGS = {"FIXED", "FIXED_BY_PROFILE", "OBJECTIVE", "EXERCISE", "CELLS", "CONTRASTS", "SECONDARY", "ANSWERS"}
 REQUIRED = {"TRIALS", "space", "sampler"}
 
 
@@ -177,6 +181,20 @@ def check_design(module: ModuleType) -> None:
         if abs(sum(weights.values())) > 1e-9 or not any(weights.values()):
             raise VariantFileError(f"{where}: contrast {name!r}: its weights sum to {sum(weights.values()):g}, not 0 "
                                    "(a contrast compares cells: +1 for one, -1 for another)")
+    check_answers(module, where)
+
+
+def check_answers(module: ModuleType, where: str) -> None:
+    """ANSWERS maps contrasts of one cell against the control to variants that exist."""
+    control = next(cell for cell, overrides in module.CELLS.items() if not overrides)
+    for contrast, exercise in getattr(module, "ANSWERS", {}).items():
+        weights = module.CONTRASTS.get(contrast)
+        if weights is None or sorted(weights.values()) != [-1, 1] or weights.get(control) != -1:
+            raise VariantFileError(f"{where}: ANSWERS names {contrast!r}, which is not a contrast of one cell against "
+                                   f"the control {control!r} (+1 for the cell, -1 for the control)")
+        if exercise not in names():
+            raise VariantFileError(f"{where}: ANSWERS maps {contrast!r} to {exercise!r}, which is not a variant; "
+                                   f"the variants are {', '.join(names())}")
 
 
 def names() -> list[str]:

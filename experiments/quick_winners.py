@@ -15,3 +15,5 @@ RANDOM = {"neg_sampling": "random", "neg_pos_ratio": 10.0}
 SMOOTH = {"box_loss": "smooth_l1", "smooth_l1_sigma": 1.0}
 CELLS = {"chapter": {}, "box 4": BOX, "focal": FOCAL, "random negatives": RANDOM, "smooth L1": SMOOTH}
 CONTRASTS = {f"{cell} against the chapter": {cell: 1, "chapter": -1} for cell in CELLS if cell != "chapter"}
+ANSWERS = {"box 4 against the chapter": "loss-weights", "focal against the chapter": "focal-loss",
+           "random negatives against the chapter": "negative-sampling", "smooth L1 against the chapter": "smooth-l1"}

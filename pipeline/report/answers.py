@@ -19,6 +19,7 @@ from pipeline.report.answer_figures import plot_forest
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import Skipped
 from pipeline.report.overview import summary_frame
+from pipeline.report.design_answers import design_answer_rows
 from pipeline.report.design_section import effects_section, is_design
 from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import counted, decided_at, fmt
@@ -125,7 +126,7 @@ def _threshold_blocks(frame: pd.DataFrame) -> list[Block]:
 def unfinished_searches(frame: pd.DataFrame) -> list[str]:
     """'combined (3 of 10 trials)' for each study whose search has fewer finished trials than its variant's default."""
     out = []
-    for _, r in frame.iterrows():
+    for _, r in frame[~design_rows(frame)].iterrows():
         try:
             target = experiments.load(r["variant"]).trials.get(r["profile"])
         except KeyError:  # a study of a variant file that is gone
@@ -156,7 +157,8 @@ def fidelity_blocks(frame: pd.DataFrame, carried: set[str] = frozenset()) -> lis
     whose own transfer to it was shown (``carried``: study names, from pipeline.report.transfer_section). Any other
     verdict answers its own profile's question; a study with the search's one-seed trials only answers nothing."""
     def where(rows: pd.DataFrame) -> str:
-        return ", ".join(f"`{r['variant']}` ({decided_at(r)})" for _, r in rows.iterrows())
+        return ", ".join(f"`{r['variant']}`{by} ({decided_at(r)})" for by, (_, r) in zip(_by_design(rows),
+                                                                                      rows.iterrows()))
     tested = frame["seeds"].fillna(0).astype(int) > 0
     at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
     shown = frame["study"].isin(carried)
@@ -191,8 +193,9 @@ def family_blocks(frame: pd.DataFrame) -> list[Block]:
     for key, rows in shared:
         blocks.append(Block("p", f"Shared control `{key}` (kept on the store's `shared-controls` study, trained once "
                                  f"and reused by every verdict whose control is that same run): "
-                                 + "; ".join(f"`{r['variant']}` on seeds {r['verdict_seeds']} (control mean "
-                                             f"{fmt(r['control_mean'])})" for _, r in rows.iterrows()) + "."))
+                                 + "; ".join(f"`{r['variant']}`{by} on seeds {r['verdict_seeds']} (control mean "
+                                             f"{fmt(r['control_mean'])})" for by, (_, r) in
+                                             zip(_by_design(rows), rows.iterrows())) + "."))
     return blocks
 
 
@@ -201,6 +204,27 @@ def exercise_studies(frame: pd.DataFrame) -> pd.DataFrame:
     whose variant file is gone is kept."""
     own = set(experiments.names()) - set(experiments.exercises())
     return frame[~frame["variant"].isin(own)].reset_index(drop=True)
+
+
+def design_rows(frame: pd.DataFrame) -> pd.Series:
+    """Which rows are a design's contrasts (with_design_answers) rather than a search's study."""
+    if "design" not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame["design"].fillna(False).astype(bool)
+
+
+def _by_design(frame: pd.DataFrame) -> list[str]:
+    """' by the design `quick-winners-chapter`' for a design's row, '' for a search's."""
+    return [f" by the design `{study}`" if design else "" for study, design in zip(frame["study"], design_rows(frame))]
+
+
+def with_design_answers(frame: pd.DataFrame, designs: list) -> pd.DataFrame:
+    """The searches' rows, and a row for each designed contrast that answers an exercise (design_answers)."""
+    rows = [row for study in designs for row in design_answer_rows(study)]
+    if not rows:
+        return frame
+    return pd.concat([frame, pd.DataFrame(rows)], ignore_index=True).sort_values(["variant", "study"],
+                                                                                 ignore_index=True)
 
 
 def design_studies(storage: str) -> list:
@@ -215,7 +239,8 @@ def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> P
     """out_root/answers/: report.md and report.html, answers.csv and figures/. ``evidence``: more Optuna stores
     whose transfer pairs the sheet shows as evidence only (pipeline.report.transfer_section)."""
     (folder / "figures").mkdir(parents=True, exist_ok=True)
-    frame = exercise_studies(summary_frame(storage))
+    designs = design_studies(storage)
+    frame = exercise_studies(with_design_answers(summary_frame(storage), designs))
     if frame.empty:
         raise ReportError(f"no study of the chapter's exercises in {storage}: run `python cli.py sweep VARIANT` for "
                           f"one of {', '.join(experiments.exercises())} first")
@@ -223,16 +248,18 @@ def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> P
     devices, profiles = (sorted({str(v) for v in frame.get(c, pd.Series(dtype=str)).dropna()} - {"?"})
                          for c in ("device", "profile"))  # "?": a study that did not record it
     blocks = [Block("h1", "Answers to the exercises of “Single Shot Multibox Detection” (Dive into Deep Learning)"),
-              Block("p", f"Made by `python cli.py report all` from the {counted(len(frame), 'study')} in `{storage}`"
+              Block("p", f"Made by `python cli.py report all` from the {counted(frame['study'].nunique(), 'study')} "
+                         f"in `{storage}`"
                          + (f", trained on {', '.join(devices)}" if devices else "")
                          + (f" at the {' and '.join(profiles)} profile{'s' * (len(profiles) > 1)}" if profiles else "")
                          + ". Each exercise is a variant "
                          "(a file in `experiments/`), run as an Optuna study against its control, the chapter's own "
                          "configuration under the same profile.")]
     transfer, carried = transfer_section(storage, folder, evidence)
-    blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame, carried) + transfer + _voc_blocks(frame)
-    blocks += anchor_blocks(frame, folder)
-    blocks += effects_section(design_studies(storage)) + _threshold_blocks(frame) + _missing_blocks(frame)
+    searched = frame[~design_rows(frame)]  # the VOC, anchor and threshold sections read the searches' runs
+    blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame, carried) + transfer + _voc_blocks(searched)
+    blocks += anchor_blocks(searched, folder)
+    blocks += effects_section(designs) + _threshold_blocks(searched) + _missing_blocks(frame)
     blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study."))
     write_documents(folder, blocks, "tinyssd-ablate: answers to the chapter's exercises")
     return folder

@@ -100,12 +100,14 @@ def effects_section(studies: list[optuna.Study]) -> list[Block]:
     if not studies:
         return []
     blocks = [Block("h2", "What each effect is made of"),
-              Block("p", "Three of the single knobs that helped (box weight 4, focal loss with α 0.75, random "
-                         "negatives) all shrink the class loss against the box loss. A designed variant asks each "
-                         "knob's question at matched balance: the knob on or off, crossed with box weight 1 or 4, on "
-                         "the same paired seeds. Its effect at box weight 4 is what it adds beyond re-weighting; the "
-                         "interaction says whether the two add (0 when they do). Holm-corrected over each study's "
-                         "contrasts.")]
+              Block("p", "A designed variant asks its question as contrasts over cells trained on the same paired "
+                         "seeds, Holm-corrected over each study's contrasts. Three of the single knobs that helped "
+                         "(box weight 4, focal loss with α 0.75, random negatives) all shrink the class loss against "
+                         "the box loss, so `focal-matched` and `negative-matched` ask each knob's question at matched "
+                         "balance: the knob on or off, crossed with box weight 1 or 4. Its effect at box weight 4 is "
+                         "what it adds beyond re-weighting; the interaction says whether the two add (0 when they "
+                         "do). `quick-winners` puts each exercise's quick-profile answer against the control at "
+                         "another profile; its contrasts also appear among the answers above.")]
     for study in studies:
         blocks += design_blocks(study)
     return blocks

@@ -65,7 +65,7 @@ def busy_hours(spans: list[tuple[datetime, datetime]]) -> float:
     return total / 3600
 
 
-def _setting(study: optuna.Study) -> dict[str, Any]:
+def setting_columns(study: optuna.Study) -> dict[str, Any]:
     """The question (first line), data set, input side, anchor scale and hours spent on the study's trials."""
     base = stored_base_config(study)
     spans = [(t.datetime_start, t.datetime_complete) for t in study.trials if t.datetime_start and t.datetime_complete]
@@ -80,7 +80,8 @@ def study_summary_row(study: optuna.Study) -> dict[str, Any]:
     """One study's control, best, single-seed delta and (where confirmed) the paired difference with its CI."""
     trials = trials_frame(study)
     control, best = control_row(trials), best_row(trials)
-    row = {"study": study.study_name, "variant": study.user_attrs.get("variant", "?"), **_setting(study),
+    row = {"study": study.study_name, "variant": study.user_attrs.get("variant", "?"), "design": False,
+           **setting_columns(study),
            **_extras(trials, control, best),
            "profile": study.user_attrs.get("profile", "?"), "trials": state_counts(trials).split(": ", 1)[-1],
            "trials_done": int(trials["state"].isin(["COMPLETE", "PRUNED"]).sum()) if len(trials) else 0,

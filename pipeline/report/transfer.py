@@ -20,12 +20,12 @@ import pandas as pd
 from scipy import stats
 
 from pipeline.config import protocol
+from pipeline.report.design_section import ATTR as DESIGN_ATTR
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import COLORS, Skipped, new_figure
 from pipeline.report.select import ReportError, pick_study
 from pipeline.report.text import fmt, params_text
 from pipeline.stats.verdict import stored_record
-from pipeline.study.design import ATTR as DESIGN_ATTR
 from pipeline.study.optuna_study import stored_base_config
 
 RESAMPLES = 2000

@@ -1,0 +1,60 @@
+"""A design's contrasts that answer an exercise (the variant file's ANSWERS) as rows of the answer sheet: each
+one setting against the control on paired seeds, at the design's profile, beside the exercise's own studies.
+quick-winners puts the quick profile's answers to the chapter's protocol this way, five trainings a seed on a
+CPU instead of a search per exercise."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+import experiments
+from pipeline.report.design_section import ATTR
+from pipeline.report.overview import setting_columns
+from pipeline.report.text import params_text
+from pipeline.study.kept_packs import seed_span
+
+
+def exercise_answers(study: optuna.Study) -> dict[str, str]:
+    """The design's contrast -> exercise map; empty when its variant file is gone or maps none."""
+    try:
+        return experiments.load(study.user_attrs.get("variant", "")).answers
+    except KeyError:
+        return {}
+
+
+def design_answer_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One summary row (pipeline.report.overview's columns) per contrast of the design that answers an exercise."""
+    record, answers = study.user_attrs.get(ATTR), exercise_answers(study)
+    if not record or not answers:
+        return []
+    cells, control = study.user_attrs["design"]["cells"], record["control_cell"]
+    rows = []
+    for row in record["contrasts"]:
+        if row["contrast"] in answers:
+            cell = next(c for c, weight in row["weights"].items() if weight == 1)
+            rows.append(_row(study, row, answers[row["contrast"]], cells[cell], record, control))
+    return rows
+
+
+def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record: dict, control: str
+         ) -> dict[str, Any]:
+    control_scores = [record["cells"][control]["scores"].get(str(seed)) for seed in row["seeds"]]
+    lo, hi = row.get("delta_ci95", [-math.inf, math.inf])
+    setting = params_text(pd.Series({"control": False, **{f"params_{k}": v for k, v in overrides.items()}}))
+    return {"study": study.study_name, "variant": exercise, "design": True, **setting_columns(study),
+            "question": experiments.load(exercise).question.splitlines()[0], "search_hours": math.nan,
+            "profile": study.user_attrs.get("profile", "?"), "trials": "design", "trials_done": 0,
+            "best_params": f"{setting} (design `{study.user_attrs.get('variant')}`)", "delta": math.nan,
+            "control": math.nan, "best": math.nan, "seeds": len(row["seeds"]),
+            "confirmed_delta": row.get("delta", math.nan), "ci_lo": lo, "ci_hi": hi, "p": row.get("p", math.nan),
+            "verdict": f"{row['verdict']} (on {record.get('split', 'val')})", "outcome": row["verdict"],
+            "split": record.get("split", "val"), "verdict_hours": math.nan,
+            "verdict_seeds": seed_span(row["seeds"]) if row["seeds"] else "",
+            "shared_control": record.get("shared_control", {}).get("key", ""),
+            "control_mean": float(np.mean(control_scores)) if control_scores else math.nan,
+            "candidate_diffs": [list(row["values"])] if row["values"] else []}

@@ -1,0 +1,103 @@
+"""A design's contrasts that answer an exercise (ANSWERS) become rows of the answer sheet: read from the design's
+record, checked against the variant file, and named as the chapter's answers only at the chapter's protocol."""
+
+import dataclasses
+import types
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from pipeline.config import make_config
+from pipeline.report.answers import fidelity_blocks, glance_table, with_design_answers
+from pipeline.report.design_answers import design_answer_rows
+
+CELLS = {"chapter": {}, "box 4": {"box_weight": 4.0}, "focal": {"cls_loss": "focal", "focal_gamma": 0.1,
+                                                                "focal_alpha": 0.75},
+         "random negatives": {"neg_sampling": "random", "neg_pos_ratio": 10.0},
+         "smooth L1": {"box_loss": "smooth_l1", "smooth_l1_sigma": 1.0}}
+
+
+def winners_study(storage: str, profile: str) -> optuna.Study:
+    """A quick-winners study at ``profile`` whose record holds box 4 (decided better on 5 seeds) and focal
+    (pending on 2): what pipeline.study.design keeps, trimmed to what the sheet reads."""
+    study = optuna.create_study(study_name=f"quick-winners-{profile}", storage=storage)
+    study.set_user_attr("variant", "quick-winners")
+    study.set_user_attr("profile", profile)
+    study.set_user_attr("device_used", "cpu: AMD EPYC (2 cores)")
+    study.set_user_attr("design", {"cells": CELLS, "contrasts": {}})
+    study.set_user_attr("signature", {"base_config": dataclasses.asdict(make_config(profile, {}))})
+    control = {"1": 0.10, "2": 0.12, "3": 0.08, "4": 0.11, "5": 0.09}
+    box = {seed: score + 0.05 for seed, score in control.items()}
+    study.set_user_attr("contrasts", {
+        "split": "test", "control_cell": "chapter", "shared_control": {"key": "control test/map abc"},
+        "cells": {"chapter": {"scores": control}, "box 4": {"scores": box}, "focal": {"scores": {"1": 0.2, "2": 0.1}}},
+        "contrasts": [
+            {"contrast": "box 4 against the chapter", "weights": {"box 4": 1, "chapter": -1}, "seeds": [1, 2, 3, 4, 5],
+             "values": [0.05] * 5, "verdict": "better", "delta": 0.05, "delta_ci95": [0.02, 0.08], "p": 0.001},
+            {"contrast": "focal against the chapter", "weights": {"focal": 1, "chapter": -1}, "seeds": [1, 2],
+             "values": [0.1, -0.02], "verdict": "pending", "delta": 0.04, "delta_ci95": [-np.inf, np.inf],
+             "p": 1.0}]})
+    return study
+
+
+def test_each_answering_contrast_is_a_row_of_its_exercise(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    rows = design_answer_rows(winners_study(storage, "chapter"))
+    by_exercise = {row["variant"]: row for row in rows}
+    assert set(by_exercise) == {"loss-weights", "focal-loss"}  # smooth L1 and random negatives: not trained yet
+    box = by_exercise["loss-weights"]
+    assert (box["outcome"], box["confirmed_delta"], box["ci_lo"], box["ci_hi"]) == ("better", 0.05, 0.02, 0.08)
+    assert box["seeds"] == 5 and box["verdict_seeds"] == "1-5" and box["chapter_protocol"] is True
+    assert box["control_mean"] == pytest.approx(0.10) and box["candidate_diffs"] == [[0.05] * 5]
+    assert box["best_params"] == "box_weight=4 (design `quick-winners`)" and box["image_size"] == 256
+    assert box["question"] == "Should the box loss weigh more, or less, than the class loss?"
+    assert by_exercise["focal-loss"]["control_mean"] == pytest.approx(0.11)  # the control on the contrast's seeds
+
+
+def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapters(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searched = pd.DataFrame([{"study": "loss-weights-quick", "variant": "loss-weights", "design": False,
+                              "profile": "quick", "image_size": 64, "dataset": "bananas", "device": None,
+                              "chapter_protocol": False, "seeds": 8, "outcome": "better", "confirmed_delta": 0.06,
+                              "ci_lo": 0.01, "ci_hi": 0.11, "delta": 0.1, "best_params": "box_weight=4",
+                              "verdict_seeds": "1-8", "split": "test", "question": "q", "search_hours": 1.0,
+                              "verdict_hours": 0.5, "candidate_diffs": [[0.06] * 8], "shared_control": "",
+                              "control_mean": 0.1}])
+    frame = with_design_answers(searched, [winners_study(storage, "chapter")])
+    assert list(zip(frame["variant"], frame["study"])) == [  # an exercise's rows together
+        ("focal-loss", "quick-winners-chapter"), ("loss-weights", "loss-weights-quick"),
+        ("loss-weights", "quick-winners-chapter")]
+    text = fidelity_blocks(frame)[1].text
+    assert ("The chapter's answers: `focal-loss` by the design `quick-winners-chapter` (chapter profile, bananas, "
+            "256 px, on cpu: AMD EPYC (2 cores)), `loss-weights` by the design `quick-winners-chapter` (chapter "
+            "profile, bananas, 256 px, on cpu: AMD EPYC (2 cores)).") in text
+    assert "not shown: `loss-weights` (quick profile, bananas, 64 px)." in text
+    table = glance_table(frame, tmp_path).set_index("best setting")
+    assert table.loc["box_weight=4 (design `quick-winners`)", "verdict"] == "better"
+    assert table.loc["box_weight=4 (design `quick-winners`)", "new seeds"] == "5 (seeds 1-5)"
+    assert table.loc["box_weight=4 (design `quick-winners`)", "hours (search + verdict)"] == "n/a"
+
+
+def design_module(**names):
+    module = types.ModuleType("experiments.my_design")
+    module.__file__ = "experiments/my_design.py"
+    module.__doc__ = "Do the winners hold?"
+    for key, value in names.items():
+        setattr(module, key, value)
+    return module
+
+
+def test_answers_must_name_a_contrast_of_one_cell_against_the_control_and_a_variant():
+    from experiments import Variant, VariantFileError
+
+    cells = {"chapter": {}, "box 4": {"box_weight": 4.0}, "box 2": {"box_weight": 2.0}}
+    contrasts = {"box 4": {"box 4": 1, "chapter": -1}, "4 over 2": {"box 4": 1, "box 2": -1}}
+    ok = Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": "loss-weights"}))
+    assert ok.answers == {"box 4": "loss-weights"}
+    with pytest.raises(VariantFileError, match=r"my_design.py: ANSWERS names '4 over 2', which is not a contrast of "
+                                               r"one cell against the control 'chapter'"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"4 over 2": "loss-weights"}))
+    with pytest.raises(VariantFileError, match=r"ANSWERS maps 'box 4' to 'loss-weight', which is not a variant"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": "loss-weight"}))
