@@ -160,6 +160,8 @@ part_precision() {  # issue 16: is bf16 equivalent to fp32 within ±0.01 mAP at 
     --storage "sqlite:///$logs/optuna.db" \
     --decide --delta 0.01 --seeds "${PRECISION_LOOK:-16}" --max-seeds "${PRECISION_MAX_SEEDS:-128}" "${tiny[@]}" --json; }
 part_answers() {  # issue 26: each exercise's grid at the chapter's profile (and the quick one) against shared seeds
+  # quick-winners first: the quick profile's four answers on bananas against one control, no search (a design;
+  # --candidates and --trials do not apply to it), the cheapest way to the chapter's verdicts.
   # --candidates: every grid point gets its paired seeds (the transfer table compares each point's effect across
   # profiles); looks of ANSWERS_LOOK seeds as grouped packs until decided or ANSWERS_MAX_SEEDS. focal-loss searches
   # FOCAL_TRIALS trials (the quick study's 6: the same sampler seed draws the same settings). ANSWERS_PARALLEL
@@ -172,7 +174,7 @@ part_answers() {  # issue 26: each exercise's grid at the chapter's profile (and
   snapshots & local snapshotter=$!
   if [ "${ANSWERS_WITH_TESTS:-0}" = 1 ]; then SNAPSHOT=0 part_tests & tests=$!; fi  # the CUDA graph's, beside them
   for profile in ${ANSWERS_PROFILES:-chapter}; do
-    for variant in ${ANSWERS_VARIANTS:-loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
+    for variant in ${ANSWERS_VARIANTS:-quick-winners loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
       while [ "$(alive "${sweeps[@]}")" -ge "${ANSWERS_PARALLEL:-1}" ]; do sleep 1; done
       if [ $(( deadline - SECONDS )) -lt 20 ]; then log "SKIP ${profile}_$variant: $(( deadline - SECONDS )) s left"; continue; fi
       local trials=(); [ "$variant" = focal-loss ] && trials=(--trials "${FOCAL_TRIALS:-6}")
