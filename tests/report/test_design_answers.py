@@ -1,8 +1,7 @@
 """A design's contrasts that answer an exercise (ANSWERS) become rows of the answer sheet: read from the design's
-record, checked against the variant file, and named as the chapter's answers only at the chapter's protocol."""
+record, and named as the chapter's answers only at the chapter's protocol (the file's check: tests/stats/test_contrasts.py)."""
 
 import dataclasses
-import types
 
 import numpy as np
 import optuna
@@ -78,26 +77,3 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     assert table.loc["box_weight=4 (design `quick-winners`)", "verdict"] == "better"
     assert table.loc["box_weight=4 (design `quick-winners`)", "new seeds"] == "5 (seeds 1-5)"
     assert table.loc["box_weight=4 (design `quick-winners`)", "hours (search + verdict)"] == "n/a"
-
-
-def design_module(**names):
-    module = types.ModuleType("experiments.my_design")
-    module.__file__ = "experiments/my_design.py"
-    module.__doc__ = "Do the winners hold?"
-    for key, value in names.items():
-        setattr(module, key, value)
-    return module
-
-
-def test_answers_must_name_a_contrast_of_one_cell_against_the_control_and_a_variant():
-    from experiments import Variant, VariantFileError
-
-    cells = {"chapter": {}, "box 4": {"box_weight": 4.0}, "box 2": {"box_weight": 2.0}}
-    contrasts = {"box 4": {"box 4": 1, "chapter": -1}, "4 over 2": {"box 4": 1, "box 2": -1}}
-    ok = Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": "loss-weights"}))
-    assert ok.answers == {"box 4": "loss-weights"}
-    with pytest.raises(VariantFileError, match=r"my_design.py: ANSWERS names '4 over 2', which is not a contrast of "
-                                               r"one cell against the control 'chapter'"):
-        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"4 over 2": "loss-weights"}))
-    with pytest.raises(VariantFileError, match=r"ANSWERS maps 'box 4' to 'loss-weight', which is not a variant"):
-        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": "loss-weight"}))

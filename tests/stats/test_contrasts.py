@@ -123,3 +123,17 @@ def test_every_designed_variant_builds_valid_cells_at_every_profile():
         for profile in PROFILES:
             configs = [make_config(profile, {**variant.fixed_for(profile), **cell}) for cell in variant.cells.values()]
             assert len(set(configs)) == len(configs)  # every cell is a different run
+
+
+def test_answers_must_name_a_contrast_of_one_cell_against_the_control_and_a_variant():
+    from experiments import Variant, VariantFileError
+
+    cells = {"chapter": {}, "box 4": {"box_weight": 4.0}, "box 2": {"box_weight": 2.0}}
+    contrasts = {"box 4": {"box 4": 1, "chapter": -1}, "4 over 2": {"box 4": 1, "box 2": -1}}
+    ok = Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": "loss-weights"}))
+    assert ok.answers == {"box 4": "loss-weights"}
+    with pytest.raises(VariantFileError, match=r"my_design.py: ANSWERS names '4 over 2', which is not a contrast of "
+                                               r"one cell against the control 'chapter'"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"4 over 2": "loss-weights"}))
+    with pytest.raises(VariantFileError, match=r"ANSWERS maps 'box 4' to 'loss-weight', which is not a variant"):
+        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": "loss-weight"}))
