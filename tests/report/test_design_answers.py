@@ -1,5 +1,6 @@
 """A design's contrasts that answer an exercise (ANSWERS) become rows of the answer sheet: read from the design's
-record, and named as the chapter's answers only at the chapter's protocol (the file's check: tests/stats/test_contrasts.py)."""
+record, and named as the chapter's answers only at the chapter's protocol (ANSWERS' own check is in
+tests/stats/test_contrasts.py)."""
 
 import dataclasses
 
