@@ -366,6 +366,8 @@ def report(target: Annotated[str, typer.Argument(help="a variant (see `variants`
     if transfer_storage and target != "all":
         usage_error("only the answer sheet ('report all') reads other stores", "--transfer-storage")
     evidence = [existing_store_url(url, "--transfer-storage") for url in transfer_storage or []]
+    if len({*evidence, storage}) < len(evidence) + 1:
+        usage_error("names a store twice, or the answer store (--storage) itself", "--transfer-storage")
     check_writable(out_root)
     check_tracking_store()
     try:

@@ -192,9 +192,16 @@ def check_answers(module: ModuleType, where: str) -> None:
         if weights is None or sorted(weights.values()) != [-1, 1] or weights.get(control) != -1:
             raise VariantFileError(f"{where}: ANSWERS names {contrast!r}, which is not a contrast of one cell against "
                                    f"the control {control!r} (+1 for the cell, -1 for the control)")
-        if exercise not in names():
-            raise VariantFileError(f"{where}: ANSWERS maps {contrast!r} to {exercise!r}, which is not a variant; "
-                                   f"the variants are {', '.join(names())}")
+        if exercise not in names() or not _is_searched_exercise(exercise):
+            raise VariantFileError(f"{where}: ANSWERS maps {contrast!r} to {exercise!r}, which is not an exercise "
+                                   f"with a search; those are {', '.join(n for n in names() if _is_searched_exercise(n))}")
+
+
+def _is_searched_exercise(name: str) -> bool:
+    """Whether the variant's file runs a search for one of the chapter's exercises (read without load(), which
+    would check a design's ANSWERS again)."""
+    module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+    return not hasattr(module, "CELLS") and getattr(module, "EXERCISE", True) is True
 
 
 def names() -> list[str]:

@@ -27,9 +27,10 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     where = [f"{p}, {_px(size)}{_machine(device)}" for p, size, device in
              zip(profiles, shown.get("image_size", pd.Series(np.nan, index=shown.index)),
                  shown.get("device", pd.Series(None, index=shown.index)))]
+    designs = shown["design_variant"] if "design_variant" in shown else pd.Series(None, index=shown.index)
+    names = [f"{v} by {d}" if isinstance(d, str) else v for v, d in zip(shown["variant"], designs)]
     shown["label"] = [f"{v} at {w}  ({o}, " + (f"{n} new seeds on {split}" if n else "the search on val") + ")"
-                      for v, w, o, n, split in zip(shown["variant"], where, shown["outcome"], shown["seeds"],
-                                                   shown["split"])]
+                      for v, w, o, n, split in zip(names, where, shown["outcome"], shown["seeds"], shown["split"])]
     shown["marker"] = ["s" if at else "o" for at in shown.get("chapter_protocol", profiles == "chapter")]
     return shown.sort_values(["variant", "label"]).iloc[::-1]  # an exercise's profiles side by side
 

@@ -41,9 +41,10 @@ def _hours(r: pd.Series) -> str:
     return f"{sum(known):.2f}" if known else "n/a"
 
 
-def _link(variant: str, folder: Path) -> str:
-    page = folder.parent / variant / "report.html"
-    return f"[{variant}](../{variant}/report.html)" if page.is_file() else f"`{variant}`"
+def _link(variant: str, folder: Path, page_of: str | None = None) -> str:
+    """The exercise's name, linked to its page (or to page_of's: the design that answered it) where it exists."""
+    page = page_of or variant
+    return f"[{variant}](../{page}/report.html)" if (folder.parent / page / "report.html").is_file() else f"`{variant}`"
 
 
 def family_outcomes(frame: pd.DataFrame) -> pd.Series:
@@ -62,7 +63,9 @@ def family_outcomes(frame: pd.DataFrame) -> pd.Series:
 
 def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     seeds = [f"{n} (seeds {span})" if n else "0" for n, span in zip(frame["seeds"], frame["verdict_seeds"])]
-    return pd.DataFrame({"exercise": [_link(v, folder) for v in frame["variant"]], "question": frame["question"],
+    pages = frame["design_variant"] if "design_variant" in frame else pd.Series(None, index=frame.index)
+    return pd.DataFrame({"exercise": [_link(v, folder, p if isinstance(p, str) else None)
+                                      for v, p in zip(frame["variant"], pages)], "question": frame["question"],
                          "verdict": frame["outcome"], "verdict, as one family of the sheet": family_outcomes(frame),
                          "Δ mAP [interval, 95% for the decision]": frame.apply(_interval, axis=1),
                          "best setting": frame["best_params"], "new seeds": seeds,
@@ -206,6 +209,16 @@ def exercise_studies(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~frame["variant"].isin(own)].reset_index(drop=True)
 
 
+def searches_frame(storage: str, designs: list) -> pd.DataFrame:
+    """The searches' rows (pipeline.report.overview); none, where the store holds designs only."""
+    try:
+        return summary_frame(storage)
+    except ReportError:
+        if not designs:
+            raise
+        return pd.DataFrame()
+
+
 def design_rows(frame: pd.DataFrame) -> pd.Series:
     """Which rows are a design's contrasts (with_design_answers) rather than a search's study."""
     if "design" not in frame:
@@ -240,7 +253,7 @@ def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> P
     whose transfer pairs the sheet shows as evidence only (pipeline.report.transfer_section)."""
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     designs = design_studies(storage)
-    frame = exercise_studies(with_design_answers(summary_frame(storage), designs))
+    frame = exercise_studies(with_design_answers(searches_frame(storage, designs), designs))
     if frame.empty:
         raise ReportError(f"no study of the chapter's exercises in {storage}: run `python cli.py sweep VARIANT` for "
                           f"one of {', '.join(experiments.exercises())} first")
@@ -260,7 +273,8 @@ def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> P
     blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame, carried) + transfer + _voc_blocks(searched)
     blocks += anchor_blocks(searched, folder)
     blocks += effects_section(designs) + _threshold_blocks(searched) + _missing_blocks(frame)
-    blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study."))
+    blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study, and one per designed "
+                             "contrast that answers an exercise."))
     write_documents(folder, blocks, "tinyssd-ablate: answers to the chapter's exercises")
     return folder
 

@@ -23,7 +23,7 @@ def exercise_answers(study: optuna.Study) -> dict[str, str]:
     """The design's contrast -> exercise map; empty when its variant file is gone or maps none."""
     try:
         return experiments.load(study.user_attrs.get("variant", "")).answers
-    except KeyError:
+    except (KeyError, experiments.VariantFileError):  # a file gone, or broken since: the design's rows are left out
         return {}
 
 
@@ -35,10 +35,17 @@ def design_answer_rows(study: optuna.Study) -> list[dict[str, Any]]:
     cells, control = study.user_attrs["design"]["cells"], record["control_cell"]
     rows = []
     for row in record["contrasts"]:
-        if row["contrast"] in answers:
-            cell = next(c for c, weight in row["weights"].items() if weight == 1)
+        cell = one_cell_against(row["weights"], control)
+        if row["contrast"] in answers and cell in cells and row["seeds"]:
             rows.append(_row(study, row, answers[row["contrast"]], cells[cell], record, control))
     return rows
+
+
+def one_cell_against(weights: dict[str, float], control: str) -> str | None:
+    """The cell of a contrast of one cell (+1) against the control (-1); None for any other contrast."""
+    if sorted(weights.values()) != [-1, 1] or weights.get(control) != -1:
+        return None
+    return next(cell for cell, weight in weights.items() if weight == 1)
 
 
 def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record: dict, control: str
@@ -46,7 +53,8 @@ def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record:
     control_scores = [record["cells"][control]["scores"].get(str(seed)) for seed in row["seeds"]]
     lo, hi = row.get("delta_ci95", [-math.inf, math.inf])
     setting = params_text(pd.Series({"control": False, **{f"params_{k}": v for k, v in overrides.items()}}))
-    return {"study": study.study_name, "variant": exercise, "design": True, **setting_columns(study),
+    return {"study": study.study_name, "variant": exercise, "design": True,
+            "design_variant": study.user_attrs.get("variant"), **setting_columns(study),
             "question": experiments.load(exercise).question.splitlines()[0], "search_hours": math.nan,
             "profile": study.user_attrs.get("profile", "?"), "trials": "design", "trials_done": 0,
             "best_params": f"{setting} (design `{study.user_attrs.get('variant')}`)", "delta": math.nan,

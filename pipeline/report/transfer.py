@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from pipeline.config import protocol
+from pipeline.report.design_answers import one_cell_against
 from pipeline.report.design_section import ATTR as DESIGN_ATTR
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import COLORS, Skipped, new_figure
@@ -33,11 +34,13 @@ RESAMPLES = 2000
 
 def paired_settings(study: optuna.Study) -> list[dict]:
     """One row per setting the study tested against its control on new seeds: its parameters as text (a design's
-    contrast: its name), its paired seeds and differences. Empty when nothing has paired seeds yet."""
+    contrast of one cell against the control: its name), its paired seeds and differences. Empty when nothing has
+    paired seeds yet."""
     design = study.user_attrs.get(DESIGN_ATTR)
-    if design is not None:
+    if design is not None:  # a contrast of one cell against the control is a setting; an interaction is not
         return [{"setting": row["contrast"], "trial": None, "seeds": list(row["seeds"]), "diffs": list(row["values"])}
-                for row in design.get("contrasts", []) if row["values"]]
+                for row in design.get("contrasts", [])
+                if row["values"] and one_cell_against(row.get("weights", {}), design.get("control_cell"))]
     record = stored_record(study.user_attrs) or {}
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
     return [{"setting": params_text(pd.Series({"control": False,

@@ -42,22 +42,23 @@ def tested_studies(storage: str) -> list[optuna.Study]:
     return [study for study in studies if paired_settings(study)]
 
 
-def knobs_off_chapter(study: optuna.Study) -> int:
-    """How many of the protocol's knobs (image side, epochs, batch, lr, schedule) differ from the chapter's."""
+def knobs_off_chapter(study: optuna.Study) -> set[str]:
+    """Which of the protocol's knobs (image side, epochs, batch, lr, schedule) differ from the chapter's."""
     base, chapter = stored_base_config(study), dataclasses.asdict(RunConfig())
-    return sum(base.get(knob) != chapter[knob] for knob in PROTOCOL_KNOBS)
+    return {knob for knob in PROTOCOL_KNOBS if base.get(knob) != chapter[knob]}
 
 
 def transfer_pairs(studies: list[optuna.Study]) -> list[tuple[optuna.Study, optuna.Study]]:
-    """(cheaper, nearer) pairs of studies of the same variant: the nearer one at the chapter's protocol, or a rung
-    that differs from it in fewer of the protocol's knobs than the cheaper one does."""
-    def variant(study):
-        return study.user_attrs.get("variant", study.study_name)
+    """(cheaper, nearer) pairs of studies of the same variant on the same data: the nearer one at the chapter's
+    protocol, or a rung on the way to it, whose knobs off the chapter's are some of the cheaper one's, not all."""
+    def same_question(a, b):
+        return (a.user_attrs.get("variant", a.study_name) == b.user_attrs.get("variant", b.study_name)
+                and stored_base_config(a).get("dataset") == stored_base_config(b).get("dataset"))
 
     def nearer(cheap, near):
         return at_chapter_protocol(stored_base_config(near)) or knobs_off_chapter(near) < knobs_off_chapter(cheap)
     known = [s for s in studies if all(stored_base_config(s).get(k) is not None for k in PROTOCOL_KNOBS)]
-    return [(c, n) for c, n in permutations(known, 2) if variant(c) == variant(n)
+    return [(c, n) for c, n in permutations(known, 2) if same_question(c, n)
             and not at_chapter_protocol(stored_base_config(c)) and nearer(c, n)]
 
 

@@ -12,6 +12,7 @@ import pytest
 from pipeline.config import make_config
 from pipeline.report.answers import fidelity_blocks, glance_table, with_design_answers
 from pipeline.report.design_answers import design_answer_rows
+from pipeline.stats.contrasts import spread
 
 CELLS = {"chapter": {}, "box 4": {"box_weight": 4.0}, "focal": {"cls_loss": "focal", "focal_gamma": 0.1,
                                                                 "focal_alpha": 0.75},
@@ -32,7 +33,8 @@ def winners_study(storage: str, profile: str) -> optuna.Study:
     box = {seed: score + 0.05 for seed, score in control.items()}
     study.set_user_attr("contrasts", {
         "split": "test", "control_cell": "chapter", "shared_control": {"key": "control test/map abc"},
-        "cells": {"chapter": {"scores": control}, "box 4": {"scores": box}, "focal": {"scores": {"1": 0.2, "2": 0.1}}},
+        "cells": {cell: {"scores": scores, "diverged": [], **spread(list(scores.values()))} for cell, scores in
+                  (("chapter", control), ("box 4", box), ("focal", {"1": 0.2, "2": 0.1}))},
         "contrasts": [
             {"contrast": "box 4 against the chapter", "weights": {"box 4": 1, "chapter": -1}, "seeds": [1, 2, 3, 4, 5],
              "values": [0.05] * 5, "verdict": "better", "delta": 0.05, "delta_ci95": [0.02, 0.08], "p": 0.001},
@@ -78,3 +80,18 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     assert table.loc["box_weight=4 (design `quick-winners`)", "verdict"] == "better"
     assert table.loc["box_weight=4 (design `quick-winners`)", "new seeds"] == "5 (seeds 1-5)"
     assert table.loc["box_weight=4 (design `quick-winners`)", "hours (search + verdict)"] == "n/a"
+
+
+def test_a_store_of_designs_only_still_gets_its_sheet(tmp_path):
+    """A GPU call cut short after quick-winners leaves a store with that design and no search: its sheet lists the
+    design's answers, and the sections that read searches say there is nothing to show."""
+    from pipeline.report.answers import write_answers
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    winners_study(storage, "chapter")
+    page = (write_answers(storage, tmp_path / "answers") / "report.md").read_text()
+    assert "Made by `python cli.py report all` from the 1 study in" in page
+    assert "The chapter's answers: `focal-loss` by the design `quick-winners-chapter`" in page
+    assert "| `loss-weights` | Should the box loss weigh more, or less, than the class loss? | better |" in page
+    assert "## Evaluating as the SSD paper does: VOC AP at IoU 0.5" in page and "No study to show yet." in page
+    assert (tmp_path / "answers" / "figures" / "forest.png").stat().st_size > 10_000

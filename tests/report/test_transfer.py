@@ -20,7 +20,7 @@ QUICK = {1.0: [0.02, 0.03, 0.01], 2.0: [0.05, 0.04, 0.06], 4.0: [0.09, 0.12, 0.1
 CHAPTER = {1.0: [-0.01, 0.0, -0.02], 2.0: [0.02, 0.03, 0.025], 4.0: [0.06, 0.05, 0.07], 0.5: [-0.04, -0.05, -0.03]}
 
 
-def grid_study(storage: str, name: str, effects: dict, profile: str, image_size: int) -> None:
+def grid_study(storage: str, name: str, effects: dict, profile: str, image_size: int, **knobs) -> None:
     """A loss-weights study at ``profile`` (the chapter's protocol at 256 px, else the quick one's at image_size)
     whose verdict tested every grid point against the control on seeds 1, 2, ... with these paired differences."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
@@ -32,7 +32,7 @@ def grid_study(storage: str, name: str, effects: dict, profile: str, image_size:
         candidates.append({"trial": number, "seeds": list(range(1, len(diffs) + 1)), "diffs": diffs})
     study.set_user_attr("verdict", {"candidates": candidates[::-1]})  # a verdict's order is its own
     study.set_user_attr("profile", profile)
-    protocol = dataclasses.asdict(make_config(profile, {"image_size": image_size}))
+    protocol = dataclasses.asdict(make_config(profile, {"image_size": image_size, **knobs}))
     study.set_user_attr("signature", {"base_config": protocol})
 
 
@@ -146,6 +146,8 @@ def test_rungs_and_evidence_stores_are_shown_as_evidence_and_never_make_an_answe
     grid_study(evidence, "loss-weights-quick", five_seeds(QUICK), "quick", 64)  # the same name in another store
     grid_study(evidence, "loss-weights-chapter128", agreeing, "chapter", 128)
     grid_study(evidence, "loss-weights-chapter", agreeing, "chapter", 256)
+    grid_study(evidence, "loss-weights-lr", agreeing, "chapter", 256, lr=0.4)  # off in lr only: no rung for the
+    grid_study(evidence, "loss-weights-shapes", agreeing, "chapter", 256, dataset="shapes")  # 128-px one; other data
     blocks, shown = transfer_section(storage, tmp_path, [evidence])
     assert shown == set()  # shown in the evidence store, but the answer store's own study has no chapter pair
     texts = [b.text for b in blocks]
@@ -153,13 +155,16 @@ def test_rungs_and_evidence_stores_are_shown_as_evidence_and_never_make_an_answe
     source = f", from `{evidence}` (evidence only)"
     assert sorted(b.text for b in blocks if b.kind == "h3") == [
         "`loss-weights`: `loss-weights-chapter128` to `loss-weights-chapter` (transfer shown)" + source,
+        "`loss-weights`: `loss-weights-lr` to `loss-weights-chapter` (transfer shown)" + source,
         "`loss-weights`: `loss-weights-quick` to `loss-weights-chapter` (transfer shown)" + source,
         "`loss-weights`: `loss-weights-quick` to the rung `loss-weights-chapter128`, 128 px, 20 epochs, batch 32, lr 0.2 "
-        "constant (carries over by the rule)" + source]
+        "constant (carries over by the rule)" + source,
+        "`loss-weights`: `loss-weights-quick` to the rung `loss-weights-lr`, 256 px, 20 epochs, batch 32, lr 0.4 "
+        "constant (carries over by the rule)" + source]  # lr is one of the quick profile's knobs off the chapter's
     figure = tmp_path / "figures" / "transfer-store1-loss-weights-quick-loss-weights-chapter128.png"
     assert figure.stat().st_size > 10_000
     rung_only = transfer_section(evidence, tmp_path / "rung")[1]
-    assert rung_only == {"loss-weights-quick", "loss-weights-chapter128"}  # as the answer store, its own pairs count
+    assert rung_only == {"loss-weights-quick", "loss-weights-chapter128", "loss-weights-lr"}  # as the answer store
 
 
 def test_report_refuses_a_transfer_store_it_cannot_read_before_writing(tmp_path, monkeypatch):
@@ -170,6 +175,12 @@ def test_report_refuses_a_transfer_store_it_cannot_read_before_writing(tmp_path,
     one_study = CliRunner().invoke(app, ["report", "loss-weights", "--transfer-storage", "sqlite:///transfer.db"])
     assert one_study.exit_code == 2 and "only the answer sheet ('report all') reads other stores" in plain(one_study.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no report folder made
+    optuna.create_study(study_name="any", storage="sqlite:///transfer.db")
+    for twice in (["sqlite:///transfer.db", "sqlite:///transfer.db"], ["sqlite:///optuna.db"]):
+        optuna.create_study(study_name="any", storage="sqlite:///optuna.db", load_if_exists=True)
+        refused = CliRunner().invoke(app, ["report", "all", *[a for url in twice for a in ("--transfer-storage", url)]])
+        assert refused.exit_code == 2
+        assert "names a store twice, or the answer store (--storage) itself" in plain(refused.output)
 
 
 def design_study(storage: str, name: str, effects: dict, profile: str) -> None:
@@ -180,7 +191,10 @@ def design_study(storage: str, name: str, effects: dict, profile: str) -> None:
     study.set_user_attr("signature", {"base_config": dataclasses.asdict(make_config(profile, {}))})
     rows = [{"contrast": f"{cell} against the chapter", "weights": {cell: 1, "chapter": -1},
              "seeds": list(range(1, len(values) + 1)), "values": values} for cell, values in effects.items()]
-    study.set_user_attr("contrasts", {"contrasts": rows + [{"contrast": "untrained", "seeds": [], "values": []}]})
+    interaction = {"contrast": "box 4 minus focal", "weights": {"box 4": 1, "focal": -1}, "seeds": [1, 2, 3, 4, 5],
+                   "values": [0.1] * 5}  # not a setting against the control: left out of the transfer
+    study.set_user_attr("contrasts", {"control_cell": "chapter", "contrasts": rows + [interaction, {
+        "contrast": "untrained", "weights": {"smooth L1": 1, "chapter": -1}, "seeds": [], "values": []}]})
 
 
 def test_a_designs_contrasts_transfer_as_settings_matched_by_name(tmp_path):
@@ -195,7 +209,7 @@ def test_a_designs_contrasts_transfer_as_settings_matched_by_name(tmp_path):
                                for name in ("quick-winners-quick", "quick-winners-chapter")))
     by_setting = effects.set_index("setting")
     assert list(by_setting.index) == ["box 4 against the chapter", "focal against the chapter",
-                                      "smooth L1 against the chapter"]  # the untrained contrast is left out
+                                      "smooth L1 against the chapter"]  # not the untrained one, nor box 4 - focal
     assert by_setting.loc["focal against the chapter", "delta_chapter"] == pytest.approx(-0.06)
     blocks, shown = transfer_section(storage, tmp_path)
     assert shown == set()  # focal turns from + to -

@@ -135,5 +135,7 @@ def test_answers_must_name_a_contrast_of_one_cell_against_the_control_and_a_vari
     with pytest.raises(VariantFileError, match=r"my_design.py: ANSWERS names '4 over 2', which is not a contrast of "
                                                r"one cell against the control 'chapter'"):
         Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"4 over 2": "loss-weights"}))
-    with pytest.raises(VariantFileError, match=r"ANSWERS maps 'box 4' to 'loss-weight', which is not a variant"):
-        Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": "loss-weight"}))
+    for wrong in ("loss-weight", "precision", "focal-matched"):  # no such file, not an exercise, a design
+        with pytest.raises(VariantFileError, match=rf"ANSWERS maps 'box 4' to '{wrong}', which is not an exercise "
+                                                   r"with a search; those are .*loss-weights"):
+            Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": wrong}))
