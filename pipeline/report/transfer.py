@@ -13,6 +13,7 @@ ranking carries across fidelities; this measures whether it does.
 from __future__ import annotations
 
 from pathlib import Path
+from textwrap import fill
 
 import numpy as np
 import optuna
@@ -101,7 +102,8 @@ def plot_transfer(effects: pd.DataFrame, labels: tuple[str, str], path: Path) ->
         raise Skipped("no setting was tested at both profiles")
     with new_figure(path, width=6.5, height=5.5, title="Each setting's effect at both profiles") as (fig, (ax,)):
         x, y = effects["delta_quick"], effects["delta_chapter"]
-        reach = 1.15 * float(np.nanmax(np.abs([*x, *y, 1e-3])))
+        ends = [*(np.abs(x) + effects["se_quick"].fillna(0)), *(np.abs(y) + effects["se_chapter"].fillna(0)), 1e-3]
+        reach = 1.1 * float(np.nanmax(ends))  # each point's bar inside the frame
         ax.fill_between([-reach, 0], 0, reach, color="#f6e8e8", zorder=0)
         ax.fill_between([0, reach], -reach, 0, color="#f6e8e8", zorder=0)
         ax.plot([-reach, reach], [-reach, reach], color=COLORS["control"], lw=0.8, ls="--")
@@ -109,10 +111,11 @@ def plot_transfer(effects: pd.DataFrame, labels: tuple[str, str], path: Path) ->
         ax.axvline(0, color=COLORS["control"], lw=0.6)
         ax.errorbar(x, y, xerr=effects["se_quick"], yerr=effects["se_chapter"], fmt="o", color=COLORS["best"],
                     capsize=3)
-        for xi, yi, text in zip(x, y, effects["setting"]):
-            ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        ax.set(xlim=(-reach, reach), ylim=(-reach, reach), xlabel=f"Δ mAP at {labels[0]}",
-               ylabel=f"Δ mAP at {labels[1]}")
+        for rank, i in enumerate(np.argsort(x.to_numpy())):  # neighbours' labels alternate above and below
+            ax.annotate(effects["setting"].iloc[i], (x.iloc[i], y.iloc[i]), textcoords="offset points",
+                        xytext=(5, 6 if rank % 2 else -12), fontsize=8)
+        ax.set(xlim=(-reach, reach), ylim=(-reach, reach), xlabel=fill(f"Δ mAP at {labels[0]}", 60),
+               ylabel=fill(f"Δ mAP at {labels[1]}", 50))
     return (f"Each setting's mean paired Δ against its control at {labels[0]} (x) and {labels[1]} (y), ±1 standard "
             "error over its seeds. On the dashed diagonal the effect carries over unchanged; in the shaded quadrants "
             "the two profiles disagree on its sign.")
