@@ -28,7 +28,9 @@ SHOWN = (f"every setting tested at both agrees in sign with its effect at the ch
 NOT_MEASURED = ("Not measured yet: no exercise has a verdict with paired seeds both at a cheaper profile and at the "
                 "chapter's protocol. `python cli.py sweep VARIANT --profile chapter --decide --candidates 6` gives it "
                 "one (on a GPU, `PARTS=\"data answers\" bash benchmarks/gpu_check.sh`, then `python cli.py merge` its "
-                "optuna.db into this store).")
+                "optuna.db into this store). On a CPU, `python cli.py sweep quick-winners --profile chapter --decide "
+                "--seeds 1` puts the quick profile's four bananas answers to the chapter's protocol at five trainings "
+                "a seed, and the same design at the quick profile is its cheap side.")
 RUNGS = ("Evidence only, below: pairs whose nearer study is a rung, a protocol between a cheap one and the "
          "chapter's (the chapter's epochs, batch and lr at a smaller image, say), and pairs from the evidence stores "
          "(`report all --transfer-storage`). Whether effects carry over to a rung says how far the proxy holds on "
