@@ -81,8 +81,9 @@ def design_blocks(study: optuna.Study) -> list[Block]:
     name = f"`{variant}` ({decided_at({**base, 'profile': study.user_attrs.get('profile'), 'device': study.user_attrs.get('device_used')})})"
     if not record:
         kept = sum(len(entry.get("scores", {})) for entry in study.user_attrs.get("verdict_packs", {}).values())
+        resume = f"python cli.py sweep {variant} --profile {study.user_attrs.get('profile', 'quick')} --decide"
         return [Block("p", f"{name}: nothing decided yet, {counted(kept, 'seed')} of its cells kept so far "
-                           f"(`python cli.py sweep {variant} --decide` trains the rest).")]
+                           f"(`{resume}` trains the rest).")]
     where = f"on the {record['split']} split, shared control `{record['shared_control']['key']}`"
     return [Block("p", f"{name}, {where}: {plain_answer(record)}"),
             Block("table", table=contrast_table(record["contrasts"])), *secondary_blocks(record),

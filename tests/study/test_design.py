@@ -141,7 +141,8 @@ def test_a_design_started_but_not_decided_says_what_it_kept_and_how_to_go_on():
         study.set_user_attr(key, value)
     [block] = design_blocks(study)
     assert block.text == ("`input-size-design` (quick profile, shapes, 128 px): nothing decided yet, 3 seeds of its "
-                          "cells kept so far (`python cli.py sweep input-size-design --decide` trains the rest).")
+                          "cells kept so far (`python cli.py sweep input-size-design --profile quick --decide` trains "
+                          "the rest).")
 
 
 def test_a_contrast_whose_interval_is_still_unbounded_reads_no_bound_yet_not_inf():
