@@ -188,13 +188,19 @@ def check_answers(module: ModuleType, where: str) -> None:
     """ANSWERS maps contrasts of one cell against the control to variants that exist."""
     control = next(cell for cell, overrides in module.CELLS.items() if not overrides)
     for contrast, exercise in getattr(module, "ANSWERS", {}).items():
-        weights = module.CONTRASTS.get(contrast)
-        if weights is None or sorted(weights.values()) != [-1, 1] or weights.get(control) != -1:
+        if one_cell_against(module.CONTRASTS.get(contrast, {}), control) is None:
             raise VariantFileError(f"{where}: ANSWERS names {contrast!r}, which is not a contrast of one cell against "
                                    f"the control {control!r} (+1 for the cell, -1 for the control)")
         if exercise not in names() or not _is_searched_exercise(exercise):
             raise VariantFileError(f"{where}: ANSWERS maps {contrast!r} to {exercise!r}, which is not an exercise "
                                    f"with a search; those are {', '.join(n for n in names() if _is_searched_exercise(n))}")
+
+
+def one_cell_against(weights: dict[str, float], control: str | None) -> str | None:
+    """The cell of a contrast of one cell (+1) against the control (-1); None for any other contrast."""
+    if sorted(weights.values()) != [-1, 1] or weights.get(control) != -1:
+        return None
+    return next(cell for cell, weight in weights.items() if weight == 1)
 
 
 def _is_searched_exercise(name: str) -> bool:

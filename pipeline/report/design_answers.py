@@ -35,17 +35,11 @@ def design_answer_rows(study: optuna.Study) -> list[dict[str, Any]]:
     cells, control = study.user_attrs["design"]["cells"], record["control_cell"]
     rows = []
     for row in record["contrasts"]:
-        cell = one_cell_against(row["weights"], control)
+        cell = experiments.one_cell_against(row["weights"], control)
         if row["contrast"] in answers and cell in cells and row["seeds"]:
             rows.append(_row(study, row, answers[row["contrast"]], cells[cell], record, control))
     return rows
 
-
-def one_cell_against(weights: dict[str, float], control: str) -> str | None:
-    """The cell of a contrast of one cell (+1) against the control (-1); None for any other contrast."""
-    if sorted(weights.values()) != [-1, 1] or weights.get(control) != -1:
-        return None
-    return next(cell for cell, weight in weights.items() if weight == 1)
 
 
 def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record: dict, control: str

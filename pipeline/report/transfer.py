@@ -20,8 +20,9 @@ import optuna
 import pandas as pd
 from scipy import stats
 
+import experiments
+
 from pipeline.config import protocol
-from pipeline.report.design_answers import one_cell_against
 from pipeline.report.design_section import ATTR as DESIGN_ATTR
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import COLORS, Skipped, new_figure
@@ -41,7 +42,7 @@ def paired_settings(study: optuna.Study) -> list[dict]:
     if design is not None:  # a contrast of one cell against the control is a setting; an interaction is not
         return [{"setting": row["contrast"], "trial": None, "seeds": list(row["seeds"]), "diffs": list(row["values"])}
                 for row in design.get("contrasts", [])
-                if row["values"] and one_cell_against(row.get("weights", {}), design.get("control_cell"))]
+                if row["values"] and experiments.one_cell_against(row.get("weights", {}), design.get("control_cell"))]
     record = stored_record(study.user_attrs) or {}
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
     return [{"setting": params_text(pd.Series({"control": False,
