@@ -14,6 +14,7 @@ import pandas as pd
 from pipeline.config import at_chapter_protocol, protocol
 from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import params_text
+from pipeline.report.transfer import verdict_setting
 from pipeline.report.trials import best_row, control_row, is_seed_study, seed_spread, state_counts, trials_frame
 from pipeline.report.verdict_section import stored_verdict
 from pipeline.study.kept_packs import seed_span
@@ -99,7 +100,7 @@ def study_summary_row(study: optuna.Study) -> dict[str, Any]:
                     "verdict": f"seed noise: sd {spread['sd']:.4f} over {spread['n']} seeds" if spread
                     else "seed noise: fewer than 2 seeds complete"})
         return row
-    row.update(_verdict_columns(study.user_attrs))
+    row.update(_verdict_columns(study.user_attrs), setting=verdict_setting(study))
     if control is None or best is None:
         row["verdict"] = "no comparison: " + ("no complete control" if control is None
                                               else "no complete trial besides the control")

@@ -28,7 +28,7 @@ from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import COLORS, Skipped, new_figure
 from pipeline.report.select import ReportError, pick_study
 from pipeline.report.text import fmt, params_text
-from pipeline.stats.verdict import stored_record
+from pipeline.stats.verdict import ALPHA, look, stored_record
 from pipeline.study.optuna_study import stored_base_config
 
 RESAMPLES = 2000
@@ -45,10 +45,21 @@ def paired_settings(study: optuna.Study) -> list[dict]:
                 if row["values"] and experiments.one_cell_against(row.get("weights", {}), design.get("control_cell"))]
     record = stored_record(study.user_attrs) or {}
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
-    return [{"setting": params_text(pd.Series({"control": False,
-                                               **{f"params_{k}": v for k, v in params[c["trial"]].items()}})),
-             "trial": c["trial"], "seeds": list(c["seeds"]), "diffs": list(c["diffs"])}
+    return [{"setting": setting_text(params[c["trial"]]), "trial": c["trial"], "seeds": list(c["seeds"]),
+             "diffs": list(c["diffs"])}
             for c in record.get("candidates", []) if c["trial"] in params and c["diffs"]]
+
+
+def setting_text(params: dict) -> str:
+    """A setting's name, as transfer matches it across studies: its parameters as text."""
+    return params_text(pd.Series({"control": False, **{f"params_{k}": v for k, v in params.items()}}))
+
+
+def verdict_setting(study: optuna.Study) -> str:
+    """The name of the setting a study's verdict is about (its first candidate, the best); '' when none."""
+    candidates = (stored_record(study.user_attrs) or {}).get("candidates", [])
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    return setting_text(trials[candidates[0]["trial"]].params) if candidates and candidates[0]["trial"] in trials else ""
 
 
 def settings_tested(study: optuna.Study) -> pd.DataFrame:
@@ -79,6 +90,18 @@ def _seed_resampled_means(diffs: list[list[float]], rng: np.random.Generator, re
     return table[:, picks].mean(axis=2).T
 
 
+def kendall_tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b of each row of x with the same row of y ([rows, items] each), as scipy.stats.kendalltau gives
+    it (NaN where a row is constant), vectorised over the rows: a bootstrap of a handful of settings calls it
+    thousands of times, and scipy's per-call overhead made the sheet's bootstrap (and its simulation in
+    benchmarks/transfer_rule.py) 30 times slower."""
+    i, j = np.triu_indices(x.shape[1], k=1)
+    sx, sy = np.sign(x[:, i] - x[:, j]), np.sign(y[:, i] - y[:, j])
+    untied = np.sqrt((sx != 0).sum(axis=1) * (sy != 0).sum(axis=1).astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(untied > 0, (sx * sy).sum(axis=1) / untied, np.nan)
+
+
 def agreement(effects: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """Sign agreement (count, share, 95% Clopper-Pearson interval) and Kendall's τ (95% seed-bootstrap interval)."""
     n = len(effects)
@@ -91,9 +114,21 @@ def agreement(effects: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0) 
     rng = np.random.default_rng(seed)
     quick = _seed_resampled_means(list(effects["diffs_quick"]), rng, resamples)
     chapter = _seed_resampled_means(list(effects["diffs_chapter"]), rng, resamples)
-    taus = np.array([stats.kendalltau(q, c).statistic for q, c in zip(quick, chapter)])
+    taus = kendall_tau_rows(quick, chapter)
     out["tau_lo"], out["tau_hi"] = (float(v) for v in np.nanpercentile(taus, [2.5, 97.5]))
     return out
+
+
+def decided_there(effects: pd.DataFrame, alpha: float = ALPHA) -> pd.Series:
+    """Per setting: do its own paired seeds at the nearer profile decide the sign its effect has at the cheap one?
+    Its (1 - alpha) confidence sequence there (pipeline.stats.verdict: valid at any number of seeds, however
+    often the sheet is made again) excludes 0 on that side. A ranking that carries over says nothing about one
+    setting whose effect vanishes there (benchmarks/transfer_rule.py: 74% of such pairs passed the pair's rule
+    at some look): a cheap verdict is carried on this, setting by setting."""
+    def decided(row) -> bool:
+        there = look(list(row["diffs_chapter"]), alpha)
+        return bool(there.lo > 0) if row["delta_quick"] > 0 else bool(there.hi < 0) if row["delta_quick"] < 0 else False
+    return effects.apply(decided, axis=1).astype(bool) if len(effects) else pd.Series([], dtype=bool)
 
 
 def plot_transfer(effects: pd.DataFrame, labels: tuple[str, str], path: Path) -> str:
@@ -144,7 +179,9 @@ def transfer_blocks(studies: tuple[optuna.Study, optuna.Study], folder: Path, fi
                           f"Δ at {labels[0]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
                                                          zip(effects["delta_quick"], effects["seeds_quick"])],
                           f"Δ at {labels[1]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
-                                                         zip(effects["delta_chapter"], effects["seeds_chapter"])]})
+                                                         zip(effects["delta_chapter"], effects["seeds_chapter"])],
+                          "sign decided there too (95%, any number of seeds)": decided_there(effects).map(
+                              {True: "yes", False: "no"})})
     blocks = [Block("p", agreement_text(summary, labels)), Block("table", table=table)]
     (folder / figure).parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -93,17 +93,26 @@ def five_seeds(effects: dict) -> dict:
     return {w: [*d, np.mean(d) + 0.004, np.mean(d) - 0.004] for w, d in effects.items()}
 
 
+def ten_seeds(effects: dict) -> dict:
+    """Each setting's three paired differences, and seven more close around their mean: enough for the confidence
+    sequence to decide the sign of a clear effect."""
+    return {w: [*d, *(np.mean(d) + 0.002 * np.array([1, -1, 2, -2, 1, -1, 0]))] for w, d in effects.items()}
+
+
 def test_the_sheet_counts_a_cheaper_studys_verdict_as_the_chapters_only_where_its_transfer_is_shown(tmp_path):
     from pipeline.report.transfer_section import transfer_section
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    agreeing = five_seeds({**CHAPTER, 1.0: [0.01, 0.0, 0.02]})  # every sign as at the quick profile, the same order
-    grid_study(storage, "loss-weights-quick", five_seeds(QUICK), "quick", 64)
-    grid_study(storage, "loss-weights-quick-3-seeds", QUICK, "quick", 64)  # agrees too, on too few seeds
+    agreeing = {**ten_seeds(CHAPTER), 1.0: [0.03, -0.02, 0.025, -0.015, 0.02, -0.01, 0.03, -0.02, 0.015, -0.005]}
+    grid_study(storage, "loss-weights-quick", five_seeds(QUICK), "quick", 64)  # every sign as at the quick profile,
+    grid_study(storage, "loss-weights-quick-3-seeds", QUICK, "quick", 64)  # the same order; this one on too few seeds
     grid_study(storage, "loss-weights-chapter", agreeing, "chapter", 256)
     grid_study(storage, "loss-weights-chapter128", five_seeds(CHAPTER), "chapter", 128)  # box weight 1 turns to -
     blocks, shown = transfer_section(storage, tmp_path)
-    assert shown == {"loss-weights-quick"}
+    assert shown == {"loss-weights-quick": {"box_weight=4", "box_weight=2", "box_weight=0.5"}}  # box weight 1's
+    table = next(b.table for b in blocks if b.kind == "table")                 # sign is not decided at 256 px
+    assert dict(zip(table["setting"], table["sign decided there too (95%, any number of seeds)"])) == {
+        "box_weight=4": "yes", "box_weight=2": "yes", "box_weight=0.5": "yes", "box_weight=1": "no"}
     titles = [b.text for b in blocks if b.kind == "h3"]
     rungs = titles.index(next(t for t in titles if "the rung" in t))
     assert sorted(titles[:rungs]) + sorted(titles[rungs:]) == [
@@ -116,16 +125,21 @@ def test_the_sheet_counts_a_cheaper_studys_verdict_as_the_chapters_only_where_it
                       "batch 32, lr 0.2 constant (not shown by the rule)"]  # box weight 1 turns from + to -
     assert (tmp_path / "figures" / "transfer-loss-weights-quick-loss-weights-chapter.png").stat().st_size > 10_000
     row = {"variant": "loss-weights", "profile": "quick", "image_size": 64.0, "dataset": "bananas", "seeds": 8,
-           "candidate_diffs": [], "shared_control": "", "chapter_protocol": False}
+           "candidate_diffs": [], "shared_control": "", "chapter_protocol": False, "outcome": "better",
+           "setting": "box_weight=4"}
     frame = pd.DataFrame([{**row, "study": "loss-weights-quick"},
                           {**row, "study": "loss-weights-quick-3-seeds", "device": "NVIDIA H200"},
                           {**row, "study": "loss-weights-chapter128", "profile": "chapter", "image_size": 128.0}])
     text = fidelity_blocks(frame, shown)[1].text
-    assert ("The chapter's answers by transfer, decided on a proxy whose study's effects were shown to carry over (the "
-            "section below): `loss-weights` (quick profile, bananas, 64 px).") in text
-    assert text.endswith("is not shown: `loss-weights` (quick profile, bananas, 64 px, on NVIDIA H200), `loss-weights` "
-                         "(chapter profile, bananas, 128 px).")  # the same protocol, but not its own transfer
+    assert ("The chapter's answers by transfer, decided on a proxy whose study's effects were shown to carry over, "
+            "each with its own setting's sign decided the same way at the chapter's protocol (the section below): "
+            "`loss-weights` (quick profile, bananas, 64 px).") in text
+    assert text.endswith("is not shown for them: `loss-weights` (quick profile, bananas, 64 px, on NVIDIA H200), "
+                         "`loss-weights` (chapter profile, bananas, 128 px).")  # the same protocol, not its transfer
     assert fidelity_blocks(frame)[1].text.count("by transfer") == 0  # no transfer given: none counts
+    for other in ({"setting": "box_weight=1"}, {"outcome": "undecided"}):  # a setting whose sign the chapter's
+        changed = frame.assign(**other)                                   # protocol leaves open; no claim to carry
+        assert fidelity_blocks(changed, shown)[1].text.count("by transfer") == 0
 
 
 def test_the_sheet_says_transfer_is_not_measured_when_no_exercise_has_both(tmp_path):
@@ -134,7 +148,7 @@ def test_the_sheet_says_transfer_is_not_measured_when_no_exercise_has_both(tmp_p
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     grid_study(storage, "loss-weights-quick", QUICK, "quick", 64)
     blocks, shown = transfer_section(storage, tmp_path)
-    assert shown == set() and blocks[1].text.startswith("Not measured yet: no exercise has a verdict with paired seeds")
+    assert shown == {} and blocks[1].text.startswith("Not measured yet: no exercise has a verdict with paired seeds")
 
 
 def test_rungs_and_evidence_stores_are_shown_as_evidence_and_never_make_an_answer(tmp_path):
@@ -149,7 +163,7 @@ def test_rungs_and_evidence_stores_are_shown_as_evidence_and_never_make_an_answe
     grid_study(evidence, "loss-weights-lr", agreeing, "chapter", 256, lr=0.4)  # off in lr only: no rung for the
     grid_study(evidence, "loss-weights-shapes", agreeing, "chapter", 256, dataset="shapes")  # 128-px one; other data
     blocks, shown = transfer_section(storage, tmp_path, [evidence])
-    assert shown == set()  # shown in the evidence store, but the answer store's own study has no chapter pair
+    assert shown == {}  # shown in the evidence store, but the answer store's own study has no chapter pair
     texts = [b.text for b in blocks]
     assert texts[1].startswith("Not measured yet") and texts[2] == RUNGS
     source = f", from `{evidence}` (evidence only)"
@@ -164,7 +178,7 @@ def test_rungs_and_evidence_stores_are_shown_as_evidence_and_never_make_an_answe
     figure = tmp_path / "figures" / "transfer-store1-loss-weights-quick-loss-weights-chapter128.png"
     assert figure.stat().st_size > 10_000
     rung_only = transfer_section(evidence, tmp_path / "rung")[1]
-    assert rung_only == {"loss-weights-quick", "loss-weights-chapter128", "loss-weights-lr"}  # as the answer store
+    assert set(rung_only) == {"loss-weights-quick", "loss-weights-chapter128", "loss-weights-lr"}  # as the answer store
 
 
 def test_report_refuses_a_transfer_store_it_cannot_read_before_writing(tmp_path, monkeypatch):
@@ -212,7 +226,18 @@ def test_a_designs_contrasts_transfer_as_settings_matched_by_name(tmp_path):
                                       "smooth L1 against the chapter"]  # not the untrained one, nor box 4 - focal
     assert by_setting.loc["focal against the chapter", "delta_chapter"] == pytest.approx(-0.06)
     blocks, shown = transfer_section(storage, tmp_path)
-    assert shown == set()  # focal turns from + to -
+    assert shown == {}  # focal turns from + to -
     assert [b.text for b in blocks if b.kind == "h3"] == [
         "`quick-winners`: `quick-winners-quick` to `quick-winners-chapter` (transfer not shown)"]
     assert "Of 3 settings tested at both" in blocks[3].text and "2 agree on the sign" in blocks[3].text
+
+
+def test_the_bootstraps_kendall_tau_is_scipys_with_ties_and_constant_rows():
+    from pipeline.report.transfer import kendall_tau_rows
+
+    rng = np.random.default_rng(3)
+    for items in (3, 4, 7):
+        x, y = (rng.integers(0, 3, (300, items)).astype(float) for _ in range(2))  # ties, and some constant rows
+        expected = np.array([stats.kendalltau(a, b).statistic for a, b in zip(x, y)])
+        assert np.isnan(expected).any()
+        np.testing.assert_allclose(kendall_tau_rows(x, y), expected, equal_nan=True, atol=1e-12)
