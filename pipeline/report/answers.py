@@ -155,30 +155,36 @@ def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     return [Block("h2", "Not measured yet"), *blocks] if blocks else []
 
 
-def fidelity_blocks(frame: pd.DataFrame, carried: dict[str, set[str]] | None = None) -> list[Block]:
+def fidelity_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> list[Block]:
     """Whose answer each verdict is: the chapter's where it was decided at the chapter's protocol, or where its
     study's transfer to it was shown and its own setting's sign is decided the same way there (``carried``: study
-    name -> such settings, from pipeline.report.transfer_section). Any other verdict answers its own profile's
-    question; a study with the search's one-seed trials only answers nothing."""
+    name -> setting -> the sign decided there, from pipeline.report.transfer_section). Any other verdict answers
+    its own profile's question; a study with the search's one-seed trials only answers nothing."""
     def where(rows: pd.DataFrame) -> str:
         return ", ".join(f"`{r['variant']}`{by} ({decided_at(r)})" for by, (_, r) in zip(_by_design(rows),
                                                                                       rows.iterrows()))
+    carried = carried or {}
     tested = frame["seeds"].fillna(0).astype(int) > 0
     at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
-    carried = carried or {}
-    shown = pd.Series([r["outcome"] in ("better", "worse") and r.get("setting", "") in carried.get(r["study"], ())
-                       for _, r in frame.iterrows()], index=frame.index, dtype=bool)
+    study_shown = frame["study"].isin(carried)
+    shown = pd.Series([r["outcome"] in ("better", "worse") and carried.get(r["study"], {}).get(r.get("setting")) ==
+                       r["outcome"] for _, r in frame.iterrows()], index=frame.index, dtype=bool)
+    proxy = tested & ~at_chapter
     text = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "
             "batch 32, lr 0.2), or at a profile whose effects were shown to carry over to it.")
     if (tested & at_chapter).any():
         text += " The chapter's answers: " + where(frame[tested & at_chapter]) + "."
-    if (tested & ~at_chapter & shown).any():
+    if (proxy & shown).any():
         text += (" The chapter's answers by transfer, decided on a proxy whose study's effects were shown to carry "
                  "over, each with its own setting's sign decided the same way at the chapter's protocol (the section "
-                 "below): " + where(frame[tested & ~at_chapter & shown]) + ".")
-    if (tested & ~at_chapter & ~shown).any():
+                 "below): " + where(frame[proxy & shown]) + ".")
+    if (proxy & study_shown & ~shown).any():
+        text += (" Decided on a proxy whose study's effects were shown to carry over, but not carried: the verdict is "
+                 "not better or worse, or its setting's sign is not (yet) decided the same way at the chapter's "
+                 "protocol: " + where(frame[proxy & study_shown & ~shown]) + ".")
+    if (proxy & ~study_shown).any():
         text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
-                 "shown for them: " + where(frame[tested & ~at_chapter & ~shown]) + ".")
+                 "shown: " + where(frame[proxy & ~study_shown]) + ".")
     if (~tested & at_chapter).any():
         text += (" Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): "
                  + where(frame[~tested & at_chapter]) + ".")

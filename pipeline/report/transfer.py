@@ -45,9 +45,13 @@ def paired_settings(study: optuna.Study) -> list[dict]:
                 if row["values"] and experiments.one_cell_against(row.get("weights", {}), design.get("control_cell"))]
     record = stored_record(study.user_attrs) or {}
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
-    return [{"setting": setting_text(params[c["trial"]]), "trial": c["trial"], "seeds": list(c["seeds"]),
+    rows = [{"setting": setting_text(params[c["trial"]]), "trial": c["trial"], "seeds": list(c["seeds"]),
              "diffs": list(c["diffs"])}
             for c in record.get("candidates", []) if c["trial"] in params and c["diffs"]]
+    named = {}
+    for row in rows:  # a sampler may try one setting twice: the first (best-ranked) candidate speaks for it
+        named.setdefault(row["setting"], row)
+    return list(named.values())
 
 
 def setting_text(params: dict) -> str:
@@ -119,16 +123,26 @@ def agreement(effects: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0) 
     return out
 
 
-def decided_there(effects: pd.DataFrame, alpha: float = ALPHA) -> pd.Series:
-    """Per setting: do its own paired seeds at the nearer profile decide the sign its effect has at the cheap one?
-    Its (1 - alpha) confidence sequence there (pipeline.stats.verdict: valid at any number of seeds, however
-    often the sheet is made again) excludes 0 on that side. A ranking that carries over says nothing about one
-    setting whose effect vanishes there (benchmarks/transfer_rule.py: 74% of such pairs passed the pair's rule
-    at some look): a cheap verdict is carried on this, setting by setting."""
-    def decided(row) -> bool:
-        there = look(list(row["diffs_chapter"]), alpha)
-        return bool(there.lo > 0) if row["delta_quick"] > 0 else bool(there.hi < 0) if row["delta_quick"] < 0 else False
-    return effects.apply(decided, axis=1).astype(bool) if len(effects) else pd.Series([], dtype=bool)
+def signs_there(effects: pd.DataFrame, alpha: float = ALPHA) -> pd.Series:
+    """Per setting, the sign its own paired seeds at the nearer profile decide: "better" or "worse" where its
+    (1 - alpha) confidence sequence there excludes 0 (pipeline.stats.verdict: valid at any number of seeds,
+    however often the sheet is made again), else "". A ranking that carries over says nothing about one setting
+    whose effect vanishes there, so the sheet carries a cheap verdict only where this sign is the verdict's."""
+    def sign(diffs) -> str:
+        there = look(list(diffs), alpha)
+        return "better" if there.lo > 0 else "worse" if there.hi < 0 else ""
+    return effects["diffs_chapter"].map(sign) if len(effects) else pd.Series([], dtype=str)
+
+
+def _sign_column(effects: pd.DataFrame) -> list[str]:
+    """The transfer table's last column: the sign decided at the nearer profile, and whether the cheap one's mean
+    has it."""
+    def text(sign: str, delta_quick: float) -> str:
+        if not sign:
+            return "not yet"
+        same = (delta_quick > 0) == (sign == "better")
+        return f"{sign} ({'as' if same else 'unlike'} the cheap profile's mean)"
+    return [text(s, d) for s, d in zip(signs_there(effects), effects["delta_quick"])]
 
 
 def plot_transfer(effects: pd.DataFrame, labels: tuple[str, str], path: Path) -> str:
@@ -180,8 +194,7 @@ def transfer_blocks(studies: tuple[optuna.Study, optuna.Study], folder: Path, fi
                                                          zip(effects["delta_quick"], effects["seeds_quick"])],
                           f"Δ at {labels[1]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
                                                          zip(effects["delta_chapter"], effects["seeds_chapter"])],
-                          "sign decided there too (95%, any number of seeds)": decided_there(effects).map(
-                              {True: "yes", False: "no"})})
+                          f"sign decided at {labels[1]} (95%, any number of seeds)": _sign_column(effects)})
     blocks = [Block("p", agreement_text(summary, labels)), Block("table", table=table)]
     (folder / figure).parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -18,18 +18,17 @@ import optuna
 
 from pipeline.config import PROTOCOL_KNOBS, RunConfig, at_chapter_protocol, protocol
 from pipeline.report.document import Block
-from pipeline.report.transfer import decided_there, paired_settings, transfer_blocks
+from pipeline.report.transfer import paired_settings, signs_there, transfer_blocks
 from pipeline.study.optuna_study import stored_base_config
 
 MIN_SETTINGS, MIN_SEEDS = 3, 5
 SHOWN = (f"every setting tested at both agrees in sign with its effect at the chapter's protocol, over at least "
          f"{MIN_SETTINGS} settings with at least {MIN_SEEDS} paired seeds each at both, and the 95% interval of "
-         "Kendall's τ between the two lies above 0 (the study's transfer is shown); and the verdict's own setting, "
-         "on its paired seeds at the chapter's protocol, has its sign decided the same way (its 95% confidence "
-         "sequence there excludes 0 on the verdict's side). The second part is what keeps a carried verdict's "
-         "promise: a ranking can carry over while one setting's effect vanishes at the chapter's protocol, and "
-         "without it the sheet called such a verdict the chapter's in up to 74% of simulated pairs "
-         "(benchmarks/transfer_rule.py, docs/transfer.md)")
+         "Kendall's τ between the two lies above 0 (the study's transfer is shown), and the verdict's own setting has "
+         "the verdict's sign decided on its paired seeds at the chapter's protocol too (the transfer table's last "
+         "column: its 95% confidence sequence there excludes 0 on that side). That last check is each setting's own, "
+         "at 5%, so a verdict can be carried while the chapter study's own verdict on the setting, corrected over "
+         "all its settings, is still undecided")
 NOT_MEASURED = ("Not measured yet: no exercise has a verdict with paired seeds both at a cheaper profile and at the "
                 "chapter's protocol. `python cli.py sweep VARIANT --profile chapter --decide --candidates 6` gives it "
                 "one (on a GPU, `PARTS=\"data answers\" bash benchmarks/gpu_check.sh`, then `python cli.py merge` its "
@@ -76,9 +75,10 @@ def is_shown(summary: dict, effects) -> bool:
 
 
 def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: Path, source: str
-                 ) -> tuple[list[Block], set[str] | None]:
-    """One pair's heading, agreement, table and scatter; and, where its transfer is shown, the settings whose
-    sign is decided the same way at the nearer study too (None where it is not shown)."""
+                 ) -> tuple[list[Block], dict[str, str] | None]:
+    """One pair's heading, agreement, table and scatter; and, where its transfer is shown, each setting's sign as
+    the nearer study decides it ("better", "worse" or "": pipeline.report.transfer.signs_there; None where the
+    transfer is not shown)."""
     cheap, near = pair
     pair_blocks, summary, effects = transfer_blocks(pair, folder, figure)
     shown = is_shown(summary, effects)
@@ -88,29 +88,30 @@ def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: 
     else:
         title = (f"`{variant}`: `{cheap.study_name}` to the rung `{near.study_name}`, "
                  f"{protocol(stored_base_config(near))} ({'carries over' if shown else 'not shown'} by the rule)")
-    decided = set(effects.loc[decided_there(effects).to_numpy(), "setting"]) if shown else None
-    return [Block("h3", title + source), *pair_blocks], decided
+    signs = dict(zip(effects["setting"], signs_there(effects))) if shown else None
+    return [Block("h3", title + source), *pair_blocks], signs
 
 
 def transfer_section(storage: str, folder: Path, evidence: Sequence[str] = ()
-                     ) -> tuple[list[Block], dict[str, set[str]]]:
+                     ) -> tuple[list[Block], dict[str, dict[str, str]]]:
     """The section's blocks, and for each of the answer store's cheaper studies whose transfer to the chapter's
-    protocol is shown (against every chapter-protocol study of their variant), the settings whose verdicts it
-    carries: those whose sign every such study decides the same way. ``evidence``: more stores whose pairs (to the
-    chapter's protocol or to a rung) are shown as evidence only."""
+    protocol is shown (against every chapter-protocol study of their variant), each setting's sign as those
+    studies decide it ("" unless all decide the same). ``evidence``: more stores whose pairs (to the chapter's
+    protocol or to a rung) are shown as evidence only."""
     blocks = [Block("h2", "Do the effects carry over to the chapter's protocol?")]
     shown, failed, rungs = {}, set(), []
     for index, store in enumerate([storage, *evidence]):
         tag, source = (("", "") if index == 0 else (f"store{index}-", f", from `{store}` (evidence only)"))
         for pair in transfer_pairs(tested_studies(store)):
             figure = Path("figures") / f"transfer-{tag}{pair[0].study_name}-{pair[1].study_name}.png"
-            pair_blocks, decided = pair_section(pair, folder, figure, source)
+            pair_blocks, signs = pair_section(pair, folder, figure, source)
             if index == 0 and at_chapter_protocol(stored_base_config(pair[1])):
                 name = pair[0].study_name
-                if decided is None:
+                if signs is None:
                     failed.add(name)
                 else:
-                    shown[name] = shown.get(name, decided) & decided
+                    before = shown.get(name, signs)
+                    shown[name] = {k: v for k, v in signs.items() if before.get(k) == v}
                 blocks += pair_blocks
             else:
                 rungs += pair_blocks

@@ -75,7 +75,7 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     assert ("The chapter's answers: `focal-loss` by the design `quick-winners-chapter` (chapter profile, bananas, "
             "256 px, on cpu: AMD EPYC (2 cores)), `loss-weights` by the design `quick-winners-chapter` (chapter "
             "profile, bananas, 256 px, on cpu: AMD EPYC (2 cores)).") in text
-    assert "not shown for them: `loss-weights` (quick profile, bananas, 64 px)." in text
+    assert "not shown: `loss-weights` (quick profile, bananas, 64 px)." in text
     table = glance_table(frame, tmp_path).set_index("best setting")
     assert table.loc["box_weight=4 (design `quick-winners`)", "verdict"] == "better"
     assert table.loc["box_weight=4 (design `quick-winners`)", "new seeds"] == "5 (seeds 1-5)"

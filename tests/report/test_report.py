@@ -392,7 +392,7 @@ def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
     blocks = fidelity_blocks(pd.concat([frame, pd.DataFrame([searched, rung])], ignore_index=True))
     text = blocks[1].text
     assert "The chapter's answers: `loss-weights` (chapter profile, bananas, 256 px)." in text
-    assert ("not shown for them: `focal-loss` (quick profile, bananas, 64 px), `smooth-l1` (quick profile, ?, 64 px, on "
+    assert ("not shown: `focal-loss` (quick profile, bananas, 64 px), `smooth-l1` (quick profile, ?, 64 px, on "
             "cpu: AMD EPYC (2 cores)), `loss-weights` (chapter profile, bananas, 128 px).") in text  # a study that did not record its data set says so
     assert text.endswith("no verdict on new seeds yet (so no answer): `smooth-l1` (chapter profile, bananas, 256 px, "
                          "on NVIDIA H200).")
