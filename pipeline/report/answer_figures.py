@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from pipeline.report.design_answers import which_contrast
 from pipeline.report.figures import COLORS, Skipped, new_figure
 
 OUTCOME_COLORS = {"better": COLORS["best"], "worse": COLORS["failed"], "equivalent": COLORS["trial"],
@@ -28,7 +29,8 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
              zip(profiles, shown.get("image_size", pd.Series(np.nan, index=shown.index)),
                  shown.get("device", pd.Series(None, index=shown.index)))]
     designs = shown["design_variant"] if "design_variant" in shown else pd.Series(None, index=shown.index)
-    names = [f"{v} by {d}" if isinstance(d, str) else v for v, d in zip(shown["variant"], designs)]
+    names = [f"{v} by {d}{which}" if isinstance(d, str) else v
+             for v, d, which in zip(shown["variant"], designs, which_contrast(shown))]
     shown["label"] = [f"{v} at {w}  ({o}, " + (f"{n} new seeds on {split}" if n else "the search on val") + ")"
                       for v, w, o, n, split in zip(names, where, shown["outcome"], shown["seeds"], shown["split"])]
     shown["marker"] = ["s" if at else "o" for at in shown.get("chapter_protocol", profiles == "chapter")]

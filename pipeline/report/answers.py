@@ -19,7 +19,7 @@ from pipeline.report.answer_figures import plot_forest
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import Skipped
 from pipeline.report.overview import summary_frame
-from pipeline.report.design_answers import design_answer_rows
+from pipeline.report.design_answers import design_answer_rows, design_rows, which_contrast
 from pipeline.report.design_section import effects_section, is_design
 from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import counted, decided_at, fmt
@@ -229,16 +229,11 @@ def searches_frame(storage: str, designs: list) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def design_rows(frame: pd.DataFrame) -> pd.Series:
-    """Which rows are a design's contrasts (with_design_answers) rather than a search's study."""
-    if "design" not in frame:
-        return pd.Series(False, index=frame.index)
-    return frame["design"].fillna(False).astype(bool)
-
-
 def _by_design(frame: pd.DataFrame) -> list[str]:
-    """' by the design `quick-winners-chapter`' for a design's row, '' for a search's."""
-    return [f" by the design `{study}`" if design else "" for study, design in zip(frame["study"], design_rows(frame))]
+    """' by the design `quick-winners-chapter`' for a design's row ('… (its contrast)' where the design answers
+    the exercise with more than one), '' for a search's."""
+    return [f" by the design `{study}`{which}" if design else ""
+            for study, design, which in zip(frame["study"], design_rows(frame), which_contrast(frame))]
 
 
 def with_design_answers(frame: pd.DataFrame, designs: list) -> pd.DataFrame:

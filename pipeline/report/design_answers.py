@@ -61,3 +61,19 @@ def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record:
             "shared_control": record.get("shared_control", {}).get("key", ""),
             "control_mean": float(np.mean(control_scores)) if control_scores else math.nan,
             "candidate_diffs": [list(row["values"])] if row["values"] else []}
+
+
+def design_rows(frame: pd.DataFrame) -> pd.Series:
+    """Which rows are a design's contrasts (with_design_answers) rather than a search's study."""
+    if "design" not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame["design"].fillna(False).astype(bool)
+
+
+def which_contrast(frame: pd.DataFrame) -> list[str]:
+    """' (input 192 px)': a design row's contrast, where its design answers that exercise with several; else ''."""
+    if "setting" not in frame or frame.empty:
+        return [""] * len(frame)
+    several = frame.groupby(["study", "variant"])["variant"].transform("size") > 1
+    return [f" ({setting})" if many and design else ""
+            for setting, many, design in zip(frame["setting"], several, design_rows(frame))]

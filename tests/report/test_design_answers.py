@@ -95,3 +95,31 @@ def test_a_store_of_designs_only_still_gets_its_sheet(tmp_path):
     assert "| `loss-weights` | Should the box loss weigh more, or less, than the class loss? | better |" in page
     assert "## Evaluating as the SSD paper does: VOC AP at IoU 0.5" in page and "No study to show yet." in page
     assert (tmp_path / "answers" / "figures" / "forest.png").stat().st_size > 10_000
+
+
+def test_a_design_answering_one_exercise_with_two_contrasts_names_each():
+    """input-size-design answers input-size with the input's contrast and the anchors': each row, in the sheet's
+    text and in the forest's labels, names its contrast; a design with one contrast per exercise does not."""
+    import experiments
+    from pipeline.report.answer_figures import _points
+    from pipeline.report.answers import _by_design
+
+    assert experiments.load("input-size-design").answers == {"input 192 px": "input-size",
+                                                             "anchors x0.667": "input-size"}
+    row = {"study": "input-size-design-quick", "variant": "input-size", "design": True,
+           "design_variant": "input-size-design", "profile": "quick", "image_size": 128, "device": None,
+           "outcome": "worse", "seeds": 8, "split": "test", "delta": np.nan, "confirmed_delta": -0.02,
+           "ci_lo": -0.03, "ci_hi": -0.004, "chapter_protocol": False}
+    frame = pd.DataFrame([{**row, "setting": "input 192 px"},
+                          {**row, "setting": "anchors x0.667", "outcome": "better", "confirmed_delta": 0.011},
+                          {**row, "study": "quick-winners-quick", "variant": "loss-weights",
+                           "design_variant": "quick-winners", "setting": "box 4 against the chapter"},
+                          {**row, "study": "loss-weights-quick", "variant": "loss-weights", "design": False,
+                           "design_variant": None, "setting": "box_weight=4"}])
+    assert _by_design(frame) == [" by the design `input-size-design-quick` (input 192 px)",
+                                 " by the design `input-size-design-quick` (anchors x0.667)",
+                                 " by the design `quick-winners-quick`", ""]
+    labels = set(_points(frame)["label"])
+    assert {"input-size by input-size-design (input 192 px) at quick, 128 px  (worse, 8 new seeds on test)",
+            "input-size by input-size-design (anchors x0.667) at quick, 128 px  (better, 8 new seeds on test)",
+            "loss-weights by quick-winners at quick, 128 px  (worse, 8 new seeds on test)"} < labels
