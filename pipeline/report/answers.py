@@ -56,8 +56,8 @@ def family_outcomes(frame: pd.DataFrame) -> pd.Series:
     verdicts = holm(diffs, 1, max([len(d) for d in diffs], default=1), DELTA) if diffs else []
     family = frame["outcome"].copy()
     for (i, k), v in zip(members, verdicts):
-        if k == 0:  # the sheet shows each study's best setting
-            family.at[i] = v.outcome
+        if k == 0 and family.at[i] != "pending":  # the sheet shows each study's best setting; one still taking
+            family.at[i] = v.outcome              # seeds stays pending (it is still in the family's count)
     return family
 
 
@@ -164,7 +164,8 @@ def fidelity_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | No
         return ", ".join(f"`{r['variant']}`{by} ({decided_at(r)})" for by, (_, r) in zip(_by_design(rows),
                                                                                       rows.iterrows()))
     carried = carried or {}
-    tested = frame["seeds"].fillna(0).astype(int) > 0
+    pending = frame["outcome"] == "pending"  # a design still taking seeds: no verdict yet, so no answer
+    tested = (frame["seeds"].fillna(0).astype(int) > 0) & ~pending
     at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
     study_shown = frame["study"].isin(carried)
     shown = pd.Series([r["outcome"] in ("better", "worse") and carried.get(r["study"], {}).get(r.get("setting")) ==
@@ -185,7 +186,10 @@ def fidelity_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | No
     if (proxy & ~study_shown).any():
         text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
                  "shown: " + where(frame[proxy & ~study_shown]) + ".")
-    if (~tested & at_chapter).any():
+    if (pending & at_chapter).any():
+        text += (" Still being decided at the chapter's protocol (paired seeds are coming in; no answer yet): "
+                 + where(frame[pending & at_chapter]) + ".")
+    if (~tested & ~pending & at_chapter).any():
         text += (" Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): "
                  + where(frame[~tested & at_chapter]) + ".")
     return [Block("h2", "Whose answer each verdict is"), Block("p", text), *family_blocks(frame)]
