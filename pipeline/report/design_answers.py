@@ -15,7 +15,7 @@ import pandas as pd
 import experiments
 from pipeline.report.design_section import ATTR
 from pipeline.report.overview import setting_columns
-from pipeline.report.text import params_text
+from pipeline.report.text import setting_text
 from pipeline.study.kept_packs import seed_span
 
 
@@ -46,7 +46,7 @@ def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record:
          ) -> dict[str, Any]:
     control_scores = [record["cells"][control]["scores"].get(str(seed)) for seed in row["seeds"]]
     lo, hi = row.get("delta_ci95", [-math.inf, math.inf])
-    setting = params_text(pd.Series({"control": False, **{f"params_{k}": v for k, v in overrides.items()}}))
+    setting = setting_text(overrides)
     return {"study": study.study_name, "variant": exercise, "design": True,
             "design_variant": study.user_attrs.get("variant"), **setting_columns(study),
             "question": experiments.load(exercise).question.splitlines()[0], "search_hours": math.nan,

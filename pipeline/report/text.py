@@ -45,6 +45,12 @@ def params_text(row: pd.Series) -> str:
     return ", ".join(f"{k}={choice_label(v) if not isinstance(v, float) else f'{v:.4g}'}" for k, v in items)
 
 
+
+def setting_text(params: dict) -> str:
+    """A setting's name from its parameters (a trial's params, a design cell's overrides), as params_text writes a
+    trial's: how transfer matches a setting across studies and how the sheet names a design's cell."""
+    return params_text(pd.Series({"control": False, **{f"params_{k}": v for k, v in params.items()}}))
+
 def signed(value: float) -> str:
     return "n/a" if missing(value) else f"{value:+.4f}"
 

@@ -27,7 +27,7 @@ from pipeline.report.design_section import ATTR as DESIGN_ATTR
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import COLORS, Skipped, new_figure
 from pipeline.report.select import ReportError, pick_study
-from pipeline.report.text import fmt, params_text
+from pipeline.report.text import fmt, setting_text
 from pipeline.stats.verdict import ALPHA, look, stored_record
 from pipeline.study.optuna_study import stored_base_config
 
@@ -52,11 +52,6 @@ def paired_settings(study: optuna.Study) -> list[dict]:
     for row in rows:  # a sampler may try one setting twice: the first (best-ranked) candidate speaks for it
         named.setdefault(row["setting"], row)
     return list(named.values())
-
-
-def setting_text(params: dict) -> str:
-    """A setting's name, as transfer matches it across studies: its parameters as text."""
-    return params_text(pd.Series({"control": False, **{f"params_{k}": v for k, v in params.items()}}))
 
 
 def verdict_setting(study: optuna.Study) -> str:
