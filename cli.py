@@ -248,7 +248,9 @@ def variants(json_out: JsonOpt = False):
                      "space": {} if design else describe_space(variant, base),
                      "sampler": "design" if design else type(variant.sampler(0)).__name__,
                      "trials": variant.trials, "objective": variant.objective,
-                     **({"cells": variant.cells, "contrasts": variant.contrasts} if design else {})})
+                     **({"cells": {name: {knob: str(value) if isinstance(value, experiments.Scaled) else value
+                                          for knob, value in cell.items()} for name, cell in variant.cells.items()},
+                         "contrasts": variant.contrasts} if design else {})})
     if json_out:
         typer.echo(json.dumps(rows))
         return

@@ -174,7 +174,7 @@ part_answers() {  # issue 26: each exercise's grid at the chapter's profile (and
   snapshots & local snapshotter=$!
   if [ "${ANSWERS_WITH_TESTS:-0}" = 1 ]; then SNAPSHOT=0 part_tests & tests=$!; fi  # the CUDA graph's, beside them
   for profile in ${ANSWERS_PROFILES:-chapter}; do
-    for variant in ${ANSWERS_VARIANTS:-quick-winners loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
+    for variant in ${ANSWERS_VARIANTS:-quick-winners input-size-design loss-weights smooth-l1 negative-sampling focal-loss input-size}; do
       while [ "$(alive "${sweeps[@]}")" -ge "${ANSWERS_PARALLEL:-1}" ]; do sleep 1; done
       if [ $(( deadline - SECONDS )) -lt 20 ]; then log "SKIP ${profile}_$variant: $(( deadline - SECONDS )) s left"; continue; fi
       local trials=(); [ "$variant" = focal-loss ] && trials=(--trials "${FOCAL_TRIALS:-6}")

@@ -18,8 +18,10 @@ and decides each contrast on those paired seeds (pipeline.stats.contrasts). SECO
 metrics, as OBJECTIVE does ("val/map_small"): each contrast is also reported on them, on the same seeds, with its
 own interval; they never decide when to stop. ANSWERS (optional) names the exercise a contrast answers
 ({"box 4 against the chapter": "loss-weights"}, for a contrast of one setting against the control): the answer
-sheet then lists that contrast's verdict as one of the exercise's, at the design's profile. Such a file sets no
-TRIALS, space or sampler.
+sheet then lists that contrast's verdict as one of the exercise's, at the design's profile. A cell's knob may be
+set relative to the profile, ``Scaled(1.5)``: the control's value times 1.5 (an input side rounded to 32 px), so
+"input x1.5" asks the same question at every profile (128 against 192 px at one, 256 against 384 at another).
+Such a file sets no TRIALS, space or sampler.
 
 Any other upper-case name must be a constant that ``space`` or ``sampler`` uses (a grid's values, say):
 a typo such as ``OBJECTVE`` would otherwise be ignored in silence, so it is refused, naming the file.
@@ -30,6 +32,7 @@ because every configuration is part of the answer and a pruned one would be a mi
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 import warnings
 import dataclasses
@@ -44,6 +47,23 @@ from pipeline.metric_names import objective_choices
 # BruteForceSampler and TPE's group option are stable in practice; Optuna still flags them experimental.
 warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
 warnings.filterwarnings("ignore", message=".*experimental.*")
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """A designed cell's knob set relative to the profile: the control's value times ``factor``."""
+    factor: float
+
+    def __str__(self) -> str:
+        return f"x{self.factor:g} the profile's"
+
+
+def resolve_cell(overrides: dict[str, Any], base: Any) -> dict[str, Any]:
+    """A cell's overrides at the control's configuration ``base`` (a RunConfig): each Scaled value made a number."""
+    from pipeline.config import scaled_value
+
+    return {knob: scaled_value(knob, getattr(base, knob), value.factor) if isinstance(value, Scaled) else value
+            for knob, value in overrides.items()}
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,10 @@ class Variant:
     def is_design(self) -> bool:
         """A question asked as contrasts over cells, with no search."""
         return bool(self.cells)
+
+    def cells_for(self, base: Any) -> dict[str, dict[str, Any]]:
+        """A design's cells at the control's configuration ``base`` (a RunConfig), Scaled knobs resolved."""
+        return {name: resolve_cell(overrides, base) for name, overrides in self.cells.items()}
 
     def fixed_for(self, profile: str) -> dict[str, Any]:
         """The overrides every trial of this variant uses under ``profile``, the control included."""
@@ -173,6 +197,7 @@ def check_design(module: ModuleType) -> None:
         bad = sorted(set(overrides) - knobs)
         if bad:
             raise VariantFileError(f"{where}: cell {cell!r} sets unknown knob(s) {', '.join(bad)}; see `cli.py knobs`")
+        _check_scaled(cell, overrides, where)
     for name, weights in module.CONTRASTS.items():
         missing = sorted(set(weights) - set(module.CELLS))
         if missing:
@@ -182,6 +207,22 @@ def check_design(module: ModuleType) -> None:
             raise VariantFileError(f"{where}: contrast {name!r}: its weights sum to {sum(weights.values()):g}, not 0 "
                                    "(a contrast compares cells: +1 for one, -1 for another)")
     check_answers(module, where)
+
+
+def _check_scaled(cell: str, overrides: dict[str, Any], where: str) -> None:
+    """A Scaled knob must be a number, with a positive finite factor."""
+    from pipeline.config import RunConfig
+
+    defaults = RunConfig()
+    for knob, value in overrides.items():
+        if not isinstance(value, Scaled):
+            continue
+        if not (isinstance(value.factor, (int, float)) and math.isfinite(value.factor) and value.factor > 0):
+            raise VariantFileError(f"{where}: cell {cell!r}: {knob} = Scaled({value.factor!r}): the factor must be a "
+                                   "positive number")
+        if isinstance(getattr(defaults, knob), (bool, str)) or getattr(defaults, knob) is None:
+            raise VariantFileError(f"{where}: cell {cell!r}: {knob} is not a number, so it cannot be Scaled; "
+                                   "give its value")
 
 
 def check_answers(module: ModuleType, where: str) -> None:

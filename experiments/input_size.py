@@ -25,6 +25,8 @@ question. Watch val/map_small.
 
 from optuna.samplers import GridSampler
 
+from pipeline.config import scaled_value
+
 SCALES = [1.25, 1.5, 2.0]
 CHANGED = ["input", "input+anchors", "anchors"]
 FIXED = {"dataset": "shapes"}
@@ -38,7 +40,7 @@ def space(trial, base):
     changed = trial.suggest_categorical("changed", CHANGED)
     out = {}
     if changed != "anchors":
-        out["image_size"] = int(round(base.image_size * scale / 32)) * 32
+        out["image_size"] = scaled_value("image_size", base.image_size, scale)
     if changed != "input":
         out["anchor_scale"] = base.anchor_scale / scale
     return out

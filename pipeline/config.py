@@ -142,6 +142,16 @@ def _check_value(f: dataclasses.Field, value) -> None:
         raise ConfigError(f"{f.name}: must be a multiple of {meta['multiple_of']}; got {value}")
 
 
+def scaled_value(knob: str, value: float, factor: float) -> float | int:
+    """``value`` of ``knob`` times ``factor``, rounded to the knob's multiple (an input side to 32 px) where it has
+    one, else kept as a number of the knob's type."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(RunConfig)}[knob]
+    if meta.get("multiple_of"):
+        step = meta["multiple_of"]
+        return int(round(value * factor / step)) * step
+    return value * factor
+
+
 def parse_value(key: str, text: str):
     """Convert the text of one override to the type of field ``key``."""
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}

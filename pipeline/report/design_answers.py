@@ -71,7 +71,7 @@ def design_rows(frame: pd.DataFrame) -> pd.Series:
 
 
 def which_contrast(frame: pd.DataFrame) -> list[str]:
-    """' (input 192 px)': a design row's contrast, where its design answers that exercise with several; else ''."""
+    """' (input x1.5)': a design row's contrast, where its design answers that exercise with several; else ''."""
     if "setting" not in frame or frame.empty:
         return [""] * len(frame)
     several = frame.groupby(["study", "variant"])["variant"].transform("size") > 1

@@ -36,10 +36,11 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
         raise SweepError(f"{variant.name} is a designed contrast, with no search: run it with --decide (or --seeds N)")
     base = base_config(variant, options)
     _, skipped = check_splits(base, options)
-    cells = {name: dataclasses.replace(base, **overrides) for name, overrides in variant.cells.items()}
-    control = next(name for name, overrides in variant.cells.items() if not overrides)
+    overrides = variant.cells_for(base)
+    cells = _distinct_cells(variant, {name: dataclasses.replace(base, **cell) for name, cell in overrides.items()})
+    control = next(name for name, cell in overrides.items() if not cell)
     with StorageLock(options.storage).hold():
-        study = _open_study(options, variant, base)
+        study = _open_study(options, variant, base, overrides)
         study.set_user_attr("device_used", device_description(base.device))
         tracker = MlflowTracker(study.study_name)
     with sigterm_as_interrupt(), decision_lock(options.storage, study):
@@ -72,16 +73,30 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
             "contrasts": record["contrasts"], "cells": record["cells"], "secondary": record.get("secondary", {})}
 
 
-def _open_study(options: SweepOptions, variant, base) -> optuna.Study:
+def _distinct_cells(variant, cells: dict[str, RunConfig]) -> dict[str, RunConfig]:
+    """The cells, refused when two are the same run at this profile (a Scaled side rounded back to the control's)."""
+    seen: dict[RunConfig, str] = {}
+    for name, cfg in cells.items():
+        if cfg in seen:
+            raise SweepError(f"{variant.name}: cells {seen[cfg]!r} and {name!r} are the same run at this profile and "
+                             "these flags (a Scaled knob rounds back to the control's value?): a contrast between "
+                             "them would be 0 by design")
+        seen[cfg] = name
+    return cells
+
+
+def _open_study(options: SweepOptions, variant, base: RunConfig, cells: dict[str, dict]) -> optuna.Study:
+    """The design's study; its cells are stored as this profile resolves them (Scaled knobs made numbers)."""
+    design = {"cells": cells, "contrasts": variant.contrasts}
     study = optuna.create_study(storage=open_storage(options.storage), study_name=study_name_for(options),
                                 direction="maximize", load_if_exists=True)
     if "design" not in study.user_attrs:
-        study.set_user_attr("design", {"cells": variant.cells, "contrasts": variant.contrasts})
+        study.set_user_attr("design", design)
         study.set_user_attr("signature", {"base_config": dataclasses.asdict(base), "objective": variant.objective})
         study.set_user_attr("variant", variant.name)
         study.set_user_attr("question", variant.question)
         study.set_user_attr("profile", options.profile)
-    elif study.user_attrs["design"] != {"cells": variant.cells, "contrasts": variant.contrasts}:
+    elif study.user_attrs["design"] != design:
         raise SweepError(f"study {study.study_name!r} was run with other cells or contrasts than {variant.name}'s "
                          "file has now: pass another --study-name")
     return study

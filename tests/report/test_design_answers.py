@@ -108,22 +108,22 @@ def test_a_design_answering_one_exercise_with_two_contrasts_names_each():
     from pipeline.report.answer_figures import _points
     from pipeline.report.answers import _by_design
 
-    assert experiments.load("input-size-design").answers == {"input 192 px": "input-size",
+    assert experiments.load("input-size-design").answers == {"input x1.5": "input-size",
                                                              "anchors x0.667": "input-size"}
     row = {"study": "input-size-design-quick", "variant": "input-size", "design": True,
            "design_variant": "input-size-design", "profile": "quick", "image_size": 128, "device": None,
            "outcome": "worse", "seeds": 8, "split": "test", "delta": np.nan, "confirmed_delta": -0.02,
            "ci_lo": -0.03, "ci_hi": -0.004, "chapter_protocol": False}
-    frame = pd.DataFrame([{**row, "setting": "input 192 px"},
+    frame = pd.DataFrame([{**row, "setting": "input x1.5"},
                           {**row, "setting": "anchors x0.667", "outcome": "better", "confirmed_delta": 0.011},
                           {**row, "study": "quick-winners-quick", "variant": "loss-weights",
                            "design_variant": "quick-winners", "setting": "box 4 against the chapter"},
                           {**row, "study": "loss-weights-quick", "variant": "loss-weights", "design": False,
                            "design_variant": None, "setting": "box_weight=4"}])
-    assert _by_design(frame) == [" by the design `input-size-design-quick` (input 192 px)",
+    assert _by_design(frame) == [" by the design `input-size-design-quick` (input x1.5)",
                                  " by the design `input-size-design-quick` (anchors x0.667)",
                                  " by the design `quick-winners-quick`", ""]
     labels = set(_points(frame)["label"])
-    assert {"input-size by input-size-design (input 192 px) at quick, 128 px  (worse, 8 new seeds on test)",
+    assert {"input-size by input-size-design (input x1.5) at quick, 128 px  (worse, 8 new seeds on test)",
             "input-size by input-size-design (anchors x0.667) at quick, 128 px  (better, 8 new seeds on test)",
             "loss-weights by quick-winners at quick, 128 px  (worse, 8 new seeds on test)"} < labels

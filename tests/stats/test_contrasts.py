@@ -121,8 +121,57 @@ def test_every_designed_variant_builds_valid_cells_at_every_profile():
     for name in designs:
         variant = experiments.load(name)
         for profile in PROFILES:
-            configs = [make_config(profile, {**variant.fixed_for(profile), **cell}) for cell in variant.cells.values()]
+            base = make_config(profile, variant.fixed_for(profile))
+            configs = [make_config(profile, {**variant.fixed_for(profile), **cell})
+                       for cell in variant.cells_for(base).values()]
             assert len(set(configs)) == len(configs)  # every cell is a different run
+
+
+def test_a_scaled_cell_asks_the_same_question_at_every_profile_and_keeps_the_quick_profiles_runs():
+    """input-size-design's cells are relative to the profile: 128 against 192 px at the quick profile, 256 against
+    384 at the chapter's; at the quick profile they are the very runs the absolute cells of its first version
+    trained, so the seeds kept for those are adopted, not trained again."""
+    import experiments
+    from pipeline.config import make_config
+    from pipeline.study.kept_packs import kept_name
+
+    variant = experiments.load("input-size-design")
+    sides = {}
+    for profile in ("quick", "chapter"):
+        base = make_config(profile, variant.fixed_for(profile))
+        cells = variant.cells_for(base)
+        sides[profile] = (base.image_size, cells["side x1.5, chapter's anchors"]["image_size"])
+        assert cells["the profile's side, anchors x0.667"] == {"anchor_scale": 0.667}
+        assert cells["side x1.5, anchors x0.667"] == {"image_size": sides[profile][1], "anchor_scale": 0.667}
+    assert sides == {"quick": (128, 192), "chapter": (256, 384)}
+    quick = make_config("quick", variant.fixed_for("quick"))
+    first_version = {"image_size": 192, "anchor_scale": 0.667}  # the absolute cell the store's quick seeds came from
+    resolved = variant.cells_for(quick)["side x1.5, anchors x0.667"]
+    assert kept_name("cell", "test/map", make_config("quick", {**variant.fixed_for("quick"), **resolved})) == \
+        kept_name("cell", "test/map", make_config("quick", {**variant.fixed_for("quick"), **first_version}))
+
+
+def test_a_scaled_knob_must_be_a_number_with_a_positive_factor():
+    from experiments import Scaled, Variant, VariantFileError
+
+    contrasts = {"x": {"big": 1, "chapter": -1}}
+    with pytest.raises(VariantFileError, match=r"cell 'big': cls_loss is not a number, so it cannot be Scaled"):
+        Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"cls_loss": Scaled(2.0)}}, CONTRASTS=contrasts))
+    with pytest.raises(VariantFileError, match=r"cell 'big': image_size = Scaled\(-1.0\): the factor must be"):
+        Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"image_size": Scaled(-1.0)}},
+                                          CONTRASTS=contrasts))
+    variant = Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"image_size": Scaled(1.25),
+                                                                              "box_weight": Scaled(2.0)}},
+                                                CONTRASTS=contrasts))
+    assert variant.cells_for(RunConfig(image_size=256, box_weight=1.5))["big"] == {"image_size": 320, "box_weight": 3.0}
+    at_64 = variant.cells_for(RunConfig(image_size=64))["big"]
+    assert at_64["image_size"] == 64  # 80 px rounds to a multiple of 32: back to the control's side
+    from pipeline.study.design import _distinct_cells
+    from pipeline.study.optuna_study import SweepError
+
+    same = {"chapter": RunConfig(image_size=64), "big": RunConfig(image_size=64)}
+    with pytest.raises(SweepError, match="my-design: cells 'chapter' and 'big' are the same run at this profile"):
+        _distinct_cells(variant, same)
 
 
 def test_answers_must_name_a_contrast_of_one_cell_against_the_control_and_a_variant():

@@ -150,7 +150,7 @@ def test_a_contrast_whose_interval_is_still_unbounded_reads_no_bound_yet_not_inf
 
     rows = [{"contrast": "interaction", "verdict": "pending", "delta": 0.046, "delta_ci95": [-math.inf, math.inf],
              "seeds": [1, 2, 3, 4, 5]},
-            {"contrast": "input 192 px", "verdict": "better", "delta": 0.03, "delta_ci95": [0.0051, 0.0549],
+            {"contrast": "input x1.5", "verdict": "better", "delta": 0.03, "delta_ci95": [0.0051, 0.0549],
              "seeds": [1, 2, 3, 4, 5]}]
     column = contrast_table(rows).iloc[:, 2].tolist()
     assert column == ["+0.0460 [no bound yet]", "+0.0300 [+0.0051, +0.0549]"]
