@@ -98,7 +98,9 @@ def _open_study(options: SweepOptions, variant, base: RunConfig, cells: dict[str
         study.set_user_attr("profile", options.profile)
     elif study.user_attrs["design"] != design:
         raise SweepError(f"study {study.study_name!r} was run with other cells or contrasts than {variant.name}'s "
-                         "file has now: pass another --study-name")
+                         f"file has now (cells then: {', '.join(study.user_attrs['design'].get('cells', {}))}; now: "
+                         f"{', '.join(cells)}): pass another --study-name; its seeds of the same runs are adopted, "
+                         "not trained again")
     return study
 
 

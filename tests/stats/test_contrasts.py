@@ -188,3 +188,28 @@ def test_answers_must_name_a_contrast_of_one_cell_against_the_control_and_a_vari
         with pytest.raises(VariantFileError, match=rf"ANSWERS maps 'box 4' to '{wrong}', which is not an exercise "
                                                    r"with a search; those are .*loss-weights"):
             Variant.from_module(design_module(CELLS=cells, CONTRASTS=contrasts, ANSWERS={"box 4": wrong}))
+
+
+def test_a_design_study_asked_with_other_cells_is_refused_naming_both_and_the_way_on(tmp_path):
+    """A store's design study from before a file changed its cells (input-size-design's absolute 128/192-px cells
+    became relative ones) is not reused under the new names: the refusal names the cells then and now."""
+    import experiments
+    import optuna
+    from pipeline.config import make_config
+    from pipeline.study.design import _open_study
+    from pipeline.study.optuna_study import SweepError, SweepOptions
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    old = optuna.create_study(study_name="input-size-design-quick", storage=storage)
+    old.set_user_attr("design", {"cells": {"128 px, chapter's anchors": {}, "192 px, chapter's anchors":
+                                           {"image_size": 192}}, "contrasts": {}})
+    variant = experiments.load("input-size-design")
+    options = SweepOptions(variant="input-size-design", profile="quick", storage=storage)
+    base = make_config("quick", variant.fixed_for("quick"))
+    with pytest.raises(SweepError, match=r"cells then: 128 px, chapter's anchors, 192 px, chapter's anchors; now: "
+                                         r"the profile's side, chapter's anchors, side x1.5, .*pass another "
+                                         r"--study-name; its seeds of the same runs are adopted"):
+        _open_study(options, variant, base, variant.cells_for(base))
+    fresh = _open_study(SweepOptions(variant="input-size-design", profile="quick", storage=storage,
+                                     study_name="input-size-design-v2"), variant, base, variant.cells_for(base))
+    assert fresh.user_attrs["design"]["cells"]["side x1.5, chapter's anchors"] == {"image_size": 192}
