@@ -211,16 +211,16 @@ def check_design(module: ModuleType) -> None:
 
 def _check_scaled(cell: str, overrides: dict[str, Any], where: str) -> None:
     """A Scaled knob must be a number, with a positive finite factor."""
-    from pipeline.config import RunConfig
+    from pipeline.config import knob_type
 
-    defaults = RunConfig()
     for knob, value in overrides.items():
         if not isinstance(value, Scaled):
             continue
-        if not (isinstance(value.factor, (int, float)) and math.isfinite(value.factor) and value.factor > 0):
+        factor = value.factor
+        if isinstance(factor, bool) or not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
             raise VariantFileError(f"{where}: cell {cell!r}: {knob} = Scaled({value.factor!r}): the factor must be a "
                                    "positive number")
-        if isinstance(getattr(defaults, knob), (bool, str)) or getattr(defaults, knob) is None:
+        if knob_type(knob)[0] not in (int, float):
             raise VariantFileError(f"{where}: cell {cell!r}: {knob} is not a number, so it cannot be Scaled; "
                                    "give its value")
 

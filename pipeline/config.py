@@ -110,7 +110,7 @@ class RunConfig:
             _check_value(f, getattr(self, f.name))
 
 
-def _base_type(annotation) -> tuple[type, bool]:
+def knob_type(annotation) -> tuple[type, bool]:
     """(type, optional) from a field annotation such as ``float | None``."""
     hint = typing.get_type_hints(RunConfig)[annotation] if isinstance(annotation, str) else annotation
     args = typing.get_args(hint)
@@ -123,10 +123,10 @@ def _base_type(annotation) -> tuple[type, bool]:
 def _check_value(f: dataclasses.Field, value) -> None:
     meta = f.metadata
     if value is None:
-        if not _base_type(f.name)[1]:
+        if not knob_type(f.name)[1]:
             raise ConfigError(f"{f.name}: must not be empty")
         return
-    kind = _base_type(f.name)[0]
+    kind = knob_type(f.name)[0]
     numeric_ok = kind is float and isinstance(value, int) and not isinstance(value, bool)
     if not (isinstance(value, kind) or numeric_ok) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{f.name}: expected {kind.__name__}, got {value!r}")
@@ -146,10 +146,12 @@ def scaled_value(knob: str, value: float, factor: float) -> float | int:
     """``value`` of ``knob`` times ``factor``, rounded to the knob's multiple (an input side to 32 px) where it has
     one, else kept as a number of the knob's type."""
     meta = {f.name: f.metadata for f in dataclasses.fields(RunConfig)}[knob]
+    if value is None:
+        raise ConfigError(f"{knob}: its value here is empty (None), so there is nothing to scale; give its value")
     if meta.get("multiple_of"):
         step = meta["multiple_of"]
         return int(round(value * factor / step)) * step
-    return value * factor
+    return int(round(value * factor)) if knob_type(knob)[0] is int else value * factor
 
 
 def parse_value(key: str, text: str):
@@ -157,7 +159,7 @@ def parse_value(key: str, text: str):
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     if key not in fields:
         raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(fields)}")
-    kind, optional = _base_type(key)
+    kind, optional = knob_type(key)
     text = text.strip()
     if optional and text.lower() in ("none", "null", ""):
         return None
@@ -249,7 +251,7 @@ def knob_table() -> list[dict[str, Any]]:
                 allowed += f", multiple of {meta['multiple_of']}"
         else:
             allowed = ""
-        kind, optional = _base_type(f.name)
+        kind, optional = knob_type(f.name)
         rows.append({"name": f.name, "type": kind.__name__ + (" | None" if optional else ""),
                      "default": f.default, "allowed": allowed, "help": meta["help"]})
     return rows

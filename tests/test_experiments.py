@@ -82,3 +82,21 @@ def test_variants_load_without_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_variants_command_lists_every_variant_and_a_scaled_cell_as_relative():
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["variants", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output.strip().splitlines()[-1])}
+    assert set(rows) == set(experiments.names())
+    assert rows["input-size-design"]["cells"]["side x1.5, anchors x0.667"] == {
+        "image_size": "x1.5 the profile's", "anchor_scale": "x0.667 the profile's"}
+    assert rows["focal-matched"]["cells"]["focal, box 4"]["box_weight"] == 4.0
+    table = CliRunner().invoke(app, ["variants"], env={"COLUMNS": "300"})
+    assert table.exit_code == 0 and "contrast input x1.5" in table.output

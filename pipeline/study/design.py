@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from pipeline.config import RunConfig, active_params
+from pipeline.config import ConfigError, RunConfig, active_params
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import device_description
 from pipeline.metric_names import on_split
@@ -36,8 +36,7 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
         raise SweepError(f"{variant.name} is a designed contrast, with no search: run it with --decide (or --seeds N)")
     base = base_config(variant, options)
     _, skipped = check_splits(base, options)
-    overrides = variant.cells_for(base)
-    cells = _distinct_cells(variant, {name: dataclasses.replace(base, **cell) for name, cell in overrides.items()})
+    overrides, cells = _resolved_cells(variant, base, options)
     control = next(name for name, cell in overrides.items() if not cell)
     with StorageLock(options.storage).hold():
         study = _open_study(options, variant, base, overrides)
@@ -73,6 +72,24 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
             "contrasts": record["contrasts"], "cells": record["cells"], "secondary": record.get("secondary", {})}
 
 
+def _resolved_cells(variant, base: RunConfig, options: SweepOptions
+                    ) -> tuple[dict[str, dict], dict[str, RunConfig]]:
+    """Each cell's overrides at this profile and these flags (Scaled knobs made numbers), and its configuration;
+    a cell the flags push out of a knob's range is refused by name."""
+    try:
+        overrides = variant.cells_for(base)
+    except ConfigError as exc:
+        raise SweepError(f"{variant.name} at the {options.profile} profile: {exc}") from None
+    cells = {}
+    for name, cell in overrides.items():
+        try:
+            cells[name] = dataclasses.replace(base, **cell)
+        except ConfigError as exc:
+            raise SweepError(f"{variant.name}: cell {name!r} at the {options.profile} profile and these flags "
+                             f"({', '.join(f'{k} {v}' for k, v in cell.items())}): {exc}") from None
+    return overrides, _distinct_cells(variant, cells)
+
+
 def _distinct_cells(variant, cells: dict[str, RunConfig]) -> dict[str, RunConfig]:
     """The cells, refused when two are the same run at this profile (a Scaled side rounded back to the control's)."""
     seen: dict[RunConfig, str] = {}
@@ -98,10 +115,16 @@ def _open_study(options: SweepOptions, variant, base: RunConfig, cells: dict[str
         study.set_user_attr("profile", options.profile)
     elif study.user_attrs["design"] != design:
         raise SweepError(f"study {study.study_name!r} was run with other cells or contrasts than {variant.name}'s "
-                         f"file has now (cells then: {', '.join(study.user_attrs['design'].get('cells', {}))}; now: "
-                         f"{', '.join(cells)}): pass another --study-name; its seeds of the same runs are adopted, "
-                         "not trained again")
+                         f"file has now, at this profile and these flags (cells then: "
+                         f"{_cells_text(study.user_attrs['design'].get('cells', {}))}; now: {_cells_text(cells)}): "
+                         "pass another --study-name; seeds kept for a cell that is the same run are adopted, not "
+                         "trained again")
     return study
+
+
+def _cells_text(cells: dict[str, dict]) -> str:
+    return "; ".join(f"{name} ({', '.join(f'{k} {v}' for k, v in cell.items()) or 'the control'})"
+                     for name, cell in cells.items())
 
 
 def secondary_scores(record: dict, others: SecondaryPacks, metric: str, cells: dict[str, RunConfig], control: str

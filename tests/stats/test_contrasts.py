@@ -157,9 +157,16 @@ def test_a_scaled_knob_must_be_a_number_with_a_positive_factor():
     contrasts = {"x": {"big": 1, "chapter": -1}}
     with pytest.raises(VariantFileError, match=r"cell 'big': cls_loss is not a number, so it cannot be Scaled"):
         Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"cls_loss": Scaled(2.0)}}, CONTRASTS=contrasts))
-    with pytest.raises(VariantFileError, match=r"cell 'big': image_size = Scaled\(-1.0\): the factor must be"):
-        Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"image_size": Scaled(-1.0)}},
-                                          CONTRASTS=contrasts))
+    for factor in (-1.0, True, float("nan")):
+        with pytest.raises(VariantFileError, match=r"cell 'big': image_size = Scaled\(.*\): the factor must be"):
+            Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"image_size": Scaled(factor)}},
+                                              CONTRASTS=contrasts))
+    with pytest.raises(VariantFileError, match=r"cell 'big': hflip is not a number, so it cannot be Scaled"):
+        Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"hflip": Scaled(2.0)}}, CONTRASTS=contrasts))
+    epochs = Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"epochs": Scaled(1.5)}},
+                                               CONTRASTS=contrasts))
+    assert epochs.cells_for(RunConfig(epochs=10))["big"] == {"epochs": 15}  # an int knob stays an int
+    assert isinstance(epochs.cells_for(RunConfig(epochs=10))["big"]["epochs"], int)
     variant = Variant.from_module(design_module(CELLS={"chapter": {}, "big": {"image_size": Scaled(1.25),
                                                                               "box_weight": Scaled(2.0)}},
                                                 CONTRASTS=contrasts))
@@ -206,10 +213,30 @@ def test_a_design_study_asked_with_other_cells_is_refused_naming_both_and_the_wa
     variant = experiments.load("input-size-design")
     options = SweepOptions(variant="input-size-design", profile="quick", storage=storage)
     base = make_config("quick", variant.fixed_for("quick"))
-    with pytest.raises(SweepError, match=r"cells then: 128 px, chapter's anchors, 192 px, chapter's anchors; now: "
-                                         r"the profile's side, chapter's anchors, side x1.5, .*pass another "
-                                         r"--study-name; its seeds of the same runs are adopted"):
+    with pytest.raises(SweepError, match=r"cells then: 128 px, chapter's anchors \(the control\); 192 px, chapter's "
+                                         r"anchors \(image_size 192\); now: the profile's side, chapter's anchors "
+                                         r"\(the control\); side x1.5, chapter's anchors \(image_size 192\); .*pass "
+                                         r"another --study-name; seeds kept for a cell that is the same run are "
+                                         r"adopted"):
         _open_study(options, variant, base, variant.cells_for(base))
     fresh = _open_study(SweepOptions(variant="input-size-design", profile="quick", storage=storage,
                                      study_name="input-size-design-v2"), variant, base, variant.cells_for(base))
     assert fresh.user_attrs["design"]["cells"]["side x1.5, chapter's anchors"] == {"image_size": 192}
+
+
+def test_a_scaled_cell_the_flags_push_out_of_range_or_onto_an_empty_value_is_refused_by_name():
+    import experiments
+    from experiments import Scaled, Variant
+    from pipeline.config import make_config
+    from pipeline.study.design import _resolved_cells
+    from pipeline.study.optuna_study import SweepError, SweepOptions
+
+    variant = experiments.load("input-size-design")
+    options = SweepOptions(variant="input-size-design", profile="chapter", overrides={"image_size": 704})
+    with pytest.raises(SweepError, match=r'input-size-design: cell "side x1.5, chapter\'s anchors" at the chapter '
+                                         r"profile and these flags \(image_size 1056\): image_size: must be in"):
+        _resolved_cells(variant, make_config("chapter", {**variant.fixed_for("chapter"), "image_size": 704}), options)
+    alpha = Variant.from_module(design_module(CELLS={"chapter": {}, "a": {"focal_alpha": Scaled(2.0)}},
+                                              CONTRASTS={"x": {"a": 1, "chapter": -1}}))
+    with pytest.raises(SweepError, match=r"my-design at the quick profile: focal_alpha: its value here is empty"):
+        _resolved_cells(alpha, make_config("quick"), SweepOptions(variant="my-design"))
