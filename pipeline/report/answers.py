@@ -191,7 +191,7 @@ def fidelity_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | No
                  + where(frame[pending & at_chapter]) + ".")
     if (~tested & ~pending & at_chapter).any():
         text += (" Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): "
-                 + where(frame[~tested & at_chapter]) + ".")
+                 + where(frame[~tested & ~pending & at_chapter]) + ".")
     return [Block("h2", "Whose answer each verdict is"), Block("p", text), *family_blocks(frame)]
 
 

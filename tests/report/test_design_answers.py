@@ -77,6 +77,11 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     assert ("Still being decided at the chapter's protocol (paired seeds are coming in; no answer yet): `focal-loss` "
             "by the design `quick-winners-chapter` (chapter profile, bananas, 256 px, on cpu: AMD EPYC (2 cores)).") in text
     assert "not shown: `loss-weights` (quick profile, bananas, 64 px)." in text
+    searched_there = {**searched.iloc[0].to_dict(), "study": "loss-weights-chapter", "profile": "chapter",
+                      "image_size": 256, "chapter_protocol": True, "seeds": 0, "outcome": "", "confirmed_delta": None}
+    with_search = fidelity_blocks(pd.concat([frame, pd.DataFrame([searched_there])], ignore_index=True))[1].text
+    listed = with_search.split("Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): ")
+    assert listed[1] == "`loss-weights` (chapter profile, bananas, 256 px)."  # the pending design is not listed again
     table = glance_table(frame, tmp_path).set_index("best setting")
     assert table.loc["box_weight=4 (design `quick-winners`)", "verdict"] == "better"
     focal = table.loc["cls_loss=focal, focal_gamma=0.1, focal_alpha=0.75 (design `quick-winners`)"]
