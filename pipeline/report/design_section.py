@@ -12,6 +12,7 @@ import pandas as pd
 
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.text import counted, decided_at, fmt
+from pipeline.stats.decide import DEFAULT_MAX_SEEDS
 from pipeline.stats.noise import sd_ratio_interval
 from pipeline.stats.verdict import interval_text
 
@@ -66,12 +67,30 @@ def _sd_ratio(cell: dict, control: dict | None) -> str:
 
 
 def plain_answer(record: dict) -> str:
-    """One sentence per contrast, in words: which way it went, or that it is not decided yet."""
+    """One sentence per contrast, in words: which way it went, or that it is not decided yet (with the paired
+    seeds likely to decide it, where the seeds so far give an estimate)."""
     words = {"better": "helps", "worse": "hurts", "equivalent": "makes no difference (within the margin)",
              "undecided": "is not decided yet", "pending": "is still being decided"}
-    parts = [f"{row['contrast']} {words.get(row['verdict'], row['verdict'])} ({row['delta']:+.4f})"
-             for row in record["contrasts"]]
-    return "; ".join(parts) + "."
+
+    def part(row: dict) -> str:
+        needed = row.get("seeds_needed") if row["verdict"] in ("pending", "undecided") else None
+        likely = f"; about {needed} paired seeds would likely decide it" if needed else ""
+        return f"{row['contrast']} {words.get(row['verdict'], row['verdict'])} ({row['delta']:+.4f}{likely})"
+    return "; ".join(part(row) for row in record["contrasts"]) + "."
+
+
+def resume_command(study: optuna.Study) -> str:
+    """The command that goes on with a designed study: its variant, profile, name and knobs as it was run."""
+    from pipeline.report.reproduce import variant_fixed, config_flags
+
+    variant, profile = study.user_attrs.get("variant", study.study_name), study.user_attrs.get("profile", "quick")
+    base = study.user_attrs.get("signature", {}).get("base_config", {})
+    words = ["python", "cli.py", "sweep", variant, "--profile", profile]
+    if study.study_name != f"{variant}-{profile}":
+        words += ["--study-name", study.study_name]
+    max_seeds = (study.user_attrs.get(ATTR) or {}).get("max_seeds", DEFAULT_MAX_SEEDS)
+    more = ["--max-seeds", str(max_seeds)] if max_seeds != DEFAULT_MAX_SEEDS else []
+    return " ".join([*words, *config_flags(base, profile, variant_fixed(variant, profile)), "--decide", *more])
 
 
 def design_blocks(study: optuna.Study) -> list[Block]:
@@ -81,11 +100,11 @@ def design_blocks(study: optuna.Study) -> list[Block]:
     name = f"`{variant}` ({decided_at({**base, 'profile': study.user_attrs.get('profile'), 'device': study.user_attrs.get('device_used')})})"
     if not record:
         kept = sum(len(entry.get("scores", {})) for entry in study.user_attrs.get("verdict_packs", {}).values())
-        resume = f"python cli.py sweep {variant} --profile {study.user_attrs.get('profile', 'quick')} --decide"
         return [Block("p", f"{name}: nothing decided yet, {counted(kept, 'seed')} of its cells kept so far "
-                           f"(`{resume}` trains the rest).")]
+                           f"(`{resume_command(study)}` trains the rest).")]
     where = f"on the {record['split']} split, shared control `{record['shared_control']['key']}`"
-    return [Block("p", f"{name}, {where}: {plain_answer(record)}"),
+    going_on = "" if record.get("final") else f" Still taking seeds: `{resume_command(study)}` goes on."
+    return [Block("p", f"{name}, {where}: {plain_answer(record)}{going_on}"),
             Block("table", table=contrast_table(record["contrasts"])), *secondary_blocks(record),
             Block("table", table=cell_table(record)),
             Block("p", "A cell's seed spread is an outcome of its own: a setting that is as good on average but "

@@ -34,7 +34,7 @@ def config_flags(config: dict[str, Any], profile: str, fixed: dict[str, Any] | N
     return flags
 
 
-def _variant_fixed(variant: str | None, profile: str) -> dict[str, Any]:
+def variant_fixed(variant: str | None, profile: str) -> dict[str, Any]:
     import experiments
     try:
         return experiments.load(variant).fixed_for(profile) if variant else {}
@@ -100,7 +100,7 @@ def verdict_flags(record: dict | None) -> list[str]:
 def sweep_command(d: StudyData, record: dict | None = None) -> str:
     variant, profile = d.attrs.get("variant", "?"), d.attrs.get("profile", "quick")
     words = ["python", "cli.py", "sweep", variant, "--profile", profile]
-    words += config_flags(d.base_config, profile, fixed=_variant_fixed(variant, profile))
+    words += config_flags(d.base_config, profile, fixed=variant_fixed(variant, profile))
     done = int(d.trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
     words += ["--trials", str(done)] if done else []
     per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)

@@ -2,6 +2,7 @@
 the contrasts on the study and the parent run, shares its control cell with the store's verdicts, and resumes
 without training a kept seed again."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -131,7 +132,7 @@ def test_a_secondary_outcome_is_reported_on_the_same_seeds_the_shared_controls_i
 def test_a_design_started_but_not_decided_says_what_it_kept_and_how_to_go_on():
     from pipeline.report.design_section import design_blocks
 
-    study = optuna.create_study()
+    study = optuna.create_study(study_name="input-size-design-quick")
     for key, value in {"variant": "input-size-design", "profile": "quick",
                        "signature": {"base_config": {"dataset": "shapes", "image_size": 128}},
                        "verdict_packs": {"cell 192 px test/map 0123456789": {"scores": {"1": 0.1, "2": None},
@@ -143,6 +144,31 @@ def test_a_design_started_but_not_decided_says_what_it_kept_and_how_to_go_on():
     assert block.text == ("`input-size-design` (quick profile, shapes, 128 px): nothing decided yet, 3 seeds of its "
                           "cells kept so far (`python cli.py sweep input-size-design --profile quick --decide` trains "
                           "the rest).")
+
+
+def test_a_design_still_taking_seeds_says_how_many_would_likely_decide_it_and_the_command_that_goes_on():
+    """A design at a rung (the chapter's profile at 64 px, its own study name) that is still taking seeds: the
+    sheet gives each pending contrast's likely seeds and the command, with the rung's flags, that resumes it."""
+    from pipeline.config import RunConfig
+    from pipeline.report.design_section import design_blocks
+
+    study = optuna.create_study(study_name="quick-winners-chapter64")
+    row = {"contrast": "focal against the chapter", "verdict": "pending", "delta": -0.018,
+           "delta_ci95": [-math.inf, math.inf], "seeds": [1, 2, 3], "values": [-0.02, -0.018, -0.016],
+           "seeds_needed": 8, "weights": {"focal": 1, "chapter": -1}}
+    record = {"final": False, "max_seeds": 20, "split": "test", "shared_control": {"key": "control test/map 01"},
+              "contrasts": [row, {**row, "contrast": "box 4 against the chapter", "verdict": "better",
+                                  "delta": 0.05, "delta_ci95": [0.01, 0.09]}],
+              "cells": {}, "control_cell": "chapter"}
+    base = {**dataclasses.asdict(RunConfig()), "image_size": 64}
+    for key, value in {"variant": "quick-winners", "profile": "chapter", "contrasts": record,
+                       "signature": {"base_config": base}}.items():
+        study.set_user_attr(key, value)
+    text = design_blocks(study)[0].text
+    assert ("focal against the chapter is still being decided (-0.0180; about 8 paired seeds would likely decide "
+            "it); box 4 against the chapter helps (+0.0500).") in text
+    assert text.endswith("Still taking seeds: `python cli.py sweep quick-winners --profile chapter --study-name "
+                         "quick-winners-chapter64 --set image_size=64 --decide --max-seeds 20` goes on.")
 
 
 def test_a_contrast_whose_interval_is_still_unbounded_reads_no_bound_yet_not_inf():
