@@ -86,7 +86,7 @@ def _resolved_cells(variant, base: RunConfig, options: SweepOptions
             cells[name] = dataclasses.replace(base, **cell)
         except ConfigError as exc:
             raise SweepError(f"{variant.name}: cell {name!r} at the {options.profile} profile and these flags "
-                             f"({', '.join(f'{k} {v}' for k, v in cell.items())}): {exc}") from None
+                             f"({_overrides_text(cell)}): {exc}") from None
     return overrides, _distinct_cells(variant, cells)
 
 
@@ -122,9 +122,12 @@ def _open_study(options: SweepOptions, variant, base: RunConfig, cells: dict[str
     return study
 
 
+def _overrides_text(cell: dict) -> str:
+    return ", ".join(f"{knob} {value}" for knob, value in cell.items())
+
+
 def _cells_text(cells: dict[str, dict]) -> str:
-    return "; ".join(f"{name} ({', '.join(f'{k} {v}' for k, v in cell.items()) or 'the control'})"
-                     for name, cell in cells.items())
+    return "; ".join(f"{name} ({_overrides_text(cell) or 'the control'})" for name, cell in cells.items())
 
 
 def secondary_scores(record: dict, others: SecondaryPacks, metric: str, cells: dict[str, RunConfig], control: str
