@@ -11,11 +11,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cli_options import (CandidatesOpt, DatasetOpt, DecideOpt, DeltaOpt, Device, DeviceOpt, JsonOpt, MaxSeedsOpt,
-                         ProfileOpt, SeedsOpt, SeedsPerTrialOpt, SetOpt, SkipOpt, Split, build_config, check_device,
-                         check_image_out, check_tracking_store, check_writable, chosen_profile, existing_storage_url,
-                         existing_store_url, finite_in, json_line, load_or_exit, seconds_since_process_start, seed_pack,
-                         storage_url, study_name_option, threshold_value, usage_error, user_overrides, variant_name)
+from cli_options import (CandidatesOpt, ContrastOpt, DatasetOpt, DecideOpt, DeltaOpt, Device, DeviceOpt, JsonOpt,
+                         MaxSeedsOpt, ProfileOpt, SeedsOpt, SeedsPerTrialOpt, SetOpt, SkipOpt, Split, build_config,
+                         check_device, check_image_out, check_tracking_store, check_writable, chosen_profile,
+                         existing_storage_url, existing_store_url, finite_in, json_line, load_or_exit,
+                         seconds_since_process_start, seed_pack, storage_url, study_name_option, threshold_value,
+                         usage_error, user_overrides, variant_name)
 from pipeline.config import knob_table, make_config
 from pipeline.sqlite_files import DEFAULT_STORAGE, sqlite_path
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
@@ -291,7 +292,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
           seeds: SeedsOpt = 0, decide: DecideOpt = False, delta: DeltaOpt = 0.01,
           max_seeds: MaxSeedsOpt = DEFAULT_MAX_SEEDS,
           candidates: CandidatesOpt = 1, seeds_per_trial: SeedsPerTrialOpt = 1,
-          device: DeviceOpt = Device.auto,
+          contrast: ContrastOpt = None, device: DeviceOpt = Device.auto,
           out_dir: Annotated[Path, typer.Option(help="checkpoints and pictures of each trial")] = Path("outputs"),
           trial_timeout: Annotated[Optional[float], typer.Option(help="fail a trial that runs longer than SEC seconds (≥ 1)",
                                                                  callback=finite_in(1))] = None,
@@ -315,7 +316,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                            study_name=study_name, workers=workers, seed=seed, timeout=timeout, prune=not no_prune,
                            seeds=seeds, seeds_per_trial=seeds_per_trial, decide=decide, delta=delta,
                            max_seeds=max_seeds, candidates=candidates, out_dir=out_dir, trial_timeout=trial_timeout,
-                           skip_invalid=skip_invalid)
+                           skip_invalid=skip_invalid, contrasts=tuple(contrast or ()))
     result = _run_sweep_or_exit(options)
     if "contrasts" in result:  # a designed variant: no search, its contrasts decided
         print_contrasts(result)

@@ -134,6 +134,11 @@ CandidatesOpt = Annotated[int, typer.Option(min=1, max=10, help="how many of the
                                             "(Holm-corrected together)")]
 
 
+ContrastOpt = Annotated[Optional[list[str]], typer.Option(
+    "--contrast", help="a designed variant's contrast to add seeds to (repeatable; default: all): the others keep "
+                       "their seeds and stay pending, at the same alpha, for a later run")]
+
+
 SeedsPerTrialOpt = Annotated[int, typer.Option(min=1, max=64, help="train every trial as a pack of K seeds (the same "
                                                "K seeds for every trial): its value is their mean, with a 95% "
                                                "interval")]

@@ -231,3 +231,8 @@ def print_contrasts(result: dict) -> None:
     console.print(table)
     console.print(escape(contrasts_text({"contrasts": result["contrasts"], "secondary": result.get("secondary", {})},
                                         result["split"])))  # "[no bound yet]" is text, not rich markup
+    waiting = [row["contrast"] for row in result["contrasts"]
+               if row["verdict"] == "pending" and row["contrast"] not in result.get("chosen", [row["contrast"]])]
+    if waiting:
+        console.print(f"Not chosen by --contrast, so still pending: {', '.join(waiting)}. The same command without "
+                      "--contrast adds seeds to every open contrast; the kept seeds are reused.")

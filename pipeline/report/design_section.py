@@ -26,7 +26,7 @@ def is_design(study: optuna.Study) -> bool:
 def contrast_table(rows: list[dict], metric: str = "mAP") -> pd.DataFrame:
     return pd.DataFrame([{"contrast": row["contrast"], "verdict": row["verdict"],
                           f"Δ {metric} [95% interval, valid at any number of seeds]":
-                              f"{row['delta']:+.4f} {interval_text(*row['delta_ci95'])}",
+                              f"{row['delta']:+.4f} {interval_text(*row['delta_ci95'])}" if row["seeds"] else "n/a",
                           "paired seeds": len(row["seeds"])} for row in rows])
 
 
@@ -75,7 +75,8 @@ def plain_answer(record: dict) -> str:
     def part(row: dict) -> str:
         needed = row.get("seeds_needed") if row["verdict"] in ("pending", "undecided") else None
         likely = f"; about {needed} paired seeds would likely decide it" if needed else ""
-        return f"{row['contrast']} {words.get(row['verdict'], row['verdict'])} ({row['delta']:+.4f}{likely})"
+        effect = f"{row['delta']:+.4f}{likely}" if row["seeds"] else "no paired seeds yet"
+        return f"{row['contrast']} {words.get(row['verdict'], row['verdict'])} ({effect})"
     return "; ".join(part(row) for row in record["contrasts"]) + "."
 
 

@@ -10,12 +10,14 @@ seeds and returns their scores.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
 from pipeline.config import RunConfig
 from pipeline.stats.decide import Plan, TrainPack, check_control_scored, scored
+
+KeptScores = Callable[[str, RunConfig, list[int]], dict[int, float | None]]  # the kept seeds only, None: diverged
 from pipeline.stats.verdict import ALPHA, holm, to_record, verdict
 from pipeline.stats.noise import sd_interval
 
@@ -44,30 +46,45 @@ def secondary_rows(contrasts: dict[str, dict[str, float]], scores: dict[str, dic
 
 
 def settle_contrasts(cells: dict[str, RunConfig], contrasts: dict[str, dict[str, float]], control: str, plan: Plan,
-                     train_pack: TrainPack, on_look: Callable[[dict], None] = lambda record: None) -> dict:
+                     train_pack: TrainPack, on_look: Callable[[dict], None] = lambda record: None,
+                     chosen: Collection[str] | None = None, read_kept: KeptScores | None = None) -> dict:
     """Look after look, train one pack of the look's seeds per cell whose contrasts are still open, until every
     contrast is decided or the seeds run out; returns the record (JSON-ready), which ``on_look`` gets after every
-    look. The ``control`` cell trains under the role "control", so a store shares it with every other verdict."""
+    look. The ``control`` cell trains under the role "control", so a store shares it with every other verdict.
+
+    ``chosen`` (default: all) names the contrasts that take new seeds. The others are read on the seeds their
+    cells already have (``read_kept``: the kept ones among a look's seeds, none trained), at the same alpha over
+    all the contrasts, and are left pending when the chosen ones are done: a contrast that stops taking seeds
+    keeps its promise (the interval holds at any stopping time), and none of the others gains alpha from it.
+    Holm's step-down is applied only once every contrast is decided."""
     scores: dict[str, dict[int, float]] = {cell: {} for cell in cells}
     diverged: dict[str, list[int]] = {cell: [] for cell in cells}
     decided: dict[str, object] = {}
+    chosen = set(contrasts if chosen is None else chosen)
     alpha = ALPHA / len(contrasts)
     for look in range(plan.looks):
-        open_ = [name for name in contrasts if name not in decided]
+        open_ = [name for name in contrasts if name not in decided and name in chosen]
         if not open_:
             break
         seeds = plan.seeds(look)
-        for cell in sorted({c for name in open_ for c in contrasts[name]}):
+        trained = {c for name in open_ for c in contrasts[name]}
+        for cell in sorted(trained):
             role = cell_role(cell, control)
             scores[cell].update(scored(train_pack(role, cells[cell], seeds), seeds, diverged[cell]))
             if role == "control":
                 check_control_scored(scores[cell], diverged[cell])
-        for name in open_:
-            now = verdict(contrast_values(contrasts[name], scores)[1], plan.seeds_per_look, plan.max_seeds,
-                          plan.delta, alpha)
-            if now.outcome != "undecided" or look == plan.looks - 1:
+        waiting = {c for name in contrasts if name not in decided and name not in chosen for c in contrasts[name]}
+        for cell in sorted(waiting - trained) if read_kept else ():
+            have = read_kept(cell_role(cell, control), cells[cell], seeds)
+            scores[cell].update(scored(have, sorted(have), diverged[cell]))
+        for name in (name for name in contrasts if name not in decided):
+            values = contrast_values(contrasts[name], scores)[1]
+            now = verdict(values, plan.seeds_per_look, plan.max_seeds, plan.delta, alpha) if values else None
+            if now and (now.outcome != "undecided" or (look == plan.looks - 1 and name in chosen)):
                 decided[name] = now
         on_look(record(contrasts, scores, diverged, plan, decided, final=False))
+    if len(decided) < len(contrasts):  # some were not chosen: they wait, pending, for a run that chooses them
+        return record(contrasts, scores, diverged, plan, decided, final=False)
     finals = holm([contrast_values(w, scores)[1] for w in contrasts.values()], plan.seeds_per_look, plan.max_seeds,
                   plan.delta)
     return record(contrasts, scores, diverged, plan, dict(zip(contrasts, finals)), final=True)

@@ -34,6 +34,7 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
     variant = load_variant(options.variant)
     if not (options.decide or options.seeds):
         raise SweepError(f"{variant.name} is a designed contrast, with no search: run it with --decide (or --seeds N)")
+    chosen = chosen_contrasts(variant, options.contrasts)
     base = base_config(variant, options)
     _, skipped = check_splits(base, options)
     overrides, cells = _resolved_cells(variant, base, options)
@@ -58,7 +59,8 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                                            "seconds": packs.seconds, "shared_control": shared})
             try:
                 record = settle_contrasts(cells, variant.contrasts, control, verdict_plan(base, options),
-                                          packs.reuse_or(train_pack), on_look=keep)
+                                          packs.reuse_or(train_pack), on_look=keep, chosen=chosen,
+                                          read_kept=packs.kept_only)
             except NoControlScore as exc:
                 raise SweepError(f"--decide: {exc}") from None
             record["secondary"] = {metric: secondary_rows(variant.contrasts, secondary_scores(
@@ -69,7 +71,17 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                              "mlflow.note.content": contrasts_text(record, split)})
             save_dashboard_note(study, contrasts_text(record, split))
     return {"study": study.study_name, "variant": variant.name, "skipped": skipped, "split": split,
-            "contrasts": record["contrasts"], "cells": record["cells"], "secondary": record.get("secondary", {})}
+            "chosen": chosen, "contrasts": record["contrasts"], "cells": record["cells"], "secondary": record.get("secondary", {})}
+
+
+def chosen_contrasts(variant, names: tuple[str, ...]) -> list[str]:
+    """The contrasts --contrast names (all of them when it names none), refused by name when one is not the
+    variant's, before any data or store is touched."""
+    unknown = [name for name in names if name not in variant.contrasts]
+    if unknown:
+        raise SweepError(f"--contrast {unknown[0]!r}: {variant.name} has no such contrast; its contrasts are "
+                         + ", ".join(repr(name) for name in variant.contrasts))
+    return list(dict.fromkeys(names)) or list(variant.contrasts)
 
 
 def _resolved_cells(variant, base: RunConfig, options: SweepOptions
@@ -152,5 +164,7 @@ def contrasts_text(record: dict, split: str) -> str:
 
 
 def _effect(row: dict) -> str:
+    if not row["seeds"]:
+        return "no paired seeds yet"
     return (f"Δ {row['delta']:+.4f} {interval_text(*row['delta_ci95'])} over "
             f"{len(row['seeds'])} paired seeds")

@@ -60,15 +60,7 @@ class KeptPacks:
     def reuse_or(self, train_pack: Callable) -> Callable:
         def reuse_or_train(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
             name = self.name(role, cfg)
-            entry = self.kept.get(name, {"scores": {}, "seconds": {}})
-            missing = [s for s in seeds if str(s) not in entry["scores"]]
-            if missing:  # another decider (of this study, or sharing its control) may have kept them since
-                self.kept = self._merged_with_stored()
-                entry = self.kept.get(name, entry)
-                missing = [s for s in seeds if str(s) not in entry["scores"]]
-            if missing:  # the same runs, kept by the store's other studies
-                entry = self._adopt_runs(name, missing) or entry
-                missing = [s for s in seeds if str(s) not in entry["scores"]]
+            entry, missing = self._found(name, seeds)
             if missing:
                 try:
                     entry = self._train(name, entry, train_pack, role, cfg, missing)
@@ -77,6 +69,27 @@ class KeptPacks:
             self.seconds += sum(entry["seconds"][str(s)] for s in seeds)
             return {s: entry["scores"][str(s)] for s in seeds if entry["scores"][str(s)] is not None}
         return reuse_or_train
+
+    def kept_only(self, role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float | None]:
+        """The seeds among ``seeds`` kept for this setting (here, by another decider since, or by the store's other
+        studies for the same run), none trained: {seed: score}, None for one that diverged."""
+        entry, missing = self._found(self.name(role, cfg), seeds)
+        have = [s for s in seeds if s not in missing]
+        self.seconds += sum(entry["seconds"][str(s)] for s in have)
+        return {s: entry["scores"][str(s)] for s in have}
+
+    def _found(self, name: str, seeds: list[int]) -> tuple[dict, list[int]]:
+        """The kept entry for ``name`` and the seeds among ``seeds`` it lacks, after looking in the store."""
+        entry = self.kept.get(name, {"scores": {}, "seconds": {}})
+        missing = [s for s in seeds if str(s) not in entry["scores"]]
+        if missing:  # another decider (of this study, or sharing its control) may have kept them since
+            self.kept = self._merged_with_stored()
+            entry = self.kept.get(name, entry)
+            missing = [s for s in seeds if str(s) not in entry["scores"]]
+        if missing:  # the same runs, kept by the store's other studies
+            entry = self._adopt_runs(name, missing) or entry
+            missing = [s for s in seeds if str(s) not in entry["scores"]]
+        return entry, missing
 
     def _adopt_runs(self, name: str, seeds: list[int]) -> dict | None:
         """Adopt the seeds among ``seeds`` that another study of the store kept for the same run (the same metric
@@ -204,6 +217,9 @@ class SharedControlPacks:
     def reuse_or(self, train_pack: Callable) -> Callable:
         own, controls = self.own.reuse_or(train_pack), self.controls.reuse_or(train_pack)
         return lambda role, cfg, seeds: (controls if role == "control" else own)(role, cfg, seeds)
+
+    def kept_only(self, role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float | None]:
+        return (self.controls if role == "control" else self.own).kept_only(role, cfg, seeds)
 
 
 class _OtherMetrics(KeptPacks):

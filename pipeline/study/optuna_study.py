@@ -80,6 +80,7 @@ class SweepOptions:
     delta: float = 0.01  # the equivalence margin of a verdict, in the objective's units
     max_seeds: int = DEFAULT_MAX_SEEDS  # the most seeds --decide spends on each setting
     candidates: int = 1  # how many of the best trials get a verdict (Holm-corrected when more than one)
+    contrasts: tuple[str, ...] = ()  # a designed variant's contrasts that take new seeds (empty: every one)
     out_dir: Path = Path("outputs")
     trial_timeout: float | None = None  # seconds; a longer trial fails with reason "timeout"
     skip_invalid: bool = False  # skip and count bad data records instead of refusing the data set

@@ -126,6 +126,9 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
     variant = load_variant(options.variant)
     if variant.is_design:
         return run_design(options)
+    if options.contrasts:
+        raise SweepError(f"--contrast: {variant.name} is a search, with no designed contrasts; --contrast is for "
+                         f"the designed variants (`python cli.py variants`)")
     # data first: bad data must be refused before any store is created, and generated once, before workers race
     train, skipped = check_splits(base_config(variant, options), options)
     check_packs(variant, base_config(variant, options), options, len(train.class_names))

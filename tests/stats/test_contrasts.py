@@ -66,6 +66,67 @@ def test_a_decided_contrast_stops_training_the_cells_only_it_needs():
     assert record["cells"]["focal, box 4"]["sd"] > 0 and record["cells"]["focal, box 4"]["sd_lo"] > 0
 
 
+class Kept:
+    """A trainer whose packs are kept, as a store keeps them: a pack asked again is reused, not trained, and
+    ``read`` gives the kept seeds of a pack without training any."""
+
+    def __init__(self, train_pack):
+        self.train_pack, self.packs = train_pack, {}
+
+    def train(self, role, cfg, seeds):
+        for s in seeds:
+            if (role, s) not in self.packs:
+                self.packs[role, s] = self.train_pack(role, cfg, [s])[s]
+        return {s: self.packs[role, s] for s in seeds}
+
+    def read(self, role, cfg, seeds):
+        return {s: self.packs[role, s] for s in seeds if (role, s) in self.packs}
+
+    def settle(self, contrasts, plan, chosen=None):
+        return settle_contrasts(CELLS, contrasts, "ce, box 1", plan, self.train, chosen=chosen, read_kept=self.read)
+
+
+def test_chosen_contrasts_take_seeds_the_others_wait_pending_and_a_later_run_finishes_them():
+    means = {"ce, box 1": 0.0, "focal, box 1": 0.05, "ce, box 4": 0.0, "focal, box 4": 0.05}
+    train_pack, calls = simulated_2x2(means, sd=0.02)
+    contrasts = {"focal at box 1": CONTRASTS["focal at box 1"], "focal at box 4": CONTRASTS["focal at box 4"]}
+    plan = Plan(1, 1, 12)
+    alone = Kept(train_pack).settle(contrasts, plan, chosen=["focal at box 1"])
+    rows = {row["contrast"]: row for row in alone["contrasts"]}
+    assert rows["focal at box 1"]["verdict"] == "better" and rows["focal at box 4"]["verdict"] == "pending"
+    assert not alone["final"] and {role for role, _ in calls} == {"control", "cell focal, box 1"}
+    assert alone["cells"]["ce, box 4"]["scores"] == {}  # its cells never trained: nothing to read yet
+
+    kept = Kept(train_pack)
+    kept.settle(contrasts, Plan(1, 1, 3))  # seeds 1-3 of every cell, kept by an earlier run
+    calls.clear()
+    part = kept.settle(contrasts, plan, chosen=["focal at box 1"])
+    rows = {row["contrast"]: row for row in part["contrasts"]}
+    assert rows["focal at box 4"]["verdict"] == "pending" and rows["focal at box 4"]["seeds"] == [1, 2, 3]
+    assert {role for role, _ in calls} == {"control", "cell focal, box 1"}  # read on its kept seeds, none trained
+    assert rows["focal at box 1"]["values"] == alone["contrasts"][0]["values"]  # the same seeds, the same rule
+
+    whole = kept.settle(contrasts, plan)  # resumed with every contrast chosen
+    assert whole["final"] and [row["verdict"] for row in whole["contrasts"]] == ["better", "better"]
+    assert len(whole["contrasts"][1]["seeds"]) > 3
+
+
+def test_choosing_contrasts_on_the_data_keeps_the_familys_false_positives_under_alpha():
+    """A user who looks at 4 seeds, then adds seeds only to the contrast that looks strongest, the one most likely
+    to cross by chance: four null contrasts, Bonferroni over all four, so the family's rate stays under 5%."""
+    means = {"ce, box 1": 0.0, "focal, box 1": 0.0, "ce, box 4": 0.0, "focal, box 4": 0.0}
+    contrasts = {"a": {"focal, box 1": 1, "ce, box 1": -1}, "b": {"ce, box 4": 1, "ce, box 1": -1},
+                 "c": {"focal, box 4": 1, "ce, box 1": -1}, "d": {"focal, box 4": 1, "ce, box 4": -1}}
+    false = 0
+    for study in range(60):
+        kept = Kept(simulated_2x2(means, sd=0.01, study=study)[0])
+        first = kept.settle(contrasts, Plan(1, 1, 4))
+        strongest = max(first["contrasts"], key=lambda row: abs(row["delta"]))["contrast"]
+        then = kept.settle(contrasts, Plan(1, 1, 20), chosen=[strongest])
+        false += any(row["verdict"] in ("better", "worse") for row in first["contrasts"] + then["contrasts"])
+    assert false <= 6  # 5% of 60 is 3; the bound leaves room for chance, not for a rule that spends alpha twice
+
+
 def design_module(**names):
     module = types.ModuleType("experiments.my_design")
     module.__file__ = "experiments/my_design.py"

@@ -82,6 +82,62 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert "focal-matched" not in answers.split("## What each effect is made of")[0]  # not a row of the searches
 
 
+def test_a_chosen_contrast_trains_only_its_cells_and_the_rest_wait_for_a_run_that_chooses_them(workdir, tmp_path,
+                                                                                                monkeypatch):
+    import pipeline.study.verdict_runs
+    from pipeline.data import generate_bananas
+
+    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
+    real, trained = pipeline.study.verdict_runs.tracked_run, []
+
+    def tracked_run(pack, tracker, **kw):
+        trained.append(kw["name"])
+        return real(pack, tracker, **kw)
+    monkeypatch.setattr(pipeline.study.verdict_runs, "tracked_run", tracked_run)
+    args = ["sweep", "focal-matched", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--decide",
+            "--seeds", "2", "--max-seeds", "2", "--json"]
+    refused = runner.invoke(app, [*args, "--contrast", "focal at box weight 2"])
+    assert refused.exit_code == 2 and trained == []
+    assert ("--contrast 'focal at box weight 2': focal-matched has no such contrast; its contrasts are 'focal at box "
+            "weight 1', 'focal at box weight 4', 'interaction'") in plain(refused.output)
+    search = runner.invoke(app, ["sweep", "smooth-l1", "--dataset", str(data), "--contrast", "interaction"])
+    assert search.exit_code == 2 and "--contrast: smooth-l1 is a search, with no designed contrasts" in plain(
+        search.output)
+
+    one = runner.invoke(app, [*args, "--contrast", "focal at box weight 1"])
+    assert one.exit_code == 0, one.output
+    assert sorted(trained) == ["verdict-cell-focal,-box-1-seeds-1-2", "verdict-control-seeds-1-2"]
+    rows = {row["contrast"]: row for row in json.loads(one.output.strip().splitlines()[-1])["contrasts"]}
+    assert rows["focal at box weight 1"]["verdict"] == "undecided" and len(rows["focal at box weight 1"]["seeds"]) == 2
+    assert rows["focal at box weight 4"]["verdict"] == "pending" and rows["interaction"]["seeds"] == []
+    study = optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db")
+    assert not study.user_attrs["contrasts"]["final"]
+    text = plain(one.output)
+    assert "focal at box weight 4: pending, no paired seeds yet on test" in text
+    assert "Not chosen by --contrast, so still pending: focal at box weight 4, interaction." in text
+    page = runner.invoke(app, ["report", "focal-matched"])
+    assert page.exit_code == 0, page.output
+    text = (workdir / "reports" / "focal-matched" / "report.md").read_text()
+    assert "focal at box weight 4 is still being decided (no paired seeds yet)" in text and "Still taking seeds" in text
+
+    trained.clear()
+    rest = runner.invoke(app, args)  # every contrast chosen: the kept cells are reused, the others trained
+    assert rest.exit_code == 0, rest.output
+    assert sorted(trained) == ["verdict-cell-ce,-box-4-seeds-1-2", "verdict-cell-focal,-box-4-seeds-1-2"]
+    rows = {row["contrast"]: row for row in json.loads(rest.output.strip().splitlines()[-1])["contrasts"]}
+    assert [rows[name]["verdict"] for name in rows] == ["undecided"] * 3
+    assert optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db").user_attrs[
+        "contrasts"]["final"]
+
+    trained.clear()
+    more = runner.invoke(app, [*args[:-2], "4", "--json", "--contrast", "focal at box weight 1"])
+    assert more.exit_code == 0, more.output
+    assert sorted(trained) == ["verdict-cell-focal,-box-1-seeds-3-4", "verdict-control-seeds-3-4"]
+    rows = {row["contrast"]: row for row in json.loads(more.output.strip().splitlines()[-1])["contrasts"]}
+    assert rows["focal at box weight 1"]["seeds"] == [1, 2, 3, 4]
+    assert rows["interaction"]["seeds"] == [1, 2] and rows["interaction"]["verdict"] == "pending"  # read, not trained
+
+
 def test_a_secondary_outcome_is_reported_on_the_same_seeds_the_shared_controls_included(workdir, tmp_path,
                                                                                           monkeypatch):
     """The control cell's seeds come from an earlier verdict's shared control, trained before any design asked for
