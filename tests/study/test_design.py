@@ -19,7 +19,9 @@ from pipeline.tracking import tracking_uri
 runner = CliRunner()
 
 
-def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(workdir, tmp_path, monkeypatch):
+def focal_matched_run(tmp_path, monkeypatch) -> tuple[Path, list[str], list[str]]:
+    """Tiny bananas, the list that names every pack trained from now on, and the `sweep focal-matched --decide`
+    arguments that train 2 seeds a cell."""
     import pipeline.study.verdict_runs
     from pipeline.data import generate_bananas
 
@@ -30,8 +32,12 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
         trained.append(kw["name"])
         return real(pack, tracker, **kw)
     monkeypatch.setattr(pipeline.study.verdict_runs, "tracked_run", tracked_run)
-    args = ["sweep", "focal-matched", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--decide",
-            "--seeds", "2", "--max-seeds", "2", "--json"]
+    return data, trained, ["sweep", "focal-matched", "--dataset", str(data), "--device", "cpu", *tiny_args(),
+                           "--decide", "--seeds", "2", "--max-seeds", "2", "--json"]
+
+
+def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(workdir, tmp_path, monkeypatch):
+    data, trained, args = focal_matched_run(tmp_path, monkeypatch)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(trained) == ["verdict-cell-ce,-box-4-seeds-1-2", "verdict-cell-focal,-box-1-seeds-1-2",
@@ -84,18 +90,7 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
 
 def test_a_chosen_contrast_trains_only_its_cells_and_the_rest_wait_for_a_run_that_chooses_them(workdir, tmp_path,
                                                                                                 monkeypatch):
-    import pipeline.study.verdict_runs
-    from pipeline.data import generate_bananas
-
-    data = generate_bananas(tmp_path / "bananas", n_train=12, n_val=4, n_test=6, progress=False)
-    real, trained = pipeline.study.verdict_runs.tracked_run, []
-
-    def tracked_run(pack, tracker, **kw):
-        trained.append(kw["name"])
-        return real(pack, tracker, **kw)
-    monkeypatch.setattr(pipeline.study.verdict_runs, "tracked_run", tracked_run)
-    args = ["sweep", "focal-matched", "--dataset", str(data), "--device", "cpu", *tiny_args(), "--decide",
-            "--seeds", "2", "--max-seeds", "2", "--json"]
+    data, trained, args = focal_matched_run(tmp_path, monkeypatch)
     refused = runner.invoke(app, [*args, "--contrast", "focal at box weight 2"])
     assert refused.exit_code == 2 and trained == []
     assert ("--contrast 'focal at box weight 2': focal-matched has no such contrast; its contrasts are 'focal at box "
