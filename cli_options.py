@@ -135,8 +135,9 @@ CandidatesOpt = Annotated[int, typer.Option(min=1, max=10, help="how many of the
 
 
 ContrastOpt = Annotated[Optional[list[str]], typer.Option(
-    "--contrast", help="a designed variant's contrast to add seeds to (repeatable; default: all): the others keep "
-                       "their seeds and stay pending, at the same alpha, for a later run")]
+    "--contrast", help="a designed variant's contrast to add seeds to (repeatable; default: all): the others are "
+                       "read on the seeds kept for them, at the same alpha, and left pending if those do not decide "
+                       "them")]
 
 
 SeedsPerTrialOpt = Annotated[int, typer.Option(min=1, max=64, help="train every trial as a pack of K seeds (the same "

@@ -15,11 +15,11 @@ from typing import Callable, Collection
 import numpy as np
 
 from pipeline.config import RunConfig
-from pipeline.stats.decide import Plan, TrainPack, check_control_scored, scored
-
-KeptScores = Callable[[str, RunConfig, list[int]], dict[int, float | None]]  # the kept seeds only, None: diverged
+from pipeline.stats.decide import CONTROL_SEEDS_BEFORE_GIVING_UP, Plan, TrainPack, check_control_scored, scored
 from pipeline.stats.verdict import ALPHA, holm, to_record, verdict
 from pipeline.stats.noise import sd_interval
+
+KeptScores = Callable[[str, RunConfig, list[int]], dict[int, float | None]]  # the kept seeds only, None: diverged
 
 
 def contrast_values(weights: dict[str, float], scores: dict[str, dict[int, float]]) -> tuple[list[int], list[float]]:
@@ -40,7 +40,8 @@ def secondary_rows(contrasts: dict[str, dict[str, float]], scores: dict[str, dic
     for name, weights in contrasts.items():
         seeds, values = contrast_values(weights, scores)
         evidence = to_record(verdict(values, plan.seeds_per_look, plan.max_seeds, plan.delta, ALPHA / len(contrasts))) \
-            if len(values) >= 2 else {"verdict": "undecided", "delta": math.nan, "delta_ci95": [-math.inf, math.inf]}
+            if len(values) >= 2 else {"verdict": "undecided", "delta": float(np.mean(values)) if values else math.nan,
+                                      "delta_ci95": [-math.inf, math.inf]}
         rows.append({"contrast": name, "seeds": seeds, "values": values, **evidence})
     return rows
 
@@ -52,42 +53,65 @@ def settle_contrasts(cells: dict[str, RunConfig], contrasts: dict[str, dict[str,
     contrast is decided or the seeds run out; returns the record (JSON-ready), which ``on_look`` gets after every
     look. The ``control`` cell trains under the role "control", so a store shares it with every other verdict.
 
-    ``chosen`` (default: all) names the contrasts that take new seeds. The others are read on the seeds their
-    cells already have (``read_kept``: the kept ones among a look's seeds, none trained), at the same alpha over
-    all the contrasts, and are left pending when the chosen ones are done: a contrast that stops taking seeds
-    keeps its promise (the interval holds at any stopping time), and none of the others gains alpha from it.
-    Holm's step-down is applied only once every contrast is decided."""
+    ``chosen`` (default: all) names the contrasts that take new seeds. The others are read look by look on the
+    seeds their cells already have (``read_kept``: a look's seeds if all are kept, none trained), as far as those
+    go, even after the chosen ones are done, at the same alpha over all the contrasts: one their kept seeds decide
+    is decided, the rest are left pending for a run that chooses them. A contrast that stops taking seeds keeps
+    its promise (the interval holds at any stopping time), and none of the others gains alpha from it. Holm's
+    step-down is applied only once every contrast is decided."""
     scores: dict[str, dict[int, float]] = {cell: {} for cell in cells}
     diverged: dict[str, list[int]] = {cell: [] for cell in cells}
     decided: dict[str, object] = {}
-    chosen = set(contrasts if chosen is None else chosen)
-    alpha = ALPHA / len(contrasts)
+    chosen, ran_out = set(contrasts if chosen is None else chosen), set()  # ran_out: cells read to their last kept seed
     for look in range(plan.looks):
-        open_ = [name for name in contrasts if name not in decided and name in chosen]
-        if not open_:
-            break
+        open_ = [name for name in contrasts if name not in decided]
         seeds = plan.seeds(look)
-        trained = {c for name in open_ for c in contrasts[name]}
+        trained = _cells_to_train([name for name in open_ if name in chosen], contrasts, control, scores)
         for cell in sorted(trained):
             role = cell_role(cell, control)
             scores[cell].update(scored(train_pack(role, cells[cell], seeds), seeds, diverged[cell]))
             if role == "control":
                 check_control_scored(scores[cell], diverged[cell])
-        waiting = {c for name in contrasts if name not in decided and name not in chosen for c in contrasts[name]}
-        for cell in sorted(waiting - trained) if read_kept else ():
+        waiting = {c for name in open_ if name not in chosen for c in contrasts[name]} - trained - ran_out
+        for cell in sorted(waiting) if read_kept else ():
             have = read_kept(cell_role(cell, control), cells[cell], seeds)
-            scores[cell].update(scored(have, sorted(have), diverged[cell]))
-        for name in (name for name in contrasts if name not in decided):
-            values = contrast_values(contrasts[name], scores)[1]
-            now = verdict(values, plan.seeds_per_look, plan.max_seeds, plan.delta, alpha) if values else None
-            if now and (now.outcome != "undecided" or (look == plan.looks - 1 and name in chosen)):
-                decided[name] = now
+            if sorted(have) == seeds:
+                scores[cell].update(scored(have, seeds, diverged[cell]))
+            else:  # read no further than the seeds kept in a row: a seed order with gaps would be a second test
+                ran_out.add(cell)
+        if not trained and not waiting - ran_out:
+            break
+        decided.update(_decided_now(open_, contrasts, scores, plan, last=look == plan.looks - 1, chosen=chosen))
         on_look(record(contrasts, scores, diverged, plan, decided, final=False))
     if len(decided) < len(contrasts):  # some were not chosen: they wait, pending, for a run that chooses them
         return record(contrasts, scores, diverged, plan, decided, final=False)
     finals = holm([contrast_values(w, scores)[1] for w in contrasts.values()], plan.seeds_per_look, plan.max_seeds,
                   plan.delta)
     return record(contrasts, scores, diverged, plan, dict(zip(contrasts, finals)), final=True)
+
+
+def _cells_to_train(training: list[str], contrasts: dict[str, dict[str, float]], control: str,
+                    scores: dict[str, dict[int, float]]) -> set[str]:
+    """The cells of the contrasts taking seeds, and the control while it has too few seeds to tell whether it
+    scores at all (a chosen contrast need not pair against it, e.g. a knob's effect at another balance)."""
+    cells = {c for name in training for c in contrasts[name]}
+    if training and len(scores[control]) < CONTROL_SEEDS_BEFORE_GIVING_UP:
+        cells.add(control)
+    return cells
+
+
+def _decided_now(open_: list[str], contrasts: dict[str, dict[str, float]], scores: dict[str, dict[int, float]],
+                 plan: Plan, last: bool, chosen: set[str]) -> dict[str, object]:
+    """The open contrasts decided at this look (alpha over all the contrasts): better, worse or equivalent, or
+    undecided at the last look for one that took seeds or has every seed of the plan."""
+    out = {}
+    for name in open_:
+        values = contrast_values(contrasts[name], scores)[1]
+        now = verdict(values, plan.seeds_per_look, plan.max_seeds, plan.delta, ALPHA / len(contrasts)) \
+            if values else None
+        if now and (now.outcome != "undecided" or (last and (name in chosen or len(values) >= plan.max_seeds))):
+            out[name] = now
+    return out
 
 
 def record(contrasts: dict[str, dict[str, float]], scores: dict[str, dict[int, float]],

@@ -111,20 +111,34 @@ def test_chosen_contrasts_take_seeds_the_others_wait_pending_and_a_later_run_fin
     assert len(whole["contrasts"][1]["seeds"]) > 3
 
 
-def test_choosing_contrasts_on_the_data_keeps_the_familys_false_positives_under_alpha():
-    """A user who looks at 4 seeds, then adds seeds only to the contrast that looks strongest, the one most likely
-    to cross by chance: four null contrasts, Bonferroni over all four, so the family's rate stays under 5%."""
-    means = {"ce, box 1": 0.0, "focal, box 1": 0.0, "ce, box 4": 0.0, "focal, box 4": 0.0}
-    contrasts = {"a": {"focal, box 1": 1, "ce, box 1": -1}, "b": {"ce, box 4": 1, "ce, box 1": -1},
-                 "c": {"focal, box 4": 1, "ce, box 1": -1}, "d": {"focal, box 4": 1, "ce, box 4": -1}}
-    false = 0
-    for study in range(60):
-        kept = Kept(simulated_2x2(means, sd=0.01, study=study)[0])
-        first = kept.settle(contrasts, Plan(1, 1, 4))
-        strongest = max(first["contrasts"], key=lambda row: abs(row["delta"]))["contrast"]
-        then = kept.settle(contrasts, Plan(1, 1, 20), chosen=[strongest])
-        false += any(row["verdict"] in ("better", "worse") for row in first["contrasts"] + then["contrasts"])
-    assert false <= 6  # 5% of 60 is 3; the bound leaves room for chance, not for a rule that spends alpha twice
+def test_a_chosen_contrast_is_tried_at_alpha_over_all_and_a_run_choosing_one_leaves_the_others_verdicts_alone():
+    from pipeline.stats.verdict import ALPHA, to_record, verdict
+
+    means = {"ce, box 1": 0.0, "focal, box 1": 0.05, "ce, box 4": 0.0, "focal, box 4": 0.005}
+    train_pack, calls = simulated_2x2(means, sd=0.02)
+    contrasts = {"focal at box 1": CONTRASTS["focal at box 1"], "focal at box 4": CONTRASTS["focal at box 4"]}
+    kept, plan = Kept(train_pack), Plan(1, 1, 12)
+    whole = kept.settle(contrasts, plan)
+    assert whole["final"] and [row["verdict"] for row in whole["contrasts"]] == ["better", "undecided"]
+    early = whole["contrasts"][0]
+    assert len(early["seeds"]) < 12 == len(whole["contrasts"][1]["seeds"])
+
+    calls.clear()
+    again = kept.settle(contrasts, plan, chosen=["focal at box 1"])  # decided early: the loop reads on past it
+    assert calls == [] and again["final"] and again["contrasts"] == whole["contrasts"]
+
+    part = Kept(train_pack).settle(contrasts, plan, chosen=["focal at box 1"])
+    row = part["contrasts"][0]
+    assert row["delta_ci95"] == to_record(verdict(row["values"], 1, 12, plan.delta, ALPHA / 2))["delta_ci95"]
+    assert row["delta_ci95"] != to_record(verdict(row["values"], 1, 12, plan.delta, ALPHA))["delta_ci95"]
+
+
+def test_a_chosen_contrast_without_the_control_still_learns_that_the_control_scores_nothing():
+    from pipeline.stats.decide import NoControlScore
+
+    with pytest.raises(NoControlScore):
+        settle_contrasts(CELLS, CONTRASTS, "ce, box 1", Plan(1, 1, 8), lambda role, cfg, seeds: {},
+                         chosen=["focal at box 4"], read_kept=lambda role, cfg, seeds: {})
 
 
 def design_module(**names):
