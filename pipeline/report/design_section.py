@@ -94,6 +94,19 @@ def resume_command(study: optuna.Study) -> str:
     return " ".join([*words, *config_flags(base, profile, variant_fixed(variant, profile)), "--decide", *more])
 
 
+def nearest_first(record: dict, command: str) -> str:
+    """Where the contrasts still taking seeds would likely need different numbers of them, the command that
+    spends seeds on the nearest to deciding first (``--contrast``; the others wait at the same level)."""
+    open_ = [row for row in record["contrasts"] if row["verdict"] == "pending" and row.get("seeds_needed")]
+    least = min((row["seeds_needed"] for row in open_), default=None)
+    nearest = [row["contrast"] for row in open_ if row["seeds_needed"] == least]
+    if len(nearest) == len(open_):
+        return ""
+    flags = " ".join(f'--contrast "{name}"' for name in nearest)
+    return (f" Nearest to deciding, at about {least} paired seeds: {', '.join(nearest)}; `{command} {flags}` spends "
+            "the seeds there first, the others waiting at the same level.")
+
+
 def design_blocks(study: optuna.Study) -> list[Block]:
     """The contrasts and cells of one designed study, with where and on what they were decided."""
     record, variant = study.user_attrs.get(ATTR), study.user_attrs.get("variant", study.study_name)
@@ -104,7 +117,8 @@ def design_blocks(study: optuna.Study) -> list[Block]:
         return [Block("p", f"{name}: nothing decided yet, {counted(kept, 'seed')} of its cells kept so far "
                            f"(`{resume_command(study)}` trains the rest).")]
     where = f"on the {record['split']} split, shared control `{record['shared_control']['key']}`"
-    going_on = "" if record.get("final") else f" Still taking seeds: `{resume_command(study)}` goes on."
+    going_on = "" if record.get("final") else (f" Still taking seeds: `{resume_command(study)}` goes on."
+                                               + nearest_first(record, resume_command(study)))
     return [Block("p", f"{name}, {where}: {plain_answer(record)}{going_on}"),
             Block("table", table=contrast_table(record["contrasts"])), *secondary_blocks(record),
             Block("table", table=cell_table(record)),

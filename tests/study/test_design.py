@@ -209,7 +209,8 @@ def test_a_design_still_taking_seeds_says_how_many_would_likely_decide_it_and_th
            "seeds_needed": 8, "weights": {"focal": 1, "chapter": -1}}
     record = {"final": False, "max_seeds": 20, "split": "test", "shared_control": {"key": "control test/map 01"},
               "contrasts": [row, {**row, "contrast": "box 4 against the chapter", "verdict": "better",
-                                  "delta": 0.05, "delta_ci95": [0.01, 0.09]}],
+                                  "delta": 0.05, "delta_ci95": [0.01, 0.09]},
+                            {**row, "contrast": "random negatives against the chapter", "seeds_needed": 50}],
               "cells": {}, "control_cell": "chapter"}
     base = {**dataclasses.asdict(RunConfig()), "image_size": 64}
     for key, value in {"variant": "quick-winners", "profile": "chapter", "contrasts": record,
@@ -217,9 +218,16 @@ def test_a_design_still_taking_seeds_says_how_many_would_likely_decide_it_and_th
         study.set_user_attr(key, value)
     text = design_blocks(study)[0].text
     assert ("focal against the chapter is still being decided (-0.0180; about 8 paired seeds would likely decide "
-            "it); box 4 against the chapter helps (+0.0500).") in text
-    assert text.endswith("Still taking seeds: `python cli.py sweep quick-winners --profile chapter --study-name "
-                         "quick-winners-chapter64 --set image_size=64 --decide --max-seeds 20` goes on.")
+            "it); box 4 against the chapter helps (+0.0500); random negatives against the chapter is still being "
+            "decided (-0.0180; about 50 paired seeds would likely decide it).") in text
+    command = ("python cli.py sweep quick-winners --profile chapter --study-name quick-winners-chapter64 --set "
+               "image_size=64 --decide --max-seeds 20")
+    assert text.endswith(f"Still taking seeds: `{command}` goes on. Nearest to deciding, at about 8 paired seeds: "
+                         f"focal against the chapter; `{command} --contrast \"focal against the chapter\"` spends the "
+                         "seeds there first, the others waiting at the same level.")
+    record["contrasts"].pop()  # one contrast still taking seeds: nothing to choose between
+    study.set_user_attr("contrasts", record)
+    assert design_blocks(study)[0].text.endswith(f"`{command}` goes on.")
 
 
 def test_a_contrast_whose_interval_is_still_unbounded_reads_no_bound_yet_not_inf():
