@@ -9,6 +9,7 @@ seeds and returns their scores.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Collection
 
@@ -53,41 +54,51 @@ def settle_contrasts(cells: dict[str, RunConfig], contrasts: dict[str, dict[str,
     contrast is decided or the seeds run out; returns the record (JSON-ready), which ``on_look`` gets after every
     look. The ``control`` cell trains under the role "control", so a store shares it with every other verdict.
 
-    ``chosen`` (default: all) names the contrasts that take new seeds. The others are read look by look on the
-    seeds their cells already have (``read_kept``: a look's seeds if all are kept, none trained), as far as those
-    go, even after the chosen ones are done, at the same alpha over all the contrasts: one their kept seeds decide
-    is decided, the rest are left pending for a run that chooses them. A contrast that stops taking seeds keeps
-    its promise (the interval holds at any stopping time), and none of the others gains alpha from it. Holm's
-    step-down is applied only once every contrast is decided."""
-    scores: dict[str, dict[int, float]] = {cell: {} for cell in cells}
-    diverged: dict[str, list[int]] = {cell: [] for cell in cells}
+    ``chosen`` (default: all) names the contrasts that take new seeds. The others are read first, on every seed
+    kept in a row for their cells (``read_kept``, none trained), so that no record, even one kept mid-run, says
+    less than the store holds; they are decided where those seeds decide them (the first seed that decides fixes
+    the outcome, as at any look), and left pending otherwise, for a run that chooses them. Each contrast is tried
+    at the same alpha over all of them: one that stops taking seeds keeps its promise (the interval holds at any
+    stopping time), and none of the others gains alpha from it. Holm's step-down is applied only once every
+    contrast is decided."""
+    chosen = set(contrasts if chosen is None else chosen)
+    waiting = {cell for name in contrasts if name not in chosen for cell in contrasts[name]}
+    scores, diverged = _kept_in_a_row(waiting if read_kept else set(), cells, control, plan, read_kept)
     decided: dict[str, object] = {}
-    chosen, ran_out = set(contrasts if chosen is None else chosen), set()  # ran_out: cells read to their last kept seed
     for look in range(plan.looks):
         open_ = [name for name in contrasts if name not in decided]
         seeds = plan.seeds(look)
         trained = _cells_to_train([name for name in open_ if name in chosen], contrasts, control, scores)
+        if not trained:
+            break
         for cell in sorted(trained):
             role = cell_role(cell, control)
             scores[cell].update(scored(train_pack(role, cells[cell], seeds), seeds, diverged[cell]))
             if role == "control":
                 check_control_scored(scores[cell], diverged[cell])
-        waiting = {c for name in open_ if name not in chosen for c in contrasts[name]} - trained - ran_out
-        for cell in sorted(waiting) if read_kept else ():
-            have = read_kept(cell_role(cell, control), cells[cell], seeds)
-            if sorted(have) == seeds:
-                scores[cell].update(scored(have, seeds, diverged[cell]))
-            else:  # read no further than the seeds kept in a row: a seed order with gaps would be a second test
-                ran_out.add(cell)
-        if not trained and not waiting - ran_out:
-            break
         decided.update(_decided_now(open_, contrasts, scores, plan, last=look == plan.looks - 1, chosen=chosen))
         on_look(record(contrasts, scores, diverged, plan, decided, final=False))
+    decided.update(_decided_now([name for name in contrasts if name not in decided], contrasts, scores, plan,
+                                last=True, chosen=chosen))  # the waiting ones, on their kept seeds
     if len(decided) < len(contrasts):  # some were not chosen: they wait, pending, for a run that chooses them
         return record(contrasts, scores, diverged, plan, decided, final=False)
     finals = holm([contrast_values(w, scores)[1] for w in contrasts.values()], plan.seeds_per_look, plan.max_seeds,
                   plan.delta)
     return record(contrasts, scores, diverged, plan, dict(zip(contrasts, finals)), final=True)
+
+
+def _kept_in_a_row(read: set[str], cells: dict[str, RunConfig], control: str, plan: Plan,
+                   read_kept: KeptScores | None) -> tuple[dict[str, dict[int, float]], dict[str, list[int]]]:
+    """Each cell's scores and diverged seeds to start from: for the cells in ``read``, the plan's seeds kept in a
+    row from its first (a seed order with gaps would be a second test); none for the others."""
+    scores: dict[str, dict[int, float]] = {cell: {} for cell in cells}
+    diverged: dict[str, list[int]] = {cell: [] for cell in cells}
+    planned = [s for look in range(plan.looks) for s in plan.seeds(look)]
+    for cell in sorted(read):
+        have = read_kept(cell_role(cell, control), cells[cell], planned)
+        in_a_row = list(itertools.takewhile(lambda s: s in have, planned))
+        scores[cell].update(scored(have, in_a_row, diverged[cell]))
+    return scores, diverged
 
 
 def _cells_to_train(training: list[str], contrasts: dict[str, dict[str, float]], control: str,

@@ -82,8 +82,9 @@ class Kept:
     def read(self, role, cfg, seeds):
         return {s: self.packs[role, s] for s in seeds if (role, s) in self.packs}
 
-    def settle(self, contrasts, plan, chosen=None):
-        return settle_contrasts(CELLS, contrasts, "ce, box 1", plan, self.train, chosen=chosen, read_kept=self.read)
+    def settle(self, contrasts, plan, chosen=None, **kw):
+        return settle_contrasts(CELLS, contrasts, "ce, box 1", plan, self.train, chosen=chosen, read_kept=self.read,
+                                **kw)
 
 
 def test_chosen_contrasts_take_seeds_the_others_wait_pending_and_a_later_run_finishes_them():
@@ -100,9 +101,11 @@ def test_chosen_contrasts_take_seeds_the_others_wait_pending_and_a_later_run_fin
     kept = Kept(train_pack)
     kept.settle(contrasts, Plan(1, 1, 3))  # seeds 1-3 of every cell, kept by an earlier run
     calls.clear()
-    part = kept.settle(contrasts, plan, chosen=["focal at box 1"])
+    kept_mid_run = []
+    part = kept.settle(contrasts, plan, chosen=["focal at box 1"], on_look=kept_mid_run.append)
     rows = {row["contrast"]: row for row in part["contrasts"]}
     assert rows["focal at box 4"]["verdict"] == "pending" and rows["focal at box 4"]["seeds"] == [1, 2, 3]
+    assert all(look["contrasts"][1]["seeds"] == [1, 2, 3] for look in kept_mid_run)  # never less than is kept
     assert {role for role, _ in calls} == {"control", "cell focal, box 1"}  # read on its kept seeds, none trained
     assert rows["focal at box 1"]["values"] == alone["contrasts"][0]["values"]  # the same seeds, the same rule
 
