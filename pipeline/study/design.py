@@ -71,7 +71,8 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                              "mlflow.note.content": contrasts_text(record, split)})
             save_dashboard_note(study, contrasts_text(record, split))
     return {"study": study.study_name, "variant": variant.name, "skipped": skipped, "split": split,
-            "chosen": chosen, "contrasts": record["contrasts"], "cells": record["cells"], "secondary": record.get("secondary", {})}
+            "chosen": chosen, "contrasts": record["contrasts"], "cells": record["cells"],
+            "secondary": record.get("secondary", {})}
 
 
 def chosen_contrasts(variant, names: tuple[str, ...]) -> list[str]:
