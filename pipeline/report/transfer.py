@@ -12,12 +12,15 @@ ranking carries across fidelities; this measures whether it does.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from textwrap import fill
 
 import numpy as np
 import optuna
 import pandas as pd
+from adjustText import adjust_text
+from matplotlib.transforms import Bbox
 from scipy import stats
 
 import experiments
@@ -156,14 +159,40 @@ def plot_transfer(effects: pd.DataFrame, labels: tuple[str, str], path: Path) ->
         ax.axvline(0, color=COLORS["control"], lw=0.6)
         ax.errorbar(x, y, xerr=effects["se_quick"], yerr=effects["se_chapter"], fmt="o", color=COLORS["best"],
                     capsize=3)
-        for rank, i in enumerate(np.argsort(x.to_numpy())):  # neighbours' labels alternate above and below
-            ax.annotate(effects["setting"].iloc[i], (x.iloc[i], y.iloc[i]), textcoords="offset points",
-                        xytext=(5, 6 if rank % 2 else -12), fontsize=8)
         ax.set(xlim=(-reach, reach), ylim=(-reach, reach), xlabel=fill(f"Δ mAP at {labels[0]}", 60),
                ylabel=fill(f"Δ mAP at {labels[1]}", 50))
+        names, shared = point_labels(effects["setting"])
+        label_points(ax, names, effects)
     return (f"Each setting's mean paired Δ against its control at {labels[0]} (x) and {labels[1]} (y), ±1 standard "
             "error over its seeds. On the dashed diagonal the effect carries over unchanged; in the shaded quadrants "
-            "the two profiles disagree on its sign.")
+            "the two profiles disagree on its sign." + (f" Each label leaves out “{shared}”, which every setting's name ends with." if shared else ""))
+
+
+def point_labels(settings: pd.Series) -> tuple[list[str], str]:
+    """The settings' names without the " against CONTROL" that all of a design's contrasts end with, and those
+    words ("" where the names do not share one)."""
+    names = list(settings)
+    common = os.path.commonprefix([name[::-1] for name in names])[::-1] if len(names) > 1 else ""
+    shared = common[common.find(" against "):] if " against " in common else ""
+    return [name.removesuffix(shared) for name in names], shared.strip()
+
+
+def label_points(ax, labels: list[str], effects: pd.DataFrame) -> None:
+    """Labels placed by adjustText's repulsion so that none overlaps another label, a point or its error bars, and
+    none leaves the frame; a label pushed away from its point gets a thin line back to it."""
+    x, y = effects["delta_quick"].to_numpy(), effects["delta_chapter"].to_numpy()
+    texts = [ax.text(xi, yi, label, fontsize=8) for label, xi, yi in zip(labels, x, y)]
+    ax.figure.draw_without_rendering()  # constrained layout fixes the axes' size before the labels move
+    adjust_text(texts, x=x, y=y, objects=_error_boxes(ax, effects), ax=ax, force_static=(0.4, 0.8), expand=(1.3, 1.6),
+                arrowprops={"arrowstyle": "-", "color": COLORS["control"], "lw": 0.5})
+
+
+def _error_boxes(ax, effects: pd.DataFrame) -> list[Bbox]:
+    """Each point's ±1 standard error cross, as a box in display coordinates."""
+    x, y = effects["delta_quick"].to_numpy(), effects["delta_chapter"].to_numpy()
+    dx, dy = effects["se_quick"].fillna(0).to_numpy(), effects["se_chapter"].fillna(0).to_numpy()
+    corners = np.stack([np.column_stack([x - dx, y - dy]), np.column_stack([x + dx, y + dy])], axis=1)
+    return [Bbox(ax.transData.transform(pair)) for pair in corners]
 
 
 def write_transfer(storage: str, quick_name: str, chapter_name: str, folder: Path) -> Path:

@@ -8,13 +8,15 @@ import optuna
 import pytest
 import pandas as pd
 from scipy import stats
+from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from cli import app
 from conftest import plain
 from pipeline.config import make_config
 from pipeline.report.answers import fidelity_blocks
-from pipeline.report.transfer import agreement, paired_effects, settings_tested, write_transfer
+from pipeline.report.transfer import (agreement, label_points, paired_effects, point_labels, settings_tested,
+                                      write_transfer)
 
 QUICK = {1.0: [0.02, 0.03, 0.01], 2.0: [0.05, 0.04, 0.06], 4.0: [0.09, 0.12, 0.1], 0.5: [-0.02, -0.01, -0.03]}
 CHAPTER = {1.0: [-0.01, 0.0, -0.02], 2.0: [0.02, 0.03, 0.025], 4.0: [0.06, 0.05, 0.07], 0.5: [-0.04, -0.05, -0.03]}
@@ -263,3 +265,26 @@ def test_a_search_rows_setting_is_its_verdicts_and_a_setting_tried_twice_is_one(
                                                                            "diffs": [9.0, 9.0, 9.0]}]})
     rows = paired_settings(study)
     assert len(rows) == 4 and [r["diffs"] for r in rows if r["setting"] == "box_weight=4"] == [QUICK[4.0]]
+
+
+def test_the_scatters_labels_drop_a_designs_shared_control_and_keep_a_grids_names():
+    design = pd.Series(["box 4 against the chapter", "focal against the chapter", "smooth L1 against the chapter"])
+    assert point_labels(design) == (["box 4", "focal", "smooth L1"], "against the chapter")
+    grid = pd.Series(["box_weight=0.5", "box_weight=4", "weight 1"])  # a shared tail that is not a control's
+    assert point_labels(grid) == (list(grid), "")
+    assert point_labels(pd.Series(["focal against the chapter"])) == (["focal against the chapter"], "")
+
+
+def test_the_scatters_labels_stay_apart_and_inside_the_frame_where_points_crowd():
+    effects = pd.DataFrame({"delta_quick": [-0.006, 0.0, -0.004, 0.075], "delta_chapter": [-0.012, -0.010, -0.001, 0.015],
+                            "se_quick": [0.004, 0.004, 0.001, 0.007], "se_chapter": [0.003, 0.007, 0.0008, 0.008]})
+    figure = Figure(figsize=(6.5, 5.5), layout="constrained")
+    ax = figure.subplots()
+    ax.errorbar(effects["delta_quick"], effects["delta_chapter"], fmt="o")
+    ax.set(xlim=(-0.09, 0.09), ylim=(-0.09, 0.09))
+    label_points(ax, ["focal loss, gamma 0.1", "random negatives 10:1", "smooth L1 sigma 1", "box weight 4"], effects)
+    figure.draw_without_rendering()
+    boxes = [text.get_window_extent() for text in ax.texts]
+    frame = ax.get_window_extent()
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
