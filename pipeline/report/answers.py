@@ -61,6 +61,13 @@ def family_outcomes(frame: pd.DataFrame) -> pd.Series:
     return family
 
 
+VERDICT_WORDS = ("A verdict is **better** or **worse** when the interval of the paired difference over new seeds "
+                 "excludes 0, **equivalent** when it lies within ±0.01 mAP, **undecided** when the seeds ran out "
+                 "first, **pending** while seeds are still coming in (the run stopped, or chose other contrasts, "
+                 "before either); **not decided** means only the search's one-seed trials exist (run the variant's "
+                 "sweep with `--decide`).")
+
+
 def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     seeds = [f"{n} (seeds {span})" if n else "0" for n, span in zip(frame["seeds"], frame["verdict_seeds"])]
     pages = frame["design_variant"] if "design_variant" in frame else pd.Series(None, index=frame.index)
@@ -82,10 +89,7 @@ def _glance_blocks(frame: pd.DataFrame, folder: Path) -> list[Block]:
         blocks.append(Block("p", f"The forest plot is left out: {exc}."))
     answered = frame[frame["outcome"] != "seed noise"]
     blocks += [Block("table", table=glance_table(answered, folder)),
-               Block("p", "A verdict is **better** or **worse** when the interval of the paired difference over new "
-                          "seeds excludes 0, **equivalent** when it lies within ±0.01 mAP, **undecided** when the "
-                          "seeds ran out first; **not decided** means only the search's one-seed trials exist "
-                          "(run the variant's sweep with `--decide`).")]
+               Block("p", VERDICT_WORDS)]
     for _, r in frame[frame["outcome"] == "seed noise"].iterrows():
         blocks.append(Block("p", f"Seed noise of the chapter itself (`{r['study']}`): {r['verdict']}."))
     return blocks

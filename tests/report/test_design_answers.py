@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import make_config
-from pipeline.report.answers import fidelity_blocks, glance_table, with_design_answers
+from pipeline.report.answers import VERDICT_WORDS, fidelity_blocks, glance_table, with_design_answers
 from pipeline.report.design_answers import design_answer_rows
 from pipeline.stats.contrasts import spread
 
@@ -88,6 +88,7 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     assert (focal["verdict"], focal["verdict, as one family of the sheet"]) == ("pending", "pending")
     assert table.loc["box_weight=4 (design `quick-winners`)", "new seeds"] == "5 (seeds 1-5)"
     assert table.loc["box_weight=4 (design `quick-winners`)", "hours (search + verdict)"] == "n/a"
+    assert all(f"**{word}**" in VERDICT_WORDS for word in table["verdict"])  # the sheet says what each means
 
 
 def test_a_store_of_designs_only_still_gets_its_sheet(tmp_path):
