@@ -217,6 +217,15 @@ def protocol(base: dict[str, Any]) -> str:
     return ", ".join([f"{size} px, {epochs} epochs, batch {batch}, lr {lr} {schedule}", *extras])
 
 
+def knobs_off_profile(base: dict[str, Any], profile: str | None) -> list[str]:
+    """The knobs of the protocol, other than the image side (which every label names), where a study's base
+    configuration leaves its named profile: ['lr_schedule=cosine'] for the quick profile with a cosine tail."""
+    if profile not in PROFILES:
+        return []
+    named = dataclasses.asdict(make_config(profile))
+    return [f"{k}={base[k]}" for k in (*PROTOCOL_KNOBS[1:], *PROTOCOL_EXTRAS) if k in base and base[k] != named[k]]
+
+
 def at_chapter_protocol(base: dict[str, Any]) -> bool:
     """Whether a study's base configuration trains as the chapter does (256 px, 20 epochs, batch 32, lr 0.2 at a
     constant rate, every image, fp32): the chapter profile with a knob of its protocol changed (a 128-px rung,

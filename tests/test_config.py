@@ -3,7 +3,9 @@ import math
 
 import pytest
 
-from pipeline.config import PROFILES, ConfigError, RunConfig, knob_table, make_config, parse_overrides
+from pipeline.config import (PROFILES, ConfigError, RunConfig, knob_table, knobs_off_profile, make_config,
+                             parse_overrides)
+from pipeline.report.text import decided_at
 
 
 def test_defaults_are_the_chapters_protocol():
@@ -135,3 +137,16 @@ def test_idle_knobs_are_left_out_of_a_runs_params():
     focal = active_params(RunConfig(cls_loss="focal", focal_gamma=0.5, box_loss="smooth_l1", neg_sampling="hard"))
     assert (focal["focal_gamma"], focal["focal_alpha"], focal["smooth_l1_sigma"], focal["neg_pos_ratio"]) == \
         (0.5, None, 1.0, 3.0)
+
+
+def test_a_study_off_its_named_profile_says_which_knobs_in_where_it_was_decided():
+    cosine = dataclasses.asdict(make_config("quick", {"lr_schedule": "cosine"}))
+    assert knobs_off_profile(cosine, "quick") == ["lr_schedule=cosine"]
+    rung = dataclasses.asdict(make_config("chapter", {"image_size": 64}))
+    assert knobs_off_profile(rung, "chapter") == []  # the image side is in every label already
+    bf16 = dataclasses.asdict(make_config("chapter", {"precision": "bf16", "epochs": 10}))
+    assert knobs_off_profile(bf16, "chapter") == ["epochs=10", "precision=bf16"]
+    assert knobs_off_profile(cosine, None) == []  # a study that did not record its profile
+    row = {**cosine, "profile": "quick", "off_profile": knobs_off_profile(cosine, "quick"), "device": "cpu: EPYC"}
+    assert decided_at(row) == "quick profile with lr_schedule=cosine, bananas, 64 px, on cpu: EPYC"
+    assert decided_at({**row, "off_profile": []}) == "quick profile, bananas, 64 px, on cpu: EPYC"

@@ -25,8 +25,9 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     shown["lo"] = shown["ci_lo"].where(decided, np.nan)
     shown["hi"] = shown["ci_hi"].where(decided, np.nan)
     profiles = shown["profile"] if "profile" in shown else pd.Series("?", index=shown.index)
-    where = [f"{p}, {_px(size)}{_machine(device)}" for p, size, device in
-             zip(profiles, shown.get("image_size", pd.Series(np.nan, index=shown.index)),
+    offs = shown.get("off_profile", pd.Series([[]] * len(shown), index=shown.index))
+    where = [f"{p}{_off(off)}, {_px(size)}{_machine(device)}" for p, off, size, device in
+             zip(profiles, offs, shown.get("image_size", pd.Series(np.nan, index=shown.index)),
                  shown.get("device", pd.Series(None, index=shown.index)))]
     designs = shown["design_variant"] if "design_variant" in shown else pd.Series(None, index=shown.index)
     names = [f"{v} by {d}{which}" if isinstance(d, str) else v
@@ -35,6 +36,10 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
                       for v, w, o, n, split in zip(names, where, shown["outcome"], shown["seeds"], shown["split"])]
     shown["marker"] = ["s" if at else "o" for at in shown.get("chapter_protocol", profiles == "chapter")]
     return shown.sort_values(["variant", "label"]).iloc[::-1]  # an exercise's profiles side by side
+
+
+def _off(knobs) -> str:
+    return f" with {', '.join(knobs)}" if isinstance(knobs, list) and knobs else ""
 
 
 def _px(size) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from pipeline.config import knobs_off_profile
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.text import counted, decided_at, fmt
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
@@ -111,7 +112,10 @@ def design_blocks(study: optuna.Study) -> list[Block]:
     """The contrasts and cells of one designed study, with where and on what they were decided."""
     record, variant = study.user_attrs.get(ATTR), study.user_attrs.get("variant", study.study_name)
     base = study.user_attrs.get("signature", {}).get("base_config", {})
-    name = f"`{variant}` ({decided_at({**base, 'profile': study.user_attrs.get('profile'), 'device': study.user_attrs.get('device_used')})})"
+    profile = study.user_attrs.get("profile")
+    place = {**base, "profile": profile, "device": study.user_attrs.get("device_used"),
+             "off_profile": knobs_off_profile(base, profile)}
+    name = f"`{variant}` ({decided_at(place)})"
     if not record:
         kept = sum(len(entry.get("scores", {})) for entry in study.user_attrs.get("verdict_packs", {}).values())
         return [Block("p", f"{name}: nothing decided yet, {counted(kept, 'seed')} of its cells kept so far "

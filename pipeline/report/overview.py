@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from pipeline.config import at_chapter_protocol, protocol
+from pipeline.config import at_chapter_protocol, knobs_off_profile, protocol
 from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import params_text
 from pipeline.report.transfer import verdict_setting
@@ -74,6 +74,7 @@ def setting_columns(study: optuna.Study) -> dict[str, Any]:
             else "", "dataset": base.get("dataset"), "image_size": base.get("image_size"),
             "anchor_scale": base.get("anchor_scale", 1.0), "device": study.user_attrs.get("device_used"),
             "protocol": protocol(base), "chapter_protocol": at_chapter_protocol(base),
+            "off_profile": knobs_off_profile(base, study.user_attrs.get("profile")),
             "search_hours": busy_hours(spans) if spans else math.nan}
 
 

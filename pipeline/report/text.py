@@ -21,12 +21,15 @@ def choice_label(value: Any) -> str:
 
 
 def decided_at(r) -> str:
-    """Where a study's answer was decided, from a row or dict with profile, dataset and image_size: its profile,
-    data set and input side ("?" for what it did not record), and the machine where the row names one (device)."""
+    """Where a study's answer was decided, from a row or dict with profile, dataset and image_size: its profile
+    (and the knobs off it, off_profile), data set and input side ("?" for what it did not record), and the machine
+    where the row names one (device)."""
     size = r.get("image_size")
     data = Path(str(r["dataset"])).name if isinstance(r.get("dataset"), str) else "?"
     device = r.get("device")
-    return (f"{r.get('profile') or '?'} profile, {data}" + (f", {int(size)} px" if size == size and size else "")
+    off = r.get("off_profile")
+    return (f"{r.get('profile') or '?'} profile" + (f" with {', '.join(off)}" if isinstance(off, list) and off else "")
+            + f", {data}" + (f", {int(size)} px" if size == size and size else "")
             + (f", on {device}" if isinstance(device, str) and device else ""))
 
 
