@@ -13,6 +13,7 @@ CLI = str(Path(__file__).resolve().parents[1] / "cli.py")  # for tests that run 
 
 # Shrinks any run to seconds on a CPU: a 64-pixel input, a few images, one epoch.
 TINY_SETS = ["image_size=64", "train_images=8", "val_images=4", "batch_size=4", "epochs=1"]
+TINY_OFF_PROFILE = "epochs=1, batch_size=4, train_images=8, val_images=4"  # how a sheet names them, off the quick profile
 
 
 def tiny_args() -> list[str]:

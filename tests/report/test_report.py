@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import experiments
 from cli import app
-from conftest import plain, tiny_args
+from conftest import TINY_OFF_PROFILE, plain, tiny_args
 from test_transfer import CHAPTER, QUICK, grid_study
 from pipeline.config import make_config
 from pipeline.machine import cpu_cores, cpu_model
@@ -229,8 +229,7 @@ def test_report_all_and_the_cli(swept):
         assert section in page, section
     verdict = load("focal-loss-quick").user_attrs["verdict_record"]["candidates"][0]["verdict"]
     assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
-    tiny = "epochs=1, batch_size=4, train_images=8, val_images=4"  # the knobs these runs leave the profile on
-    where = f"quick profile with {tiny}, tiny_bananas, 64 px, on cpu: {cpu_model()} ({cpu_cores()} cores)"
+    where = f"quick profile with {TINY_OFF_PROFILE}, tiny_bananas, 64 px, on cpu: {cpu_model()} ({cpu_cores()} cores)"
     assert ("Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
             f"shown: `focal-loss` ({where})") in " ".join(page.split())
     assert "| decided at |" in page and f"| {where} |" in page  # each answer names its data and machine

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import plain, tiny_args
+from conftest import TINY_OFF_PROFILE, plain, tiny_args
 from pipeline.tracking import tracking_uri
 
 runner = CliRunner()
@@ -83,7 +83,7 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert "## What each effect is made of" in answers
     from pipeline.machine import cpu_description
 
-    where = f"(quick profile, {Path(data).name}, 64 px, on {cpu_description()}), on the test split"
+    where = f"(quick profile with {TINY_OFF_PROFILE}, {Path(data).name}, 64 px, on {cpu_description()}), on the test split"
     assert f"`focal-matched` {where}" in answers  # where decided, and on what
     assert "focal-matched" not in answers.split("## What each effect is made of")[0]  # not a row of the searches
 
