@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from cli_options import (CandidatesOpt, ContrastOpt, DatasetOpt, DecideOpt, Delt
                          existing_storage_url, existing_store_url, finite_in, json_line, load_or_exit,
                          seconds_since_process_start, seed_pack, storage_url, study_name_option, threshold_value,
                          usage_error, user_overrides, variant_name)
-from pipeline.config import knob_table, make_config
+from pipeline.config import knob_table, knobs_off_profile, make_config
 from pipeline.sqlite_files import DEFAULT_STORAGE, sqlite_path
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
 from pipeline.terminal import (SweepProgress, console, err_console, metrics_table, print_anchor_fit, print_contrasts,
@@ -114,7 +115,8 @@ def noise(sets: SetOpt = None, profile: ProfileOpt = None, dataset: DatasetOpt =
                              data=data, stop_on_divergence=False)
     test = load_split(cfg.dataset, "test", cfg.image_size, progress=False) if has_split(cfg.dataset, "test") else None
     budget = budget_of(result.fit, data[1], resamples, test)
-    measured = measured_paired_sd(cfg.dataset, chosen_profile(profile, device), cfg.image_size)
+    measured = measured_paired_sd(cfg.dataset, chosen_profile(profile, device), cfg.image_size,
+                                  knobs_off_profile(dataclasses.asdict(cfg), chosen_profile(profile, device)))
     print_noise_budget(budget, measured, f"noise budget of val/map: {cfg.dataset}, {chosen_profile(profile, device)} "
                        f"profile at {cfg.image_size} px, {budget.seeds} seeds, {budget.validation_images} validation images")
     if rough := how_rough(budget.seed_sd, budget.seeds):

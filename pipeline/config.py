@@ -219,11 +219,15 @@ def protocol(base: dict[str, Any]) -> str:
 
 def knobs_off_profile(base: dict[str, Any], profile: str | None) -> list[str]:
     """The knobs of the protocol, other than the image side (which every label names), where a study's base
-    configuration leaves its named profile: ['lr_schedule=cosine'] for the quick profile with a cosine tail."""
-    if profile not in PROFILES:
-        return []
-    named = dataclasses.asdict(make_config(profile))
+    configuration leaves its named profile: ['lr_schedule=cosine'] for the quick profile with a cosine tail. A
+    study that names no profile the code knows is read against the chapter's protocol, so nothing is hidden."""
+    named = dataclasses.asdict(make_config(profile if profile in PROFILES else "chapter"))
     return [f"{k}={base[k]}" for k in (*PROTOCOL_KNOBS[1:], *PROTOCOL_EXTRAS) if k in base and base[k] != named[k]]
+
+
+def off_profile_words(off_profile) -> str:
+    """' with lr_schedule=cosine' after a profile's name, for knobs_off_profile's list; '' for none (or no list)."""
+    return f" with {', '.join(off_profile)}" if isinstance(off_profile, (list, tuple)) and off_profile else ""
 
 
 def at_chapter_protocol(base: dict[str, Any]) -> bool:

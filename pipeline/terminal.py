@@ -132,7 +132,7 @@ def print_verdict(result: dict, options) -> None:
 
     verdict, trial = result["verdict"], result["verdict_trial"]
     if verdict == "not decided":
-        note = noise_sd_text(result["dataset"], options.profile, result["image_size"])
+        note = noise_sd_text(result["dataset"], options.profile, result["image_size"], result.get("off_profile", ()))
         each = "one seed each" if result["seeds"] == 1 else f"the same {result['seeds']} seeds each, on the split the search used"
         console.print(f"[bold]Verdict: not decided[/] ({each}). {note}")
     else:

@@ -146,7 +146,8 @@ def test_a_study_off_its_named_profile_says_which_knobs_in_where_it_was_decided(
     assert knobs_off_profile(rung, "chapter") == []  # the image side is in every label already
     bf16 = dataclasses.asdict(make_config("chapter", {"precision": "bf16", "epochs": 10}))
     assert knobs_off_profile(bf16, "chapter") == ["epochs=10", "precision=bf16"]
-    assert knobs_off_profile(cosine, None) == []  # a study that did not record its profile
+    assert knobs_off_profile(cosine, None) == [  # a study that did not record its profile: against the chapter's
+        "epochs=10", "batch_size=16", "lr=0.4", "lr_schedule=cosine"]
     row = {**cosine, "profile": "quick", "off_profile": knobs_off_profile(cosine, "quick"), "device": "cpu: EPYC"}
     assert decided_at(row) == "quick profile with lr_schedule=cosine, bananas, 64 px, on cpu: EPYC"
     assert decided_at({**row, "off_profile": []}) == "quick profile, bananas, 64 px, on cpu: EPYC"

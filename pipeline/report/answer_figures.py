@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from pipeline.config import off_profile_words
 from pipeline.report.design_answers import which_contrast
 from pipeline.report.figures import COLORS, Skipped, new_figure
 
@@ -26,7 +27,7 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     shown["hi"] = shown["ci_hi"].where(decided, np.nan)
     profiles = shown["profile"] if "profile" in shown else pd.Series("?", index=shown.index)
     offs = shown.get("off_profile", pd.Series([[]] * len(shown), index=shown.index))
-    where = [f"{p}{_off(off)}, {_px(size)}{_machine(device)}" for p, off, size, device in
+    where = [f"{p}{off_profile_words(off)}, {_px(size)}{_machine(device)}" for p, off, size, device in
              zip(profiles, offs, shown.get("image_size", pd.Series(np.nan, index=shown.index)),
                  shown.get("device", pd.Series(None, index=shown.index)))]
     designs = shown["design_variant"] if "design_variant" in shown else pd.Series(None, index=shown.index)
@@ -36,10 +37,6 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
                       for v, w, o, n, split in zip(names, where, shown["outcome"], shown["seeds"], shown["split"])]
     shown["marker"] = ["s" if at else "o" for at in shown.get("chapter_protocol", profiles == "chapter")]
     return shown.sort_values(["variant", "label"]).iloc[::-1]  # an exercise's profiles side by side
-
-
-def _off(knobs) -> str:
-    return f" with {', '.join(knobs)}" if isinstance(knobs, list) and knobs else ""
 
 
 def _px(size) -> str:

@@ -63,8 +63,8 @@ def family_outcomes(frame: pd.DataFrame) -> pd.Series:
 
 VERDICT_WORDS = ("A verdict is **better** or **worse** when the interval of the paired difference over new seeds "
                  "excludes 0, **equivalent** when it lies within ±0.01 mAP, **undecided** when the seeds ran out "
-                 "first, **pending** while seeds are still coming in (the run stopped, or chose other contrasts, "
-                 "before either); **not decided** means only the search's one-seed trials exist (run the variant's "
+                 "first, **pending** when neither has happened yet (the run stopped, or spent its seeds on other "
+                 "contrasts, first: `--decide` again goes on); **not decided** means only the search's one-seed trials exist (run the variant's "
                  "sweep with `--decide`).")
 
 
@@ -191,7 +191,7 @@ def fidelity_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | No
         text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
                  "shown: " + where(frame[proxy & ~study_shown]) + ".")
     if (pending & at_chapter).any():
-        text += (" Still being decided at the chapter's protocol (paired seeds are coming in; no answer yet): "
+        text += (" Still being decided at the chapter's protocol (pending: seeds left to add, no answer yet): "
                  + where(frame[pending & at_chapter]) + ".")
     if (~tested & ~pending & at_chapter).any():
         text += (" Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): "
@@ -270,7 +270,9 @@ def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> P
     if frame.empty:
         raise ReportError(f"no study of the chapter's exercises in {storage}: run `python cli.py sweep VARIANT` for "
                           f"one of {', '.join(experiments.exercises())} first")
-    frame.to_csv(folder / "answers.csv", index=False)
+    written = frame.assign(off_profile=frame["off_profile"].map(lambda off: ", ".join(off) if isinstance(off, list)
+                                                                 else "")) if "off_profile" in frame else frame
+    written.to_csv(folder / "answers.csv", index=False)  # the knobs as text: "lr_schedule=cosine", not a list repr
     devices, profiles = (sorted({str(v) for v in frame.get(c, pd.Series(dtype=str)).dropna()} - {"?"})
                          for c in ("device", "profile"))  # "?": a study that did not record it
     blocks = [Block("h1", "Answers to the exercises of “Single Shot Multibox Detection” (Dive into Deep Learning)"),

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import optuna
 import pandas as pd
 
-from pipeline.config import make_config
+from pipeline.config import PROTOCOL_EXTRAS, PROTOCOL_KNOBS, make_config
 from pipeline.metric_names import metric_meaning, objective_label
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.figures import (Skipped, param_importances, plot_ap_by_size, plot_epochs, plot_heatmap,
@@ -38,13 +38,10 @@ def _when(trials: pd.DataFrame) -> str:
     return f"{start.min():%Y-%m-%d %H:%M}{last}"
 
 
-PROTOCOL_KNOBS = ("image_size", "epochs", "batch_size", "lr", "train_images", "val_images")
-
-
 def protocol_note(base_config: dict[str, Any]) -> list[str]:
     """Where the study's base configuration departs from the chapter's protocol (none: an empty list)."""
     chapter = dataclasses.asdict(make_config("chapter"))
-    changed = [k for k in PROTOCOL_KNOBS if k in base_config and base_config[k] != chapter[k]]
+    changed = [k for k in (*PROTOCOL_KNOBS, *PROTOCOL_EXTRAS) if k in base_config and base_config[k] != chapter[k]]
     if not changed:
         return []
     return ["The control is the chapter's model and loss, trained here with "

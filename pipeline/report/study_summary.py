@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from pipeline.config import PROTOCOL_EXTRAS, PROTOCOL_KNOBS
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
 from pipeline.report.select import list_studies
@@ -80,13 +81,14 @@ def seeds_per_trial(trials: pd.DataFrame) -> int:
 
 
 def baseline_spread(storage: str, profile: str | None, base_config: dict) -> dict[str, Any] | None:
-    """The seed spread of a baseline study in the storage with the same profile, data set and input side, if one
-    has 3 or more values (a baseline on bananas at 64 px says nothing of shapes at 128)."""
+    """The seed spread of a baseline study in the storage with the same profile, data set and protocol (input side,
+    epochs, batch, lr, schedule and the rest), if one has 3 or more values (a baseline on bananas at 64 px says
+    nothing of shapes at 128, nor of 64 px with a cosine tail)."""
     for row in list_studies(storage):
         if row["variant"] == "baseline" and row["profile"] == profile and row["n_complete"] >= 3:
             study = optuna.load_study(study_name=row["name"], storage=storage)
             base = stored_base_config(study)
-            if all(base.get(k) == base_config.get(k) for k in ("dataset", "image_size")):
+            if all(base.get(k) == base_config.get(k) for k in ("dataset", *PROTOCOL_KNOBS, *PROTOCOL_EXTRAS)):
                 return {"study": row["name"], **seed_spread(trials_frame(study))}
     return None
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.config import off_profile_words
+
 
 def counted(n: int, noun: str) -> str:
     plural = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
@@ -27,8 +29,7 @@ def decided_at(r) -> str:
     size = r.get("image_size")
     data = Path(str(r["dataset"])).name if isinstance(r.get("dataset"), str) else "?"
     device = r.get("device")
-    off = r.get("off_profile")
-    return (f"{r.get('profile') or '?'} profile" + (f" with {', '.join(off)}" if isinstance(off, list) and off else "")
+    return (f"{r.get('profile') or '?'} profile{off_profile_words(r.get('off_profile'))}"
             + f", {data}" + (f", {int(size)} px" if size == size and size else "")
             + (f", on {device}" if isinstance(device, str) and device else ""))
 

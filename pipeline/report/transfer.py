@@ -181,18 +181,17 @@ def label_points(ax, labels: list[str], effects: pd.DataFrame) -> None:
     """Labels placed by adjustText's repulsion so that none overlaps another label, a point or its error bars, and
     none leaves the frame; a label pushed away from its point gets a thin line back to it."""
     x, y = effects["delta_quick"].to_numpy(), effects["delta_chapter"].to_numpy()
-    texts = [ax.text(xi, yi, label, fontsize=8) for label, xi, yi in zip(labels, x, y)]
+    texts = [ax.text(xi, yi, fill(label, 30), fontsize=8) for label, xi, yi in zip(labels, x, y)]
     ax.figure.draw_without_rendering()  # constrained layout fixes the axes' size before the labels move
-    adjust_text(texts, x=x, y=y, objects=_error_boxes(ax, effects), ax=ax, force_static=(0.4, 0.8), expand=(1.3, 1.6),
+    adjust_text(texts, x=x, y=y, objects=error_boxes(effects), ax=ax, force_static=(0.4, 0.8), expand=(1.3, 1.6),
                 arrowprops={"arrowstyle": "-", "color": COLORS["control"], "lw": 0.5})
 
 
-def _error_boxes(ax, effects: pd.DataFrame) -> list[Bbox]:
-    """Each point's ±1 standard error cross, as a box in display coordinates."""
+def error_boxes(effects: pd.DataFrame) -> list[Bbox]:
+    """Each point's ±1 standard error cross, as a box in data coordinates (what adjustText's objects take)."""
     x, y = effects["delta_quick"].to_numpy(), effects["delta_chapter"].to_numpy()
     dx, dy = effects["se_quick"].fillna(0).to_numpy(), effects["se_chapter"].fillna(0).to_numpy()
-    corners = np.stack([np.column_stack([x - dx, y - dy]), np.column_stack([x + dx, y + dy])], axis=1)
-    return [Bbox(ax.transData.transform(pair)) for pair in corners]
+    return [Bbox([[a - u, b - v], [a + u, b + v]]) for a, b, u, v in zip(x, y, dx, dy)]
 
 
 def write_transfer(storage: str, quick_name: str, chapter_name: str, folder: Path) -> Path:

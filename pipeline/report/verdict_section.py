@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import knobs_off_profile
 from pipeline.report.document import Block
 from pipeline.report.gather import StudyData
 from pipeline.report.text import params_text
@@ -115,7 +116,8 @@ def _decided_blocks(record: dict[str, Any], d: StudyData) -> list[Block]:
 
 def _undecided_blocks(d: StudyData) -> list[Block]:
     dataset, profile = d.base_config.get("dataset"), d.attrs.get("profile")
-    measured = measured_seed_sd(dataset, profile, d.base_config.get("image_size"))
+    measured = measured_seed_sd(dataset, profile, d.base_config.get("image_size"),
+                                knobs_off_profile(d.base_config, profile))
     text = ("**Not decided**: the search scores each setting on one seed (or the mean of a few), on the "
             "validation split it searched on. Run the sweep again with `--decide` to add seeds to the best setting "
             "and the control until the difference is decided.")

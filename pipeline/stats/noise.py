@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -197,26 +198,31 @@ MEASURED_PAIRED_SD = {("bananas", "quick", 64): (("negative-sampling: random, 10
                                                  ("loss-weights: box weight 4", 0.0718, 3))}
 
 
-def measured_paired_sd(dataset: str, profile: str, image_size: int) -> tuple[float, tuple] | None:
-    """(median, the verdicts' entries) of the paired sds measured for this data, profile and side, if any were."""
-    entries = MEASURED_PAIRED_SD.get((dataset, profile, image_size))
+def measured_paired_sd(dataset: str, profile: str, image_size: int, off_profile: Sequence[str] = ()
+                       ) -> tuple[float, tuple] | None:
+    """(median, the verdicts' entries) of the paired sds measured for this data, profile and side, if any were;
+    None for a run with knobs off its profile (off_profile: ['lr_schedule=cosine']), which none was measured with."""
+    entries = None if off_profile else MEASURED_PAIRED_SD.get((dataset, profile, image_size))
     return (float(np.median([sd for _, sd, _ in entries])), entries) if entries else None
 
 
-def measured_seed_sd(dataset: str, profile: str, image_size: int) -> tuple[float, int] | None:
-    """(sd, seeds) of the control's val/map measured for this data, profile and input side, if it was."""
-    return MEASURED_SEED_SD.get((dataset, profile, image_size))
+def measured_seed_sd(dataset: str, profile: str, image_size: int, off_profile: Sequence[str] = ()
+                     ) -> tuple[float, int] | None:
+    """(sd, seeds) of the control's val/map measured for this data, profile and input side, if it was (never for a
+    run with knobs off its profile)."""
+    return None if off_profile else MEASURED_SEED_SD.get((dataset, profile, image_size))
 
 
-def noise_sd_text(dataset: str, profile: str, image_size: int) -> str:
+def noise_sd_text(dataset: str, profile: str, image_size: int, off_profile: Sequence[str] = ()) -> str:
     """One sentence on how big seed noise is for this data and profile, to read a one-seed Δ against."""
-    measured = measured_seed_sd(dataset, profile, image_size)
+    measured = measured_seed_sd(dataset, profile, image_size, off_profile)
     if measured is None:
-        from pipeline.config import PROFILES, make_config
+        from pipeline.config import PROFILES, make_config, off_profile_words
         own_side = make_config(profile).image_size if profile in PROFILES else None
-        side = "" if image_size == own_side else f" --set image_size={image_size}"
-        return (f"The seed noise of {dataset} at the {profile} profile ({image_size} px) is not measured yet: "
-                f"python cli.py noise --dataset {dataset} --profile {profile}{side}.")
+        sets = [*([] if image_size == own_side else [f"image_size={image_size}"]), *off_profile]
+        return (f"The seed noise of {dataset} at the {profile} profile{off_profile_words(off_profile)} ({image_size} px) is not measured yet: "
+                f"python cli.py noise --dataset {dataset} --profile {profile}" + "".join(f" --set {s}" for s in sets)
+                + ".")
     sd, seeds = measured
     text = (f"Seed noise on {dataset} ({profile} profile, {image_size} px) is sd ≈ {sd:.2g} mAP ({seeds} seeds): two "
             f"one-seed runs of one setting differ by up to about ±{2.8 * sd:.2g} (95%).")

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 import experiments
-from pipeline.config import RunConfig, active_params
+from pipeline.config import RunConfig, active_params, knobs_off_profile
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import device_description, resolve_device
 from pipeline.model.pack import PackError, check_fits
@@ -48,6 +48,7 @@ def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, 
             "control_value": control.value if control else None, "seeds_per_trial": options.seeds_per_trial,
             "dataset": stored_base_config(study).get("dataset"),
             "image_size": stored_base_config(study).get("image_size"),
+            "off_profile": knobs_off_profile(stored_base_config(study), options.profile),
             "best_ci95": (best.user_attrs.get("metrics") or {}).get(f"{study_objective(study)}_ci95") if best else None,
             "best_seed_values": best.user_attrs.get("seed_values") if best else None,
             **verdict_summary(study, best, control, options.seeds_per_trial),

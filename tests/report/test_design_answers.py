@@ -74,7 +74,7 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     text = fidelity_blocks(frame)[1].text
     assert ("The chapter's answers: `loss-weights` by the design `quick-winners-chapter` (chapter profile, bananas, "
             "256 px, on cpu: AMD EPYC (2 cores)).") in text  # focal is pending, on 2 seeds: not an answer yet
-    assert ("Still being decided at the chapter's protocol (paired seeds are coming in; no answer yet): `focal-loss` "
+    assert ("Still being decided at the chapter's protocol (pending: seeds left to add, no answer yet): `focal-loss` "
             "by the design `quick-winners-chapter` (chapter profile, bananas, 256 px, on cpu: AMD EPYC (2 cores)).") in text
     assert "not shown: `loss-weights` (quick profile, bananas, 64 px)." in text
     searched_there = {**searched.iloc[0].to_dict(), "study": "loss-weights-chapter", "profile": "chapter",

@@ -219,6 +219,7 @@ def test_report_all_and_the_cli(swept):
     table = pd.read_csv(summary / "answers.csv")
     assert set(table["study"]) == {"focal-loss-quick", "smooth-l1-quick", "loss-weights-quick", "pruned-only"}
     focal = table.set_index("study").loc["focal-loss-quick"]
+    assert focal["off_profile"] == TINY_OFF_PROFILE  # the knobs off the profile, as text
     conf = load("focal-loss-quick").user_attrs["confirmation"]
     assert focal["confirmed_delta"] == pytest.approx(np.mean(np.subtract(conf["best"], conf["control"])))
     assert_real_png(summary / "figures" / "forest.png")

@@ -9,13 +9,14 @@ import pytest
 import pandas as pd
 from scipy import stats
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 from typer.testing import CliRunner
 
 from cli import app
 from conftest import plain
 from pipeline.config import make_config
 from pipeline.report.answers import fidelity_blocks
-from pipeline.report.transfer import (agreement, label_points, paired_effects, point_labels, settings_tested,
+from pipeline.report.transfer import (agreement, error_boxes, label_points, paired_effects, point_labels, settings_tested,
                                       write_transfer)
 
 QUICK = {1.0: [0.02, 0.03, 0.01], 2.0: [0.05, 0.04, 0.06], 4.0: [0.09, 0.12, 0.1], 0.5: [-0.02, -0.01, -0.03]}
@@ -280,7 +281,8 @@ def test_the_scatters_labels_stay_apart_and_inside_the_frame_where_points_crowd(
                             "se_quick": [0.004, 0.004, 0.001, 0.007], "se_chapter": [0.003, 0.007, 0.0008, 0.008]})
     figure = Figure(figsize=(6.5, 5.5), layout="constrained")
     ax = figure.subplots()
-    ax.errorbar(effects["delta_quick"], effects["delta_chapter"], fmt="o")
+    ax.errorbar(effects["delta_quick"], effects["delta_chapter"], xerr=effects["se_quick"],
+                yerr=effects["se_chapter"], fmt="o")
     ax.set(xlim=(-0.09, 0.09), ylim=(-0.09, 0.09))
     label_points(ax, ["focal loss, gamma 0.1", "random negatives 10:1", "smooth L1 sigma 1", "box weight 4"], effects)
     figure.draw_without_rendering()
@@ -288,3 +290,5 @@ def test_the_scatters_labels_stay_apart_and_inside_the_frame_where_points_crowd(
     frame = ax.get_window_extent()
     assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    bars = [Bbox(ax.transData.transform(box.get_points())) for box in error_boxes(effects)]
+    assert not any(label.overlaps(bar) for label in boxes for bar in bars)  # nor a point's error bars

@@ -117,6 +117,18 @@ def test_the_seed_noise_sentence_is_for_the_input_side_it_was_measured_at():
     assert noise_sd_text("shapes", "chapter", 96).endswith("--dataset shapes --profile chapter --set image_size=96.")
 
 
+def test_a_run_off_its_profile_is_never_shown_the_profiles_measured_noise():
+    from pipeline.stats.noise import measured_paired_sd, measured_seed_sd, noise_sd_text
+
+    assert measured_seed_sd("bananas", "quick", 64) and measured_paired_sd("bananas", "quick", 64)
+    cosine = ["lr_schedule=cosine"]
+    assert measured_seed_sd("bananas", "quick", 64, cosine) is None
+    assert measured_paired_sd("bananas", "quick", 64, cosine) is None
+    assert noise_sd_text("bananas", "quick", 64, cosine) == (
+        "The seed noise of bananas at the quick profile with lr_schedule=cosine (64 px) is not measured yet: "
+        "python cli.py noise --dataset bananas --profile quick --set lr_schedule=cosine.")
+
+
 def test_an_sd_from_few_seeds_is_quoted_with_its_interval():
     from pipeline.stats.noise import noise_sd_text, sd_interval
 
