@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import experiments
 from cli import app
-from conftest import plain, tiny_args
+from conftest import TINY_OFF_PROFILE, plain, tiny_args
 from pipeline.config import RunConfig, active_params, make_config, parse_overrides
 from pipeline.study.optuna_study import ensure_control
 from pipeline.study.space import describe_space
@@ -130,7 +130,9 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(workdir, tiny_bananas):
     assert again.exit_code == 0, again.output
     said = plain(again.output)  # the sweep's last lines: no verdict on one seed each, and why
     assert "Verdict: not decided (one seed each)" in said
-    assert "at the quick profile (64 px) is not measured yet: python cli.py noise --dataset" in said
+    # these runs leave the quick profile, so its measured noise is not theirs; the command measures theirs
+    assert f"at the quick profile with {TINY_OFF_PROFILE} (64 px) is not measured yet: python cli.py noise" in said
+    assert "--profile quick --set epochs=1 --set batch_size=4 --set train_images=8 --set val_images=4." in said
     study = optuna.load_study(study_name="focal-loss-quick", storage="sqlite:///optuna.db")
     assert len(study.trials) == 4
     parents, children = child_runs("focal-loss-quick")
