@@ -9,6 +9,7 @@ the file only (its header and, read-only, its table names).
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import sqlalchemy
@@ -27,6 +28,21 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
+
+
+def table_names(path: Path) -> set[str]:
+    """The tables of the SQLite file at path, read without writing to it, unless a process killed mid-write left a
+    hot journal: then SQLite must roll it back before anything can read the file (what the tool's own first open
+    would do), and a read-only open refuses with SQLITE_READONLY_ROLLBACK."""
+    query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return {row[0] for row in db.execute(query)}
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_READONLY_ROLLBACK:
+            raise
+    with closing(sqlite3.connect(path)) as db:  # recovers the hot journal, then reads
+        return {row[0] for row in db.execute(query)}
 
 
 def sqlite_problem(url: str, tool: str) -> str | None:
@@ -54,8 +70,7 @@ def sqlite_problem(url: str, tool: str) -> str | None:
             header = f.read(len(SQLITE_HEADER))
         if header != SQLITE_HEADER:
             return f"{path} is not a SQLite database"
-        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = table_names(path)
     except (OSError, sqlite3.Error) as exc:
         return f"{path} cannot be read as a SQLite database ({exc})"
     own_table, own_name = OWN_TABLES[tool]

@@ -5,8 +5,10 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import mlflow.artifacts
@@ -323,3 +325,28 @@ def test_a_study_name_that_is_not_plain_is_a_usage_error(tmp_path, monkeypatch):
     result = runner.invoke(app, ["sweep", "focal-loss", "--study-name", "a`b/../c", "--device", "cpu"])
     assert result.exit_code == 2 and "--study-name" in plain(result.output)
     assert not any(tmp_path.iterdir())  # refused before anything was stored
+
+
+def test_a_store_left_with_a_hot_journal_by_kill_9_is_recovered_not_refused(tmp_path):
+    """A process killed mid-write leaves a hot rollback journal; a read-only open cannot roll it back
+    (SQLITE_READONLY_ROLLBACK), so the store check used to refuse the next run's MLflow store as unreadable."""
+    from pipeline.sqlite_files import sqlite_problem
+
+    path = tmp_path / "mlflow.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE experiments (name TEXT)")
+        db.execute("INSERT INTO experiments VALUES ('kept')")
+        db.commit()
+    writer = ("import os, signal, sqlite3, sys\n"
+              "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "db.execute('PRAGMA cache_size=1')\n"  # spill pages to the file mid-transaction
+              "db.execute('BEGIN')\n"
+              "db.execute('CREATE TABLE half (x TEXT)')\n"
+              "for _ in range(2000): db.execute('INSERT INTO half VALUES (?)', ('x' * 1000,))\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", writer, str(path)], check=False)
+    assert Path(f"{path}-journal").stat().st_size > 0  # the hot journal is there
+    assert sqlite_problem(f"sqlite:///{path}", "mlflow") is None
+    with closing(sqlite3.connect(path)) as db:  # rolled back: the committed row kept, the killed write gone
+        assert db.execute("SELECT name FROM experiments").fetchall() == [("kept",)]
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall() == []
