@@ -64,8 +64,8 @@ def family_outcomes(frame: pd.DataFrame) -> pd.Series:
 VERDICT_WORDS = ("A verdict is **better** or **worse** when the interval of the paired difference over new seeds "
                  "excludes 0, **equivalent** when it lies within ±0.01 mAP, **undecided** when the seeds ran out "
                  "first, **pending** when neither has happened yet (the run stopped, or spent its seeds on other "
-                 "contrasts, first: `--decide` again goes on); **not decided** means only the search's one-seed trials exist (run the variant's "
-                 "sweep with `--decide`).")
+                 "contrasts, first: `--decide` again goes on); **not decided** means only the search's one-seed "
+                 "trials exist (run the variant's sweep with `--decide`).")
 
 
 def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:

@@ -165,7 +165,8 @@ def plot_transfer(effects: pd.DataFrame, labels: tuple[str, str], path: Path) ->
         label_points(ax, names, effects)
     return (f"Each setting's mean paired Δ against its control at {labels[0]} (x) and {labels[1]} (y), ±1 standard "
             "error over its seeds. On the dashed diagonal the effect carries over unchanged; in the shaded quadrants "
-            "the two profiles disagree on its sign." + (f" Each label leaves out “{shared}”, which every setting's name ends with." if shared else ""))
+            "the two profiles disagree on its sign."
+            + (f" Each label leaves out “{shared}”, which every setting's name ends with." if shared else ""))
 
 
 def point_labels(settings: pd.Series) -> tuple[list[str], str]:

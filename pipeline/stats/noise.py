@@ -220,7 +220,8 @@ def noise_sd_text(dataset: str, profile: str, image_size: int, off_profile: Sequ
         from pipeline.config import PROFILES, make_config, off_profile_words
         own_side = make_config(profile).image_size if profile in PROFILES else None
         sets = [*([] if image_size == own_side else [f"image_size={image_size}"]), *off_profile]
-        return (f"The seed noise of {dataset} at the {profile} profile{off_profile_words(off_profile)} ({image_size} px) is not measured yet: "
+        where = f"the {profile} profile{off_profile_words(off_profile)} ({image_size} px)"
+        return (f"The seed noise of {dataset} at {where} is not measured yet: "
                 f"python cli.py noise --dataset {dataset} --profile {profile}" + "".join(f" --set {s}" for s in sets)
                 + ".")
     sd, seeds = measured
