@@ -19,20 +19,15 @@ from pipeline.report.answer_figures import plot_forest
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import Skipped
 from pipeline.report.overview import summary_frame
-from pipeline.report.design_answers import design_answer_rows, design_rows, which_contrast
+from pipeline.report.design_answers import by_design, design_answer_rows, design_rows
 from pipeline.report.design_section import effects_section, is_design
 from pipeline.report.select import ReportError, list_studies
-from pipeline.report.text import counted, decided_at, fmt
+from pipeline.report.text import counted, decided_at, delta_text, fmt
 from pipeline.report.transfer_section import transfer_section
-from pipeline.stats.verdict import holm, interval_text
+from pipeline.report.whose_answer import whose_answer_blocks
+from pipeline.stats.verdict import holm
 
 DELTA = 0.01  # the equivalence margin the verdicts use by default (sweep --delta)
-
-
-def _interval(r: pd.Series) -> str:
-    if not r["seeds"]:
-        return "n/a" if pd.isna(r["delta"]) else f"{r['delta']:+.4f} (one seed, not tested)"
-    return f"{r['confirmed_delta']:+.4f} {interval_text(r['ci_lo'], r['ci_hi'])}"
 
 
 def _hours(r: pd.Series) -> str:
@@ -74,7 +69,7 @@ def glance_table(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return pd.DataFrame({"exercise": [_link(v, folder, p if isinstance(p, str) else None)
                                       for v, p in zip(frame["variant"], pages)], "question": frame["question"],
                          "verdict": frame["outcome"], "verdict, as one family of the sheet": family_outcomes(frame),
-                         "Δ mAP [interval, 95% for the decision]": frame.apply(_interval, axis=1),
+                         "Δ mAP [interval, 95% for the decision]": frame.apply(delta_text, axis=1),
                          "best setting": frame["best_params"], "new seeds": seeds,
                          "decided at": frame.apply(decided_at, axis=1), "scored on": frame["split"],
                          "hours (search + verdict)": frame.apply(_hours, axis=1)})
@@ -159,46 +154,6 @@ def _missing_blocks(frame: pd.DataFrame) -> list[Block]:
     return [Block("h2", "Not measured yet"), *blocks] if blocks else []
 
 
-def fidelity_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> list[Block]:
-    """Whose answer each verdict is: the chapter's where it was decided at the chapter's protocol, or where its
-    study's transfer to it was shown and its own setting's sign is decided the same way there (``carried``: study
-    name -> setting -> the sign decided there, from pipeline.report.transfer_section). Any other verdict answers
-    its own profile's question; a study with the search's one-seed trials only answers nothing."""
-    def where(rows: pd.DataFrame) -> str:
-        return ", ".join(f"`{r['variant']}`{by} ({decided_at(r)})" for by, (_, r) in zip(_by_design(rows),
-                                                                                      rows.iterrows()))
-    carried = carried or {}
-    pending = frame["outcome"] == "pending"  # a design still taking seeds: no verdict yet, so no answer
-    tested = (frame["seeds"].fillna(0).astype(int) > 0) & ~pending
-    at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
-    study_shown = frame["study"].isin(carried)
-    shown = pd.Series([r["outcome"] in ("better", "worse") and carried.get(r["study"], {}).get(r.get("setting")) ==
-                       r["outcome"] for _, r in frame.iterrows()], index=frame.index, dtype=bool)
-    proxy = tested & ~at_chapter
-    text = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "
-            "batch 32, lr 0.2), or at a profile whose effects were shown to carry over to it.")
-    if (tested & at_chapter).any():
-        text += " The chapter's answers: " + where(frame[tested & at_chapter]) + "."
-    if (proxy & shown).any():
-        text += (" The chapter's answers by transfer, decided on a proxy whose study's effects were shown to carry "
-                 "over, each with its own setting's sign decided the same way at the chapter's protocol (the section "
-                 "below): " + where(frame[proxy & shown]) + ".")
-    if (proxy & study_shown & ~shown).any():
-        text += (" Decided on a proxy whose study's effects were shown to carry over, but not carried: the verdict is "
-                 "not better or worse, or its setting's sign is not (yet) decided the same way at the chapter's "
-                 "protocol: " + where(frame[proxy & study_shown & ~shown]) + ".")
-    if (proxy & ~study_shown).any():
-        text += (" Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
-                 "shown: " + where(frame[proxy & ~study_shown]) + ".")
-    if (pending & at_chapter).any():
-        text += (" Still being decided at the chapter's protocol (pending: seeds left to add, no answer yet): "
-                 + where(frame[pending & at_chapter]) + ".")
-    if (~tested & ~pending & at_chapter).any():
-        text += (" Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): "
-                 + where(frame[~tested & ~pending & at_chapter]) + ".")
-    return [Block("h2", "Whose answer each verdict is"), Block("p", text), *family_blocks(frame)]
-
-
 def family_blocks(frame: pd.DataFrame) -> list[Block]:
     """What the sheet's 95% covers, and the control seeds its verdicts share."""
     tested = sum(len(d) for d in frame["candidate_diffs"])
@@ -216,7 +171,7 @@ def family_blocks(frame: pd.DataFrame) -> list[Block]:
                                  f"and reused by every verdict whose control is that same run): "
                                  + "; ".join(f"`{r['variant']}`{by} on seeds {r['verdict_seeds']} (control mean "
                                              f"{fmt(r['control_mean'])})" for by, (_, r) in
-                                             zip(_by_design(rows), rows.iterrows())) + "."))
+                                             zip(by_design(rows), rows.iterrows())) + "."))
     return blocks
 
 
@@ -235,13 +190,6 @@ def searches_frame(storage: str, designs: list) -> pd.DataFrame:
         if not designs:
             raise
         return pd.DataFrame()
-
-
-def _by_design(frame: pd.DataFrame) -> list[str]:
-    """' by the design `quick-winners-chapter`' for a design's row ('… (its contrast)' where the design answers
-    the exercise with more than one), '' for a search's."""
-    return [f" by the design `{study}`{which}" if design else ""
-            for study, design, which in zip(frame["study"], design_rows(frame), which_contrast(frame))]
 
 
 def with_design_answers(frame: pd.DataFrame, designs: list) -> pd.DataFrame:
@@ -285,7 +233,7 @@ def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> P
                          "configuration under the same profile.")]
     transfer, carried = transfer_section(storage, folder, evidence)
     searched = frame[~design_rows(frame)]  # the VOC, anchor and threshold sections read the searches' runs
-    blocks += _glance_blocks(frame, folder) + fidelity_blocks(frame, carried) + transfer + _voc_blocks(searched)
+    blocks += _glance_blocks(frame, folder) + whose_answer_blocks(frame, carried) + family_blocks(frame) + transfer + _voc_blocks(searched)
     blocks += anchor_blocks(searched, folder)
     blocks += effects_section(designs) + _threshold_blocks(searched) + _missing_blocks(frame)
     blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study, and one per designed "

@@ -77,3 +77,10 @@ def which_contrast(frame: pd.DataFrame) -> list[str]:
     several = frame.groupby(["study", "variant"])["variant"].transform("size") > 1
     return [f" ({setting})" if many and design else ""
             for setting, many, design in zip(frame["setting"], several, design_rows(frame))]
+
+
+def by_design(frame: pd.DataFrame) -> list[str]:
+    """' by the design `quick-winners-chapter`' for a design's row ('… (its contrast)' where the design answers
+    the exercise with more than one), '' for a search's."""
+    return [f" by the design `{study}`{which}" if design else ""
+            for study, design, which in zip(frame["study"], design_rows(frame), which_contrast(frame))]

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import off_profile_words
+from pipeline.stats.verdict import interval_text
 
 
 def counted(n: int, noun: str) -> str:
@@ -32,6 +33,16 @@ def decided_at(r) -> str:
     return (f"{r.get('profile') or '?'} profile{off_profile_words(r.get('off_profile'))}"
             + f", {data}" + (f", {int(size)} px" if size == size and size else "")
             + (f", on {device}" if isinstance(device, str) and device else ""))
+
+
+def delta_text(r) -> str:
+    """A row's Δ mAP against its control: the verdict's mean paired Δ and interval over new seeds, or the search's
+    one-seed difference, marked as not tested."""
+    if not r["seeds"]:
+        delta = r.get("delta")
+        return "n/a" if delta is None or pd.isna(delta) else f"{delta:+.4f} (one seed, not tested)"
+    delta = r.get("confirmed_delta")
+    return "n/a" if delta is None or pd.isna(delta) else f"{delta:+.4f} {interval_text(r['ci_lo'], r['ci_hi'])}"
 
 
 def fmt(value: Any, digits: int = 4) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import optuna
+import pandas as pd
 
 from pipeline.config import PROTOCOL_KNOBS, RunConfig, at_chapter_protocol, protocol
 from pipeline.report.document import Block
@@ -75,10 +76,10 @@ def is_shown(summary: dict, effects) -> bool:
 
 
 def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: Path, source: str
-                 ) -> tuple[list[Block], dict[str, str] | None]:
-    """One pair's heading, agreement, table and scatter; and, where its transfer is shown, each setting's sign as
-    the nearer study decides it ("better", "worse" or "": pipeline.report.transfer.signs_there; None where the
-    transfer is not shown)."""
+                 ) -> tuple[list[Block], dict[str, str] | None, dict]:
+    """One pair's heading, agreement, table and scatter; where its transfer is shown, each setting's sign as the
+    nearer study decides it ("better", "worse" or "": pipeline.report.transfer.signs_there; None where the
+    transfer is not shown); and its row of the section's summary (summary_row)."""
     cheap, near = pair
     pair_blocks, summary, effects = transfer_blocks(pair, folder, figure)
     shown = is_shown(summary, effects)
@@ -89,7 +90,25 @@ def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: 
         title = (f"`{variant}`: `{cheap.study_name}` to the rung `{near.study_name}`, "
                  f"{protocol(stored_base_config(near))} ({'carries over' if shown else 'not shown'} by the rule)")
     signs = dict(zip(effects["setting"], signs_there(effects))) if shown else None
-    return [Block("h3", title + source), *pair_blocks], signs
+    return [Block("h3", title + source), *pair_blocks], signs, summary_row(pair, summary, effects, shown, source)
+
+
+def summary_row(pair: tuple[optuna.Study, optuna.Study], summary: dict, effects, shown: bool, source: str) -> dict:
+    """A pair in one line: which studies, how near the nearer one is, and the agreement the rule reads."""
+    cheap, near = pair
+    seeds = min((len(d) for d in [*effects["diffs_quick"], *effects["diffs_chapter"]]), default=0)
+    tau = ("n/a (fewer than 3 settings)" if summary["tau"] != summary["tau"] else
+           f"{summary['tau']:+.2f} [{summary['tau_lo']:+.2f}, {summary['tau_hi']:+.2f}]")
+    chapter = at_chapter_protocol(stored_base_config(near))
+    return {"variant": f"`{cheap.user_attrs.get('variant', cheap.study_name)}`",
+            "cheaper study": f"`{cheap.study_name}` ({protocol(stored_base_config(cheap))})",
+            "nearer study": f"`{near.study_name}` ("
+                            + ("the chapter's protocol" if chapter else f"rung: {protocol(stored_base_config(near))}")
+                            + (", evidence store" if source else "") + ")",
+            "settings (fewest paired seeds)": f"{summary['settings']} ({seeds})",
+            "signs agree": f"{summary['sign_agree']} of {summary['settings']}", "Kendall's τ [95%]": tau,
+            "transfer": ("shown" if shown else "not shown") if chapter and not source
+                        else ("carries over" if shown else "not shown") + " (evidence only)"}
 
 
 def transfer_section(storage: str, folder: Path, evidence: Sequence[str] = ()
@@ -99,12 +118,13 @@ def transfer_section(storage: str, folder: Path, evidence: Sequence[str] = ()
     studies decide it ("" unless all decide the same). ``evidence``: more stores whose pairs (to the chapter's
     protocol or to a rung) are shown as evidence only."""
     blocks = [Block("h2", "Do the effects carry over to the chapter's protocol?")]
-    shown, failed, rungs = {}, set(), []
+    shown, failed, rungs, rows = {}, set(), [], []
     for index, store in enumerate([storage, *evidence]):
         tag, source = (("", "") if index == 0 else (f"store{index}-", f", from `{store}` (evidence only)"))
         for pair in transfer_pairs(tested_studies(store)):
             figure = Path("figures") / f"transfer-{tag}{pair[0].study_name}-{pair[1].study_name}.png"
-            pair_blocks, signs = pair_section(pair, folder, figure, source)
+            pair_blocks, signs, row = pair_section(pair, folder, figure, source)
+            rows.append(row)
             if index == 0 and at_chapter_protocol(stored_base_config(pair[1])):
                 name = pair[0].study_name
                 if signs is None:
@@ -115,10 +135,17 @@ def transfer_section(storage: str, folder: Path, evidence: Sequence[str] = ()
                 blocks += pair_blocks
             else:
                 rungs += pair_blocks
-    if not set(shown) | failed:
-        blocks.append(Block("p", NOT_MEASURED))
-    else:
-        blocks.insert(1, Block("p", f"A cheaper study's verdict counts as the chapter's answer only where {SHOWN}."))
+    rule = (NOT_MEASURED if not set(shown) | failed
+            else f"A cheaper study's verdict counts as the chapter's answer only where {SHOWN}.")
+    blocks[1:1] = [Block("p", rule), *(summary_blocks(rows) if rows else [])]
     if rungs:
         blocks += [Block("p", RUNGS), *rungs]
     return blocks, {name: settings for name, settings in shown.items() if name not in failed}
+
+
+def summary_blocks(rows: list[dict]) -> list[Block]:
+    """Every pair below in one table: those to the chapter's protocol first, then the rungs and evidence."""
+    table = pd.DataFrame(rows)
+    table = table.sort_values("transfer", key=lambda t: t.str.endswith("(evidence only)"), kind="stable")
+    return [Block("p", "Every pair below, in one table (each has its own table of settings and its scatter):"),
+            Block("table", table=table.reset_index(drop=True))]

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import make_config
-from pipeline.report.answers import VERDICT_WORDS, fidelity_blocks, glance_table, with_design_answers
+from pipeline.report.answers import VERDICT_WORDS, glance_table, with_design_answers
+from pipeline.report.whose_answer import STANDINGS, standing_table, whose_answer_blocks
 from pipeline.report.design_answers import design_answer_rows
 from pipeline.stats.contrasts import spread
 
@@ -71,17 +72,22 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     assert list(zip(frame["variant"], frame["study"])) == [  # an exercise's rows together
         ("focal-loss", "quick-winners-chapter"), ("loss-weights", "loss-weights-quick"),
         ("loss-weights", "quick-winners-chapter")]
-    text = fidelity_blocks(frame)[1].text
-    assert ("The chapter's answers: `loss-weights` by the design `quick-winners-chapter` (chapter profile, bananas, "
-            "256 px, on cpu: AMD EPYC (2 cores)).") in text  # focal is pending, on 2 seeds: not an answer yet
-    assert ("Still being decided at the chapter's protocol (pending: seeds left to add, no answer yet): `focal-loss` "
-            "by the design `quick-winners-chapter` (chapter profile, bananas, 256 px, on cpu: AMD EPYC (2 cores)).") in text
-    assert "not shown: `loss-weights` (quick profile, bananas, 64 px)." in text
+    standing = standing_table(frame).set_index("exercise")
+    assert standing.loc["`loss-weights` by the design `quick-winners-chapter`", "whose answer"] == STANDINGS["chapter"]
+    assert standing.loc["`focal-loss` by the design `quick-winners-chapter`", "whose answer"] == STANDINGS["pending"]
+    assert standing.loc["`loss-weights`", "whose answer"] == STANDINGS["proxy"]  # at the quick profile
+    assert list(standing["whose answer"]) == [STANDINGS[k] for k in ("chapter", "proxy", "pending")]  # answers first
+    assert standing.loc["`loss-weights`", "decided at"] == "quick profile, bananas, 64 px"
+    blocks = whose_answer_blocks(frame)  # focal is pending, on 2 seeds: not an answer yet
+    assert blocks[2].text == ("The chapter's answers so far: `loss-weights` is better (by the design "
+                              "`quick-winners-chapter`).")
     searched_there = {**searched.iloc[0].to_dict(), "study": "loss-weights-chapter", "profile": "chapter",
                       "image_size": 256, "chapter_protocol": True, "seeds": 0, "outcome": "", "confirmed_delta": None}
-    with_search = fidelity_blocks(pd.concat([frame, pd.DataFrame([searched_there])], ignore_index=True))[1].text
-    listed = with_search.split("Searched at the chapter's protocol, with no verdict on new seeds yet (so no answer): ")
-    assert listed[1] == "`loss-weights` (chapter profile, bananas, 256 px)."  # the pending design is not listed again
+    with_search = standing_table(pd.concat([frame, pd.DataFrame([searched_there])], ignore_index=True))
+    searched_rows = with_search[with_search["whose answer"] == STANDINGS["searched"]]
+    assert list(searched_rows["exercise"]) == ["`loss-weights`"]  # the pending design is not listed again
+    assert list(searched_rows["verdict"]) == ["not decided"]
+    assert list(searched_rows["decided at"]) == ["chapter profile, bananas, 256 px"]
     table = glance_table(frame, tmp_path).set_index("best setting")
     assert table.loc["box_weight=4 (design `quick-winners`)", "verdict"] == "better"
     focal = table.loc["cls_loss=focal, focal_gamma=0.1, focal_alpha=0.75 (design `quick-winners`)"]
@@ -100,8 +106,8 @@ def test_a_store_of_designs_only_still_gets_its_sheet(tmp_path):
     winners_study(storage, "chapter")
     page = (write_answers(storage, tmp_path / "answers") / "report.md").read_text()
     assert "Made by `python cli.py report all` from the 1 study in" in page
-    assert "The chapter's answers: `loss-weights` by the design `quick-winners-chapter`" in page
-    assert "no answer yet): `focal-loss` by the design `quick-winners-chapter`" in page  # pending on 2 seeds
+    assert "The chapter's answers so far: `loss-weights` is better (by the design `quick-winners-chapter`)." in page
+    assert f"| {STANDINGS['pending']} | `focal-loss` by the design `quick-winners-chapter` | pending |" in page
     assert "| `loss-weights` | Should the box loss weigh more, or less, than the class loss? | better |" in page
     assert "## Evaluating as the SSD paper does: VOC AP at IoU 0.5" in page and "No study to show yet." in page
     assert (tmp_path / "answers" / "figures" / "forest.png").stat().st_size > 10_000
@@ -112,7 +118,7 @@ def test_a_design_answering_one_exercise_with_two_contrasts_names_each():
     text and in the forest's labels, names its contrast; a design with one contrast per exercise does not."""
     import experiments
     from pipeline.report.answer_figures import _points
-    from pipeline.report.answers import _by_design
+    from pipeline.report.design_answers import by_design
 
     assert experiments.load("input-size-design").answers == {"input x1.5": "input-size",
                                                              "anchors x0.667": "input-size"}
@@ -126,7 +132,7 @@ def test_a_design_answering_one_exercise_with_two_contrasts_names_each():
                            "design_variant": "quick-winners", "setting": "box 4 against the chapter"},
                           {**row, "study": "loss-weights-quick", "variant": "loss-weights", "design": False,
                            "design_variant": None, "setting": "box_weight=4"}])
-    assert _by_design(frame) == [" by the design `input-size-design-quick` (input x1.5)",
+    assert by_design(frame) == [" by the design `input-size-design-quick` (input x1.5)",
                                  " by the design `input-size-design-quick` (anchors x0.667)",
                                  " by the design `quick-winners-quick`", ""]
     labels = set(_points(frame)["label"])

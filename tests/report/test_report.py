@@ -25,6 +25,7 @@ from test_transfer import CHAPTER, QUICK, grid_study
 from pipeline.config import make_config
 from pipeline.machine import cpu_cores, cpu_model
 from pipeline.report import ReportError, write_report
+from pipeline.report.whose_answer import STANDINGS, standing_table, whose_answer_blocks
 from pipeline.tracking import tracking_uri
 
 runner = CliRunner()
@@ -231,8 +232,8 @@ def test_report_all_and_the_cli(swept):
     verdict = load("focal-loss-quick").user_attrs["verdict_record"]["candidates"][0]["verdict"]
     assert focal["verdict"] == f"{verdict} (on val)"  # the tiny banana folder has no test split
     where = f"quick profile with {TINY_OFF_PROFILE}, tiny_bananas, 64 px, on cpu: {cpu_model()} ({cpu_cores()} cores)"
-    assert ("Not yet the chapter's answers, decided on a proxy whose transfer to the chapter's protocol is not "
-            f"shown: `focal-loss` ({where})") in " ".join(page.split())
+    assert f"| {STANDINGS['proxy']} | `focal-loss` | {focal['outcome']} |" in page  # whose answer it is
+    assert "The chapter's answers so far: none yet." in page
     assert "| decided at |" in page and f"| {where} |" in page  # each answer names its data and machine
     assert f"| focal-loss | {where} | control |" in page  # so does each row of the VOC table
     assert "## Do the effects carry over to the chapter's protocol?\n\nNot measured yet: no exercise" in page
@@ -366,7 +367,7 @@ def test_the_header_says_what_the_objective_measures():
 
 
 def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
-    from pipeline.report.answers import family_outcomes, fidelity_blocks
+    from pipeline.report.answers import family_blocks, family_outcomes
 
     strong = [0.05, 0.06, 0.055, 0.052, 0.058, 0.061, 0.054, 0.057]
     marginal = [0.0063, 0.0037, 0.0114, 0.006, -0.0004, 0.0086, 0.018, 0.0145, -0.002, -0.0077]  # better at 5% alone,
@@ -390,17 +391,21 @@ def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
                 "control_mean": float("nan"), "device": "NVIDIA H200", "seeds": 0, "chapter_protocol": True,
                 "study": "smooth-l1-chapter-cuda"}
     rung = {**frame.iloc[1].to_dict(), "image_size": 128.0, "chapter_protocol": False, "study": "rung"}  # the chapter's, at 128 px
-    blocks = fidelity_blocks(pd.concat([frame, pd.DataFrame([searched, rung])], ignore_index=True))
-    text = blocks[1].text
-    assert "The chapter's answers: `loss-weights` (chapter profile, bananas, 256 px)." in text
-    assert ("not shown: `focal-loss` (quick profile, bananas, 64 px), `smooth-l1` (quick profile, ?, 64 px, on "
-            "cpu: AMD EPYC (2 cores)), `loss-weights` (chapter profile, bananas, 128 px).") in text  # a study that did not record its data set says so
-    assert text.endswith("no verdict on new seeds yet (so no answer): `smooth-l1` (chapter profile, bananas, 256 px, "
-                         "on NVIDIA H200).")
-    assert "corrects the sheet's 4 tested settings as one family" in blocks[2].text
-    assert "the chance that any better or worse there is wrong is at most 5%" in blocks[2].text
-    assert blocks[3].text.startswith("Shared control `control test/map abc`")
-    assert "`focal-loss` on seeds 1-6 (control mean 0.1000); `smooth-l1` on seeds 1-6" in blocks[3].text
+    everything = pd.concat([frame, pd.DataFrame([searched, rung])], ignore_index=True)
+    table = standing_table(everything)
+    assert list(zip(table["whose answer"], table["exercise"], table["decided at"])) == [
+        (STANDINGS["chapter"], "`loss-weights`", "chapter profile, bananas, 256 px"),
+        (STANDINGS["proxy"], "`focal-loss`", "quick profile, bananas, 64 px"),
+        (STANDINGS["proxy"], "`loss-weights`", "chapter profile, bananas, 128 px"),  # a rung: not the protocol
+        (STANDINGS["proxy"], "`smooth-l1`", "quick profile, ?, 64 px, on cpu: AMD EPYC (2 cores)"),  # no data set
+        (STANDINGS["searched"], "`smooth-l1`", "chapter profile, bananas, 256 px, on NVIDIA H200")]  # recorded: "?"
+    blocks = whose_answer_blocks(everything) + family_blocks(everything)
+    assert blocks[2].text == "The chapter's answers so far: `loss-weights` is better."
+    blocks = blocks[3:]
+    assert "corrects the sheet's 4 tested settings as one family" in blocks[1].text
+    assert "the chance that any better or worse there is wrong is at most 5%" in blocks[1].text
+    assert blocks[2].text.startswith("Shared control `control test/map abc`")
+    assert "`focal-loss` on seeds 1-6 (control mean 0.1000); `smooth-l1` on seeds 1-6" in blocks[2].text
     # Holm: the strong one decides at 5%/3; the marginal one, better alone, is not at 5%/2 once it has company
     assert list(family_outcomes(frame)) == ["better", "undecided", "equivalent"]
     assert list(family_outcomes(frame.iloc[:2])) == ["better", "better"]  # two: the marginal one is tried at 5%

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cli import app
 from conftest import plain
 from pipeline.config import make_config
-from pipeline.report.answers import fidelity_blocks
+from pipeline.report.whose_answer import standings, whose_answer_blocks
 from pipeline.report.transfer import (agreement, error_boxes, label_points, paired_effects, point_labels, settings_tested,
                                       write_transfer)
 
@@ -114,7 +114,13 @@ def test_the_sheet_counts_a_cheaper_studys_verdict_as_the_chapters_only_where_it
     blocks, shown = transfer_section(storage, tmp_path)
     assert shown == {"loss-weights-quick": {"box_weight=4": "better", "box_weight=2": "better",  # box weight 1's
                                             "box_weight=0.5": "worse", "box_weight=1": ""}}  # sign: not decided
-    table = next(b.table for b in blocks if b.kind == "table")                                # at 256 px
+    summary, table = [b.table for b in blocks if b.kind == "table"][:2]                      # at 256 px
+    assert sorted(zip(summary["cheaper study"].str.split().str[0], summary["transfer"])) == [  # every pair in one
+        ("`loss-weights-chapter128`", "not shown"), ("`loss-weights-quick-3-seeds`", "not shown"),  # line, the
+        ("`loss-weights-quick-3-seeds`", "not shown (evidence only)"),                          # rungs last
+        ("`loss-weights-quick`", "not shown (evidence only)"), ("`loss-weights-quick`", "shown")]
+    assert list(summary["transfer"].str.endswith("(evidence only)")) == [False] * 3 + [True] * 2
+    assert summary.set_index("transfer").loc["shown", "settings (fewest paired seeds)"] == "4 (5)"
     column = next(c for c in table.columns if c.startswith("sign decided at chapter (256 px"))
     assert dict(zip(table["setting"], table[column])) == {
         "box_weight=4": "better (as the cheap profile's mean)", "box_weight=2": "better (as the cheap profile's mean)",
@@ -136,19 +142,13 @@ def test_the_sheet_counts_a_cheaper_studys_verdict_as_the_chapters_only_where_it
     frame = pd.DataFrame([{**row, "study": "loss-weights-quick"},
                           {**row, "study": "loss-weights-quick-3-seeds", "device": "NVIDIA H200"},
                           {**row, "study": "loss-weights-chapter128", "profile": "chapter", "image_size": 128.0}])
-    text = fidelity_blocks(frame, shown)[1].text
-    assert ("The chapter's answers by transfer, decided on a proxy whose study's effects were shown to carry over, "
-            "each with its own setting's sign decided the same way at the chapter's protocol (the section below): "
-            "`loss-weights` (quick profile, bananas, 64 px).") in text
-    assert text.endswith("is not shown: `loss-weights` (quick profile, bananas, 64 px, on NVIDIA H200), "
-                         "`loss-weights` (chapter profile, bananas, 128 px).")  # the same protocol, not its transfer
-    assert fidelity_blocks(frame)[1].text.count("by transfer") == 0  # no transfer given: none counts
+    standing = standings(frame, shown)
+    assert list(standing) == ["carried", "proxy", "proxy"]  # a rung is the same protocol, not its transfer
+    assert whose_answer_blocks(frame, shown)[2].text == "The chapter's answers so far: `loss-weights` is better."
+    assert list(standings(frame)) == ["proxy"] * 3  # no transfer given: none counts
     for other in ({"setting": "box_weight=1"}, {"outcome": "undecided"}, {"outcome": "worse"}):  # a sign the
-        text = fidelity_blocks(frame.assign(**other), shown)[1].text  # chapter's protocol leaves open, no claim, or
-        assert text.count("by transfer") == 0                          # a claim of the other sign: none is carried
-        assert ("shown to carry over, but not carried: the verdict is not better or worse, or its setting's sign is "
-                "not (yet) decided the same way at the chapter's protocol: `loss-weights` (quick profile, bananas, "
-                "64 px).") in text
+        standing = standings(frame.assign(**other), shown)  # chapter's protocol leaves open, no claim, or a claim
+        assert list(standing) == ["not carried", "proxy", "proxy"]  # of the other sign: none is carried
 
 
 def test_the_sheet_says_transfer_is_not_measured_when_no_exercise_has_both(tmp_path):
@@ -174,7 +174,9 @@ def test_rungs_and_evidence_stores_are_shown_as_evidence_and_never_make_an_answe
     blocks, shown = transfer_section(storage, tmp_path, [evidence])
     assert shown == {}  # shown in the evidence store, but the answer store's own study has no chapter pair
     texts = [b.text for b in blocks]
-    assert texts[1].startswith("Not measured yet") and texts[2] == RUNGS
+    assert texts[1].startswith("Not measured yet") and texts[4] == RUNGS
+    summary = blocks[3].table  # every pair in one line, above: all from the evidence store, so evidence only
+    assert len(summary) == sum(b.kind == "h3" for b in blocks) and summary["transfer"].str.endswith("(evidence only)").all()
     source = f", from `{evidence}` (evidence only)"
     assert sorted(b.text for b in blocks if b.kind == "h3") == [
         "`loss-weights`: `loss-weights-chapter128` to `loss-weights-chapter` (transfer shown)" + source,
@@ -238,7 +240,12 @@ def test_a_designs_contrasts_transfer_as_settings_matched_by_name(tmp_path):
     assert shown == {}  # focal turns from + to -
     assert [b.text for b in blocks if b.kind == "h3"] == [
         "`quick-winners`: `quick-winners-quick` to `quick-winners-chapter` (transfer not shown)"]
-    assert "Of 3 settings tested at both" in blocks[3].text and "2 agree on the sign" in blocks[3].text
+    agreement = blocks[[b.kind for b in blocks].index("h3") + 1].text
+    assert "Of 3 settings tested at both" in agreement and "2 agree on the sign" in agreement
+    summary = blocks[3].table.iloc[0]  # the pair in one line, above its own section
+    assert (summary["signs agree"], summary["settings (fewest paired seeds)"]) == ("2 of 3", "3 (5)")
+    assert summary["nearer study"] == "`quick-winners-chapter` (the chapter's protocol)"
+    assert summary["transfer"] == "not shown"
 
 
 def test_the_bootstraps_kendall_tau_is_scipys_with_ties_and_constant_rows():

@@ -1,0 +1,71 @@
+"""The answer sheet's "Whose answer each verdict is": for every verdict on the sheet, whether it is the chapter's
+answer (decided at the chapter's protocol, or carried there by a shown transfer: pipeline.report.transfer_section),
+a proxy's answer only, or not an answer yet; as one table, in that order, so that a reader finds the chapter's
+answers first."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.report.design_answers import by_design
+from pipeline.report.document import Block
+from pipeline.report.text import decided_at, delta_text
+
+RULE = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "
+        "batch 32, lr 0.2), or at a profile whose effects were shown to carry over to it, with the verdict's own "
+        "setting's sign decided the same way at the chapter's protocol (the next section).")
+STANDINGS = {  # each verdict's standing, in the order the table lists them
+    "chapter": "the chapter's (decided at its protocol)",
+    "carried": "the chapter's (by a shown transfer, its sign decided the same way there)",
+    "not carried": "the proxy's only (transfer shown, but not a better or worse whose sign is decided the same "
+                   "way at the chapter's protocol)",
+    "proxy": "the proxy's only (transfer not shown)",
+    "pending": "none yet (still being decided at the chapter's protocol)",
+    "searched": "none yet (searched at the chapter's protocol, not tested on new seeds)",
+}
+
+
+def standings(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> pd.Series:
+    """Each row's key in STANDINGS ('' for a cheaper study with the search's one-seed trials only: it answers
+    nothing, anywhere). ``carried``: study name -> setting -> the sign decided at the chapter's protocol, for each
+    study whose transfer was shown (pipeline.report.transfer_section)."""
+    carried = carried or {}
+    pending = frame["outcome"] == "pending"  # a design still taking seeds: no verdict yet, so no answer
+    tested = (frame["seeds"].fillna(0).astype(int) > 0) & ~pending
+    at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
+    study_shown = frame["study"].isin(carried)
+    shown = pd.Series([r["outcome"] in ("better", "worse") and carried.get(r["study"], {}).get(r.get("setting")) ==
+                       r["outcome"] for _, r in frame.iterrows()], index=frame.index, dtype=bool)
+    proxy = tested & ~at_chapter
+    out = pd.Series("", index=frame.index, dtype=object)
+    for key, rows in (("chapter", tested & at_chapter), ("carried", proxy & shown),
+                      ("not carried", proxy & study_shown & ~shown), ("proxy", proxy & ~study_shown),
+                      ("pending", pending & at_chapter), ("searched", ~tested & ~pending & at_chapter)):
+        out[rows] = key
+    return out
+
+
+def standing_table(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
+    """One row per verdict that has a standing: the chapter's answers first, then the proxies', then those with
+    no answer yet; within each, by exercise."""
+    keys = standings(frame, carried)
+    order = {key: rank for rank, key in enumerate(STANDINGS)}
+    table = pd.DataFrame({"whose answer": keys.map(STANDINGS.get),
+                          "exercise": [f"`{v}`{by}" for v, by in zip(frame["variant"], by_design(frame))],
+                          "verdict": frame["outcome"].where(frame["seeds"].fillna(0).astype(int) > 0, "not decided"),
+                          "Δ mAP [95%]": frame.apply(delta_text, axis=1),
+                          "decided at": frame.apply(decided_at, axis=1),
+                          "_rank": keys.map(order)})
+    listed = table[keys != ""].sort_values(["_rank", "exercise"], kind="stable")
+    return listed.drop(columns="_rank").reset_index(drop=True)
+
+
+def whose_answer_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> list[Block]:
+    """The section's heading, its rule, a line naming the chapter's answers so far, and the table."""
+    table = standing_table(frame, carried)
+    answers = standings(frame, carried).isin(["chapter", "carried"])
+    so_far = ", ".join(f"`{r['variant']}` is {r['outcome']}" + (f" ({by.strip()})" if by else "")
+                       for by, (_, r), answer in zip(by_design(frame), frame.iterrows(), answers) if answer)
+    blocks = [Block("h2", "Whose answer each verdict is"), Block("p", RULE),
+              Block("p", f"The chapter's answers so far: {so_far or 'none yet'}.")]
+    return blocks + ([Block("table", table=table)] if len(table) else [])
