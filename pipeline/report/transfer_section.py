@@ -69,10 +69,27 @@ def transfer_pairs(studies: list[optuna.Study]) -> list[tuple[optuna.Study, optu
             and not at_chapter_protocol(stored_base_config(c)) and nearer(c, n)]
 
 
+def fewest_seeds(effects) -> int:
+    """The fewest paired seeds any setting has, at either profile."""
+    return min((len(d) for d in [*effects["diffs_quick"], *effects["diffs_chapter"]]), default=0)
+
+
+def shortfalls(summary: dict, effects) -> list[str]:
+    """What keeps a pair's transfer from being shown by the rule (SHOWN): empty where it is shown."""
+    out = []
+    if summary["settings"] < MIN_SETTINGS:
+        out.append(f"{summary['settings']} settings ({MIN_SETTINGS} needed)")
+    if fewest_seeds(effects) < MIN_SEEDS:
+        out.append(f"{fewest_seeds(effects)} paired seeds ({MIN_SEEDS} needed)")
+    if summary["sign_agree"] < summary["settings"]:
+        out.append(f"{summary['settings'] - summary['sign_agree']} of {summary['settings']} signs differ")
+    if not summary["tau_lo"] > 0:  # NaN below 3 settings: not above 0 either
+        out.append("τ's interval not above 0")
+    return out
+
+
 def is_shown(summary: dict, effects) -> bool:
-    seeds = min((len(d) for d in [*effects["diffs_quick"], *effects["diffs_chapter"]]), default=0)
-    return (summary["settings"] >= MIN_SETTINGS and seeds >= MIN_SEEDS and summary["sign_agree"] == summary["settings"]
-            and summary["tau_lo"] > 0)
+    return not shortfalls(summary, effects)
 
 
 def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: Path, source: str
@@ -90,25 +107,27 @@ def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: 
         title = (f"`{variant}`: `{cheap.study_name}` to the rung `{near.study_name}`, "
                  f"{protocol(stored_base_config(near))} ({'carries over' if shown else 'not shown'} by the rule)")
     signs = dict(zip(effects["setting"], signs_there(effects))) if shown else None
-    return [Block("h3", title + source), *pair_blocks], signs, summary_row(pair, summary, effects, shown, source)
+    return [Block("h3", title + source), *pair_blocks], signs, summary_row(pair, summary, effects, source)
 
 
-def summary_row(pair: tuple[optuna.Study, optuna.Study], summary: dict, effects, shown: bool, source: str) -> dict:
-    """A pair in one line: which studies, how near the nearer one is, and the agreement the rule reads."""
+def summary_row(pair: tuple[optuna.Study, optuna.Study], summary: dict, effects, source: str) -> dict:
+    """A pair in one line: which studies, how near the nearer one is, the agreement the rule reads, and what keeps
+    its transfer from being shown."""
     cheap, near = pair
-    seeds = min((len(d) for d in [*effects["diffs_quick"], *effects["diffs_chapter"]]), default=0)
     tau = ("n/a (fewer than 3 settings)" if summary["tau"] != summary["tau"] else
            f"{summary['tau']:+.2f} [{summary['tau_lo']:+.2f}, {summary['tau_hi']:+.2f}]")
     chapter = at_chapter_protocol(stored_base_config(near))
+    missing = shortfalls(summary, effects)
+    verdict = ("not shown: " + "; ".join(missing) if missing
+               else "shown" if chapter and not source else "carries over")
     return {"variant": f"`{cheap.user_attrs.get('variant', cheap.study_name)}`",
             "cheaper study": f"`{cheap.study_name}` ({protocol(stored_base_config(cheap))})",
             "nearer study": f"`{near.study_name}` ("
                             + ("the chapter's protocol" if chapter else f"rung: {protocol(stored_base_config(near))}")
                             + (", evidence store" if source else "") + ")",
-            "settings (fewest paired seeds)": f"{summary['settings']} ({seeds})",
+            "settings (fewest paired seeds)": f"{summary['settings']} ({fewest_seeds(effects)})",
             "signs agree": f"{summary['sign_agree']} of {summary['settings']}", "Kendall's τ [95%]": tau,
-            "transfer": ("shown" if shown else "not shown") if chapter and not source
-                        else ("carries over" if shown else "not shown") + " (evidence only)"}
+            "transfer": verdict + ("" if chapter and not source else " (evidence only)")}
 
 
 def transfer_section(storage: str, folder: Path, evidence: Sequence[str] = ()

@@ -116,9 +116,11 @@ def test_the_sheet_counts_a_cheaper_studys_verdict_as_the_chapters_only_where_it
                                             "box_weight=0.5": "worse", "box_weight=1": ""}}  # sign: not decided
     summary, table = [b.table for b in blocks if b.kind == "table"][:2]                      # at 256 px
     assert sorted(zip(summary["cheaper study"].str.split().str[0], summary["transfer"])) == [  # every pair in one
-        ("`loss-weights-chapter128`", "not shown"), ("`loss-weights-quick-3-seeds`", "not shown"),  # line, the
-        ("`loss-weights-quick-3-seeds`", "not shown (evidence only)"),                          # rungs last
-        ("`loss-weights-quick`", "not shown (evidence only)"), ("`loss-weights-quick`", "shown")]
+        ("`loss-weights-chapter128`", "not shown: 1 of 4 signs differ"),                       # line, with what
+        ("`loss-weights-quick-3-seeds`", "not shown: 3 paired seeds (5 needed)"),              # keeps it from
+        ("`loss-weights-quick-3-seeds`", "not shown: 3 paired seeds (5 needed); 1 of 4 signs differ (evidence only)"),
+        ("`loss-weights-quick`", "not shown: 1 of 4 signs differ (evidence only)"),  # being shown; the rungs last
+        ("`loss-weights-quick`", "shown")]
     assert list(summary["transfer"].str.endswith("(evidence only)")) == [False] * 3 + [True] * 2
     assert summary.set_index("transfer").loc["shown", "settings (fewest paired seeds)"] == "4 (5)"
     column = next(c for c in table.columns if c.startswith("sign decided at chapter (256 px"))
@@ -245,7 +247,7 @@ def test_a_designs_contrasts_transfer_as_settings_matched_by_name(tmp_path):
     summary = blocks[3].table.iloc[0]  # the pair in one line, above its own section
     assert (summary["signs agree"], summary["settings (fewest paired seeds)"]) == ("2 of 3", "3 (5)")
     assert summary["nearer study"] == "`quick-winners-chapter` (the chapter's protocol)"
-    assert summary["transfer"] == "not shown"
+    assert summary["transfer"] == "not shown: 1 of 3 signs differ"  # τ's interval is above 0 on such tight seeds
 
 
 def test_the_bootstraps_kendall_tau_is_scipys_with_ties_and_constant_rows():
@@ -299,3 +301,16 @@ def test_the_scatters_labels_stay_apart_and_inside_the_frame_where_points_crowd(
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     bars = [Bbox(ax.transData.transform(box.get_points())) for box in error_boxes(effects)]
     assert not any(label.overlaps(bar) for label in boxes for bar in bars)  # nor a point's error bars
+
+
+def test_a_pairs_summary_names_everything_that_keeps_its_transfer_from_being_shown():
+    from pipeline.report.transfer_section import is_shown, shortfalls
+
+    effects = pd.DataFrame({"diffs_quick": [[0.01] * 5, [0.02] * 6], "diffs_chapter": [[0.01] * 4, [0.0] * 5]})
+    two = {"settings": 2, "sign_agree": 1, "tau_lo": float("nan")}  # τ needs 3 settings: NaN is not above 0
+    assert shortfalls(two, effects) == ["2 settings (3 needed)", "4 paired seeds (5 needed)", "1 of 2 signs differ",
+                                        "τ's interval not above 0"]
+    five = pd.DataFrame({"diffs_quick": [[0.01] * 5] * 3, "diffs_chapter": [[0.01] * 5] * 3})
+    assert shortfalls({"settings": 3, "sign_agree": 3, "tau_lo": 0.0}, five) == ["τ's interval not above 0"]
+    assert shortfalls({"settings": 3, "sign_agree": 3, "tau_lo": 0.33}, five) == []
+    assert is_shown({"settings": 3, "sign_agree": 3, "tau_lo": 0.33}, five)
