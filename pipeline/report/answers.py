@@ -233,7 +233,8 @@ def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> P
                          "configuration under the same profile.")]
     transfer, carried = transfer_section(storage, folder, evidence)
     searched = frame[~design_rows(frame)]  # the VOC, anchor and threshold sections read the searches' runs
-    blocks += _glance_blocks(frame, folder) + whose_answer_blocks(frame, carried) + family_blocks(frame) + transfer + _voc_blocks(searched)
+    blocks += _glance_blocks(frame, folder) + whose_answer_blocks(frame, carried) + family_blocks(frame)
+    blocks += transfer + _voc_blocks(searched)
     blocks += anchor_blocks(searched, folder)
     blocks += effects_section(designs) + _threshold_blocks(searched) + _missing_blocks(frame)
     blocks.append(Block("p", "The data behind this page: `answers.csv`, one row per study, and one per designed "

@@ -38,7 +38,7 @@ def decided_at(r) -> str:
 def delta_text(r) -> str:
     """A row's Δ mAP against its control: the verdict's mean paired Δ and interval over new seeds, or the search's
     one-seed difference, marked as not tested."""
-    if not r["seeds"]:
+    if pd.isna(r["seeds"]) or not r["seeds"]:
         delta = r.get("delta")
         return "n/a" if delta is None or pd.isna(delta) else f"{delta:+.4f} (one seed, not tested)"
     delta = r.get("confirmed_delta")

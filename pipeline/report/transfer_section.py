@@ -114,12 +114,12 @@ def summary_row(pair: tuple[optuna.Study, optuna.Study], summary: dict, effects,
     """A pair in one line: which studies, how near the nearer one is, the agreement the rule reads, and what keeps
     its transfer from being shown."""
     cheap, near = pair
-    tau = ("n/a (fewer than 3 settings)" if summary["tau"] != summary["tau"] else
-           f"{summary['tau']:+.2f} [{summary['tau_lo']:+.2f}, {summary['tau_hi']:+.2f}]")
+    tau = (f"n/a (fewer than {MIN_SETTINGS} settings)" if summary["settings"] < MIN_SETTINGS
+           else "n/a (one side's effects all tie)" if summary["tau"] != summary["tau"]
+           else f"{summary['tau']:+.2f} [{summary['tau_lo']:+.2f}, {summary['tau_hi']:+.2f}]")
     chapter = at_chapter_protocol(stored_base_config(near))
     missing = shortfalls(summary, effects)
-    verdict = ("not shown: " + "; ".join(missing) if missing
-               else "shown" if chapter and not source else "carries over")
+    verdict = "not shown: " + "; ".join(missing) if missing else "shown" if chapter else "carries over"
     return {"variant": f"`{cheap.user_attrs.get('variant', cheap.study_name)}`",
             "cheaper study": f"`{cheap.study_name}` ({protocol(stored_base_config(cheap))})",
             "nearer study": f"`{near.study_name}` ("
@@ -127,7 +127,8 @@ def summary_row(pair: tuple[optuna.Study, optuna.Study], summary: dict, effects,
                             + (", evidence store" if source else "") + ")",
             "settings (fewest paired seeds)": f"{summary['settings']} ({fewest_seeds(effects)})",
             "signs agree": f"{summary['sign_agree']} of {summary['settings']}", "Kendall's τ [95%]": tau,
-            "transfer": verdict + ("" if chapter and not source else " (evidence only)")}
+            "transfer": verdict + ("" if chapter and not source else " (evidence only)"),
+            "_evidence": not chapter or bool(source)}
 
 
 def transfer_section(storage: str, folder: Path, evidence: Sequence[str] = ()
@@ -164,7 +165,6 @@ def transfer_section(storage: str, folder: Path, evidence: Sequence[str] = ()
 
 def summary_blocks(rows: list[dict]) -> list[Block]:
     """Every pair below in one table: those to the chapter's protocol first, then the rungs and evidence."""
-    table = pd.DataFrame(rows)
-    table = table.sort_values("transfer", key=lambda t: t.str.endswith("(evidence only)"), kind="stable")
+    table = pd.DataFrame(rows).sort_values("_evidence", kind="stable").drop(columns="_evidence")
     return [Block("p", "Every pair below, in one table (each has its own table of settings and its scatter):"),
             Block("table", table=table.reset_index(drop=True))]

@@ -26,8 +26,8 @@ STANDINGS = {  # each verdict's standing, in the order the table lists them
 
 
 def standings(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> pd.Series:
-    """Each row's key in STANDINGS ('' for a cheaper study with the search's one-seed trials only: it answers
-    nothing, anywhere). ``carried``: study name -> setting -> the sign decided at the chapter's protocol, for each
+    """Each row's key in STANDINGS ('' for a cheaper study with the search's one-seed trials only, or a design
+    still taking seeds at a cheaper profile: neither answers anything yet, and neither is the chapter's protocol). ``carried``: study name -> setting -> the sign decided at the chapter's protocol, for each
     study whose transfer was shown (pipeline.report.transfer_section)."""
     carried = carried or {}
     pending = frame["outcome"] == "pending"  # a design still taking seeds: no verdict yet, so no answer
@@ -63,9 +63,10 @@ def standing_table(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | Non
 def whose_answer_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> list[Block]:
     """The section's heading, its rule, a line naming the chapter's answers so far, and the table."""
     table = standing_table(frame, carried)
-    answers = standings(frame, carried).isin(["chapter", "carried"])
-    so_far = ", ".join(f"`{r['variant']}` is {r['outcome']}" + (f" ({by.strip()})" if by else "")
-                       for by, (_, r), answer in zip(by_design(frame), frame.iterrows(), answers) if answer)
+    answers = table[table["whose answer"].isin([STANDINGS["chapter"], STANDINGS["carried"]])]
+    so_far = ", ".join(f"{exercise} is {verdict}" + (" (by transfer)" if whose == STANDINGS["carried"] else "")
+                       for exercise, verdict, whose in zip(answers["exercise"], answers["verdict"],
+                                                           answers["whose answer"]))
     blocks = [Block("h2", "Whose answer each verdict is"), Block("p", RULE),
               Block("p", f"The chapter's answers so far: {so_far or 'none yet'}.")]
     return blocks + ([Block("table", table=table)] if len(table) else [])

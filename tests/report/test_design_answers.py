@@ -72,15 +72,16 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     assert list(zip(frame["variant"], frame["study"])) == [  # an exercise's rows together
         ("focal-loss", "quick-winners-chapter"), ("loss-weights", "loss-weights-quick"),
         ("loss-weights", "quick-winners-chapter")]
-    standing = standing_table(frame).set_index("exercise")
-    assert standing.loc["`loss-weights` by the design `quick-winners-chapter`", "whose answer"] == STANDINGS["chapter"]
-    assert standing.loc["`focal-loss` by the design `quick-winners-chapter`", "whose answer"] == STANDINGS["pending"]
-    assert standing.loc["`loss-weights`", "whose answer"] == STANDINGS["proxy"]  # at the quick profile
-    assert list(standing["whose answer"]) == [STANDINGS[k] for k in ("chapter", "proxy", "pending")]  # answers first
-    assert standing.loc["`loss-weights`", "decided at"] == "quick profile, bananas, 64 px"
+    where = "chapter profile, bananas, 256 px, on cpu: AMD EPYC (2 cores)"
+    assert standing_table(frame).values.tolist() == [  # the chapter's answers first, then the proxies', then none
+        [STANDINGS["chapter"], "`loss-weights` by the design `quick-winners-chapter`", "better",
+         "+0.0500 [+0.0200, +0.0800]", where],
+        [STANDINGS["proxy"], "`loss-weights`", "better", "+0.0600 [+0.0100, +0.1100]", "quick profile, bananas, 64 px"],
+        [STANDINGS["pending"], "`focal-loss` by the design `quick-winners-chapter`", "pending",
+         "+0.0400 [no bound yet]", where]]  # pending on 2 seeds: not an answer yet
     blocks = whose_answer_blocks(frame)  # focal is pending, on 2 seeds: not an answer yet
-    assert blocks[2].text == ("The chapter's answers so far: `loss-weights` is better (by the design "
-                              "`quick-winners-chapter`).")
+    assert blocks[2].text == ("The chapter's answers so far: `loss-weights` by the design `quick-winners-chapter` is "
+                              "better.")
     searched_there = {**searched.iloc[0].to_dict(), "study": "loss-weights-chapter", "profile": "chapter",
                       "image_size": 256, "chapter_protocol": True, "seeds": 0, "outcome": "", "confirmed_delta": None}
     with_search = standing_table(pd.concat([frame, pd.DataFrame([searched_there])], ignore_index=True))
@@ -106,7 +107,7 @@ def test_a_store_of_designs_only_still_gets_its_sheet(tmp_path):
     winners_study(storage, "chapter")
     page = (write_answers(storage, tmp_path / "answers") / "report.md").read_text()
     assert "Made by `python cli.py report all` from the 1 study in" in page
-    assert "The chapter's answers so far: `loss-weights` is better (by the design `quick-winners-chapter`)." in page
+    assert "The chapter's answers so far: `loss-weights` by the design `quick-winners-chapter` is better." in page
     assert f"| {STANDINGS['pending']} | `focal-loss` by the design `quick-winners-chapter` | pending |" in page
     assert "| `loss-weights` | Should the box loss weigh more, or less, than the class loss? | better |" in page
     assert "## Evaluating as the SSD paper does: VOC AP at IoU 0.5" in page and "No study to show yet." in page

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cli import app
 from conftest import plain
 from pipeline.config import make_config
-from pipeline.report.whose_answer import standings, whose_answer_blocks
+from pipeline.report.whose_answer import STANDINGS, standings, whose_answer_blocks
 from pipeline.report.transfer import (agreement, error_boxes, label_points, paired_effects, point_labels, settings_tested,
                                       write_transfer)
 
@@ -146,7 +146,12 @@ def test_the_sheet_counts_a_cheaper_studys_verdict_as_the_chapters_only_where_it
                           {**row, "study": "loss-weights-chapter128", "profile": "chapter", "image_size": 128.0}])
     standing = standings(frame, shown)
     assert list(standing) == ["carried", "proxy", "proxy"]  # a rung is the same protocol, not its transfer
-    assert whose_answer_blocks(frame, shown)[2].text == "The chapter's answers so far: `loss-weights` is better."
+    blocks = whose_answer_blocks(frame, shown)
+    assert blocks[2].text == "The chapter's answers so far: `loss-weights` is better (by transfer)."
+    assert blocks[3].table[["whose answer", "decided at"]].values.tolist() == [
+        [STANDINGS["carried"], "quick profile, bananas, 64 px"],
+        [STANDINGS["proxy"], "quick profile, bananas, 64 px, on NVIDIA H200"],  # another study of the same protocol
+        [STANDINGS["proxy"], "chapter profile, bananas, 128 px"]]  # the rung: its transfer is not the chapter's
     assert list(standings(frame)) == ["proxy"] * 3  # no transfer given: none counts
     for other in ({"setting": "box_weight=1"}, {"outcome": "undecided"}, {"outcome": "worse"}):  # a sign the
         standing = standings(frame.assign(**other), shown)  # chapter's protocol leaves open, no claim, or a claim
@@ -177,8 +182,9 @@ def test_rungs_and_evidence_stores_are_shown_as_evidence_and_never_make_an_answe
     assert shown == {}  # shown in the evidence store, but the answer store's own study has no chapter pair
     texts = [b.text for b in blocks]
     assert texts[1].startswith("Not measured yet") and texts[4] == RUNGS
-    summary = blocks[3].table  # every pair in one line, above: all from the evidence store, so evidence only
-    assert len(summary) == sum(b.kind == "h3" for b in blocks) and summary["transfer"].str.endswith("(evidence only)").all()
+    summary = blocks[3].table  # every pair in one line, above: all from the evidence store, so evidence only,
+    assert sorted(summary["transfer"]) == (["carries over (evidence only)"] * 2  # worded as each pair's heading
+                                           + ["shown (evidence only)"] * 3)
     source = f", from `{evidence}` (evidence only)"
     assert sorted(b.text for b in blocks if b.kind == "h3") == [
         "`loss-weights`: `loss-weights-chapter128` to `loss-weights-chapter` (transfer shown)" + source,
