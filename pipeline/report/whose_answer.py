@@ -55,9 +55,24 @@ def standing_table(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | Non
                           "verdict": frame["outcome"].where(frame["seeds"].fillna(0).astype(int) > 0, "not decided"),
                           "Δ mAP [95%]": frame.apply(delta_text, axis=1),
                           "decided at": frame.apply(decided_at, axis=1),
+                          "the same setting at the chapter's protocol": same_setting_there(frame),
                           "_rank": keys.map(order)})
     listed = table[keys != ""].sort_values(["_rank", "exercise"], kind="stable")
     return listed.drop(columns="_rank").reset_index(drop=True)
+
+
+def same_setting_there(frame: pd.DataFrame) -> pd.Series:
+    """For each row off the chapter's protocol, the verdict on new seeds that the very same setting (same variant,
+    same parameters: a design's contrast at two profiles, say) has at the chapter's protocol ("worse over 10
+    seeds"; "not tested there" where it has none); '' for the chapter's own rows. A reader of a proxy's "better"
+    sees at once where the chapter's protocol decides otherwise."""
+    at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
+    tested = frame["seeds"].fillna(0).astype(int) > 0
+    setting = list(zip(frame["variant"], frame.get("best_params", pd.Series("", index=frame.index)).fillna("")))
+    there = {key: f"{outcome} over {int(seeds)} seeds" for key, outcome, seeds, here in
+             zip(setting, frame["outcome"], frame["seeds"], at_chapter & tested) if here and key[1]}
+    return pd.Series(["" if chapter else there.get(key, "not tested there") for chapter, key in zip(at_chapter, setting)],
+                     index=frame.index, dtype=object)
 
 
 def whose_answer_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> list[Block]:

@@ -75,10 +75,15 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
     where = "chapter profile, bananas, 256 px, on cpu: AMD EPYC (2 cores)"
     assert standing_table(frame).values.tolist() == [  # the chapter's answers first, then the proxies', then none
         [STANDINGS["chapter"], "`loss-weights` by the design `quick-winners-chapter`", "better",
-         "+0.0500 [+0.0200, +0.0800]", where],
-        [STANDINGS["proxy"], "`loss-weights`", "better", "+0.0600 [+0.0100, +0.1100]", "quick profile, bananas, 64 px"],
+         "+0.0500 [+0.0200, +0.0800]", where, ""],
+        [STANDINGS["proxy"], "`loss-weights`", "better", "+0.0600 [+0.0100, +0.1100]", "quick profile, bananas, 64 px",
+         "not tested there"],  # box_weight=4 from a search: not the design's contrast, so not matched to it
         [STANDINGS["pending"], "`focal-loss` by the design `quick-winners-chapter`", "pending",
-         "+0.0400 [no bound yet]", where]]  # pending on 2 seeds: not an answer yet
+         "+0.0400 [no bound yet]", where, ""]]  # pending on 2 seeds: not an answer yet
+    chapter = optuna.load_study(study_name="quick-winners-chapter", storage=storage)
+    both = with_design_answers(searched, [chapter, winners_study(storage, "quick")])
+    quick = standing_table(both).set_index("exercise").loc["`loss-weights` by the design `quick-winners-quick`"]
+    assert quick["the same setting at the chapter's protocol"] == "better over 5 seeds"  # the design's own contrast
     blocks = whose_answer_blocks(frame)  # focal is pending, on 2 seeds: not an answer yet
     assert blocks[2].text == ("The chapter's answers so far: `loss-weights` by the design `quick-winners-chapter` is "
                               "better.")
