@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import tiny_args
+from conftest import plain, tiny_args
 from pipeline.config import RunConfig
 from pipeline.report.select import list_studies
 from pipeline.stats.decide import Candidate, Plan, settle
@@ -109,6 +109,8 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     assert out["verdict"] in ("better", "worse", "equivalent", "undecided") and out["scored_on"] == "test"
     assert out["verdict_trial"] == 1 and out["seeds"] in (2, 4, 6) and len(out["delta_ci95"]) == 2
     assert "Verdict: trial 1 is" in result.output and "Creating initial MLflow" not in result.output
+    assert out["chapter_protocol"] is False and " px, " in out["protocol"]  # the tiny quick profile: a proxy
+    assert f"Decided at {out['protocol']}, a proxy for the chapter's protocol" in " ".join(plain(result.output).split())
     study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
     assert study.user_attrs["verdict_record"]["candidates"][0]["verdict"] == out["verdict"]
     assert (study.user_attrs["verdict"], study.user_attrs["verdict_seeds"], study.user_attrs["verdict_split"]) \
@@ -122,6 +124,7 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     from optuna_dashboard._note import get_note_from_system_attrs  # where optuna-dashboard reads its note
     note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
     assert note.startswith(f"Verdict: trial 1 is ") and "*Best Trial* is the search's best on one seed" in note
+    assert "a proxy for the chapter's protocol" in note  # the dashboard's note says what the terminal says
     client = MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name("smooth-l1-quick")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

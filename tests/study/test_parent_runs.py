@@ -52,6 +52,12 @@ def test_a_verdict_still_unbounded_says_no_bound_yet_in_the_runs_description():
                                         "(holds at any number of seeds), 5 paired new seeds, scored on the test split.")
     bounded = {**result, "verdict": "better", "delta_ci95": [0.0012, 0.14]}
     assert "95% interval [+0.0012, +0.1400] (holds" in verdict_sentence(bounded)
+    proxy = {**bounded, "chapter_protocol": False, "protocol": "64 px, 10 epochs, batch 16, lr 0.4 constant"}
+    assert verdict_sentence(proxy) == verdict_sentence(bounded) + (
+        " Decided at 64 px, 10 epochs, batch 16, lr 0.4 constant, a proxy for the chapter's protocol (256 px, 20 "
+        "epochs, batch 32, lr 0.2): whether it holds there is a measurement of its own (the same sweep with "
+        "--profile chapter); the answer sheet (python cli.py report all) says whose answer each verdict is.")
+    assert verdict_sentence({**proxy, "chapter_protocol": True}) == verdict_sentence(bounded)  # the chapter's own
 
 
 def test_the_terminal_prints_an_unbounded_interval_as_words_not_as_markup(capsys):
