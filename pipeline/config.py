@@ -237,6 +237,17 @@ def at_chapter_protocol(base: dict[str, Any]) -> bool:
     return protocol(base) == protocol(dataclasses.asdict(RunConfig()))
 
 
+def proxy_note(base: dict[str, Any]) -> str:
+    """What a verdict decided off the chapter's protocol says beside itself, wherever it is read (the terminal, the
+    MLflow run's description, the Optuna Dashboard note): that it answers a proxy's question; '' at the chapter's
+    protocol."""
+    if at_chapter_protocol(base):
+        return ""
+    return (f"Decided at {protocol(base)}, a proxy for the chapter's protocol (256 px, 20 epochs, batch 32, lr 0.2): "
+            "whether it holds there is a measurement of its own (the same sweep with --profile chapter); the answer "
+            "sheet (python cli.py report all) says whose answer each verdict is.")
+
+
 GPU_VAL_EVERY = 5  # measured: COCOeval of 100 images takes ~0.25 s, longer than a GPU epoch of the chapter
 
 

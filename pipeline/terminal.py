@@ -136,7 +136,7 @@ def print_verdict(result: dict, options) -> None:
         each = "one seed each" if result["seeds"] == 1 else f"the same {result['seeds']} seeds each, on the split the search used"
         console.print(f"[bold]Verdict: not decided[/] ({each}). {note}")
     else:
-        from pipeline.study.sweep import proxy_note, verdict_claim
+        from pipeline.study.sweep import verdict_claim
 
         lo, hi = result["delta_ci95"]
         claim = verdict_claim(result)
@@ -148,8 +148,8 @@ def print_verdict(result: dict, options) -> None:
         console.print(f"  Δ mAP {result['delta']:+.4f}, 95% interval {escape(interval_text(lo, hi))} (holds at "
                       f"any number of seeds), {result['seeds']} paired new seeds{decided}, scored on the "
                       f"{result['scored_on']} split{needed}")
-        if note := proxy_note(result):
-            console.print(f"  {escape(note)}")
+        if result.get("proxy_note"):
+            console.print(f"  {escape(result['proxy_note'])}")
     name = options.study_name or f"{options.variant}-{options.profile}"
     console.print("Next:")
     if verdict in ("not decided", "pending") and trial is not None:
@@ -235,6 +235,8 @@ def print_contrasts(result: dict) -> None:
                                         result["split"])))  # "[no bound yet]" is text, not rich markup
     waiting = [row["contrast"] for row in result["contrasts"]
                if row["verdict"] == "pending" and row["contrast"] not in result.get("chosen", [row["contrast"]])]
+    if result.get("proxy_note") and any(row["seeds"] for row in result["contrasts"]):
+        console.print(escape(result["proxy_note"]))
     if waiting:
         console.print(f"Not chosen by --contrast, so still pending: {', '.join(waiting)}. The same command without "
                       "--contrast adds seeds to every open contrast; the kept seeds are reused.")

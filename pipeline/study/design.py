@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from pipeline.config import ConfigError, RunConfig, active_params
+from pipeline.config import ConfigError, RunConfig, active_params, proxy_note
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import device_description
 from pipeline.metric_names import on_split
@@ -67,12 +67,18 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                 record, others, metric, cells, control), verdict_plan(base, options))
                 for metric in (on_split(m, split) for m in variant.secondary)}
             keep(record)
+            note = "\n".join(filter(None, [contrasts_text(record, split), design_proxy_note(record, base)]))
             parent.set_tags({**{f"contrast: {row['contrast']}": row["verdict"] for row in record["contrasts"]},
-                             "mlflow.note.content": contrasts_text(record, split)})
-            save_dashboard_note(study, contrasts_text(record, split))
+                             "mlflow.note.content": note})
+            save_dashboard_note(study, note)
     return {"study": study.study_name, "variant": variant.name, "skipped": skipped, "split": split,
             "chosen": chosen, "contrasts": record["contrasts"], "cells": record["cells"],
-            "secondary": record.get("secondary", {})}
+            "secondary": record.get("secondary", {}), "proxy_note": design_proxy_note(record, base)}
+
+
+def design_proxy_note(record: dict, base: RunConfig) -> str:
+    """pipeline.config.proxy_note for a design run off the chapter's protocol with a contrast on paired seeds."""
+    return proxy_note(dataclasses.asdict(base)) if any(row["seeds"] for row in record["contrasts"]) else ""
 
 
 def chosen_contrasts(variant, names: tuple[str, ...]) -> list[str]:

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 import experiments
-from pipeline.config import RunConfig, active_params, at_chapter_protocol, knobs_off_profile, protocol
+from pipeline.config import RunConfig, active_params, at_chapter_protocol, knobs_off_profile, protocol, proxy_note
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
 from pipeline.machine import device_description, resolve_device
 from pipeline.model.pack import PackError, check_fits
@@ -51,6 +51,7 @@ def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, 
             "off_profile": knobs_off_profile(stored_base_config(study), options.profile),
             "protocol": protocol(stored_base_config(study)),
             "chapter_protocol": at_chapter_protocol(stored_base_config(study)),
+            "proxy_note": proxy_note(stored_base_config(study)),
             "best_ci95": (best.user_attrs.get("metrics") or {}).get(f"{study_objective(study)}_ci95") if best else None,
             "best_seed_values": best.user_attrs.get("seed_values") if best else None,
             **verdict_summary(study, best, control, options.seeds_per_trial),
@@ -85,17 +86,7 @@ def verdict_sentence(result: dict) -> str:
     sentence = (f"Verdict: trial {trial} is {claim}. Δ mAP {result['delta']:+.4f}, 95% interval "
                 f"{interval_text(lo, hi)} (holds at any number of seeds), {result['seeds']} paired new seeds{decided}, "
                 f"scored on the {result['scored_on']} split.")
-    return " ".join(filter(None, [sentence, proxy_note(result)]))
-
-
-def proxy_note(result: dict) -> str:
-    """For a verdict on new seeds decided off the chapter's protocol, a sentence saying that it answers the
-    proxy's question, not the chapter's; '' at the chapter's protocol, or where the result does not say."""
-    if result.get("chapter_protocol", True) or result["verdict"] == "not decided":
-        return ""
-    return (f"Decided at {result['protocol']}, a proxy for the chapter's protocol (256 px, 20 epochs, batch 32, "
-            "lr 0.2): whether it holds there is a measurement of its own (the same sweep with --profile chapter); "
-            "the answer sheet (python cli.py report all) says whose answer each verdict is.")
+    return " ".join(filter(None, [sentence, result.get("proxy_note")]))
 
 
 def verdict_summary(study: optuna.Study, best, control, seeds_per_trial: int) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """One sweep invocation is one parent run, named by what it did, and every parent of a study shows the same
 verdict, with the terminal's sentence as its MLflow description."""
 
+import dataclasses
 import json
 
 from mlflow.tracking import MlflowClient
@@ -8,6 +9,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import plain, tiny_args
+from pipeline.config import make_config, proxy_note
 from pipeline.study.sweep import verdict_sentence
 from pipeline.tracking import tracking_uri
 
@@ -52,12 +54,14 @@ def test_a_verdict_still_unbounded_says_no_bound_yet_in_the_runs_description():
                                         "(holds at any number of seeds), 5 paired new seeds, scored on the test split.")
     bounded = {**result, "verdict": "better", "delta_ci95": [0.0012, 0.14]}
     assert "95% interval [+0.0012, +0.1400] (holds" in verdict_sentence(bounded)
-    proxy = {**bounded, "chapter_protocol": False, "protocol": "64 px, 10 epochs, batch 16, lr 0.4 constant"}
+    proxy = {**bounded, "proxy_note": proxy_note(dataclasses.asdict(make_config("quick", {})))}
     assert verdict_sentence(proxy) == verdict_sentence(bounded) + (
         " Decided at 64 px, 10 epochs, batch 16, lr 0.4 constant, a proxy for the chapter's protocol (256 px, 20 "
         "epochs, batch 32, lr 0.2): whether it holds there is a measurement of its own (the same sweep with "
         "--profile chapter); the answer sheet (python cli.py report all) says whose answer each verdict is.")
-    assert verdict_sentence({**proxy, "chapter_protocol": True}) == verdict_sentence(bounded)  # the chapter's own
+    assert proxy_note(dataclasses.asdict(make_config("chapter", {}))) == ""  # the chapter's own protocol
+    rung = proxy_note(dataclasses.asdict(make_config("chapter", {"image_size": 128})))  # its 128-px rung
+    assert rung.startswith("Decided at 128 px, 20 epochs, batch 32, lr 0.2 constant, a proxy")
 
 
 def test_the_terminal_prints_an_unbounded_interval_as_words_not_as_markup(capsys):
