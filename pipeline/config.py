@@ -243,7 +243,7 @@ def proxy_note(base: dict[str, Any]) -> str:
     protocol."""
     if at_chapter_protocol(base):
         return ""
-    return (f"Decided at {protocol(base)}, a proxy for the chapter's protocol (256 px, 20 epochs, batch 32, lr 0.2): "
+    return (f"Measured at {protocol(base)}, a proxy for the chapter's protocol (256 px, 20 epochs, batch 32, lr 0.2): "
             "whether it holds there is a measurement of its own (the same sweep with --profile chapter); the answer "
             "sheet (python cli.py report all) says whose answer each verdict is.")
 

@@ -109,7 +109,7 @@ def test_sweep_decide_reaches_json_study_mlflow_and_report(workdir, tmp_path):
     assert out["verdict"] in ("better", "worse", "equivalent", "undecided") and out["scored_on"] == "test"
     assert out["verdict_trial"] == 1 and out["seeds"] in (2, 4, 6) and len(out["delta_ci95"]) == 2
     assert "Verdict: trial 1 is" in result.output and "Creating initial MLflow" not in result.output
-    assert out["chapter_protocol"] is False and out["proxy_note"].startswith(f"Decided at {out['protocol']}, a proxy")
+    assert out["chapter_protocol"] is False and out["proxy_note"].startswith(f"Measured at {out['protocol']}, a proxy")
     assert out["proxy_note"] in " ".join(plain(result.output).split())  # the tiny quick profile: a proxy's answer
     study = optuna.load_study(study_name="smooth-l1-quick", storage="sqlite:///optuna.db")
     assert study.user_attrs["verdict_record"]["candidates"][0]["verdict"] == out["verdict"]

@@ -64,7 +64,7 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert parent.info.run_name == "focal-matched · contrasts" and parent.data.tags["contrast: interaction"] == "undecided"
     assert parent.data.tags["mlflow.note.content"].startswith("focal at box weight 1: undecided, Δ ")
     proxy = parent.data.tags["mlflow.note.content"].splitlines()[-1]  # the tiny quick profile: a proxy's answers,
-    assert proxy.startswith("Decided at 64 px, 1 epochs, batch 4") and proxy in " ".join(text.split())  # as printed
+    assert proxy.startswith("Measured at 64 px, 1 epochs, batch 4") and proxy in " ".join(text.split())  # as printed
 
     trained.clear()
     again = runner.invoke(app, args)

@@ -56,12 +56,12 @@ def test_a_verdict_still_unbounded_says_no_bound_yet_in_the_runs_description():
     assert "95% interval [+0.0012, +0.1400] (holds" in verdict_sentence(bounded)
     proxy = {**bounded, "proxy_note": proxy_note(dataclasses.asdict(make_config("quick", {})))}
     assert verdict_sentence(proxy) == verdict_sentence(bounded) + (
-        " Decided at 64 px, 10 epochs, batch 16, lr 0.4 constant, a proxy for the chapter's protocol (256 px, 20 "
+        " Measured at 64 px, 10 epochs, batch 16, lr 0.4 constant, a proxy for the chapter's protocol (256 px, 20 "
         "epochs, batch 32, lr 0.2): whether it holds there is a measurement of its own (the same sweep with "
         "--profile chapter); the answer sheet (python cli.py report all) says whose answer each verdict is.")
     assert proxy_note(dataclasses.asdict(make_config("chapter", {}))) == ""  # the chapter's own protocol
     rung = proxy_note(dataclasses.asdict(make_config("chapter", {"image_size": 128})))  # its 128-px rung
-    assert rung.startswith("Decided at 128 px, 20 epochs, batch 32, lr 0.2 constant, a proxy")
+    assert rung.startswith("Measured at 128 px, 20 epochs, batch 32, lr 0.2 constant, a proxy")
 
 
 def test_the_terminal_prints_an_unbounded_interval_as_words_not_as_markup(capsys):
