@@ -235,7 +235,7 @@ def print_contrasts(result: dict) -> None:
                                         result["split"])))  # "[no bound yet]" is text, not rich markup
     waiting = [row["contrast"] for row in result["contrasts"]
                if row["verdict"] == "pending" and row["contrast"] not in result.get("chosen", [row["contrast"]])]
-    if result.get("proxy_note") and any(row["seeds"] for row in result["contrasts"]):
+    if result.get("proxy_note"):  # '' until a contrast has paired seeds
         console.print(escape(result["proxy_note"]))
     if waiting:
         console.print(f"Not chosen by --contrast, so still pending: {', '.join(waiting)}. The same command without "

@@ -99,7 +99,8 @@ def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: 
     transfer is not shown); and its row of the section's summary (summary_row)."""
     cheap, near = pair
     pair_blocks, summary, effects = transfer_blocks(pair, folder, figure)
-    shown = is_shown(summary, effects)
+    missing = shortfalls(summary, effects)
+    shown = not missing
     variant = cheap.user_attrs.get("variant", cheap.study_name)
     if at_chapter_protocol(stored_base_config(near)):
         title = f"`{variant}`: `{cheap.study_name}` to `{near.study_name}` (transfer {'shown' if shown else 'not shown'})"
@@ -107,18 +108,18 @@ def pair_section(pair: tuple[optuna.Study, optuna.Study], folder: Path, figure: 
         title = (f"`{variant}`: `{cheap.study_name}` to the rung `{near.study_name}`, "
                  f"{protocol(stored_base_config(near))} ({'carries over' if shown else 'not shown'} by the rule)")
     signs = dict(zip(effects["setting"], signs_there(effects))) if shown else None
-    return [Block("h3", title + source), *pair_blocks], signs, summary_row(pair, summary, effects, source)
+    return [Block("h3", title + source), *pair_blocks], signs, summary_row(pair, summary, effects, missing, source)
 
 
-def summary_row(pair: tuple[optuna.Study, optuna.Study], summary: dict, effects, source: str) -> dict:
+def summary_row(pair: tuple[optuna.Study, optuna.Study], summary: dict, effects, missing: list[str], source: str
+                ) -> dict:
     """A pair in one line: which studies, how near the nearer one is, the agreement the rule reads, and what keeps
-    its transfer from being shown."""
+    its transfer from being shown (``missing``: shortfalls)."""
     cheap, near = pair
     tau = (f"n/a (fewer than {MIN_SETTINGS} settings)" if summary["settings"] < MIN_SETTINGS
            else "n/a (one side's effects all tie)" if summary["tau"] != summary["tau"]
            else f"{summary['tau']:+.2f} [{summary['tau_lo']:+.2f}, {summary['tau_hi']:+.2f}]")
     chapter = at_chapter_protocol(stored_base_config(near))
-    missing = shortfalls(summary, effects)
     verdict = "not shown: " + "; ".join(missing) if missing else "shown" if chapter else "carries over"
     return {"variant": f"`{cheap.user_attrs.get('variant', cheap.study_name)}`",
             "cheaper study": f"`{cheap.study_name}` ({protocol(stored_base_config(cheap))})",

@@ -27,12 +27,13 @@ STANDINGS = {  # each verdict's standing, in the order the table lists them
 
 def standings(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> pd.Series:
     """Each row's key in STANDINGS ('' for a cheaper study with the search's one-seed trials only, or a design
-    still taking seeds at a cheaper profile: neither answers anything yet, and neither is the chapter's protocol). ``carried``: study name -> setting -> the sign decided at the chapter's protocol, for each
-    study whose transfer was shown (pipeline.report.transfer_section)."""
+    still taking seeds at a cheaper profile: neither answers anything yet, and neither is the chapter's protocol).
+    ``carried``: study name -> setting -> the sign decided at the chapter's protocol, for each study whose transfer
+    was shown (pipeline.report.transfer_section)."""
     carried = carried or {}
     pending = frame["outcome"] == "pending"  # a design still taking seeds: no verdict yet, so no answer
-    tested = (frame["seeds"].fillna(0).astype(int) > 0) & ~pending
-    at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
+    tested = has_seeds(frame) & ~pending
+    at_chapter = at_chapters_protocol(frame)
     study_shown = frame["study"].isin(carried)
     shown = pd.Series([r["outcome"] in ("better", "worse") and carried.get(r["study"], {}).get(r.get("setting")) ==
                        r["outcome"] for _, r in frame.iterrows()], index=frame.index, dtype=bool)
@@ -52,7 +53,7 @@ def standing_table(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | Non
     order = {key: rank for rank, key in enumerate(STANDINGS)}
     table = pd.DataFrame({"whose answer": keys.map(STANDINGS.get),
                           "exercise": [f"`{v}`{by}" for v, by in zip(frame["variant"], by_design(frame))],
-                          "verdict": frame["outcome"].where(frame["seeds"].fillna(0).astype(int) > 0, "not decided"),
+                          "verdict": frame["outcome"].where(has_seeds(frame), "not decided"),
                           "Δ mAP [95%]": frame.apply(delta_text, axis=1),
                           "decided at": frame.apply(decided_at, axis=1),
                           "the same setting at the chapter's protocol": same_setting_there(frame),
@@ -66,13 +67,22 @@ def same_setting_there(frame: pd.DataFrame) -> pd.Series:
     same parameters: a design's contrast at two profiles, say) has at the chapter's protocol ("worse over 10
     seeds"; "not tested there" where it has none); '' for the chapter's own rows. A reader of a proxy's "better"
     sees at once where the chapter's protocol decides otherwise."""
-    at_chapter = frame["chapter_protocol"].fillna(False).astype(bool)
-    tested = frame["seeds"].fillna(0).astype(int) > 0
+    at_chapter = at_chapters_protocol(frame)
     setting = list(zip(frame["variant"], frame.get("best_params", pd.Series("", index=frame.index)).fillna("")))
     there = {key: f"{outcome} over {int(seeds)} seeds" for key, outcome, seeds, here in
-             zip(setting, frame["outcome"], frame["seeds"], at_chapter & tested) if here and key[1]}
-    return pd.Series(["" if chapter else there.get(key, "not tested there") for chapter, key in zip(at_chapter, setting)],
-                     index=frame.index, dtype=object)
+             zip(setting, frame["outcome"], frame["seeds"], at_chapter & has_seeds(frame)) if here and key[1]}
+    return pd.Series(["" if chapter else there.get(key, "not tested there")
+                      for chapter, key in zip(at_chapter, setting)], index=frame.index, dtype=object)
+
+
+def has_seeds(frame: pd.DataFrame) -> pd.Series:
+    """Which rows have paired new seeds (a verdict, or a design's contrast still taking them)."""
+    return frame["seeds"].fillna(0).astype(int) > 0
+
+
+def at_chapters_protocol(frame: pd.DataFrame) -> pd.Series:
+    """Which rows were measured at the chapter's protocol."""
+    return frame["chapter_protocol"].fillna(False).astype(bool)
 
 
 def whose_answer_blocks(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | None = None) -> list[Block]:

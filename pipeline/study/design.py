@@ -67,13 +67,14 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
                 record, others, metric, cells, control), verdict_plan(base, options))
                 for metric in (on_split(m, split) for m in variant.secondary)}
             keep(record)
-            note = "\n".join(filter(None, [contrasts_text(record, split), design_proxy_note(record, base)]))
+            proxy = design_proxy_note(record, base)
+            note = "\n".join(filter(None, [contrasts_text(record, split), proxy]))
             parent.set_tags({**{f"contrast: {row['contrast']}": row["verdict"] for row in record["contrasts"]},
                              "mlflow.note.content": note})
             save_dashboard_note(study, note)
     return {"study": study.study_name, "variant": variant.name, "skipped": skipped, "split": split,
             "chosen": chosen, "contrasts": record["contrasts"], "cells": record["cells"],
-            "secondary": record.get("secondary", {}), "proxy_note": design_proxy_note(record, base)}
+            "secondary": record.get("secondary", {}), "proxy_note": proxy}
 
 
 def design_proxy_note(record: dict, base: RunConfig) -> str:

@@ -42,16 +42,14 @@ def summary(study: optuna.Study, options: SweepOptions, tracker: MlflowTracker, 
     best = best_trial(trials)
     control = next((t for t in complete if t.user_attrs.get("control")), None)
     n = counts(study)
+    base = stored_base_config(study)
     return {"study": study.study_name, "storage": options.storage, "n_complete": n["COMPLETE"],
             "n_pruned": n["PRUNED"], "n_failed": n["FAIL"], "best_value": best.value if best else None,
             "best_params": dict(best.params) if best else None, "best_trial": best.number if best else None,
             "control_value": control.value if control else None, "seeds_per_trial": options.seeds_per_trial,
-            "dataset": stored_base_config(study).get("dataset"),
-            "image_size": stored_base_config(study).get("image_size"),
-            "off_profile": knobs_off_profile(stored_base_config(study), options.profile),
-            "protocol": protocol(stored_base_config(study)),
-            "chapter_protocol": at_chapter_protocol(stored_base_config(study)),
-            "proxy_note": proxy_note(stored_base_config(study)),
+            "dataset": base.get("dataset"), "image_size": base.get("image_size"),
+            "off_profile": knobs_off_profile(base, options.profile), "protocol": protocol(base),
+            "chapter_protocol": at_chapter_protocol(base), "proxy_note": proxy_note(base),
             "best_ci95": (best.user_attrs.get("metrics") or {}).get(f"{study_objective(study)}_ci95") if best else None,
             "best_seed_values": best.user_attrs.get("seed_values") if best else None,
             **verdict_summary(study, best, control, options.seeds_per_trial),
