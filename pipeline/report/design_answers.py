@@ -15,7 +15,9 @@ import pandas as pd
 import experiments
 from pipeline.report.design_section import ATTR
 from pipeline.report.overview import setting_columns
+from pipeline.report.setting_key import changes_key
 from pipeline.report.text import setting_text
+from pipeline.study.optuna_study import stored_base_config
 from pipeline.study.kept_packs import seed_span
 
 
@@ -52,6 +54,7 @@ def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record:
             "question": experiments.load(exercise).question.splitlines()[0], "search_hours": math.nan,
             "profile": study.user_attrs.get("profile", "?"), "trials": "design", "trials_done": 0,
             "best_params": f"{setting} (design `{study.user_attrs.get('variant')}`)", "setting": row["contrast"],
+            "setting_key": changes_key(overrides, stored_base_config(study)),
             "delta": math.nan,
             "control": math.nan, "best": math.nan, "seeds": len(row["seeds"]),
             "confirmed_delta": row.get("delta", math.nan), "ci_lo": lo, "ci_hi": hi, "p": row.get("p", math.nan),

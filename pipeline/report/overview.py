@@ -13,8 +13,9 @@ import pandas as pd
 
 from pipeline.config import at_chapter_protocol, knobs_off_profile, protocol
 from pipeline.report.select import ReportError, list_studies
-from pipeline.report.text import params_text
-from pipeline.report.transfer import verdict_setting
+from pipeline.report.text import params_text, setting_text
+from pipeline.report.setting_key import search_setting_key
+from pipeline.report.transfer import verdict_trial
 from pipeline.report.trials import best_row, control_row, is_seed_study, seed_spread, state_counts, trials_frame
 from pipeline.report.verdict_section import stored_verdict
 from pipeline.study.kept_packs import seed_span
@@ -101,7 +102,10 @@ def study_summary_row(study: optuna.Study) -> dict[str, Any]:
                     "verdict": f"seed noise: sd {spread['sd']:.4f} over {spread['n']} seeds" if spread
                     else "seed noise: fewer than 2 seeds complete"})
         return row
-    row.update(_verdict_columns(study.user_attrs), setting=verdict_setting(study))
+    verdict_on = verdict_trial(study)
+    row.update(_verdict_columns(study.user_attrs),
+               setting=setting_text(verdict_on.params) if verdict_on is not None else "",
+               setting_key=search_setting_key(study, verdict_on.params) if verdict_on is not None else "")
     if control is None or best is None:
         row["verdict"] = "no comparison: " + ("no complete control" if control is None
                                               else "no complete trial besides the control")

@@ -57,11 +57,12 @@ def paired_settings(study: optuna.Study) -> list[dict]:
     return list(named.values())
 
 
-def verdict_setting(study: optuna.Study) -> str:
-    """The name of the setting a study's verdict is about (its first candidate, the best); '' when none."""
+def verdict_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The search's trial whose setting the study's verdict is about (its first candidate, the best); None when
+    there is no verdict."""
     candidates = (stored_record(study.user_attrs) or {}).get("candidates", [])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    return setting_text(trials[candidates[0]["trial"]].params) if candidates and candidates[0]["trial"] in trials else ""
+    return trials.get(candidates[0]["trial"]) if candidates else None
 
 
 def settings_tested(study: optuna.Study) -> pd.DataFrame:

@@ -268,12 +268,13 @@ def test_the_bootstraps_kendall_tau_is_scipys_with_ties_and_constant_rows():
 
 
 def test_a_search_rows_setting_is_its_verdicts_and_a_setting_tried_twice_is_one(tmp_path):
-    from pipeline.report.transfer import paired_settings, verdict_setting
+    from pipeline.report.text import setting_text
+    from pipeline.report.transfer import paired_settings, verdict_trial
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     grid_study(storage, "quick", QUICK, "quick", 64)
     study = optuna.load_study(study_name="quick", storage=storage)
-    assert verdict_setting(study) == paired_settings(study)[0]["setting"] == "box_weight=0.5"  # the record's first
+    assert setting_text(verdict_trial(study).params) == paired_settings(study)[0]["setting"] == "box_weight=0.5"  # the record's first
     distribution = {"box_weight": optuna.distributions.CategoricalDistribution([0.5, 1.0, 2.0, 4.0])}
     study.add_trial(optuna.trial.create_trial(params={"box_weight": 4.0}, distributions=distribution, value=0.1))
     record = study.user_attrs["verdict"]
