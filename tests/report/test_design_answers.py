@@ -141,7 +141,9 @@ def test_a_design_answering_one_exercise_with_two_contrasts_names_each():
     assert by_design(frame) == [" by the design `input-size-design-quick` (input x1.5)",
                                  " by the design `input-size-design-quick` (anchors x0.667)",
                                  " by the design `quick-winners-quick`", ""]
-    labels = set(_points(frame)["label"])
-    assert {"input-size by input-size-design (input x1.5) at quick, 128 px  (worse, 8 new seeds on test)",
-            "input-size by input-size-design (anchors x0.667) at quick, 128 px  (better, 8 new seeds on test)",
-            "loss-weights by quick-winners at quick, 128 px  (worse, 8 new seeds on test)"} < labels
+    points = _points(frame)
+    assert list(zip(points["variant"], points["label"])) == [  # under each exercise's heading, in the plot's order
+        ("input-size", "input-size-design (anchors x0.667) at quick, 128 px  (better, 8 new seeds on test)"),
+        ("input-size", "input-size-design (input x1.5) at quick, 128 px  (worse, 8 new seeds on test)"),
+        ("loss-weights", "its search at quick, 128 px  (worse, 8 new seeds on test)"),
+        ("loss-weights", "quick-winners at quick, 128 px  (worse, 8 new seeds on test)")]

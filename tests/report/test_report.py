@@ -411,22 +411,25 @@ def test_the_sheet_says_whose_answer_each_verdict_is_and_what_its_95_covers():
     assert list(family_outcomes(frame.iloc[:2])) == ["better", "better"]  # two: the marginal one is tried at 5%
 
 
-def test_the_forest_shows_an_exercises_profiles_side_by_side(tmp_path):
-    from pipeline.report.answer_figures import _points, plot_forest
+def test_the_forest_lists_each_exercises_rows_under_its_name_the_chapters_protocol_first(tmp_path):
+    from pipeline.report.answer_figures import _points, _rows_and_headings, plot_forest
 
     row = {"delta": 0.02, "confirmed_delta": 0.03, "ci_lo": 0.01, "ci_hi": 0.05, "outcome": "better", "seeds": 6,
            "split": "test"}
-    frame = pd.DataFrame([{**row, "variant": "focal-loss", "profile": "quick"},
-                          {**row, "variant": "smooth-l1", "profile": "quick"},
-                          {**row, "variant": "focal-loss", "profile": "chapter", "outcome": "undecided",
+    frame = pd.DataFrame([{**row, "variant": "smooth-l1", "profile": "quick"},
+                          {**row, "variant": "focal-loss", "profile": "quick", "design_variant": "quick-winners"},
+                          {**row, "variant": "focal-loss", "profile": "zzz-chapter", "outcome": "undecided",
                            "image_size": 256, "device": "NVIDIA H200"}])
-    frame["chapter_protocol"] = frame["profile"] == "chapter"
+    frame["chapter_protocol"] = frame["profile"] == "zzz-chapter"  # first in its group, whatever its name
     frame.loc[frame["profile"] == "quick", ["image_size", "device"]] = [64, "cpu: AMD EPYC (2 cores)"]
     points = _points(frame)
-    labels = list(points["label"])[::-1]  # top to bottom
-    assert labels[0].startswith("focal-loss at chapter, 256 px on NVIDIA H200  (undecided, 6 new seeds on test)")
-    assert labels[1].startswith("focal-loss at quick, 64 px on CPU") and labels[2].startswith("smooth-l1 at quick")
-    assert list(points["marker"])[::-1] == ["s", "o", "o"]
+    assert list(points["label"]) == [  # top to bottom
+        "its search at zzz-chapter, 256 px on NVIDIA H200  (undecided, 6 new seeds on test)",
+        "quick-winners at quick, 64 px on CPU  (better, 6 new seeds on test)",
+        "its search at quick, 64 px on CPU  (better, 6 new seeds on test)"]
+    assert list(points["marker"]) == ["s", "o", "o"]
+    rows, headings = _rows_and_headings(points)
+    assert list(rows) == [1, 2, 4] and headings == [(0, "focal-loss"), (3, "smooth-l1")]
     assert "A square is decided at the chapter's protocol" in plot_forest(frame, 0.01, tmp_path / "forest.png")
 
 
