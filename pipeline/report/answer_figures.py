@@ -106,6 +106,6 @@ def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:
             f"a verdict on new seeds (the bar: its 95% interval, valid at any number of seeds); a hollow point is the "
             f"search's own one-seed difference, not tested. A square is decided at the chapter's protocol (256 px, 20 "
             f"epochs, batch 32, lr 0.2), a circle at a cheaper one; each exercise's rows sit under its name, the "
-            f"chapter's protocol first, each row naming the study (its search, or a design) and its profile, input "
-            f"side and machine. The shaded band is ±{delta:g}, the margin within which "
+            f"chapter's protocol first, each row naming what measured it (the exercise's search, or a design) and its "
+            f"profile, input side and machine. The shaded band is ±{delta:g}, the margin within which "
             "a difference counts as equivalent.")

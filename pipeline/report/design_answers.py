@@ -15,9 +15,8 @@ import pandas as pd
 import experiments
 from pipeline.report.design_section import ATTR
 from pipeline.report.overview import setting_columns
-from pipeline.report.setting_key import changes_key
+from pipeline.report.setting_key import design_setting_key
 from pipeline.report.text import setting_text
-from pipeline.study.optuna_study import stored_base_config
 from pipeline.study.kept_packs import seed_span
 
 
@@ -39,12 +38,12 @@ def design_answer_rows(study: optuna.Study) -> list[dict[str, Any]]:
     for row in record["contrasts"]:
         cell = experiments.one_cell_against(row["weights"], control)
         if row["contrast"] in answers and cell in cells and row["seeds"]:
-            rows.append(_row(study, row, answers[row["contrast"]], cells[cell], record, control))
+            rows.append(_row(study, row, answers[row["contrast"]], cell, cells[cell], record, control))
     return rows
 
 
 
-def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record: dict, control: str
+def _row(study: optuna.Study, row: dict, exercise: str, cell: str, overrides: dict, record: dict, control: str
          ) -> dict[str, Any]:
     control_scores = [record["cells"][control]["scores"].get(str(seed)) for seed in row["seeds"]]
     lo, hi = row.get("delta_ci95", [-math.inf, math.inf])
@@ -54,7 +53,7 @@ def _row(study: optuna.Study, row: dict, exercise: str, overrides: dict, record:
             "question": experiments.load(exercise).question.splitlines()[0], "search_hours": math.nan,
             "profile": study.user_attrs.get("profile", "?"), "trials": "design", "trials_done": 0,
             "best_params": f"{setting} (design `{study.user_attrs.get('variant')}`)", "setting": row["contrast"],
-            "setting_key": changes_key(overrides, stored_base_config(study)),
+            "setting_key": design_setting_key(study, cell, overrides),
             "delta": math.nan,
             "control": math.nan, "best": math.nan, "seeds": len(row["seeds"]),
             "confirmed_delta": row.get("delta", math.nan), "ci_lo": lo, "ci_hi": hi, "p": row.get("p", math.nan),

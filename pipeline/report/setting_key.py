@@ -1,7 +1,11 @@
-"""A setting's key: the knobs its run configuration changes from its control's, sorted, each value written one way
-(4 and 4.0 alike). A search's trial and a design's cell that train the same configuration get the same key, whatever
-their parameters are called: smooth-l1's search tries `smooth_l1_sigma=1`, and its space adds `box_loss=smooth_l1`,
-which a design's cell names outright. The answer sheet matches settings across profiles on it."""
+"""A setting's key: what its runs train, apart from the protocol they train it at. Two parts: the knobs the setting
+changes from its control, sorted, each value written one way (4 and 4.0 alike); and the control's own knobs off the
+chapter's (its data set, a knob a user `--set`), other than the protocol's and those that only change speed. A
+search's trial and a design's cell that train the same configuration get the same key, whatever their parameters
+are called: smooth-l1's search tries `smooth_l1_sigma=1`, and its space adds `box_loss=smooth_l1`, which a design's
+cell names outright. A design's knob set relative to the profile (`Scaled`) is written as its factor
+(`image_size=x1.5`), so that the same cell keys alike at every profile. The answer sheet matches settings across
+profiles on it (pipeline.report.whose_answer)."""
 
 from __future__ import annotations
 
@@ -11,32 +15,69 @@ from typing import Any
 import optuna
 
 import experiments
-from pipeline.config import RunConfig
+from pipeline.config import PROTOCOL_EXTRAS, PROTOCOL_KNOBS, RunConfig
 from pipeline.study.optuna_study import stored_base_config
 
+RUN_ONLY = ("seed", "device", "channels_last", "cuda_graph", "cudnn_benchmark", "torch_compile", "pack_layout",
+            "val_every")  # how a run is carried out, not what it trains
 
-def changes_key(overrides: dict[str, Any], base: dict[str, Any]) -> str:
-    """'box_loss=smooth_l1, smooth_l1_sigma=1': the overrides that differ from ``base`` (a RunConfig's fields)."""
-    changed = {knob: value for knob, value in overrides.items() if _written(value) != _written(base.get(knob))}
-    return ", ".join(f"{knob}={_written(value)}" for knob, value in sorted(changed.items()))
+
+def setting_key(overrides: dict[str, Any], base: RunConfig) -> str:
+    """'box_loss=smooth_l1 | on dataset=shapes': the overrides that differ from ``base``, and ``base``'s knobs off
+    the chapter's other than the protocol's and RUN_ONLY's ("the chapter's" where there are none)."""
+    fields, chapter = dataclasses.asdict(base), dataclasses.asdict(RunConfig())
+    context = {knob: value for knob, value in fields.items()
+               if knob not in (*PROTOCOL_KNOBS, *PROTOCOL_EXTRAS, *RUN_ONLY)}
+    context_key = _changes(context, chapter) or "the chapter's"
+    return f"{_changes(overrides, fields)} | on {context_key}"
 
 
 def search_setting_key(study: optuna.Study, params: dict[str, Any]) -> str:
     """The key of the setting a search's trial with ``params`` trained: the variant's space replayed on them over
-    the study's stored base configuration. '' where it cannot be replayed (a variant no longer in experiments/, or
-    a space that asks for a parameter the trial lacks), so that the sheet falls back to the parameters' text."""
-    base = stored_base_config(study)
+    the study's stored base configuration. '' where it cannot be replayed (no stored base, a variant no longer in
+    experiments/, a space that asks for a parameter the trial lacks), so that the sheet falls back to the
+    parameters' text."""
     try:
-        variant = experiments.load(study.user_attrs.get("variant", ""))
-        config = RunConfig(**{f.name: base[f.name] for f in dataclasses.fields(RunConfig) if f.name in base})
-        overrides = variant.space(optuna.trial.FixedTrial(params), config)
-    except (KeyError, ValueError, TypeError):
+        base = stored_run_config(study)
+        overrides = experiments.load(study.user_attrs.get("variant", "")).space(optuna.trial.FixedTrial(params), base)
+    except (KeyError, ValueError, TypeError, AttributeError):
         return ""
-    return changes_key(overrides, base)
+    return setting_key(overrides, base)
+
+
+def design_setting_key(study: optuna.Study, cell: str, overrides: dict[str, Any]) -> str:
+    """The key of a design's cell from its stored (resolved) ``overrides``: a knob the design file sets relative to
+    the profile is written as its factor where the file's cell still resolves to the stored value (an edited file
+    does not: its stored value stands). '' where the study has no stored base."""
+    try:
+        base = stored_run_config(study)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return ""
+    try:
+        declared = experiments.load(study.user_attrs.get("variant", "")).cells.get(cell, {})
+    except KeyError:
+        declared = {}
+    factors = {knob: f"x{value.factor:g}" for knob, value in declared.items() if isinstance(value, experiments.Scaled)
+               and experiments.resolve_cell({knob: value}, base)[knob] == overrides.get(knob)}
+    return setting_key({**overrides, **factors}, base)
+
+
+def stored_run_config(study: optuna.Study) -> RunConfig:
+    """The study's stored base configuration as a RunConfig, knobs added since at their defaults; KeyError where
+    the study stored none."""
+    stored = stored_base_config(study)
+    if not stored:
+        raise KeyError(f"study {study.study_name!r} stored no base configuration")
+    return RunConfig(**{f.name: stored[f.name] for f in dataclasses.fields(RunConfig) if f.name in stored})
+
+
+def _changes(overrides: dict[str, Any], base: dict[str, Any]) -> str:
+    changed = {knob: value for knob, value in overrides.items() if _written(value) != _written(base.get(knob))}
+    return ", ".join(f"{knob}={_written(value)}" for knob, value in sorted(changed.items()))
 
 
 def _written(value: Any) -> str:
-    """One spelling per value: 4, 4.0 and 4.00000001 are '4'; strings and None as they are."""
+    """One spelling per value: 4 and 4.0 are '4', 0.1 and 0.1 + 1e-17 are '0.1'; strings and None as they are."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
-    return f"{float(value):.6g}"
+    return str(int(value)) if float(value).is_integer() else f"{float(value):.10g}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.report.design_answers import by_design, design_rows
+from pipeline.report.design_answers import by_design
 from pipeline.report.document import Block
 from pipeline.report.text import decided_at, delta_text
 
@@ -65,40 +65,37 @@ def standing_table(frame: pd.DataFrame, carried: dict[str, dict[str, str]] | Non
 def same_setting_there(frame: pd.DataFrame) -> pd.Series:
     """For each row off the chapter's protocol, the verdict on new seeds that the very same setting has at the
     chapter's protocol ("worse over 10 seeds"; "not tested there" where it has none); '' for the chapter's own rows.
-    The same setting: the same exercise, and either the same run configuration's changes from the control
-    (pipeline.report.setting_key: a search's `smooth_l1_sigma=1` is a design's `box_loss=smooth_l1,
-    smooth_l1_sigma=1`) or the same design's same contrast (`input x1.5`: 192 px at one profile, 384 at the
-    chapter's). A reader of a proxy's "better" sees at once where the chapter's protocol decides otherwise."""
+    The same setting: the same exercise and the same key (pipeline.report.setting_key: what the runs train, apart
+    from the protocol, so a search's `smooth_l1_sigma=1` is a design's `box_loss=smooth_l1, smooth_l1_sigma=1`,
+    and a design's `input x1.5` is one cell at every profile). A row with no key (an older sheet's) matches on its
+    parameters' text only. A reader of a proxy's "better" sees at once where the chapter's protocol decides
+    otherwise."""
     at_chapter = at_chapters_protocol(frame)
     keys = setting_keys(frame)
-    there: dict[tuple, list[tuple[str, str]]] = {}
-    for row_keys, study, outcome, seeds, here in zip(keys, frame["study"], frame["outcome"], frame["seeds"],
-                                                     at_chapter & has_seeds(frame)):
-        for key in row_keys if here else ():
-            there.setdefault(key, []).append((study, f"{outcome} over {int(seeds)} seeds"))
+    there: dict[tuple, dict[tuple, str]] = {}
+    for key, study, setting, outcome, seeds, here in zip(keys, frame["study"], frame.get("setting", keys),
+                                                         frame["outcome"], frame["seeds"], at_chapter & has_seeds(frame)):
+        if here and key:
+            there.setdefault(key, {})[(study, setting)] = f"{outcome} over {int(seeds)} seeds"
 
-    def verdicts(row_keys: list[tuple]) -> str:
-        found = dict(pair for key in row_keys for pair in there.get(key, []))  # a study matched twice counts once
+    def verdicts(key: tuple | None) -> str:
+        found = there.get(key, {})
         if len(found) > 1:
-            return "; ".join(f"{text} (`{study}`)" for study, text in found.items())
+            return "; ".join(f"{text} (`{study}`)" for (study, _), text in found.items())
         return next(iter(found.values()), "not tested there")
 
-    return pd.Series(["" if chapter else verdicts(row_keys) for chapter, row_keys in zip(at_chapter, keys)],
+    return pd.Series(["" if chapter else verdicts(key) for chapter, key in zip(at_chapter, keys)],
                      index=frame.index, dtype=object)
 
 
-def setting_keys(frame: pd.DataFrame) -> list[list[tuple]]:
-    """Each row's names for its setting, any of which another row's may match: its exercise with its configuration's
-    changes (or, where the row has no key, with its parameters' text, which only the same text matches), and a
-    design's row's design with its contrast."""
+def setting_keys(frame: pd.DataFrame) -> list[tuple | None]:
+    """Each row's name for its setting: its exercise with its key, or with its parameters' text where it has no
+    key; None where it has neither."""
     empty = pd.Series("", index=frame.index)
-    changes = frame.get("setting_key", empty).fillna("").astype(str)
+    keys = frame.get("setting_key", empty).fillna("").astype(str)
     texts = frame.get("best_params", empty).fillna("").astype(str)
-    designs = frame.get("design_variant", empty).where(design_rows(frame), "")
-    contrasts = frame.get("setting", empty).fillna("")
-    return [[("changes", variant, change) if change else ("text", variant, text)] * bool(change or text) +
-            [("contrast", variant, design, contrast)] * bool(isinstance(design, str) and design and contrast)
-            for variant, change, text, design, contrast in zip(frame["variant"], changes, texts, designs, contrasts)]
+    return [("key", variant, key) if key else ("text", variant, text) if text else None
+            for variant, key, text in zip(frame["variant"], keys, texts)]
 
 
 def has_seeds(frame: pd.DataFrame) -> pd.Series:

@@ -55,6 +55,7 @@ def test_each_answering_contrast_is_a_row_of_its_exercise(tmp_path):
     assert box["seeds"] == 5 and box["verdict_seeds"] == "1-5" and box["chapter_protocol"] is True
     assert box["control_mean"] == pytest.approx(0.10) and box["candidate_diffs"] == [[0.05] * 5]
     assert box["best_params"] == "box_weight=4 (design `quick-winners`)" and box["image_size"] == 256
+    assert box["setting_key"] == "box_weight=4 | on the chapter's"  # what the sheet matches it on
     assert box["question"] == "Should the box loss weigh more, or less, than the class loss?"
     assert by_exercise["focal-loss"]["control_mean"] == pytest.approx(0.11)  # the control on the contrast's seeds
 
@@ -67,7 +68,7 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
                               "ci_lo": 0.01, "ci_hi": 0.11, "delta": 0.1, "best_params": "box_weight=4",
                               "verdict_seeds": "1-8", "split": "test", "question": "q", "search_hours": 1.0,
                               "verdict_hours": 0.5, "candidate_diffs": [[0.06] * 8], "shared_control": "",
-                              "control_mean": 0.1}])
+                              "control_mean": 0.1, "setting_key": "box_weight=4 | on the chapter's"}])
     frame = with_design_answers(searched, [winners_study(storage, "chapter")])
     assert list(zip(frame["variant"], frame["study"])) == [  # an exercise's rows together
         ("focal-loss", "quick-winners-chapter"), ("loss-weights", "loss-weights-quick"),
@@ -77,7 +78,7 @@ def test_the_sheet_names_a_design_answer_at_the_chapters_protocol_as_the_chapter
         [STANDINGS["chapter"], "`loss-weights` by the design `quick-winners-chapter`", "better",
          "+0.0500 [+0.0200, +0.0800]", where, ""],
         [STANDINGS["proxy"], "`loss-weights`", "better", "+0.0600 [+0.0100, +0.1100]", "quick profile, bananas, 64 px",
-         "not tested there"],  # box_weight=4 from a search: not the design's contrast, so not matched to it
+         "better over 5 seeds"],  # box_weight=4 from a search trains what the design's box 4 trains
         [STANDINGS["pending"], "`focal-loss` by the design `quick-winners-chapter`", "pending",
          "+0.0400 [no bound yet]", where, ""]]  # pending on 2 seeds: not an answer yet
     chapter = optuna.load_study(study_name="quick-winners-chapter", storage=storage)
