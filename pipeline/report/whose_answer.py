@@ -72,9 +72,10 @@ def same_setting_there(frame: pd.DataFrame) -> pd.Series:
     otherwise."""
     at_chapter = at_chapters_protocol(frame)
     keys = setting_keys(frame)
-    there: dict[tuple, dict[tuple, str]] = {}
-    for key, study, setting, outcome, seeds, here in zip(keys, frame["study"], frame.get("setting", keys),
-                                                         frame["outcome"], frame["seeds"], at_chapter & has_seeds(frame)):
+    settings = frame.get("setting", pd.Series("", index=frame.index))
+    there: dict[tuple, dict[tuple, str]] = {}  # key -> (study, setting) -> its verdict there
+    for key, study, setting, outcome, seeds, here in zip(keys, frame["study"], settings, frame["outcome"],
+                                                         frame["seeds"], at_chapter & has_seeds(frame)):
         if here and key:
             there.setdefault(key, {})[(study, setting)] = f"{outcome} over {int(seeds)} seeds"
 
