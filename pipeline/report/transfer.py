@@ -186,6 +186,7 @@ def label_points(ax, labels: list[str], effects: pd.DataFrame) -> None:
     texts = [ax.text(xi, yi, fill(label, 30), fontsize=8) for label, xi, yi in zip(labels, x, y)]
     ax.figure.draw_without_rendering()  # constrained layout fixes the axes' size before the labels move
     adjust_text(texts, x=x, y=y, objects=error_boxes(effects), ax=ax, force_static=(0.4, 0.8), expand=(1.3, 1.6),
+                max_move=(30, 30),  # the default 10 px a step left two labels of near-coincident points stacked
                 arrowprops={"arrowstyle": "-", "color": COLORS["control"], "lw": 0.5})
 
 

@@ -310,6 +310,33 @@ def test_the_scatters_labels_stay_apart_and_inside_the_frame_where_points_crowd(
     assert not any(label.overlaps(bar) for label in boxes for bar in bars)  # nor a point's error bars
 
 
+def test_the_transfer_figures_labels_stay_apart_where_two_points_nearly_coincide(tmp_path, monkeypatch):
+    """negative-sampling's grid at the 128-px rung: random 1:1 and hard 3:1 sit 0.004 apart, and adjustText's default
+    step left their labels stacked in the sheet's figure. Checked on the figure plot_transfer draws."""
+    from pipeline.report import transfer
+
+    effects = pd.DataFrame({"setting": [f"neg_sampling={how}, neg_pos_ratio={ratio}" for how, ratio in (
+                                ("random", 10), ("random", 3), ("hard", 10), ("random", 1), ("hard", 3), ("hard", 1))],
+                            "delta_quick": [0.0412, 0.0097, 0.0101, -0.0254, -0.0256, -0.0438],
+                            "delta_chapter": [0.0156, -0.0184, 0.0088, -0.0485, -0.0522, -0.07],
+                            "se_quick": [0.012, 0.0103, 0.0119, 0.0073, 0.0166, 0.0114],
+                            "se_chapter": [0.0138, 0.0113, 0.0224, 0.0134, 0.0286, 0.0219]})
+    drawn = {}
+
+    def label_and_keep(ax, labels, effects):
+        label_points(ax, labels, effects)
+        ax.figure.draw_without_rendering()
+        drawn.update(boxes=[text.get_window_extent() for text in ax.texts], frame=ax.get_window_extent())
+
+    monkeypatch.setattr(transfer, "label_points", label_and_keep)
+    transfer.plot_transfer(effects, ("quick (64 px, 10 epochs, batch 16, lr 0.4 constant, on cpu: AMD EPYC (2 cores))",
+                                     "chapter (128 px, 20 epochs, batch 32, lr 0.2 constant, on cpu: AMD EPYC (2 "
+                                     "cores))"), tmp_path / "transfer.png")
+    boxes, frame = drawn["boxes"], drawn["frame"]
+    assert len(boxes) == 6 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+
+
 def test_a_pairs_summary_names_everything_that_keeps_its_transfer_from_being_shown():
     from pipeline.report.transfer_section import is_shown, shortfalls
 
