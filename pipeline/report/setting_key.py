@@ -18,6 +18,7 @@ import experiments
 from pipeline.config import PROTOCOL_EXTRAS, PROTOCOL_KNOBS, RunConfig
 from pipeline.study.optuna_study import stored_base_config
 
+NEARBY = 0.05  # two numeric values this close, relative to the larger, make a "nearby" setting (focal γ 0.1017 and 0.1)
 RUN_ONLY = ("seed", "device", "channels_last", "cuda_graph", "cudnn_benchmark", "torch_compile", "pack_layout",
             "val_every")  # how a run is carried out, not what it trains
 
@@ -69,6 +70,52 @@ def stored_run_config(study: optuna.Study) -> RunConfig:
     if not stored:
         raise KeyError(f"study {study.study_name!r} stored no base configuration")
     return RunConfig(**{f.name: stored[f.name] for f in dataclasses.fields(RunConfig) if f.name in stored})
+
+
+def nearness(key: str, other: str) -> float | None:
+    """How far apart two settings are when they differ in numeric values only: the largest relative difference
+    over their knobs (0 for the same setting); None where they differ in anything else (a knob's text, their
+    context)."""
+    values = _side_by_side(key, other)
+    gaps = [_relative_gap(mine, theirs) for mine, theirs in values.values()] if values is not None else [None]
+    return None if None in gaps else max(gaps, default=0.0)
+
+
+def knobs_apart(key: str, other: str) -> str:
+    """'focal_gamma=0.1': ``key``'s values of the knobs on which it differs from ``other`` (same context)."""
+    values = _side_by_side(key, other) or {}
+    return ", ".join(f"{knob}={mine}" for knob, (mine, theirs) in sorted(values.items()) if mine != theirs)
+
+
+def _side_by_side(key: str, other: str) -> dict[str, tuple[str | None, str | None]] | None:
+    """Each knob either key changes, with its value in both; a knob that one key leaves out has its control's
+    value there (the context's, else the chapter's). None where the two keys differ in context."""
+    (knobs, context), (other_knobs, other_context) = _parsed(key), _parsed(other)
+    if context != other_context:
+        return None
+    defaults = {**{knob: _written(value) for knob, value in dataclasses.asdict(RunConfig()).items()},
+                **_pairs(context)}
+    return {knob: (knobs.get(knob, defaults.get(knob)), other_knobs.get(knob, defaults.get(knob)))
+            for knob in {*knobs, *other_knobs}}
+
+
+def _parsed(key: str) -> tuple[dict[str, str], str]:
+    changes, _, context = key.partition(" | on ")
+    return _pairs(changes), context
+
+
+def _pairs(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.split(", ") if "=" in part)
+
+
+def _relative_gap(value: str | None, other: str | None) -> float | None:
+    if value == other:
+        return 0.0
+    try:
+        a, b = float(value), float(other)
+    except (TypeError, ValueError):
+        return None
+    return abs(a - b) / max(abs(a), abs(b))
 
 
 def _changes(overrides: dict[str, Any], base: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from pipeline.report.design_answers import by_design
 from pipeline.report.document import Block
+from pipeline.report.setting_key import NEARBY, knobs_apart, nearness
 from pipeline.report.text import decided_at, delta_text
 
 RULE = ("A verdict is the chapter's answer only when it was decided at the chapter's protocol (256 px, 20 epochs, "
@@ -83,10 +84,25 @@ def same_setting_there(frame: pd.DataFrame) -> pd.Series:
         found = there.get(key, {})
         if len(found) > 1:
             return "; ".join(f"{text} (`{study}`)" for (study, _), text in found.items())
-        return next(iter(found.values()), "not tested there")
+        if found:
+            return next(iter(found.values()))
+        near = nearest_setting(key, there)
+        return "not tested there" + (f"; nearby, {knobs_apart(near[2], key[2])}: {verdicts(near)}" if near else "")
 
     return pd.Series(["" if chapter else verdicts(key) for chapter, key in zip(at_chapter, keys)],
                      index=frame.index, dtype=object)
+
+
+def nearest_setting(key: tuple | None, there: dict[tuple, dict]) -> tuple | None:
+    """The closest key in ``there`` to ``key`` of the same exercise that differs from it in numeric values only,
+    each within NEARBY (pipeline.report.setting_key.nearness); None where none is. A search's best (focal γ
+    0.1017) is rarely the very value a design tested (γ 0.1); the sheet shows that one's verdict, named as the
+    other setting it is, never as this one's."""
+    if not key or key[0] != "key":
+        return None
+    near = [(gap, other) for other in there if other[:2] == key[:2]
+            and (gap := nearness(key[2], other[2])) is not None and gap <= NEARBY]
+    return min(near)[1] if near else None
 
 
 def setting_keys(frame: pd.DataFrame) -> list[tuple | None]:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import experiments
-from pipeline.report.setting_key import design_setting_key, search_setting_key, setting_key
+from pipeline.report.setting_key import design_setting_key, knobs_apart, nearness, search_setting_key, setting_key
 from pipeline.report.whose_answer import same_setting_there
 from pipeline.study.optuna_study import SweepOptions, base_config
 
@@ -123,3 +123,46 @@ def test_the_sheet_matches_a_proxys_row_to_the_chapters_rows_with_its_key():
         "not tested there",  # 192 px from a search is not the design's x1.5 at the chapter's protocol
         "", "", "better over 6 seeds (`loss-weights-chapter`); pending over 4 seeds (`quick-winners-chapter`)",
         "not tested there"]  # smooth L1 over a box weight of 4 is another question than smooth L1 alone
+
+
+def test_nearness_measures_settings_that_differ_in_numbers_only_and_refuses_the_rest():
+    focal = search_setting_key(stored_study("focal-loss"), {"focal_gamma": 0.1017, "focal_alpha": 0.75})
+    sigma = setting_key({"box_loss": "smooth_l1", "smooth_l1_sigma": 1.02}, control("smooth-l1"))  # a σ off the grid
+    assert nearness(focal, design_key("chapter", "focal")) == pytest.approx(0.0017 / 0.1017)
+    assert knobs_apart(design_key("chapter", "focal"), focal) == "focal_gamma=0.1"
+    assert nearness(sigma, design_key("chapter", "smooth L1")) == pytest.approx(0.02 / 1.02)  # σ 1 is the control's
+    assert knobs_apart(design_key("chapter", "smooth L1"), sigma) == "smooth_l1_sigma=1"
+    assert nearness(focal, focal) == 0.0
+    assert nearness(focal, design_key("chapter", "box 4")) is None  # another loss: not a matter of numbers
+    assert nearness(search_setting_key(stored_study("smooth-l1", box_weight=4.0), {"smooth_l1_sigma": 1.02}),
+                    design_key("chapter", "smooth L1")) is None  # another control
+    assert nearness(search_setting_key(stored_study("input-size"), {"scale": 1.5, "changed": "input"}),
+                    design_key("chapter", "side x1.5, chapter's anchors", "input-size-design")) is None  # 192 vs x1.5
+
+
+def test_the_sheet_names_a_nearby_setting_tested_at_the_chapters_protocol_as_another_setting():
+    def search_row(study, variant, params, **flags):
+        return sheet_row(study, variant, False, "better", 8,
+                         setting_key=search_setting_key(stored_study(variant, **flags), params))
+
+    def smooth_row(sigma, **flags):  # a σ off smooth-l1's grid, as a continuous search would try it
+        return sheet_row("combined-quick", "smooth-l1", False, "better", 8, setting_key=setting_key(
+            {"box_loss": "smooth_l1", "smooth_l1_sigma": sigma}, control("smooth-l1", **flags)))
+
+    frame = pd.DataFrame([
+        sheet_row("quick-winners-chapter", "focal-loss", True, "worse", 10, design_variant="quick-winners",
+                  setting="focal against the chapter", setting_key=design_key("chapter", "focal")),
+        sheet_row("quick-winners-chapter", "smooth-l1", True, "equivalent", 7, design_variant="quick-winners",
+                  setting="smooth L1 against the chapter", setting_key=design_key("chapter", "smooth L1")),
+        search_row("focal-loss-quick", "focal-loss", {"focal_gamma": 0.1017, "focal_alpha": 0.75}),
+        search_row("focal-loss-quick", "focal-loss", {"focal_gamma": 0.11, "focal_alpha": 0.75}),  # 9% away
+        search_row("focal-loss-quick", "focal-loss", {"focal_gamma": 0.1017, "focal_alpha": None}),
+        smooth_row(0.98),
+        smooth_row(0.98, box_weight=4.0)])
+    assert same_setting_there(frame).tolist() == [
+        "", "",
+        "not tested there; nearby, focal_gamma=0.1: worse over 10 seeds",
+        "not tested there",
+        "not tested there",  # the chapter's alpha is another setting, however close γ is
+        "not tested there; nearby, smooth_l1_sigma=1: equivalent over 7 seeds",
+        "not tested there"]
