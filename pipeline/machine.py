@@ -36,6 +36,24 @@ def cpu_description() -> str:
     return f"cpu: {cpu_model()} ({cpu_cores()} cores)"
 
 
+def devices_used(attrs: dict, description: str) -> list[str]:
+    """The machines a study's sweeps ran on, in the order first used, with ``description`` added: the list a study
+    keeps as ``devices_used`` (a study from before the list starts it with the one machine it recorded then). A
+    study resumed on another machine (the 2-core machines differ from session to session) names both."""
+    used = list(attrs.get("devices_used") or ([attrs["device_used"]] if attrs.get("device_used") else []))
+    return used + ([description] if description not in used else [])
+
+
+def devices_text(attrs: dict) -> str | None:
+    """'cpu: AMD EPYC (2 cores) and Intel(R) Xeon(R) Processor (2 cores)': every machine a study's sweeps ran on,
+    from its user attributes; None where it recorded none."""
+    used = [d for d in attrs.get("devices_used") or [attrs.get("device_used")] if d]
+    cpu = "cpu: "
+    if len(used) > 1 and all(d.startswith(cpu) for d in used):
+        return cpu + " and ".join(d.removeprefix(cpu) for d in used)
+    return " and ".join(used) or None
+
+
 def resolve_device(name: str) -> "torch.device":
     """'auto' is CUDA where torch sees it, else the CPU; 'cuda' without CUDA is an error, not a silent CPU run."""
     import torch

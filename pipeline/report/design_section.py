@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 
 from pipeline.config import knobs_off_profile
+from pipeline.machine import devices_text
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.text import counted, decided_at, fmt
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
@@ -113,7 +114,7 @@ def design_blocks(study: optuna.Study) -> list[Block]:
     record, variant = study.user_attrs.get(ATTR), study.user_attrs.get("variant", study.study_name)
     base = study.user_attrs.get("signature", {}).get("base_config", {})
     profile = study.user_attrs.get("profile")
-    place = {**base, "profile": profile, "device": study.user_attrs.get("device_used"),
+    place = {**base, "profile": profile, "device": devices_text(study.user_attrs),
              "off_profile": knobs_off_profile(base, profile)}
     name = f"`{variant}` ({decided_at(place)})"
     if not record:

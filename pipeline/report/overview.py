@@ -12,6 +12,7 @@ import optuna
 import pandas as pd
 
 from pipeline.config import at_chapter_protocol, knobs_off_profile, protocol
+from pipeline.machine import devices_text
 from pipeline.report.select import ReportError, list_studies
 from pipeline.report.text import params_text, setting_text
 from pipeline.report.setting_key import search_setting_key
@@ -73,7 +74,7 @@ def setting_columns(study: optuna.Study) -> dict[str, Any]:
     spans = [(t.datetime_start, t.datetime_complete) for t in study.trials if t.datetime_start and t.datetime_complete]
     return {"question": (study.user_attrs.get("question") or "").splitlines()[0] if study.user_attrs.get("question")
             else "", "dataset": base.get("dataset"), "image_size": base.get("image_size"),
-            "anchor_scale": base.get("anchor_scale", 1.0), "device": study.user_attrs.get("device_used"),
+            "anchor_scale": base.get("anchor_scale", 1.0), "device": devices_text(study.user_attrs),
             "protocol": protocol(base), "chapter_protocol": at_chapter_protocol(base),
             "off_profile": knobs_off_profile(base, study.user_attrs.get("profile")),
             "search_hours": busy_hours(spans) if spans else math.nan}

@@ -12,6 +12,7 @@ import optuna
 import pandas as pd
 
 from pipeline.config import PROTOCOL_EXTRAS, PROTOCOL_KNOBS, make_config
+from pipeline.machine import devices_text
 from pipeline.metric_names import metric_meaning, objective_label
 from pipeline.report.document import Block, question_blocks, write_documents
 from pipeline.report.figures import (Skipped, param_importances, plot_ap_by_size, plot_epochs, plot_heatmap,
@@ -64,7 +65,7 @@ def header_blocks(d: StudyData) -> list[Block]:
                 f"{cfg.get('train_images') or 'all'} training and {cfg.get('val_images') or 'all'} validation images, "
                 f"{counted(cfg.get('epochs', 0), 'epoch')} per trial")
     items = [d.note, f"Data set: {data_set}.", *protocol_note(cfg), f"Profile: `{d.attrs.get('profile', '?')}`; "
-             f"device: `{d.attrs.get('device_used') or cfg.get('device', '?')}`; objective: `{d.objective}`{_meaning(d.objective)}, maximised.",
+             f"device: `{devices_text(d.attrs) or cfg.get('device', '?')}`; objective: `{d.objective}`{_meaning(d.objective)}, maximised.",
              f"Trials: {state_counts(d.trials)}.", f"Run: {_when(d.trials)}."]
     if d.mlflow_note:
         items.append(f"MLflow: {d.mlflow_note}.")

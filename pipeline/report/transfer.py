@@ -26,6 +26,7 @@ from scipy import stats
 import experiments
 
 from pipeline.config import protocol
+from pipeline.machine import devices_text
 from pipeline.report.design_section import ATTR as DESIGN_ATTR
 from pipeline.report.document import Block, write_documents
 from pipeline.report.figures import COLORS, Skipped, new_figure
@@ -243,5 +244,5 @@ def agreement_text(summary: dict, labels: tuple[str, str]) -> str:
 
 def _profile_label(study: optuna.Study) -> str:
     base = stored_base_config(study)
-    device = study.user_attrs.get("device_used")
+    device = devices_text(study.user_attrs)
     return f"{study.user_attrs.get('profile', '?')} ({protocol(base)}{f', on {device}' if device else ''})"

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 import experiments
 from pipeline.config import RunConfig, make_config
 from pipeline.interrupts import run_whole
+from pipeline.machine import devices_used
 from pipeline.sqlite_files import DEFAULT_STORAGE
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
 from pipeline.study import best as best_rule
@@ -242,6 +243,13 @@ def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTri
     """The study's best trial by the one rule of pipeline.study.best (never the control; ties to the lower number)."""
     number = best_rule.best_number(best_rule.from_trials(trials))
     return next((t for t in trials if t.number == number), None)
+
+
+def record_device(study: optuna.Study, description: str) -> None:
+    """Note on the study that its sweep runs on ``description`` now: ``device_used`` is the latest machine,
+    ``devices_used`` every one so far (pipeline.machine.devices_text words them for the reports)."""
+    study.set_user_attr("devices_used", devices_used(study.user_attrs, description))
+    study.set_user_attr("device_used", description)
 
 
 def stored_base_config(study: optuna.Study) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from pipeline.study.design import run_design
 from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SecondaryPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
                                          check_some_trial_completed, counts, load_variant, prepare, remaining_trials,
-                                         save_dashboard_note, stored_base_config, study_objective)
+                                         record_device, save_dashboard_note, stored_base_config,
+                                         study_objective)
 from pipeline.study.space import describe_space
 from pipeline.study.store_checks import check_kept_packs, unreadable_attrs_error
 from pipeline.study.storage_lock import StorageLock
@@ -158,7 +159,7 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
                                "profile": options.profile, "workers": options.workers,
                                **{f"skipped_{split}": n for split, n in skipped.items() if n}}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
-            study.set_user_attr("device_used", device_description(base.device))
+            record_device(study, device_description(base.device))
             # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials
             todo, started = 2 * remaining_trials(study, target), started_trials(study)
             if options.workers == 1:
