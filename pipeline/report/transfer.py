@@ -112,6 +112,10 @@ def agreement(effects: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0) 
     agree = int((np.sign(effects["delta_quick"]) == np.sign(effects["delta_chapter"])).sum())
     out = {"settings": n, "sign_agree": agree, "sign_share": agree / n if n else np.nan}
     out["sign_lo"], out["sign_hi"] = stats.binomtest(agree, n).proportion_ci(0.95) if n else (np.nan, np.nan)
+    cheap_signs = decided_signs(effects["diffs_quick"]) if n else pd.Series([], dtype=str)
+    decided = cheap_signs != ""
+    out["decided_cheap"] = int(decided.sum())  # the settings whose sign the cheap profile decides, and how many of
+    out["decided_kept"] = int(((cheap_signs == "better") == (effects["delta_chapter"] > 0))[decided].sum())  # those
     if n < 3:
         return {**out, "tau": np.nan, "tau_lo": np.nan, "tau_hi": np.nan}
     out["tau"] = float(stats.kendalltau(effects["delta_quick"], effects["delta_chapter"]).statistic)
@@ -124,14 +128,20 @@ def agreement(effects: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0) 
 
 
 def signs_there(effects: pd.DataFrame, alpha: float = ALPHA) -> pd.Series:
-    """Per setting, the sign its own paired seeds at the nearer profile decide: "better" or "worse" where its
-    (1 - alpha) confidence sequence there excludes 0 (pipeline.stats.verdict: valid at any number of seeds,
-    however often the sheet is made again), else "". A ranking that carries over says nothing about one setting
-    whose effect vanishes there, so the sheet carries a cheap verdict only where this sign is the verdict's."""
-    def sign(diffs) -> str:
-        there = look(list(diffs), alpha)
-        return "better" if there.lo > 0 else "worse" if there.hi < 0 else ""
-    return effects["diffs_chapter"].map(sign) if len(effects) else pd.Series([], dtype=str)
+    """Per setting, the sign its own paired seeds at the nearer profile decide (decided_signs). A ranking that
+    carries over says nothing about one setting whose effect vanishes there, so the sheet carries a cheap verdict
+    only where this sign is the verdict's."""
+    return decided_signs(effects["diffs_chapter"], alpha) if len(effects) else pd.Series([], dtype=str)
+
+
+def decided_signs(diffs: pd.Series, alpha: float = ALPHA) -> pd.Series:
+    """Per setting, the sign its paired differences decide: "better" or "worse" where their (1 - alpha) confidence
+    sequence excludes 0 (pipeline.stats.verdict: valid at any number of seeds, however often the sheet is made
+    again), else ""."""
+    def sign(setting_diffs) -> str:
+        seen = look(list(setting_diffs), alpha)
+        return "better" if seen.lo > 0 else "worse" if seen.hi < 0 else ""
+    return diffs.map(sign)
 
 
 def _sign_column(effects: pd.DataFrame) -> list[str]:
@@ -219,6 +229,7 @@ def transfer_blocks(studies: tuple[optuna.Study, optuna.Study], folder: Path, fi
     table = pd.DataFrame({"setting": effects["setting"],
                           f"Δ at {labels[0]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
                                                          zip(effects["delta_quick"], effects["seeds_quick"])],
+                          f"sign decided at {labels[0]}": decided_signs(effects["diffs_quick"]).replace("", "not yet"),
                           f"Δ at {labels[1]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
                                                          zip(effects["delta_chapter"], effects["seeds_chapter"])],
                           f"sign decided at {labels[1]} (95%, any number of seeds)": _sign_column(effects)})
@@ -235,6 +246,12 @@ def agreement_text(summary: dict, labels: tuple[str, str]) -> str:
     n = summary["settings"]
     text = (f"Of {n} settings tested at both {labels[0]} and {labels[1]}, {summary['sign_agree']} agree on the sign of "
             f"their effect (95% interval of the share: {fmt(summary['sign_lo'], 2)} to {fmt(summary['sign_hi'], 2)}).")
+    decided, kept = summary["decided_cheap"], summary["decided_kept"]
+    text += (f" {decided} of the {n} have their sign decided at {labels[0]} (95%, any number of seeds), and {kept} of "
+             f"those keep it at {labels[1]}" if decided else
+             f" None has its sign decided at {labels[0]} (95%, any number of seeds) on these seeds")
+    text += ("." if decided == n else ": a setting whose sign is undecided there may agree or differ by chance, so "
+             "read the agreement with τ's interval, which resamples the seeds.")
     if np.isnan(summary["tau"]):
         return text + " Kendall's τ needs at least 3 settings."
     return text + (f" Kendall's τ between the two profiles' effects is {summary['tau']:+.2f} (95% interval from "

@@ -348,3 +348,26 @@ def test_a_pairs_summary_names_everything_that_keeps_its_transfer_from_being_sho
     assert shortfalls({"settings": 3, "sign_agree": 3, "tau_lo": 0.0}, five) == ["τ's interval not above 0"]
     assert shortfalls({"settings": 3, "sign_agree": 3, "tau_lo": 0.33}, five) == []
     assert is_shown({"settings": 3, "sign_agree": 3, "tau_lo": 0.33}, five)
+
+
+def test_agreement_counts_the_settings_whose_sign_the_cheap_profile_decides_and_how_many_keep_it():
+    import pandas as pd
+
+    from pipeline.report.transfer import agreement_text, decided_signs
+    from pipeline.stats.verdict import look
+
+    tight = 0.002 * np.array([1, -1, 2, -2, 1, -1, 0, 1, -1, 0])
+    frame = pd.DataFrame({"setting": ["up, kept", "down, turned", "noise"],
+                          "diffs_quick": [list(0.05 + tight), list(-0.04 + tight), list(0.03 * np.sign(tight + 1e-9))],
+                          "diffs_chapter": [[0.02, 0.01, 0.03], [0.01, 0.02, 0.0], [-0.01, 0.01, 0.0]]})
+    frame["delta_quick"] = [np.mean(d) for d in frame["diffs_quick"]]
+    frame["delta_chapter"] = [np.mean(d) for d in frame["diffs_chapter"]]
+    assert [look(d, 0.05).lo > 0 or look(d, 0.05).hi < 0 for d in frame["diffs_quick"]] == [True, True, False]
+    assert list(decided_signs(frame["diffs_quick"])) == ["better", "worse", ""]
+    summary = agreement(frame, resamples=200)
+    assert (summary["decided_cheap"], summary["decided_kept"]) == (2, 1)  # the decided "worse" turns to + there
+    text = agreement_text(summary, ("cheap", "near"))
+    assert ("2 of the 3 have their sign decided at cheap (95%, any number of seeds), and 1 of those keep it at near: "
+            "a setting whose sign is undecided there may agree or differ by chance") in text
+    none = agreement(frame.iloc[[2]], resamples=200)
+    assert none["decided_cheap"] == 0 and "None has its sign decided at cheap" in agreement_text(none, ("cheap", "n"))
