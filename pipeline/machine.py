@@ -36,22 +36,34 @@ def cpu_description() -> str:
     return f"cpu: {cpu_model()} ({cpu_cores()} cores)"
 
 
+DEVICES_JOIN = " and "  # between the machines a study ran on, in its reports (devices_text, split_devices)
+
+
+def devices_list(attrs: dict) -> list[str]:
+    """The machines a study's runs were trained on, from its user attributes, in the order first used: the list
+    ``devices_used`` (record_device in pipeline.study.optuna_study), with ``device_used`` added where a checkout from
+    before the list (which wrote only that one) resumed the study since."""
+    used = [d for d in attrs.get("devices_used") or [] if d]
+    latest = attrs.get("device_used")
+    return used + ([latest] if latest and latest not in used else [])
+
+
 def devices_used(attrs: dict, description: str) -> list[str]:
-    """The machines a study's sweeps ran on, in the order first used, with ``description`` added: the list a study
-    keeps as ``devices_used`` (a study from before the list starts it with the one machine it recorded then). A
-    study resumed on another machine (the 2-core machines differ from session to session) names both."""
-    used = list(attrs.get("devices_used") or ([attrs["device_used"]] if attrs.get("device_used") else []))
+    """devices_list with ``description`` added: the list to store once a run is trained on ``description``. A study
+    resumed on another machine (the 2-core machines differ from session to session) names both."""
+    used = devices_list(attrs)
     return used + ([description] if description not in used else [])
 
 
 def devices_text(attrs: dict) -> str | None:
-    """'cpu: AMD EPYC (2 cores) and Intel(R) Xeon(R) Processor (2 cores)': every machine a study's sweeps ran on,
-    from its user attributes; None where it recorded none."""
-    used = [d for d in attrs.get("devices_used") or [attrs.get("device_used")] if d]
-    cpu = "cpu: "
-    if len(used) > 1 and all(d.startswith(cpu) for d in used):
-        return cpu + " and ".join(d.removeprefix(cpu) for d in used)
-    return " and ".join(used) or None
+    """'cpu: AMD EPYC (2 cores) and cpu: Intel(R) Xeon(R) Processor (2 cores)': every machine a study's runs were
+    trained on; None where it recorded none."""
+    return DEVICES_JOIN.join(devices_list(attrs)) or None
+
+
+def split_devices(text: str | None) -> list[str]:
+    """The machines in a devices_text, one each."""
+    return [d for d in text.split(DEVICES_JOIN) if d] if isinstance(text, str) else []
 
 
 def resolve_device(name: str) -> "torch.device":

@@ -11,6 +11,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.config import off_profile_words
+from pipeline.machine import DEVICES_JOIN, split_devices
 from pipeline.report.design_answers import which_contrast
 from pipeline.report.figures import COLORS, Skipped, new_figure
 
@@ -57,10 +58,9 @@ def _px(size) -> str:
 
 
 def _machine(device) -> str:
-    """' on CPU' or ' on NVIDIA H200': the row's machine, short."""
-    if not isinstance(device, str) or not device:
-        return ""
-    return " on CPU" if device.startswith("cpu") else f" on {device}"
+    """' on CPU', ' on NVIDIA H200' or ' on NVIDIA H200 and CPU': the row's machines, short."""
+    short = dict.fromkeys("CPU" if d.startswith("cpu") else d for d in split_devices(device))
+    return f" on {DEVICES_JOIN.join(short)}" if short else ""
 
 
 def plot_forest(frame: pd.DataFrame, delta: float, path: Path) -> str:

@@ -14,6 +14,7 @@ from typing import Sequence
 import pandas as pd
 
 import experiments
+from pipeline.machine import split_devices
 from pipeline.report.anchor_section import anchor_blocks
 from pipeline.report.answer_figures import plot_forest
 from pipeline.report.document import Block, write_documents
@@ -221,8 +222,8 @@ def write_answers(storage: str, folder: Path, evidence: Sequence[str] = ()) -> P
     written = frame.assign(off_profile=frame["off_profile"].map(lambda off: ", ".join(off) if isinstance(off, list)
                                                                  else "")) if "off_profile" in frame else frame
     written.to_csv(folder / "answers.csv", index=False)  # the knobs as text: "lr_schedule=cosine", not a list repr
-    devices, profiles = (sorted({str(v) for v in frame.get(c, pd.Series(dtype=str)).dropna()} - {"?"})
-                         for c in ("device", "profile"))  # "?": a study that did not record it
+    profiles = sorted({str(v) for v in frame.get("profile", pd.Series(dtype=str)).dropna()} - {"?"})  # "?": not
+    devices = sorted({d for text in frame.get("device", pd.Series(dtype=str)) for d in split_devices(text)})  # recorded
     blocks = [Block("h1", "Answers to the exercises of “Single Shot Multibox Detection” (Dive into Deep Learning)"),
               Block("p", f"Made by `python cli.py report all` from the {counted(frame['study'].nunique(), 'study')} "
                          f"in `{storage}`"

@@ -10,6 +10,7 @@ profiles on it (pipeline.report.whose_answer)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import optuna
@@ -18,6 +19,7 @@ import experiments
 from pipeline.config import PROTOCOL_EXTRAS, PROTOCOL_KNOBS, RunConfig
 from pipeline.study.optuna_study import stored_base_config
 
+SEPARATOR = " | on "  # between a key's changes and its control's context
 NEARBY = 0.05  # two numeric values this close, relative to the larger, make a "nearby" setting (focal γ 0.1017 and 0.1)
 RUN_ONLY = ("seed", "device", "channels_last", "cuda_graph", "cudnn_benchmark", "torch_compile", "pack_layout",
             "val_every")  # how a run is carried out, not what it trains
@@ -30,7 +32,7 @@ def setting_key(overrides: dict[str, Any], base: RunConfig) -> str:
     context = {knob: value for knob, value in fields.items()
                if knob not in (*PROTOCOL_KNOBS, *PROTOCOL_EXTRAS, *RUN_ONLY)}
     context_key = _changes(context, chapter) or "the chapter's"
-    return f"{_changes(overrides, fields)} | on {context_key}"
+    return f"{_changes(overrides, fields)}{SEPARATOR}{context_key}"
 
 
 def search_setting_key(study: optuna.Study, params: dict[str, Any]) -> str:
@@ -90,6 +92,8 @@ def knobs_apart(key: str, other: str) -> str:
 def _side_by_side(key: str, other: str) -> dict[str, tuple[str | None, str | None]] | None:
     """Each knob either key changes, with its value in both; a knob that one key leaves out has its control's
     value there (the context's, else the chapter's). None where the two keys differ in context."""
+    if SEPARATOR not in key or SEPARATOR not in other:  # not a key setting_key wrote (a hand-edited sheet's)
+        return None
     (knobs, context), (other_knobs, other_context) = _parsed(key), _parsed(other)
     if context != other_context:
         return None
@@ -100,7 +104,7 @@ def _side_by_side(key: str, other: str) -> dict[str, tuple[str | None, str | Non
 
 
 def _parsed(key: str) -> tuple[dict[str, str], str]:
-    changes, _, context = key.partition(" | on ")
+    changes, _, context = key.partition(SEPARATOR)
     return _pairs(changes), context
 
 
@@ -115,7 +119,7 @@ def _relative_gap(value: str | None, other: str | None) -> float | None:
         a, b = float(value), float(other)
     except (TypeError, ValueError):
         return None
-    return abs(a - b) / max(abs(a), abs(b))
+    return abs(a - b) / max(abs(a), abs(b)) if math.isfinite(a) and math.isfinite(b) else None
 
 
 def _changes(overrides: dict[str, Any], base: dict[str, Any]) -> str:

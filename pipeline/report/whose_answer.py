@@ -100,7 +100,7 @@ def nearest_setting(key: tuple | None, there: dict[tuple, dict]) -> tuple | None
     other setting it is, never as this one's."""
     if not key or key[0] != "key":
         return None
-    near = [(gap, other) for other in there if other[:2] == key[:2]
+    near = [(gap, other) for other in there if other[:2] == key[:2] and other != key
             and (gap := nearness(key[2], other[2])) is not None and gap <= NEARBY]
     return min(near)[1] if near else None
 

@@ -11,7 +11,6 @@ import optuna
 
 from pipeline.config import ConfigError, RunConfig, active_params, proxy_note
 from pipeline.interrupts import raise_if_interrupted, sigterm_as_interrupt
-from pipeline.machine import device_description
 from pipeline.metric_names import on_split
 from pipeline.stats.contrasts import cell_role, secondary_rows, settle_contrasts
 from pipeline.stats.decide import FAILED_SCORE, NoControlScore
@@ -19,7 +18,7 @@ from pipeline.stats.verdict import interval_text
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.kept_packs import SHARED_CONTROLS, SecondaryPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, load_variant, open_storage,
-                                         record_device, save_dashboard_note, study_name_for)
+                                         save_dashboard_note, study_name_for)
 from pipeline.study.storage_lock import StorageLock
 from pipeline.study.trial import trial_context
 from pipeline.study.verdict_runs import check_splits, verdict_plan, verdict_split_and_key, verdict_trainer
@@ -41,7 +40,6 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
     control = next(name for name, cell in overrides.items() if not cell)
     with StorageLock(options.storage).hold():
         study = _open_study(options, variant, base, overrides)
-        record_device(study, device_description(base.device))
         tracker = MlflowTracker(study.study_name)
     with sigterm_as_interrupt(), decision_lock(options.storage, study):
         with tracker.run(f"{variant.name} · contrasts", params=active_params(base),

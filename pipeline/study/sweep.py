@@ -147,6 +147,8 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
         reconcile_runs(study, tracker)
         target = options.trials or variant.trials[options.profile]
         requeue_interrupted(study, remaining_trials(study, target))
+        if remaining_trials(study, target):  # trials will be trained here (a verdict's packs note it: verdict_runs)
+            record_device(study, device_description(base.device))
     def update() -> None:
         raise_if_interrupted()  # a safe point between trials and verdict packs
         if on_update:
@@ -159,7 +161,6 @@ def run_sweep(options: SweepOptions, on_update: Callable[[optuna.Study, int], No
                                "profile": options.profile, "workers": options.workers,
                                **{f"skipped_{split}": n for split, n in skipped.items() if n}}) as parent:
             study.set_user_attr("last_parent_run_id", parent.run_id)
-            record_device(study, device_description(base.device))
             # claimed slots bound the trials; attempts are bounded too, with room to replace failed trials
             todo, started = 2 * remaining_trials(study, target), started_trials(study)
             if options.workers == 1:

@@ -11,11 +11,12 @@ import optuna
 
 from pipeline.config import RunConfig
 from pipeline.data import DetectionData, has_split, load_split
+from pipeline.machine import device_description
 from pipeline.metric_names import on_split
 from pipeline.model.pack import Pack
 from pipeline.stats.decide import DEFAULT_SEEDS_PER_LOOK, Plan
 from pipeline.study.kept_packs import seed_span
-from pipeline.study.optuna_study import SweepOptions, study_objective
+from pipeline.study.optuna_study import SweepOptions, record_device, study_objective
 from pipeline.tracking import MlflowTracker
 from pipeline.training.run import load_data, tracked_run
 from pipeline.training.seeds import seed_values
@@ -58,6 +59,7 @@ def verdict_trainer(study: optuna.Study, options: SweepOptions, tracker: MlflowT
     metrics in ``also`` go to ``on_also(role, config, seeds, {metric: {seed: value}})`` (pipeline.study.kept_packs
     SecondaryPacks.keep)."""
     def train_pack(role: str, cfg: RunConfig, seeds: list[int]) -> dict[int, float]:
+        record_device(study, device_description(cfg.device))  # under the decision lock: one writer per study
         pack = Pack(tuple(dataclasses.replace(cfg, seed=s, val_every=cfg.epochs) for s in seeds))
         tags = {"study": study.study_name, "role": "verdict", "verdict_of": role, "seeds": ",".join(map(str, seeds)),
                 "scored_on": split}

@@ -138,6 +138,8 @@ def test_nearness_measures_settings_that_differ_in_numbers_only_and_refuses_the_
                     design_key("chapter", "smooth L1")) is None  # another control
     assert nearness(search_setting_key(stored_study("input-size"), {"scale": 1.5, "changed": "input"}),
                     design_key("chapter", "side x1.5, chapter's anchors", "input-size-design")) is None  # 192 vs x1.5
+    assert nearness("box_weight=4", "box_weight=4.1") is None  # not keys setting_key wrote: no guess
+    assert nearness("box_weight=inf | on the chapter's", "box_weight=4 | on the chapter's") is None
 
 
 def test_the_sheet_names_a_nearby_setting_tested_at_the_chapters_protocol_as_another_setting():
@@ -163,6 +165,19 @@ def test_the_sheet_names_a_nearby_setting_tested_at_the_chapters_protocol_as_ano
         "", "",
         "not tested there; nearby, focal_gamma=0.1: worse over 10 seeds",
         "not tested there",
-        "not tested there",  # the chapter's alpha is another setting, however close γ is
+        "not tested there",  # α None (the chapter's) is not the design's α 0.75, however close γ is
         "not tested there; nearby, smooth_l1_sigma=1: equivalent over 7 seeds",
         "not tested there"]
+
+
+def test_the_nearest_of_several_nearby_settings_is_named_and_five_percent_is_the_edge():
+    def row(study, chapter, gamma):
+        key = setting_key({"cls_loss": "focal", "focal_gamma": gamma, "focal_alpha": 0.75}, control("focal-loss"))
+        return sheet_row(study, "focal-loss", chapter, "worse" if chapter else "better", 10, setting_key=key)
+
+    frame = pd.DataFrame([row("far", True, 0.105), row("near", True, 0.099), row("quick-a", False, 0.1),
+                          row("quick-b", False, 0.11), row("quick-c", False, 0.1106)])
+    assert same_setting_there(frame).tolist()[2:] == [
+        "not tested there; nearby, focal_gamma=0.099: worse over 10 seeds",  # 1% away, not the 4.8% one
+        "not tested there; nearby, focal_gamma=0.105: worse over 10 seeds",  # 4.5% away
+        "not tested there"]  # 5.06% from 0.105: beyond the edge

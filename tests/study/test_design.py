@@ -67,11 +67,15 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert proxy.startswith("Measured at 64 px, 1 epochs, batch 4") and proxy in " ".join(text.split())  # as printed
 
     trained.clear()
-    import pipeline.study.design
+    import pipeline.study.verdict_runs
     from pipeline.machine import cpu_description
-    monkeypatch.setattr(pipeline.study.design, "device_description", lambda device: "cpu: Other CPU (2 cores)")
+    monkeypatch.setattr(pipeline.study.verdict_runs, "device_description", lambda device: "cpu: Other CPU (2 cores)")
     again = runner.invoke(app, args)  # resumed on another machine
     assert again.exit_code == 0 and trained == []  # every cell's seeds were kept
+    study = optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db")
+    assert study.user_attrs["devices_used"] == [cpu_description()]  # nothing was trained on the other one
+    third = runner.invoke(app, [*args[:-3], "--max-seeds", "3", "--json"])  # a third seed, there
+    assert third.exit_code == 0 and len(trained) == 4, third.output
     study = optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db")
     assert study.user_attrs["devices_used"] == [cpu_description(), "cpu: Other CPU (2 cores)"]
     refused = runner.invoke(app, args[:-6])  # no --decide
@@ -81,7 +85,7 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert page.exit_code == 0, page.output
     text = (workdir / "reports" / "focal-matched" / "report.md").read_text()
     assert "focal at box weight 4 is not decided yet" in text and "| ce, box 1 (the control) |" in text
-    assert f"on {cpu_description()} and Other CPU (2 cores))" in text  # both machines it ran on, the first first
+    assert f"on {cpu_description()} and cpu: Other CPU (2 cores))" in text  # both machines it ran on, the first first
     search = runner.invoke(app, ["sweep", "smooth-l1", "--dataset", str(data), "--device", "cpu", *tiny_args(),
                                  "--trials", "2"])
     assert search.exit_code == 0, search.output
@@ -89,8 +93,8 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert sheet.exit_code == 0, sheet.output
     answers = (workdir / "reports" / "answers" / "report.md").read_text()
     assert "## What each effect is made of" in answers
-    where = (f"(quick profile with {TINY_OFF_PROFILE}, {Path(data).name}, 64 px, on {cpu_description()} and Other CPU "
-             "(2 cores)), on the test split")
+    where = (f"(quick profile with {TINY_OFF_PROFILE}, {Path(data).name}, 64 px, on {cpu_description()} and cpu: Other "
+             "CPU (2 cores)), on the test split")
     assert f"`focal-matched` {where}" in answers  # where decided, and on what
     assert "focal-matched" not in answers.split("## What each effect is made of")[0]  # not a row of the searches
 
