@@ -248,7 +248,7 @@ def agreement_text(summary: dict, labels: tuple[str, str]) -> str:
             f"their effect (95% interval of the share: {fmt(summary['sign_lo'], 2)} to {fmt(summary['sign_hi'], 2)}).")
     decided, kept = summary["decided_cheap"], summary["decided_kept"]
     text += (f" {decided} of the {n} have their sign decided at {labels[0]} (95%, any number of seeds), and {kept} of "
-             f"those keep it at {labels[1]}" if decided else
+             f"those {'keeps' if kept == 1 else 'keep'} it at {labels[1]}" if decided else
              f" None has its sign decided at {labels[0]} (95%, any number of seeds) on these seeds")
     text += ("." if decided == n else ": a setting whose sign is undecided there may agree or differ by chance, so "
              "read the agreement with τ's interval, which resamples the seeds.")

@@ -367,7 +367,7 @@ def test_agreement_counts_the_settings_whose_sign_the_cheap_profile_decides_and_
     summary = agreement(frame, resamples=200)
     assert (summary["decided_cheap"], summary["decided_kept"]) == (2, 1)  # the decided "worse" turns to + there
     text = agreement_text(summary, ("cheap", "near"))
-    assert ("2 of the 3 have their sign decided at cheap (95%, any number of seeds), and 1 of those keep it at near: "
+    assert ("2 of the 3 have their sign decided at cheap (95%, any number of seeds), and 1 of those keeps it at near: "
             "a setting whose sign is undecided there may agree or differ by chance") in text
     none = agreement(frame.iloc[[2]], resamples=200)
     assert none["decided_cheap"] == 0 and "None has its sign decided at cheap" in agreement_text(none, ("cheap", "n"))
