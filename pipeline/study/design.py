@@ -17,8 +17,8 @@ from pipeline.stats.decide import FAILED_SCORE, NoControlScore
 from pipeline.stats.verdict import interval_text
 from pipeline.study.decision_lock import decision_lock
 from pipeline.study.kept_packs import SHARED_CONTROLS, SecondaryPacks, SharedControlPacks
-from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, load_variant, open_storage,
-                                         save_dashboard_note, study_name_for)
+from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, load_variant, note_devices,
+                                         open_storage, save_dashboard_note, study_name_for)
 from pipeline.study.storage_lock import StorageLock
 from pipeline.study.trial import trial_context
 from pipeline.study.verdict_runs import check_splits, verdict_plan, verdict_split_and_key, verdict_trainer
@@ -55,6 +55,7 @@ def run_design(options: SweepOptions) -> dict[str, Any]:
             def keep(record: dict) -> None:
                 study.set_user_attr(ATTR, {**record, "split": split, "metric": key, "control_cell": control,
                                            "seconds": packs.seconds, "shared_control": shared})
+                note_devices(study, packs.machines)
             try:
                 record = settle_contrasts(cells, variant.contrasts, control, verdict_plan(base, options),
                                           packs.reuse_or(train_pack), on_look=keep, chosen=chosen,

@@ -13,7 +13,7 @@ import optuna
 
 from pipeline.config import RESULTS_VERSION, RunConfig
 from pipeline.interrupts import deferred
-from pipeline.machine import resolve_device
+from pipeline.machine import device_description, resolve_device
 from pipeline.metric_names import objective_choices, on_split
 from pipeline.study.store_checks import check_kept_packs
 
@@ -26,6 +26,17 @@ def seed_span(seeds: list[int]) -> str:
 
 
 SHARED_CONTROLS = "shared-controls"  # the store's study that holds the controls every verdict shares
+
+
+def merged_entry(under: dict, over: dict) -> dict:
+    """Two kept entries of one run merged seed by seed, ``over``'s seed winning where both hold it: its score, its
+    training time and the machine that trained it (``machines``, kept since seeds were traced to one)."""
+    merged = {part: {**under.get(part, {}), **over.get(part, {})} for part in ("scores", "seconds")}
+    machines = {**under.get("machines", {}), **over.get("machines", {})}
+    return {**merged, "machines": machines} if machines else merged
+
+
+EMPTY = {"scores": {}, "seconds": {}}
 
 
 def kept_name(role: str, metric: str, cfg: RunConfig) -> str:
@@ -44,7 +55,8 @@ class KeptPacks:
     --seeds or --max-seeds) trains only the seeds it does not find there. A seed that diverged, or scored no
     finite value, is kept as null: tried, left out. Scores are kept under the setting's role, the metric and a
     digest of everything that shapes the run but the seed (the device resolved), so a changed setting, device
-    or variant file never reuses them."""
+    or variant file never reuses them. Each seed keeps the machine that trained it, so a study that reuses or
+    adopts it names that machine too (``machines``)."""
 
     ATTR = "verdict_packs"
 
@@ -53,6 +65,7 @@ class KeptPacks:
         self.kept: dict[str, dict] = dict(check_kept_packs(study.user_attrs.get(self.ATTR, {}), study.study_name,
                                                            self.ATTR))
         self.seconds = 0.0  # training time of the seeds this verdict used, kept ones included
+        self.machines: list[str] = []  # the machines that trained them, where kept, in the order first met
 
     def name(self, role: str, cfg: RunConfig) -> str:
         return kept_name(role, self.metric, cfg)
@@ -66,7 +79,7 @@ class KeptPacks:
                     entry = self._train(name, entry, train_pack, role, cfg, missing)
                 finally:
                     self.after_pack()  # a safe point: an interrupt is raised once the pack is kept
-            self.seconds += sum(entry["seconds"][str(s)] for s in seeds)
+            self._used(entry, seeds)
             return {s: entry["scores"][str(s)] for s in seeds if entry["scores"][str(s)] is not None}
         return reuse_or_train
 
@@ -75,12 +88,20 @@ class KeptPacks:
         studies for the same run), none trained: {seed: score}, None for one that diverged."""
         entry, missing = self._found(self.name(role, cfg), seeds)
         have = [s for s in seeds if s not in missing]
-        self.seconds += sum(entry["seconds"][str(s)] for s in have)
+        self._used(entry, have)
         return {s: entry["scores"][str(s)] for s in have}
+
+    def _used(self, entry: dict, seeds: list[int]) -> None:
+        """Count the seeds' training time and note the machines that trained them."""
+        self.seconds += sum(entry["seconds"][str(s)] for s in seeds)
+        for seed in seeds:
+            machine = entry.get("machines", {}).get(str(seed))
+            if machine and machine not in self.machines:
+                self.machines.append(machine)
 
     def _found(self, name: str, seeds: list[int]) -> tuple[dict, list[int]]:
         """The kept entry for ``name`` and the seeds among ``seeds`` it lacks, after looking in the store."""
-        entry = self.kept.get(name, {"scores": {}, "seconds": {}})
+        entry = self.kept.get(name, EMPTY)
         missing = [s for s in seeds if str(s) not in entry["scores"]]
         if missing:  # another decider (of this study, or sharing its control) may have kept them since
             self.kept = self._merged_with_stored()
@@ -104,12 +125,13 @@ class KeptPacks:
             for key, entry in other.user_attrs.get(self.ATTR, {}).items():
                 if _run_of(key) == same_run and isinstance(entry, dict):
                     for seed in wanted & set(entry.get("scores", {})) - set(found):
-                        found[seed] = (other, key, entry["scores"][seed], entry.get("seconds", {}).get(seed, 0.0))
+                        found[seed] = (other, key, _seed_entry(entry, seed))
         if not found:
             return None
-        entry = self.kept.get(name, {"scores": {}, "seconds": {}})
-        self.kept[name] = {"scores": {**entry["scores"], **{s: f[2] for s, f in found.items()}},
-                           "seconds": {**entry["seconds"], **{s: f[3] for s, f in found.items()}}}
+        adopted = EMPTY
+        for _, _, one in found.values():
+            adopted = merged_entry(adopted, one)
+        self.kept[name] = merged_entry(self.kept.get(name, EMPTY), adopted)
         self.save()
         _adopt_secondary(self.study, name, found)
         return self.kept[name]
@@ -118,20 +140,25 @@ class KeptPacks:
                seeds: list[int]) -> dict:
         started = time.perf_counter()
         scores = train_pack(role, cfg, seeds)
-        return self.keep(role, cfg, seeds, scores, (time.perf_counter() - started) / len(seeds))
+        return self.keep(role, cfg, seeds, scores, (time.perf_counter() - started) / len(seeds),
+                         device_description(cfg.device))
 
-    def keep(self, role: str, cfg: RunConfig, seeds: list[int], scores: dict[int, float], seconds: float) -> dict:
-        """Keep the seeds' scores (a seed with none, or no finite one, as null) and each seed's training time."""
-        name = self._put(self.name(role, cfg), seeds, scores, seconds)
+    def keep(self, role: str, cfg: RunConfig, seeds: list[int], scores: dict[int, float], seconds: float,
+             machine: str | None = None) -> dict:
+        """Keep the seeds' scores (a seed with none, or no finite one, as null), each seed's training time and the
+        machine that trained it."""
+        name = self._put(self.name(role, cfg), seeds, scores, seconds, machine)
         self.save()
         return self.kept[name]
 
-    def _put(self, name: str, seeds: list[int], scores: dict[int, float], seconds: float) -> str:
-        entry = self.kept.get(name, {"scores": {}, "seconds": {}})
+    def _put(self, name: str, seeds: list[int], scores: dict[int, float], seconds: float,
+             machine: str | None = None) -> str:
         finite = {str(s): v if v is not None and math.isfinite(v) else None for s, v in
                   ((s, scores.get(s)) for s in seeds)}
-        self.kept[name] = {"scores": {**entry["scores"], **finite},
-                           "seconds": {**entry["seconds"], **{str(s): seconds for s in seeds}}}
+        new = {"scores": finite, "seconds": {str(s): seconds for s in seeds}}
+        if machine:
+            new["machines"] = {str(s): machine for s in seeds}
+        self.kept[name] = merged_entry(self.kept.get(name, EMPTY), new)
         return name
 
     def save(self) -> None:
@@ -146,10 +173,15 @@ class KeptPacks:
         stored = check_kept_packs(self.study.user_attrs.get(self.ATTR, {}), self.study.study_name, self.ATTR)
         merged = dict(stored)
         for name, entry in self.kept.items():
-            old = stored.get(name, {"scores": {}, "seconds": {}})
-            merged[name] = {"scores": {**old["scores"], **entry["scores"]},
-                            "seconds": {**old["seconds"], **entry["seconds"]}}
+            merged[name] = merged_entry(stored.get(name, EMPTY), entry)
         return merged
+
+
+def _seed_entry(entry: dict, seed: str) -> dict:
+    """One seed of a kept entry, as an entry of its own (no training time kept reads as none)."""
+    one = {"scores": {seed: entry["scores"][seed]}, "seconds": {seed: entry.get("seconds", {}).get(seed, 0.0)}}
+    machine = entry.get("machines", {}).get(seed)
+    return {**one, "machines": {seed: machine}} if machine else one
 
 
 def _name_parts(name: str) -> tuple[str, str, str]:
@@ -168,20 +200,18 @@ def _adopt_secondary(study: optuna.Study, name: str, found: dict[str, tuple]) ->
     """Copy, for seeds adopted from other studies, the other metrics those studies kept for them."""
     role, _, digest = _name_parts(name)
     adopted = {}
-    for seed, (other, key, _, _) in found.items():
+    for seed, (other, key, _) in found.items():
         other_role = _name_parts(key)[0]
         for other_key, entry in other.user_attrs.get(_OtherMetrics.ATTR, {}).items():
             kept_role, metric, kept_digest = _name_parts(other_key)
             if kept_digest == digest and kept_role == other_role and seed in entry.get("scores", {}):
                 own_key = f"{role} {metric} {digest}"
-                slot = adopted.setdefault(own_key, {"scores": {}, "seconds": {}})
+                slot = adopted.setdefault(own_key, {"scores": {}, "seconds": {}})  # filled in place
                 slot["scores"][seed], slot["seconds"][seed] = entry["scores"][seed], 0.0
     if adopted:
         others = _OtherMetrics(study)
         for key, entry in adopted.items():
-            old = others.kept.get(key, {"scores": {}, "seconds": {}})
-            others.kept[key] = {"scores": {**entry["scores"], **old["scores"]},
-                                "seconds": {**entry["seconds"], **old["seconds"]}}
+            others.kept[key] = merged_entry(entry, others.kept.get(key, EMPTY))
         others.save()
 
 
@@ -199,10 +229,9 @@ class SharedControlPacks:
         self.controls = KeptPacks(shared, metric, after_pack)
         adopted = False
         for name, entry in self.own.kept.items():
-            shared_entry = self.controls.kept.get(name, {"scores": {}, "seconds": {}})
+            shared_entry = self.controls.kept.get(name, EMPTY)
             if name.startswith("control ") and set(entry["scores"]) - set(shared_entry["scores"]):
-                self.controls.kept[name] = {"scores": {**entry["scores"], **shared_entry["scores"]},
-                                            "seconds": {**entry["seconds"], **shared_entry["seconds"]}}
+                self.controls.kept[name] = merged_entry(entry, shared_entry)
                 adopted = True
         if adopted:
             self.controls.save()
@@ -210,6 +239,11 @@ class SharedControlPacks:
     @property
     def seconds(self) -> float:
         return self.own.seconds + self.controls.seconds
+
+    @property
+    def machines(self) -> list[str]:
+        """The machines that trained the seeds this verdict used, its control's included, where kept."""
+        return list(dict.fromkeys(self.controls.machines + self.own.machines))
 
     def control_name(self, cfg: RunConfig) -> str:
         return self.controls.name("control", cfg)

@@ -11,7 +11,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from pipeline.sqlite_files import sqlite_path
-from pipeline.study.kept_packs import SHARED_CONTROLS
+from pipeline.study.kept_packs import EMPTY, SHARED_CONTROLS, merged_entry
 from pipeline.study.optuna_study import SweepError
 from pipeline.study.store_checks import check_kept_packs
 from pipeline.study.storage_lock import StorageLock
@@ -107,9 +107,7 @@ def _merged_kept_seeds(source: optuna.Study, target: optuna.Study) -> dict[str, 
         ours = check_kept_packs(target.user_attrs.get(attr, {}), target.study_name, attr)
         merged[attr] = dict(ours)
         for name, entry in theirs.items():
-            old = ours.get(name, {"scores": {}, "seconds": {}})
-            merged[attr][name] = {"scores": {**entry["scores"], **old["scores"]},
-                                  "seconds": {**entry["seconds"], **old["seconds"]}}
+            merged[attr][name] = merged_entry(entry, ours.get(name, EMPTY))
     return merged
 
 

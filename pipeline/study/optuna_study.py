@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 import experiments
 from pipeline.config import RunConfig, make_config
 from pipeline.interrupts import run_whole
-from pipeline.machine import devices_used
+from pipeline.machine import devices_list, devices_used
 from pipeline.sqlite_files import DEFAULT_STORAGE
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
 from pipeline.study import best as best_rule
@@ -250,6 +250,15 @@ def record_device(study: optuna.Study, description: str) -> None:
     ``devices_used`` every one so far (pipeline.machine.devices_text words them for the reports)."""
     study.set_user_attr("devices_used", devices_used(study.user_attrs, description))
     study.set_user_attr("device_used", description)
+
+
+def note_devices(study: optuna.Study, descriptions: list[str]) -> None:
+    """Add to the study's ``devices_used`` the machines that trained seeds it reused or adopted from another study
+    (the shared control's among them); ``device_used``, the machine its own sweep ran on last, is left as it is."""
+    used = devices_list(study.user_attrs)
+    new = [d for d in descriptions if d not in used]
+    if new:
+        study.set_user_attr("devices_used", used + new)
 
 
 def stored_base_config(study: optuna.Study) -> dict[str, Any]:

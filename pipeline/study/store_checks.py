@@ -53,7 +53,8 @@ def unreadable_attrs_error(storage_url: str, exc: ValueError) -> StoreError:
 
 
 def check_kept_packs(kept: Any, study_name: str, attr: str) -> dict[str, dict]:
-    """The kept packs, checked: {entry: {"scores": {seed: score or None}, "seconds": {seed: s}}}, where a seed is a
+    """The kept packs, checked: {entry: {"scores": {seed: score or None}, "seconds": {seed: s}, and where kept
+    "machines": {seed: the machine that trained it}}}, where a seed is a
     non-negative integer written once, a score is a finite number in SCORE_RANGE or None (it diverged, which the
     verdict counts as a model that detects nothing), and every scored seed has its training time."""
     where = f"study {study_name}: kept packs ('{attr}')"
@@ -63,6 +64,10 @@ def check_kept_packs(kept: Any, study_name: str, attr: str) -> dict[str, dict]:
         if not isinstance(record, dict) or not isinstance(record.get("scores"), dict) \
                 or not isinstance(record.get("seconds"), dict):
             raise StoreError(f"{where}, entry '{entry}': needs 'scores' and 'seconds'; {_repair(entry)}")
+        machines = record.get("machines", {})
+        if not isinstance(machines, dict) or not all(isinstance(m, str) and m for m in machines.values()):
+            raise StoreError(f"{where}, entry '{entry}': 'machines' is not a mapping of seeds to machine names; "
+                             f"repair: delete 'machines' from it (only the report's list of machines needs it)")
         seen: dict[int, str] = {}
         for seed, score in record["scores"].items():
             at = f"{where}, entry '{entry}', seed {seed}"

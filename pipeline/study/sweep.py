@@ -24,8 +24,8 @@ from pipeline.study.faults import reconcile_runs, requeue_interrupted
 from pipeline.study.design import run_design
 from pipeline.study.kept_packs import SHARED_CONTROLS, KeptPacks, SecondaryPacks, SharedControlPacks
 from pipeline.study.optuna_study import (SweepError, SweepOptions, base_config, best_trial,
-                                         check_some_trial_completed, counts, load_variant, prepare, remaining_trials,
-                                         record_device, save_dashboard_note, stored_base_config,
+                                         check_some_trial_completed, counts, load_variant, note_devices, prepare,
+                                         record_device, remaining_trials, save_dashboard_note, stored_base_config,
                                          study_objective)
 from pipeline.study.space import describe_space
 from pipeline.study.store_checks import check_kept_packs, unreadable_attrs_error
@@ -220,6 +220,7 @@ def settle_verdict(study: optuna.Study, options: SweepOptions, base: RunConfig, 
     def keep(record: dict) -> None:
         study.set_user_attr(RECORD_ATTR, {**record, "split": split, "metric": key, "seconds": packs.seconds,
                                         "shared_control": shared_control})
+        note_devices(study, packs.machines)
         best = record["candidates"][0]
         for name, value in plain_verdict(best, split).items():  # what a dashboard shows at a glance
             study.set_user_attr(name, value)

@@ -67,9 +67,9 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert proxy.startswith("Measured at 64 px, 1 epochs, batch 4") and proxy in " ".join(text.split())  # as printed
 
     trained.clear()
-    import pipeline.study.verdict_runs
+    import pipeline.machine
     from pipeline.machine import cpu_description
-    monkeypatch.setattr(pipeline.study.verdict_runs, "device_description", lambda device: "cpu: Other CPU (2 cores)")
+    monkeypatch.setattr(pipeline.machine, "cpu_description", lambda: "cpu: Other CPU (2 cores)")
     again = runner.invoke(app, args)  # resumed on another machine
     assert again.exit_code == 0 and trained == []  # every cell's seeds were kept
     study = optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db")
@@ -78,6 +78,10 @@ def test_a_designed_variant_decides_its_contrasts_on_paired_seeds_and_resumes(wo
     assert third.exit_code == 0 and len(trained) == 4, third.output
     study = optuna.load_study(study_name="focal-matched-quick", storage="sqlite:///optuna.db")
     assert study.user_attrs["devices_used"] == [cpu_description(), "cpu: Other CPU (2 cores)"]
+    shared = optuna.load_study(study_name="shared-controls", storage="sqlite:///optuna.db").user_attrs
+    for entry in [*study.user_attrs["verdict_packs"].values(), *shared["verdict_packs"].values()]:  # each seed: where
+        assert entry["machines"] == {"1": cpu_description(), "2": cpu_description(),  # it was trained
+                                     "3": "cpu: Other CPU (2 cores)"}
     refused = runner.invoke(app, args[:-6])  # no --decide
     assert refused.exit_code == 2 and "focal-matched is a designed contrast, with no search" in plain(refused.output)
 
