@@ -178,10 +178,12 @@ class KeptPacks:
 
 
 def _seed_entry(entry: dict, seed: str) -> dict:
-    """One seed of a kept entry, as an entry of its own (no training time kept reads as none)."""
+    """One seed of another study's kept entry (not checked here), as an entry of its own: no training time kept
+    reads as none, and a machine that is not a name as unknown."""
     one = {"scores": {seed: entry["scores"][seed]}, "seconds": {seed: entry.get("seconds", {}).get(seed, 0.0)}}
-    machine = entry.get("machines", {}).get(seed)
-    return {**one, "machines": {seed: machine}} if machine else one
+    machines = entry.get("machines")
+    machine = machines.get(seed) if isinstance(machines, dict) else None
+    return {**one, "machines": {seed: machine}} if isinstance(machine, str) and machine else one
 
 
 def _name_parts(name: str) -> tuple[str, str, str]:

@@ -45,6 +45,18 @@ def test_adopted_seeds_bring_the_machine_that_trained_them(tmp_path, monkeypatch
     assert kept["machines"] == {"1": OTHER, "2": OTHER, "3": cpu_description()}
 
 
+def test_a_seed_adopted_from_a_study_whose_machines_map_is_malformed_is_adopted_with_no_machine(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    box4 = RunConfig(device="cpu", box_weight=4.0)
+    first = optuna.create_study(study_name="loss-weights-quick", storage=storage)
+    first.set_user_attr("verdict_packs", {kept_name("setting", "test/map", box4): {
+        "scores": {"1": 0.2, "2": 0.3}, "seconds": {"1": 5.0, "2": 5.0}, "machines": ["not", "a", "map"]}})
+    packs = KeptPacks(optuna.create_study(study_name="combined-additivity-quick", storage=storage), "test/map")
+    assert packs.reuse_or(lambda *a: pytest.fail("an adoptable seed was trained"))("cell box 4", box4, [1, 2]) == \
+        {1: 0.2, 2: 0.3}
+    assert packs.machines == []
+
+
 def test_seeds_kept_before_machines_were_traced_name_none_and_are_still_reused(tmp_path):
     storage = f"sqlite:///{tmp_path / 'store.db'}"
     study = optuna.create_study(study_name="smooth-l1-quick", storage=storage)
