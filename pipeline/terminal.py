@@ -3,12 +3,15 @@ verdict lines a sweep ends with. The commands in cli.py parse, call one pipeline
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shlex
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.sqlite_files import DEFAULT_STORAGE
 from pipeline.stats.verdict import interval_text
 
 console = Console()
@@ -151,14 +154,30 @@ def print_verdict(result: dict, options) -> None:
         if result.get("proxy_note"):
             console.print(f"  {escape(result['proxy_note'])}")
     name = options.study_name or f"{options.variant}-{options.profile}"
+    same = " ".join(same_study_words(options, name))
+    candidates = f" --candidates {options.candidates}" if options.candidates > 1 else ""
     console.print("Next:")
     if verdict in ("not decided", "pending") and trial is not None:
-        console.print(f"  python cli.py sweep {options.variant} --decide   # seeds for the best and the control until decided")
+        console.print(f"  python cli.py sweep {options.variant} {same}{candidates} --decide   # seeds for the best and "
+                      "the control until decided")
     elif verdict == "undecided" and result.get("seeds_needed") and result["seeds_needed"] <= 256:
-        console.print(f"  python cli.py sweep {options.variant} --decide --max-seeds {result['seeds_needed']}"
-                      "   # more seeds: those trained so far are reused, and the 95% still holds")
-    console.print(f"  python cli.py report {options.variant}{'' if name == f'{options.variant}-{options.profile}' else ' --study-name ' + name}")
+        console.print(f"  python cli.py sweep {options.variant} {same}{candidates} --decide --max-seeds "
+                      f"{result['seeds_needed']}   # more seeds: those trained so far are reused, and the 95% still "
+                      "holds")
+    report_flags = ([f"--study-name {shlex.quote(name)}"] if name != f"{options.variant}-{options.profile}" else []) \
+        + ([f"--storage {shlex.quote(options.storage)}"] if options.storage != DEFAULT_STORAGE else [])
+    console.print(" ".join(["  python cli.py report", options.variant, *report_flags]))
     console.print(f"  python cli.py ui   # then {experiment_url(UI_BASE, result['mlflow_experiment_id'])}")
+
+
+def same_study_words(options, name: str) -> list[str]:
+    """The sweep's flags that open its study again (pipeline.report.reproduce.same_study_flags): the knobs as the
+    study's control was configured from them, so --dataset, --epochs and --set all read back as it stored them."""
+    from pipeline.report.reproduce import same_study_flags
+    from pipeline.study.optuna_study import base_config, load_variant
+
+    base = dataclasses.asdict(base_config(load_variant(options.variant), options))
+    return same_study_flags(options.variant, options.profile, base, name, options.storage)
 
 
 def print_anchor_fit(result: dict, recall: float) -> None:

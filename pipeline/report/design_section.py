@@ -17,6 +17,7 @@ from pipeline.report.text import counted, decided_at, fmt
 from pipeline.stats.decide import DEFAULT_MAX_SEEDS
 from pipeline.stats.noise import sd_ratio_interval
 from pipeline.stats.verdict import interval_text
+from pipeline.study.optuna_study import storage_url
 
 ATTR = "contrasts"  # pipeline.study.design keeps its record under this study attribute
 
@@ -83,17 +84,16 @@ def plain_answer(record: dict) -> str:
 
 
 def resume_command(study: optuna.Study) -> str:
-    """The command that goes on with a designed study: its variant, profile, name and knobs as it was run."""
-    from pipeline.report.reproduce import variant_fixed, config_flags
+    """The command that goes on with a designed study: its variant, profile, name, knobs and store as it was run."""
+    from pipeline.report.reproduce import same_study_flags
 
     variant, profile = study.user_attrs.get("variant", study.study_name), study.user_attrs.get("profile", "quick")
     base = study.user_attrs.get("signature", {}).get("base_config", {})
-    words = ["python", "cli.py", "sweep", variant, "--profile", profile]
-    if study.study_name != f"{variant}-{profile}":
-        words += ["--study-name", study.study_name]
     max_seeds = (study.user_attrs.get(ATTR) or {}).get("max_seeds", DEFAULT_MAX_SEEDS)
     more = ["--max-seeds", str(max_seeds)] if max_seeds != DEFAULT_MAX_SEEDS else []
-    return " ".join([*words, *config_flags(base, profile, variant_fixed(variant, profile)), "--decide", *more])
+    return " ".join(["python", "cli.py", "sweep", variant,
+                     *same_study_flags(variant, profile, base, study.study_name, storage_url(study)), "--decide",
+                     *more])
 
 
 def nearest_first(record: dict, command: str) -> str:

@@ -42,6 +42,16 @@ def variant_fixed(variant: str | None, profile: str) -> dict[str, Any]:
         return {}
 
 
+def same_study_flags(variant: str, profile: str, base: dict[str, Any], study_name: str, storage: str | None
+                     ) -> list[str]:
+    """The flags that open the same study again: its profile, its name where not the default one, its knobs off
+    the profile (``--set``) and its store where not the default one. A command without them starts another study."""
+    words = ["--profile", profile]
+    words += ["--study-name", shlex.quote(study_name)] if study_name != f"{variant}-{profile}" else []
+    words += config_flags(base, profile, fixed=variant_fixed(variant, profile))
+    return words + (["--storage", shlex.quote(storage)] if storage and storage != DEFAULT_STORAGE else [])
+
+
 def best_config(d: StudyData) -> dict[str, Any] | None:
     """The best trial's full RunConfig: its MLflow params when there, else the base config plus its params."""
     best = best_row(d.trials)
@@ -99,16 +109,13 @@ def verdict_flags(record: dict | None) -> list[str]:
 
 def sweep_command(d: StudyData, record: dict | None = None) -> str:
     variant, profile = d.attrs.get("variant", "?"), d.attrs.get("profile", "quick")
-    words = ["python", "cli.py", "sweep", variant, "--profile", profile]
-    words += config_flags(d.base_config, profile, fixed=variant_fixed(variant, profile))
+    words = ["python", "cli.py", "sweep", variant,
+             *same_study_flags(variant, profile, d.base_config, d.study.study_name, d.storage)]
     done = int(d.trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
     words += ["--trials", str(done)] if done else []
     per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)
     words += ["--seeds-per-trial", str(per_trial)] if per_trial > 1 else []
-    words += verdict_flags(record)
-    words += ["--storage", shlex.quote(d.storage)] if d.storage != DEFAULT_STORAGE else []
-    words += ["--study-name", shlex.quote(d.study.study_name)] if d.study.study_name != f"{variant}-{profile}" else []
-    return shell_lines(words)
+    return shell_lines(words + verdict_flags(record))
 
 
 def _ui_command(uri: str) -> str:

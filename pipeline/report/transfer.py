@@ -233,7 +233,8 @@ def transfer_blocks(studies: tuple[optuna.Study, optuna.Study], folder: Path, fi
                           f"Δ at {labels[1]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
                                                          zip(effects["delta_chapter"], effects["seeds_chapter"])],
                           f"sign decided at {labels[1]} (95%, any number of seeds)": _sign_column(effects)})
-    blocks = [Block("p", agreement_text(summary, labels)), Block("table", table=table)]
+    blocks = [Block("p", " ".join(filter(None, [agreement_text(summary, labels), machines_text(studies)]))),
+              Block("table", table=table)]
     (folder / figure).parent.mkdir(parents=True, exist_ok=True)
     try:
         blocks.append(Block("figure", plot_transfer(effects, labels, folder / figure), path=figure))
@@ -260,6 +261,17 @@ def agreement_text(summary: dict, labels: tuple[str, str]) -> str:
 
 
 def _profile_label(study: optuna.Study) -> str:
-    base = stored_base_config(study)
-    device = devices_text(study.user_attrs)
-    return f"{study.user_attrs.get('profile', '?')} ({protocol(base)}{f', on {device}' if device else ''})"
+    """'quick (64 px, 10 epochs, batch 16, lr 0.4 constant)': the profile and its protocol, for the table's columns
+    and the figure's axes (the machines are said once, machines_text)."""
+    return f"{study.user_attrs.get('profile', '?')} ({protocol(stored_base_config(study))})"
+
+
+def machines_text(studies: tuple[optuna.Study, optuna.Study]) -> str:
+    """Which machines trained each study, in one sentence ('' where neither recorded any)."""
+    devices = [devices_text(s.user_attrs) for s in studies]
+    if not any(devices):
+        return ""
+    if devices[0] == devices[1]:
+        return f"Both studies were trained on {devices[0]}."
+    return "; ".join(f"`{s.study_name}` was trained on {d or 'a machine it did not record'}"
+                     for s, d in zip(studies, devices)) + "."

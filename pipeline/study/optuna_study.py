@@ -261,6 +261,12 @@ def note_devices(study: optuna.Study, descriptions: list[str]) -> None:
         study.set_user_attr("devices_used", used + new)
 
 
+def storage_url(study: optuna.Study) -> str | None:
+    """The URL of the store that holds ``study`` as it was opened (None for one held in memory)."""
+    storage = getattr(study, "_storage", None)
+    return getattr(getattr(storage, "_backend", storage), "url", None)
+
+
 def stored_base_config(study: optuna.Study) -> dict[str, Any]:
     """The base configuration (RunConfig fields) the study's signature recorded when it was created."""
     return study.user_attrs.get("signature", {}).get("base_config", {})

@@ -54,10 +54,15 @@ def test_effects_are_matched_by_setting_and_agreement_is_what_scipy_says(tmp_pat
     assert (summary["sign_lo"], summary["sign_hi"]) == pytest.approx(stats.binomtest(3, 4).proportion_ci())
     assert summary["tau"] == pytest.approx(stats.kendalltau(effects["delta_quick"], effects["delta_chapter"]).statistic)
     assert summary["tau"] == 1.0 and summary["tau_lo"] <= summary["tau"] <= summary["tau_hi"] == 1.0
+    epyc, xeon = "cpu: AMD EPYC (2 cores)", "cpu: Intel(R) Xeon(R) Processor (2 cores)"
+    optuna.load_study(study_name="quick", storage=storage).set_user_attr("devices_used", [epyc, xeon])
+    optuna.load_study(study_name="chapter", storage=storage).set_user_attr("devices_used", [xeon])
     folder = write_transfer(storage, "quick", "chapter", tmp_path / "out")
     text = (folder / "report.md").read_text()
     assert ("Of 4 settings tested at both quick (64 px, 10 epochs, batch 16, lr 0.4 constant) and chapter (256 px, "
             "20 epochs, batch 32, lr 0.2 constant)") in text
+    assert f"`quick` was trained on {epyc} and {xeon}; `chapter` was trained on {xeon}." in text
+    assert text.count("EPYC") == 1  # said once, not in every column and axis
     assert "3 agree on the sign" in text and "Kendall's τ between the two profiles' effects is +1.00" in text
     assert (folder / "figures" / "transfer.png").stat().st_size > 10_000 and (folder / "transfer.csv").is_file()
 
@@ -371,3 +376,15 @@ def test_agreement_counts_the_settings_whose_sign_the_cheap_profile_decides_and_
             "a setting whose sign is undecided there may agree or differ by chance") in text
     none = agreement(frame.iloc[[2]], resamples=200)
     assert none["decided_cheap"] == 0 and "None has its sign decided at cheap" in agreement_text(none, ("cheap", "n"))
+
+
+def test_the_machines_are_said_once_for_both_studies_or_each_its_own():
+    from pipeline.report.transfer import machines_text
+
+    quick, chapter = optuna.create_study(study_name="q"), optuna.create_study(study_name="c")
+    assert machines_text((quick, chapter)) == ""  # neither recorded one
+    quick.set_user_attr("devices_used", ["NVIDIA H200"])
+    assert machines_text((quick, chapter)) == ("`q` was trained on NVIDIA H200; `c` was trained on a machine it did "
+                                               "not record.")
+    chapter.set_user_attr("devices_used", ["NVIDIA H200"])
+    assert machines_text((quick, chapter)) == "Both studies were trained on NVIDIA H200."

@@ -270,3 +270,18 @@ def test_each_cells_spread_is_reported_against_the_controls_on_the_paired_seeds(
     assert hi < 1  # steadier than the control, shown
     assert table.loc["focal", "sd ÷ the control's [95%, paired seeds]"] == f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
     assert table.loc["ce (the control)", "sd ÷ the control's [95%, paired seeds]"] == ""
+
+
+def test_the_command_that_goes_on_names_the_store_the_design_is_in(tmp_path):
+    """A design kept in another store than the default one (the evidence stores under measurements/) is resumed
+    there: without --storage the command would start a new study in optuna.db."""
+    from pipeline.report.design_section import resume_command
+
+    storage = f"sqlite:///{tmp_path / 'answers.optuna.db'}"
+    study = optuna.create_study(study_name="input-size-design-chapter128", storage=storage)
+    for key, value in {"variant": "input-size-design", "profile": "chapter",
+                       "signature": {"base_config": {"dataset": "shapes", "image_size": 128}}}.items():
+        study.set_user_attr(key, value)
+    assert resume_command(optuna.load_study(study_name=study.study_name, storage=storage)) == (
+        "python cli.py sweep input-size-design --profile chapter --study-name input-size-design-chapter128 --set "
+        f"image_size=128 --storage {storage} --decide")
