@@ -154,20 +154,27 @@ def print_verdict(result: dict, options) -> None:
         if result.get("proxy_note"):
             console.print(f"  {escape(result['proxy_note'])}")
     name = options.study_name or f"{options.variant}-{options.profile}"
-    same = " ".join(same_study_words(options, name))
-    candidates = f" --candidates {options.candidates}" if options.candidates > 1 else ""
+    again = ["python", "cli.py", "sweep", options.variant, *same_study_words(options, name)]
+    again += ["--trials", str(options.trials)] if options.trials else []
+    again += ["--candidates", str(options.candidates)] if options.candidates > 1 else []
+    again += ["--delta", f"{options.delta:g}"] if options.delta != 0.01 else []
     console.print("Next:")
     if verdict in ("not decided", "pending") and trial is not None:
-        console.print(f"  python cli.py sweep {options.variant} {same}{candidates} --decide   # seeds for the best and "
-                      "the control until decided")
+        print_command([*again, "--decide"], "seeds for the best and the control until decided")
     elif verdict == "undecided" and result.get("seeds_needed") and result["seeds_needed"] <= 256:
-        console.print(f"  python cli.py sweep {options.variant} {same}{candidates} --decide --max-seeds "
-                      f"{result['seeds_needed']}   # more seeds: those trained so far are reused, and the 95% still "
-                      "holds")
-    report_flags = ([f"--study-name {shlex.quote(name)}"] if name != f"{options.variant}-{options.profile}" else []) \
-        + ([f"--storage {shlex.quote(options.storage)}"] if options.storage != DEFAULT_STORAGE else [])
-    console.print(" ".join(["  python cli.py report", options.variant, *report_flags]))
-    console.print(f"  python cli.py ui   # then {experiment_url(UI_BASE, result['mlflow_experiment_id'])}")
+        print_command([*again, "--decide", "--max-seeds", str(result["seeds_needed"])],
+                      "more seeds: those trained so far are reused, and the 95% still holds")
+    report = ["python", "cli.py", "report", options.variant]
+    report += ["--study-name", shlex.quote(name)] if name != f"{options.variant}-{options.profile}" else []
+    print_command(report + (["--storage", shlex.quote(options.storage)] if options.storage != DEFAULT_STORAGE else []))
+    print_command(["python", "cli.py", "ui"], f"then {experiment_url(UI_BASE, result['mlflow_experiment_id'])}")
+
+
+def print_command(words: list[str], comment: str = "") -> None:
+    """One command on one line, however narrow the terminal, and as written (no rich markup read into a path):
+    a command wrapped over lines runs as several when pasted."""
+    console.print("  " + " ".join(words) + (f"   # {comment}" if comment else ""), soft_wrap=True, markup=False,
+                  highlight=False)
 
 
 def same_study_words(options, name: str) -> list[str]:
@@ -177,7 +184,7 @@ def same_study_words(options, name: str) -> list[str]:
     from pipeline.study.optuna_study import base_config, load_variant
 
     base = dataclasses.asdict(base_config(load_variant(options.variant), options))
-    return same_study_flags(options.variant, options.profile, base, name, options.storage)
+    return same_study_flags(options.variant, options.profile, base, name, options.storage, options.seeds_per_trial)
 
 
 def print_anchor_fit(result: dict, recall: float) -> None:

@@ -47,6 +47,7 @@ def printed_commands(result: dict, options, capsys) -> list[str]:
      "--storage", "sqlite:///measurements/transfer.optuna.db", "--seeds", "5", "--candidates", "5"],
     ["sweep", "focal-loss", "--device", "cpu", "--epochs", "2", "--dataset", "shapes", "--set", "smooth_l1_sigma=2",
      "--seeds", "3"],
+    ["sweep", "loss-weights", "--seeds-per-trial", "2", "--trials", "3", "--delta", "0.02", "--seeds", "3"],
 ])
 def test_the_more_seeds_command_opens_the_same_study(args, parsed, capsys, workdir):
     (workdir / "measurements").mkdir()
@@ -55,7 +56,7 @@ def test_the_more_seeds_command_opens_the_same_study(args, parsed, capsys, workd
     assert sweep_next.endswith("--decide --max-seeds 24")
     again = parsed(shlex.split(sweep_next))
     assert again.decide and again.max_seeds == 24 and again.candidates == options.candidates
-    for field in ("variant", "profile", "storage", "study_name"):
+    for field in ("variant", "profile", "storage", "study_name", "seeds_per_trial", "trials", "delta"):
         assert getattr(again, field) == getattr(options, field)
     assert base_config(load_variant(again.variant), again) == base_config(load_variant(options.variant), options)
     report = report_next.split()
@@ -68,3 +69,22 @@ def test_a_sweep_at_the_defaults_is_told_the_short_command(parsed, capsys, workd
     options = parsed(["sweep", "focal-loss", "--device", "cpu"])
     assert printed_commands({**UNDECIDED, "verdict": "not decided", "seeds": 1, "dataset": "bananas", "image_size": 64}, options, capsys)[:2] == [
         "sweep focal-loss --profile quick --set device=cpu --decide", "report focal-loss"]
+
+
+def test_a_long_command_stays_on_one_line_and_as_written_in_a_narrow_terminal(parsed, monkeypatch, workdir):
+    """Pasted, a command wrapped over lines runs as several; rich markup would eat a '[x]' in a path."""
+    import io
+
+    from rich.console import Console
+
+    import pipeline.terminal
+
+    (workdir / "measurements").mkdir()
+    options = parsed(["sweep", "smooth-l1", "--profile", "chapter", "--set", "image_size=128", "--study-name",
+                      "smooth-l1-chapter128", "--storage", "sqlite:///measurements/[x]transfer.optuna.db"])
+    out = io.StringIO()
+    monkeypatch.setattr(pipeline.terminal, "console", Console(file=out, width=60))
+    print_verdict(UNDECIDED, options)
+    [sweep_line] = [line for line in out.getvalue().splitlines() if line.startswith("  python cli.py sweep")]
+    assert sweep_line.split("   #")[0].endswith("--storage 'sqlite:///measurements/[x]transfer.optuna.db' --decide "
+                                                 "--max-seeds 24")

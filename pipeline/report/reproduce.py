@@ -42,13 +42,15 @@ def variant_fixed(variant: str | None, profile: str) -> dict[str, Any]:
         return {}
 
 
-def same_study_flags(variant: str, profile: str, base: dict[str, Any], study_name: str, storage: str | None
-                     ) -> list[str]:
+def same_study_flags(variant: str, profile: str, base: dict[str, Any], study_name: str, storage: str | None,
+                     seeds_per_trial: int = 1) -> list[str]:
     """The flags that open the same study again: its profile, its name where not the default one, its knobs off
-    the profile (``--set``) and its store where not the default one. A command without them starts another study."""
+    the profile (``--set``), its seeds a trial and its store where not the default one. A command without them
+    starts another study, or is refused as one whose signature changed."""
     words = ["--profile", profile]
     words += ["--study-name", shlex.quote(study_name)] if study_name != f"{variant}-{profile}" else []
     words += config_flags(base, profile, fixed=variant_fixed(variant, profile))
+    words += ["--seeds-per-trial", str(seeds_per_trial)] if seeds_per_trial > 1 else []
     return words + (["--storage", shlex.quote(storage)] if storage and storage != DEFAULT_STORAGE else [])
 
 
@@ -109,12 +111,11 @@ def verdict_flags(record: dict | None) -> list[str]:
 
 def sweep_command(d: StudyData, record: dict | None = None) -> str:
     variant, profile = d.attrs.get("variant", "?"), d.attrs.get("profile", "quick")
+    per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)
     words = ["python", "cli.py", "sweep", variant,
-             *same_study_flags(variant, profile, d.base_config, d.study.study_name, d.storage)]
+             *same_study_flags(variant, profile, d.base_config, d.study.study_name, d.storage, per_trial)]
     done = int(d.trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
     words += ["--trials", str(done)] if done else []
-    per_trial = d.attrs.get("signature", {}).get("seeds_per_trial", 1)
-    words += ["--seeds-per-trial", str(per_trial)] if per_trial > 1 else []
     return shell_lines(words + verdict_flags(record))
 
 

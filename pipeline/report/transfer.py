@@ -226,6 +226,8 @@ def transfer_blocks(studies: tuple[optuna.Study, optuna.Study], folder: Path, fi
     effects = paired_effects(*(settings_tested(s) for s in studies))
     summary = agreement(effects)
     labels = tuple(_profile_label(s) for s in studies)
+    if labels[0] == labels[1]:  # the same profile and protocol (on other machines, say): the studies tell them apart
+        labels = tuple(f"{label}, {s.study_name}" for label, s in zip(labels, studies))
     table = pd.DataFrame({"setting": effects["setting"],
                           f"Δ at {labels[0]} (seeds)": [f"{d:+.4f} ({len(s)})" for d, s in
                                                          zip(effects["delta_quick"], effects["seeds_quick"])],

@@ -32,7 +32,9 @@ def merged_entry(under: dict, over: dict) -> dict:
     """Two kept entries of one run merged seed by seed, ``over``'s seed winning where both hold it: its score, its
     training time and the machine that trained it (``machines``, kept since seeds were traced to one)."""
     merged = {part: {**under.get(part, {}), **over.get(part, {})} for part in ("scores", "seconds")}
-    machines = {**under.get("machines", {}), **over.get("machines", {})}
+    machines = {seed: machine for seed, machine in under.get("machines", {}).items()
+                if seed not in over.get("scores", {})}  # a seed whose score ``over`` replaced: not its machine
+    machines.update(over.get("machines", {}))
     return {**merged, "machines": machines} if machines else merged
 
 

@@ -22,8 +22,8 @@ def test_merging_two_entries_keeps_the_winning_seeds_machine_and_adds_none_where
     new = {"scores": {"2": 0.3}, "seconds": {"2": 7.0}, "machines": {"2": OTHER}}
     assert merged_entry(old, new) == {"scores": {"1": 0.1, "2": 0.3}, "seconds": {"1": 5.0, "2": 7.0},
                                       "machines": {"2": OTHER}}
-    assert merged_entry(new, old) == {"scores": {"1": 0.1, "2": 0.2}, "seconds": {"1": 5.0, "2": 5.0},
-                                      "machines": {"2": OTHER}}  # the seed's old machine stays with it
+    assert merged_entry(new, old) == {"scores": {"1": 0.1, "2": 0.2}, "seconds": {"1": 5.0, "2": 5.0}}
+    # the score kept for seed 2 names no machine: OTHER trained the score that was replaced, not this one
     assert merged_entry(old, EMPTY) == old and "machines" not in merged_entry(old, old)
 
 

@@ -58,6 +58,18 @@ def test_a_gpu_stores_studies_join_and_its_controls_merge_seed_by_seed(tmp_path)
     assert packs["control test/map cccc"] == kept({1: 0.5})
 
 
+def test_each_merged_seed_keeps_the_machine_of_the_score_kept(tmp_path):
+    """The target's seed wins; where the target kept no machine for it, the source's machine (which trained the
+    score thrown away) is not put beside it. A seed only the source held brings its machine."""
+    source = make_store(tmp_path / "gpu.db", {}, {})
+    target = make_store(tmp_path / "answers.db", {}, {"control test/map aaaa": {1: 0.21}})
+    optuna.load_study(study_name="shared-controls", storage=source).set_user_attr("verdict_packs", {
+        "control test/map aaaa": {**kept({1: 0.11, 3: 0.13}), "machines": {"1": "NVIDIA H200", "3": "NVIDIA H200"}}})
+    merge_stores(source, target)
+    [entry] = optuna.load_study(study_name="shared-controls", storage=target).user_attrs["verdict_packs"].values()
+    assert entry["scores"] == {"1": 0.21, "3": 0.13} and entry["machines"] == {"3": "NVIDIA H200"}
+
+
 def test_merging_a_later_calls_store_replaces_what_the_last_merge_copied_and_an_older_one_is_refused(tmp_path):
     source = make_store(tmp_path / "gpu.db", {"smooth-l1-chapter-cuda": 1}, {})
     target = make_store(tmp_path / "answers.db", {}, {})
