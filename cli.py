@@ -321,7 +321,7 @@ def sweep(variant: Annotated[str, typer.Argument(help="a variant from `python cl
                            skip_invalid=skip_invalid, contrasts=tuple(contrast or ()))
     result = _run_sweep_or_exit(options)
     if "contrasts" in result:  # a designed variant: no search, its contrasts decided
-        print_contrasts(result)
+        print_contrasts(result, options)
         print_skipped(result)
     else:
         console.print(sweep_table(result, options))

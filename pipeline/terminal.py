@@ -164,9 +164,7 @@ def print_verdict(result: dict, options) -> None:
     elif verdict == "undecided" and result.get("seeds_needed") and result["seeds_needed"] <= 256:
         print_command([*again, "--decide", "--max-seeds", str(result["seeds_needed"])],
                       "more seeds: those trained so far are reused, and the 95% still holds")
-    report = ["python", "cli.py", "report", options.variant]
-    report += ["--study-name", shlex.quote(name)] if name != f"{options.variant}-{options.profile}" else []
-    print_command(report + (["--storage", shlex.quote(options.storage)] if options.storage != DEFAULT_STORAGE else []))
+    print_command(report_words(options.variant, name, options))
     print_command(["python", "cli.py", "ui"], f"then {experiment_url(UI_BASE, result['mlflow_experiment_id'])}")
 
 
@@ -244,8 +242,9 @@ def print_noise_budget(budget, measured, title: str) -> None:
                   + ", ".join(f"{n} seeds: {v:.4f}" for n, v in effects.items()))
 
 
-def print_contrasts(result: dict) -> None:
-    """A designed variant's result: each contrast's verdict, then each cell's mean and seed spread."""
+def print_contrasts(result: dict, options=None) -> None:
+    """A designed variant's result: each contrast's verdict, then each cell's mean and seed spread, and (given the
+    sweep's options) the commands that go on with it."""
     from pipeline.study.design import contrasts_text
 
     table = Table(title=f"{result['study']}: cells (scored on {result['split']}, paired seeds)")
@@ -266,3 +265,30 @@ def print_contrasts(result: dict) -> None:
     if waiting:
         console.print(f"Not chosen by --contrast, so still pending: {', '.join(waiting)}. The same command without "
                       "--contrast adds seeds to every open contrast; the kept seeds are reused.")
+    if options is not None:
+        print_design_next(result, options)
+
+
+def print_design_next(result: dict, options) -> None:
+    """While a contrast is still pending: the command that adds seeds to the same study (up to the most seeds a
+    pending contrast would likely need, capped at the largest --max-seeds), and the one that writes its page."""
+    from pipeline.stats.verdict import MOST_SEEDS
+
+    name = options.study_name or f"{options.variant}-{options.profile}"
+    pending = [row for row in result["contrasts"] if row["verdict"] == "pending"]
+    needed = [row["seeds_needed"] for row in pending if row.get("seeds_needed")]
+    again = ["python", "cli.py", "sweep", options.variant, *same_study_words(options, name)]
+    again += ["--seeds", str(options.seeds)] if options.seeds else []
+    again += [word for contrast in options.contrasts for word in ("--contrast", shlex.quote(contrast))]
+    console.print("Next:")
+    if pending:
+        more = ["--max-seeds", str(min(max(needed), MOST_SEEDS))] if needed else []
+        print_command([*again, "--decide", *more], "more seeds for the contrasts still pending; kept seeds are reused")
+    print_command(report_words(options.variant, name, options))
+
+
+def report_words(variant: str, name: str, options) -> list[str]:
+    """`python cli.py report VARIANT` for the sweep's study, with its name and store where not the default ones."""
+    words = ["python", "cli.py", "report", variant]
+    words += ["--study-name", shlex.quote(name)] if name != f"{variant}-{options.profile}" else []
+    return words + (["--storage", shlex.quote(options.storage)] if options.storage != DEFAULT_STORAGE else [])

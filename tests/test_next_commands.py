@@ -88,3 +88,28 @@ def test_a_long_command_stays_on_one_line_and_as_written_in_a_narrow_terminal(pa
     [sweep_line] = [line for line in out.getvalue().splitlines() if line.startswith("  python cli.py sweep")]
     assert sweep_line.split("   #")[0].endswith("--storage 'sqlite:///measurements/[x]transfer.optuna.db' --decide "
                                                  "--max-seeds 24")
+
+
+def test_a_designs_next_command_adds_seeds_to_the_same_study(parsed, capsys, workdir):
+    from pipeline.terminal import print_contrasts
+
+    (workdir / "measurements").mkdir()
+    options = parsed(["sweep", "input-size-design", "--profile", "chapter", "--set", "image_size=128", "--study-name",
+                      "input-size-design-chapter128", "--storage", "sqlite:///measurements/answers.optuna.db",
+                      "--seeds", "5", "--contrast", "input x1.5"])
+    pending = {"contrast": "input x1.5", "verdict": "pending", "delta": -0.02, "seeds": [1, 2, 3, 4, 5],
+               "delta_ci95": [float("-inf"), float("inf")], "seeds_needed": 12}
+    decided = {**pending, "contrast": "anchors x0.667", "verdict": "better", "seeds_needed": None}
+    print_contrasts({"study": options.study_name, "split": "test", "cells": {}, "contrasts": [pending, decided]},
+                    options)
+    sweep_next, report_next = [part.strip() for part in
+                               plain(capsys.readouterr().out).split("Next: ")[1].split("python cli.py ")[1:]]
+    again = parsed(shlex.split(sweep_next.split("#")[0]))
+    assert again.decide and again.max_seeds == 12 and again.seeds == 5 and again.contrasts == ("input x1.5",)
+    for field in ("variant", "profile", "storage", "study_name"):
+        assert getattr(again, field) == getattr(options, field)
+    assert base_config(load_variant(again.variant), again) == base_config(load_variant(options.variant), options)
+    assert report_next == ("report input-size-design --study-name input-size-design-chapter128 --storage "
+                           "sqlite:///measurements/answers.optuna.db")
+    print_contrasts({"study": options.study_name, "split": "test", "cells": {}, "contrasts": [decided]}, options)
+    assert "sweep input-size-design" not in capsys.readouterr().out  # nothing pending: nothing to add seeds to
