@@ -153,8 +153,7 @@ def print_verdict(result: dict, options) -> None:
                       f"{result['scored_on']} split{needed}")
         if result.get("proxy_note"):
             console.print(f"  {escape(result['proxy_note'])}")
-    name = options.study_name or f"{options.variant}-{options.profile}"
-    again = ["python", "cli.py", "sweep", options.variant, *same_study_words(options, name)]
+    again = sweep_again_words(options)
     again += ["--trials", str(options.trials)] if options.trials else []
     again += ["--candidates", str(options.candidates)] if options.candidates > 1 else []
     again += ["--delta", f"{options.delta:g}"] if options.delta != 0.01 else []
@@ -164,7 +163,7 @@ def print_verdict(result: dict, options) -> None:
     elif verdict == "undecided" and result.get("seeds_needed") and result["seeds_needed"] <= 256:
         print_command([*again, "--decide", "--max-seeds", str(result["seeds_needed"])],
                       "more seeds: those trained so far are reused, and the 95% still holds")
-    print_command(report_words(options.variant, name, options))
+    print_command(report_words(options))
     print_command(["python", "cli.py", "ui"], f"then {experiment_url(UI_BASE, result['mlflow_experiment_id'])}")
 
 
@@ -175,14 +174,17 @@ def print_command(words: list[str], comment: str = "") -> None:
                   highlight=False)
 
 
-def same_study_words(options, name: str) -> list[str]:
-    """The sweep's flags that open its study again (pipeline.report.reproduce.same_study_flags): the knobs as the
-    study's control was configured from them, so --dataset, --epochs and --set all read back as it stored them."""
+def sweep_again_words(options) -> list[str]:
+    """`python cli.py sweep VARIANT` with the flags that open the sweep's study again
+    (pipeline.report.reproduce.same_study_flags): the knobs as the study's control was configured from them, so
+    --dataset, --epochs and --set all read back as it stored them."""
     from pipeline.report.reproduce import same_study_flags
-    from pipeline.study.optuna_study import base_config, load_variant
+    from pipeline.study.optuna_study import base_config, load_variant, study_name_for
 
     base = dataclasses.asdict(base_config(load_variant(options.variant), options))
-    return same_study_flags(options.variant, options.profile, base, name, options.storage, options.seeds_per_trial)
+    return ["python", "cli.py", "sweep", options.variant,
+            *same_study_flags(options.variant, options.profile, base, study_name_for(options), options.storage,
+                              options.seeds_per_trial)]
 
 
 def print_anchor_fit(result: dict, recall: float) -> None:
@@ -274,21 +276,21 @@ def print_design_next(result: dict, options) -> None:
     pending contrast would likely need, capped at the largest --max-seeds), and the one that writes its page."""
     from pipeline.stats.verdict import MOST_SEEDS
 
-    name = options.study_name or f"{options.variant}-{options.profile}"
     pending = [row for row in result["contrasts"] if row["verdict"] == "pending"]
     needed = [row["seeds_needed"] for row in pending if row.get("seeds_needed")]
-    again = ["python", "cli.py", "sweep", options.variant, *same_study_words(options, name)]
+    again = sweep_again_words(options)
     again += ["--seeds", str(options.seeds)] if options.seeds else []
     again += [word for contrast in options.contrasts for word in ("--contrast", shlex.quote(contrast))]
     console.print("Next:")
     if pending:
         more = ["--max-seeds", str(min(max(needed), MOST_SEEDS))] if needed else []
         print_command([*again, "--decide", *more], "more seeds for the contrasts still pending; kept seeds are reused")
-    print_command(report_words(options.variant, name, options))
+    print_command(report_words(options))
 
 
-def report_words(variant: str, name: str, options) -> list[str]:
+def report_words(options) -> list[str]:
     """`python cli.py report VARIANT` for the sweep's study, with its name and store where not the default ones."""
-    words = ["python", "cli.py", "report", variant]
-    words += ["--study-name", shlex.quote(name)] if name != f"{variant}-{options.profile}" else []
+    words = ["python", "cli.py", "report", options.variant]
+    words += ["--study-name", shlex.quote(options.study_name)] if options.study_name not in (
+        None, f"{options.variant}-{options.profile}") else []
     return words + (["--storage", shlex.quote(options.storage)] if options.storage != DEFAULT_STORAGE else [])
